@@ -36,6 +36,7 @@
 
 pub mod body;
 pub mod classify;
+pub mod key;
 pub mod rate_limit;
 pub mod retry_after;
 #[cfg(feature = "testing")]
