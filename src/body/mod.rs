@@ -1,1 +1,64 @@
-//! Body peeking that loses nothing. STUB.
+//! Body peeking that loses nothing: look at the first bytes of a body, then hand the
+//! caller back every byte, in order, with its trailers and its errors.
+//!
+//! Every ratewise layer that needs to see a body goes through this one module:
+//!
+//! - [`peek`] reads data frames until at least `cap` bytes are buffered or the body
+//!   ends, and resolves to a [`Peeked`]: the bounded [`prefix`](Peeked::prefix) a
+//!   classifier looks at, whether the whole body fitted in the cap
+//!   ([`is_complete`](Peeked::is_complete), what a cache needs before it stores a body,
+//!   see [`into_complete`](Peeked::into_complete)), and the body to give back
+//!   ([`into_body`](Peeked::into_body)).
+//! - [`PeekBody`] is the body the caller gets. It is either a zero-cost pass-through of
+//!   the inner body (nothing buffered, nothing boxed, frames forwarded as they arrive),
+//!   or a replay: the frames already read, then the rest of the inner body, then its
+//!   trailers. A body error met while peeking is delivered after the bytes read before
+//!   it, exactly as the upstream produced it.
+//!
+//! Only the peeking path boxes the inner body (so that no `Unpin` bound is needed);
+//! the pass-through path costs nothing.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use ratewise::body::{peek, PeekBody};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let upstream = Full::new(Bytes::from_static(b"{\"error\":{\"code\":\"1302\"}} and more"));
+//!
+//! // Look at the first 8 bytes...
+//! let peeked = peek(upstream, 8).await;
+//! assert_eq!(peeked.prefix(), b"{\"error\"");
+//! assert!(!peeked.is_complete()); // the body is longer than the cap
+//!
+//! // ...and the caller still gets all of it.
+//! let body: PeekBody<_> = peeked.into_body();
+//! let bytes = body.collect().await.unwrap().to_bytes();
+//! assert_eq!(&bytes[..], b"{\"error\":{\"code\":\"1302\"}} and more");
+//!
+//! // A small body fits in the cap: a cache can take it whole.
+//! let peeked = peek(Full::new(Bytes::from_static(b"ok")), 64).await;
+//! assert!(peeked.is_complete());
+//! let (data, trailers) = peeked.into_complete().ok().unwrap();
+//! assert_eq!(&data[..], b"ok");
+//! assert!(trailers.is_none());
+//! # }
+//! ```
+
+mod peek;
+mod peek_body;
+
+pub use self::peek::{peek, Peek, Peeked};
+pub use self::peek_body::PeekBody;
+
+use bytes::{Buf, Bytes};
+use http_body::Frame;
+
+/// Turns a frame of any `Buf` into a frame of `Bytes` (zero-copy when the data already
+/// is `Bytes`).
+fn frame_to_bytes<D: Buf>(frame: Frame<D>) -> Frame<Bytes> {
+    frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))
+}
