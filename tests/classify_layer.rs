@@ -211,7 +211,9 @@ async fn sse_200_streams_chunk_by_chunk_through_classify_layer_over_real_hyper()
             let first_received = first_received.clone();
             let sent_rest = sent_rest.clone();
             tokio::spawn(async move {
-                tx.send(Bytes::from_static(EVENTS[0].as_bytes())).await.unwrap();
+                tx.send(Bytes::from_static(EVENTS[0].as_bytes()))
+                    .await
+                    .unwrap();
                 // The rest only once the client has the first event.
                 first_received.notified().await;
                 for event in &EVENTS[1..] {
@@ -300,7 +302,9 @@ async fn chunked_error_body_over_real_hyper_is_classified_and_delivered_whole() 
         .service(client);
 
     let test = async {
-        let req = Request::get(format!("{url}/send")).body(Empty::new()).unwrap();
+        let req = Request::get(format!("{url}/send"))
+            .body(Empty::new())
+            .unwrap();
         let res = svc.oneshot(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
@@ -312,7 +316,10 @@ async fn chunked_error_body_over_real_hyper_is_classified_and_delivered_whole() 
     };
     let got = timeout(Duration::from_secs(20), test).await.unwrap();
     assert_eq!(got.len(), whole.len());
-    assert!(got == whole.as_bytes(), "the caller got every byte, in order");
+    assert!(
+        got == whole.as_bytes(),
+        "the caller got every byte, in order"
+    );
 
     let seen = counts.seen();
     assert_eq!(seen.len(), 1);
@@ -429,10 +436,16 @@ async fn status_asked_about_is_peeked_up_to_the_cap() {
     let (classifier, counts) = Non2xxBody::new("limit");
     let svc = ServiceBuilder::new()
         .layer(ClassifyLayer::new(classifier))
-        .service(hanging_upstream(StatusCode::TOO_MANY_REQUESTS, polls.clone()));
+        .service(hanging_upstream(
+            StatusCode::TOO_MANY_REQUESTS,
+            polls.clone(),
+        ));
 
     let res = timeout(Duration::from_secs(5), svc.oneshot(Request::new(()))).await;
-    assert!(res.is_err(), "a peeked body is read until the cap or its end");
+    assert!(
+        res.is_err(),
+        "a peeked body is read until the cap or its end"
+    );
     assert!(
         polls.load(Ordering::SeqCst) >= 2,
         "read the first frame, then waited on the body for more"
@@ -444,7 +457,10 @@ async fn status_asked_about_is_peeked_up_to_the_cap() {
     let (classifier, counts) = Non2xxBody::new("first");
     let svc = ServiceBuilder::new()
         .layer(ClassifyLayer::new(classifier).body_cap(8))
-        .service(hanging_upstream(StatusCode::TOO_MANY_REQUESTS, polls.clone()));
+        .service(hanging_upstream(
+            StatusCode::TOO_MANY_REQUESTS,
+            polls.clone(),
+        ));
     let res = timeout(Duration::from_secs(5), svc.oneshot(Request::new(())))
         .await
         .unwrap()
@@ -487,7 +503,10 @@ async fn verdict_already_present_is_not_recomputed() {
         Verdict::rate_limited(Some(Duration::from_secs(7))),
         "the inner verdict stands"
     );
-    assert!(res.body().is_pass_through(), "the outer layer did not buffer");
+    assert!(
+        res.body().is_pass_through(),
+        "the outer layer did not buffer"
+    );
     assert_eq!((inner_counts.wants_body(), inner_counts.classify()), (1, 1));
     assert_eq!((outer_counts.wants_body(), outer_counts.classify()), (0, 0));
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -508,7 +527,10 @@ async fn verdict_already_present_is_not_recomputed() {
             Ok::<_, Infallible>(slow_down_429())
         }));
     let res = svc.oneshot(Request::new(())).await.unwrap();
-    assert_eq!(verdict_of(&res), Verdict::from_status(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(
+        verdict_of(&res),
+        Verdict::from_status(StatusCode::TOO_MANY_REQUESTS)
+    );
     assert_eq!((counts.wants_body(), counts.classify()), (1, 1));
 }
 
@@ -556,7 +578,11 @@ async fn header_only_classification_and_status_fallback() {
                 )
             }));
         let res = svc.oneshot(Request::new(())).await.unwrap();
-        assert_eq!(res.extensions().get::<Verdict>(), Some(&expected), "{status}");
+        assert_eq!(
+            res.extensions().get::<Verdict>(),
+            Some(&expected),
+            "{status}"
+        );
         assert!(res.body().is_pass_through(), "{status}");
     }
 }
@@ -648,4 +674,21 @@ fn accessors_and_debug() {
     *svc.get_mut() = 8;
     assert!(format!("{svc:?}").contains("inner: 8"));
     assert_eq!(svc.into_inner(), 8);
+}
+
+/// The layer's future and body can cross threads (axum and hyper need `Send`).
+#[tokio::test]
+async fn future_and_body_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    fn assert_send_sync<T: Send + Sync>() {}
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let svc = ServiceBuilder::new()
+        .layer(ClassifyLayer::new(TooManyRequests::new()))
+        .service(client);
+    let fut = svc.oneshot(Request::new(Empty::new()));
+    assert_send(&fut);
+    assert_send_sync::<ratewise::body::PeekBody<hyper::body::Incoming>>();
+    assert_send_sync::<ratewise::body::Peeked<hyper::body::Incoming>>();
+    assert_send(&ratewise::body::peek(Full::new(Bytes::new()), 1));
+    drop(fut);
 }

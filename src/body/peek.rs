@@ -60,10 +60,7 @@ impl<B: Body> Future for Peek<B> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let reading = this
-            .state
-            .as_mut()
-            .expect("Peek polled after completion");
+        let reading = this.state.as_mut().expect("Peek polled after completion");
         let (ended, error) = loop {
             if reading.buffered >= reading.cap {
                 break (reading.body.is_end_stream(), None);
@@ -86,10 +83,7 @@ impl<B: Body> Future for Peek<B> {
             frames,
             buffered,
             cap,
-        } = this
-            .state
-            .take()
-            .expect("Peek polled after completion");
+        } = this.state.take().expect("Peek polled after completion");
         let prefix = prefix_of(&frames, buffered.min(cap));
         let rest = (!ended && error.is_none()).then_some(body);
         Poll::Ready(Peeked {
@@ -380,7 +374,10 @@ mod tests {
 
         let body = Frames::new(vec![data(b"abcd")]);
         let peeked = peek(body, 4).await;
-        assert!(!peeked.is_complete(), "end unknown without reading past cap");
+        assert!(
+            !peeked.is_complete(),
+            "end unknown without reading past cap"
+        );
         let all = peeked.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&all[..], b"abcd");
     }

@@ -135,7 +135,10 @@ impl<B: Body> Replay<B> {
         };
         let rest = rest.size_hint();
         let mut hint = SizeHint::new();
-        match rest.upper().and_then(|upper| upper.checked_add(self.queued)) {
+        match rest
+            .upper()
+            .and_then(|upper| upper.checked_add(self.queued))
+        {
             Some(upper) => {
                 hint.set_upper(upper);
                 hint.set_lower(rest.lower().saturating_add(self.queued).min(upper));
@@ -180,7 +183,10 @@ impl<B: Body> Body for PeekBody<B> {
 impl<B: Body> fmt::Debug for PeekBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            Kind::Pass { .. } => f.debug_struct("PeekBody").field("mode", &"pass-through").finish(),
+            Kind::Pass { .. } => f
+                .debug_struct("PeekBody")
+                .field("mode", &"pass-through")
+                .finish(),
             Kind::Replay { replay } => f
                 .debug_struct("PeekBody")
                 .field("mode", &"replay")
@@ -228,7 +234,13 @@ mod tests {
         assert_eq!(&data[..], b"cached");
         assert_eq!(body.size_hint().exact(), Some(0));
         assert!(!body.is_end_stream(), "trailers still to come");
-        let got = body.frame().await.unwrap().unwrap().into_trailers().unwrap();
+        let got = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
         assert_eq!(got, trailers);
         assert!(body.is_end_stream());
         assert!(body.frame().await.is_none());

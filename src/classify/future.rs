@@ -92,8 +92,8 @@ where
                     let mut parts = parts
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let view = ResponseView::new(parts.status, &parts.headers)
-                        .with_body(peeked.prefix());
+                    let view =
+                        ResponseView::new(parts.status, &parts.headers).with_body(peeked.prefix());
                     let verdict = judge(&**this.classifier, &view);
                     parts.extensions.insert(verdict);
                     return Poll::Ready(Ok(Response::from_parts(parts, peeked.into_body())));
