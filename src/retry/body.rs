@@ -52,7 +52,7 @@ impl<D: Clone> TryCloneBody for http_body_util::Full<D> {
 
 impl<D> TryCloneBody for http_body_util::Empty<D> {
     fn try_clone_body(&self) -> Option<Self> {
-        Some(self.clone())
+        Some(*self)
     }
 }
 
@@ -215,9 +215,7 @@ where
                     return Poll::Ready(Some(Ok(Frame::data(p))));
                 }
                 body.poll_frame(cx).map(|frame| {
-                    frame.map(|res| {
-                        res.map(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining())))
-                    })
+                    frame.map(|res| res.map(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining()))))
                 })
             }
         }
@@ -230,9 +228,7 @@ where
                 trailers,
                 sent_data,
                 sent_trailers,
-            } => {
-                (*sent_data || data.is_empty()) && (*sent_trailers || trailers.is_none())
-            }
+            } => (*sent_data || data.is_empty()) && (*sent_trailers || trailers.is_none()),
             Inner::Streaming { prefix, body } => prefix.is_none() && body.is_end_stream(),
         }
     }
@@ -406,7 +402,10 @@ mod tests {
     async fn buffer_request_keeps_small_bodies() {
         let req = Request::new(chunks(vec![b"ab", b"cd"]));
         let req = buffer_request(req, 4).await.unwrap();
-        assert_eq!(req.body().buffered_bytes().unwrap(), &Bytes::from_static(b"abcd"));
+        assert_eq!(
+            req.body().buffered_bytes().unwrap(),
+            &Bytes::from_static(b"abcd")
+        );
         let (bytes, _) = collect(req.into_body()).await;
         assert_eq!(bytes, Bytes::from_static(b"abcd"));
     }

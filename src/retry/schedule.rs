@@ -156,7 +156,10 @@ mod tests {
             assert!(e >= ms(500) && e <= ms(1000), "{e:?}");
             assert_eq!(s.delay(1, Jitter::None), ms(1000));
         }
-        assert!(full_seen_low, "full jitter never went below half in 1000 draws");
+        assert!(
+            full_seen_low,
+            "full jitter never went below half in 1000 draws"
+        );
     }
 
     #[test]
