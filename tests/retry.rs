@@ -649,3 +649,93 @@ async fn a_dropped_caller_stops_the_retries() {
     tokio::time::sleep(secs(60.0)).await;
     assert_eq!(calls.count(), 1, "no attempt after the caller went away");
 }
+
+/// A minimal subscriber that keeps every event as `LEVEL field=value ...`.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, " {}={:?}", field.name(), value);
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = event.metadata().level().to_string();
+        event.record(&mut Fields(&mut line));
+        self.0.lock().unwrap().push(line);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_retry_and_each_give_up_is_a_tracing_event() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let layer = RetryLayer::builder()
+        .schedule([secs(0.5)])
+        .max_attempts(3)
+        .build()
+        .unwrap();
+    let (inner, _) = upstream(|_| Ok::<_, BoxError>(response(503, "down")));
+    ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(inner)
+        .oneshot(get())
+        .await
+        .unwrap();
+    let (inner, _) = upstream(|_| {
+        Ok::<_, BoxError>(classified(
+            response(429, TELEGRAM_429),
+            Verdict::rate_limited(Some(secs(4310.0))),
+        ))
+    });
+    ServiceBuilder::new()
+        .layer(layer)
+        .service(inner)
+        .oneshot(get())
+        .await
+        .unwrap();
+
+    let events: Vec<String> = capture
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.contains("retry:"))
+        .cloned()
+        .collect();
+    assert_eq!(events.len(), 4, "{events:#?}");
+    for (i, e) in events[..2].iter().enumerate() {
+        assert!(e.starts_with("DEBUG"), "{e}");
+        assert!(e.contains(&format!("attempt={}", i + 1)), "{e}");
+        assert!(e.contains("delay=500ms"), "{e}");
+        assert!(e.contains("verdict=Transient"), "{e}");
+        assert!(e.contains("status 503"), "{e}");
+    }
+    assert!(events[2].starts_with("INFO"), "{}", events[2]);
+    assert!(events[2].contains(r#"reason="attempts""#), "{}", events[2]);
+    assert!(events[3].contains(r#"reason="max_delay""#), "{}", events[3]);
+    assert!(
+        events[3].contains("server_wait=Some(4310s)"),
+        "{}",
+        events[3]
+    );
+    assert!(
+        events.iter().all(|e| !e.contains("127.0.0.1")),
+        "events never carry the URI"
+    );
+}
