@@ -38,12 +38,14 @@ pub mod body;
 pub mod classify;
 pub mod key;
 pub mod rate_limit;
+pub mod retry;
 pub mod retry_after;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use classify::{Classifier, ClassifyLayer, Verdict};
 pub use rate_limit::RateLimitLayer;
+pub use retry::RetryLayer;
 
 /// The boxed error type the layers return; every error ratewise creates can be
 /// downcast from it to its concrete type.

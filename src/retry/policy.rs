@@ -1,0 +1,276 @@
+//! The [`tower::retry::Policy`] that decides, per result, whether and when to retry.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use tokio::time::{Instant, Sleep};
+use tower::retry::budget::Budget;
+use tower::retry::Policy;
+
+use super::body::{try_clone_request, TryCloneBody};
+use super::schedule::{Jitter, Schedule};
+use super::stats::{GiveUp, RetryStats};
+use crate::classify::{verdict_of, verdict_of_error, Verdict};
+
+/// An error type whose verdict the retry policy can read, through
+/// [`verdict_of_error`](crate::classify::verdict_of_error).
+///
+/// Implemented for the boxed errors tower stacks return ([`BoxError`](crate::BoxError)
+/// and its `Send`-only and plain forms) and for [`std::io::Error`], [`hyper::Error`],
+/// [`http::Error`] and [`Infallible`](std::convert::Infallible). For another error type,
+/// implement it (one line) or box the error with
+/// `tower::util::MapErrLayer::new(Into::<ratewise::BoxError>::into)`.
+///
+/// (A blanket implementation over every `std::error::Error` would exclude the boxed
+/// errors, which do not implement that trait.)
+pub trait AsError {
+    /// This error as a `dyn Error`, for its verdict and its source chain.
+    fn as_error(&self) -> &(dyn std::error::Error + 'static);
+}
+
+impl AsError for Box<dyn std::error::Error + Send + Sync> {
+    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        &**self
+    }
+}
+
+impl AsError for Box<dyn std::error::Error + Send> {
+    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        &**self
+    }
+}
+
+impl AsError for Box<dyn std::error::Error> {
+    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        &**self
+    }
+}
+
+macro_rules! as_error {
+    ($($t:ty),* $(,)?) => {$(
+        impl AsError for $t {
+            fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+                self
+            }
+        }
+    )*};
+}
+
+as_error!(
+    std::io::Error,
+    hyper::Error,
+    http::Error,
+    std::convert::Infallible,
+    super::error::BufferError,
+);
+
+/// Validated configuration, shared by every clone.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) max_attempts: u32,
+    pub(crate) max_delay: Duration,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) schedule: Schedule,
+    pub(crate) jitter: Jitter,
+}
+
+/// What every clone of one layer shares: configuration, counters, budget.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) stats: RetryStats,
+    pub(crate) budget: Option<Arc<dyn Budget + Send + Sync>>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("stats", &self.stats)
+            .field("budget", &self.budget.as_ref().map(|_| "Budget"))
+            .finish()
+    }
+}
+
+/// Per-call state. tower's `Retry` clones the policy for every call (its
+/// `Service::call` runs `clone_request` on the service's policy, then clones the whole
+/// service into the response future), so this state belongs to one call.
+#[derive(Debug, Clone, Copy, Default)]
+struct CallState {
+    /// When the call started (the first attempt was sent).
+    start: Option<Instant>,
+    /// The number of the attempt whose result is awaited (1 for the first).
+    attempt: u32,
+    /// `retry` returned a wait; the next `clone_request` belongs to this call.
+    retry_pending: bool,
+}
+
+/// The retry policy built by [`RetryLayer`](super::RetryLayer): retries rate-limited
+/// and transient results, as the server asks or on a schedule, within attempts, a total
+/// deadline and an optional budget.
+///
+/// It implements [`tower::retry::Policy`] for `http::Request<B>` with
+/// `B:` [`TryCloneBody`] and `Result<http::Response<_>, E>` with `E:` [`AsError`], so it
+/// can also be given to `tower::retry::Retry::new` directly. Clones share the
+/// configuration, the [`RetryStats`] and the budget; each call's attempt count and
+/// start time live in the clone tower makes for that call.
+#[derive(Clone)]
+pub struct RetryPolicy {
+    shared: Arc<Shared>,
+    call: CallState,
+}
+
+impl fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("config", &self.shared.config)
+            .field("attempt", &self.call.attempt)
+            .field("start", &self.call.start)
+            .finish()
+    }
+}
+
+/// What came back from an attempt, for tracing.
+enum Outcome<'a> {
+    Status(http::StatusCode),
+    Error(&'a (dyn std::error::Error + 'static)),
+}
+
+impl fmt::Display for Outcome<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Status(s) => write!(f, "status {}", s.as_u16()),
+            Outcome::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        RetryPolicy {
+            shared,
+            call: CallState::default(),
+        }
+    }
+
+    /// The counters this policy writes.
+    pub fn stats(&self) -> RetryStats {
+        self.shared.stats.clone()
+    }
+
+    fn start_call(&mut self) {
+        self.call = CallState {
+            start: Some(Instant::now()),
+            attempt: 1,
+            retry_pending: false,
+        };
+        self.shared.stats.record_call();
+        if let Some(budget) = &self.shared.budget {
+            budget.deposit();
+        }
+    }
+
+    fn give_up(&self, reason: GiveUp, verdict: Verdict, outcome: &Outcome<'_>) -> Option<Sleep> {
+        self.shared.stats.record_give_up(reason);
+        tracing::info!(
+            reason = reason.as_str(),
+            attempt = self.call.attempt,
+            verdict = ?verdict,
+            server_wait = ?verdict.retry_after(),
+            outcome = %outcome,
+            "retry: giving up, returning the last result",
+        );
+        None
+    }
+
+    fn decide(&mut self, verdict: Verdict, outcome: Outcome<'_>) -> Option<Sleep> {
+        if !verdict.is_retryable() {
+            return None;
+        }
+        let now = Instant::now();
+        let start = *self.call.start.get_or_insert(now);
+        let attempt = self.call.attempt.max(1);
+        let config = &self.shared.config;
+        if attempt >= config.max_attempts {
+            return self.give_up(GiveUp::Attempts, verdict, &outcome);
+        }
+        let delay = match verdict.retry_after() {
+            Some(wait) if wait > config.max_delay => {
+                return self.give_up(GiveUp::MaxDelay, verdict, &outcome);
+            }
+            Some(wait) => wait,
+            None => config.schedule.delay(attempt, config.jitter),
+        };
+        if let Some(deadline) = config.deadline {
+            // An attempt starting at the deadline would have no time left: not taken.
+            let fits = match (now.checked_add(delay), start.checked_add(deadline)) {
+                (Some(resume), Some(end)) => resume < end,
+                _ => false,
+            };
+            if !fits {
+                return self.give_up(GiveUp::Deadline, verdict, &outcome);
+            }
+        }
+        if let Some(budget) = &self.shared.budget {
+            if !budget.withdraw() {
+                return self.give_up(GiveUp::Budget, verdict, &outcome);
+            }
+        }
+        self.call.attempt = attempt + 1;
+        self.call.retry_pending = true;
+        self.shared.stats.record_retry();
+        tracing::debug!(
+            attempt,
+            next_attempt = attempt + 1,
+            delay = ?delay,
+            verdict = ?verdict,
+            outcome = %outcome,
+            "retry: retrying after a retryable result",
+        );
+        Some(tokio::time::sleep(delay))
+    }
+}
+
+impl<B, ResB, E> Policy<Request<B>, Response<ResB>, E> for RetryPolicy
+where
+    B: TryCloneBody,
+    E: AsError,
+{
+    type Future = Sleep;
+
+    fn retry(
+        &mut self,
+        _req: &mut Request<B>,
+        result: &mut Result<Response<ResB>, E>,
+    ) -> Option<Self::Future> {
+        match result {
+            Ok(response) => {
+                let verdict = verdict_of(response);
+                self.decide(verdict, Outcome::Status(response.status()))
+            }
+            Err(err) => {
+                let err = err.as_error();
+                self.decide(verdict_of_error(err), Outcome::Error(err))
+            }
+        }
+    }
+
+    fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
+        let new_call = !self.call.retry_pending;
+        if new_call {
+            self.start_call();
+        } else {
+            self.call.retry_pending = false;
+        }
+        let copy = try_clone_request(req);
+        if copy.is_none() && new_call {
+            self.shared.stats.record_not_cloneable();
+            tracing::debug!(
+                method = %req.method(),
+                "retry: request body cannot be cloned, sending it once without retry",
+            );
+        }
+        copy
+    }
+}
