@@ -18,6 +18,7 @@ impl ServerErrors {
 impl Classifier for ServerErrors {
     fn classify(&self, response: &ResponseView<'_>) -> Option<Verdict> {
         let s = response.status();
-        (s.is_server_error() || s == http::StatusCode::REQUEST_TIMEOUT).then_some(Verdict::Transient)
+        (s.is_server_error() || s == http::StatusCode::REQUEST_TIMEOUT)
+            .then_some(Verdict::Transient)
     }
 }
