@@ -12,10 +12,7 @@ pub struct ClassifyLayer<C> {
 impl<C> ClassifyLayer<C> {
     /// A layer using `classifier`.
     pub fn new(classifier: C) -> Self {
-        ClassifyLayer {
-            classifier: std::sync::Arc::new(classifier),
-            body_cap: DEFAULT_BODY_CAP,
-        }
+        ClassifyLayer { classifier: std::sync::Arc::new(classifier), body_cap: DEFAULT_BODY_CAP }
     }
 
     /// How many body bytes a classifier may see (default 64 KiB).

@@ -10,11 +10,7 @@ pub struct Classify<S, C> {
 
 impl<S, C> Classify<S, C> {
     pub(crate) fn new(inner: S, classifier: Arc<C>, body_cap: usize) -> Self {
-        Classify {
-            inner,
-            classifier,
-            body_cap,
-        }
+        Classify { inner, classifier, body_cap }
     }
     /// The inner service.
     pub fn get_ref(&self) -> &S {
