@@ -125,7 +125,7 @@ impl JsonFieldIn {
             Value::Bool(b) => b.to_string(),
             _ => return false,
         };
-        self.values.iter().any(|v| *v == text)
+        self.values.contains(&text)
     }
 }
 

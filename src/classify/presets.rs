@@ -84,6 +84,13 @@ impl Preset {
     }
 }
 
+impl Default for Preset {
+    /// The [`default`] preset.
+    fn default() -> Self {
+        default()
+    }
+}
+
 impl fmt::Debug for Preset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Preset")
