@@ -1,15 +1,107 @@
-//! STUB: to be written.
+//! DingTalk's QPS limits: 403 or 429 with a `...QpsLimit...` code.
+//!
+//! DingTalk answers over-limit calls (about 20 QPS per tenant on the AI card API,
+//! 50 QPS per robot) with **403** or **429** and a body such as
+//! `{"code":"Forbidden.AccessDenied.QpsLimitForApi","requestid":"...","message":"..."}`
+//! (or `QpsLimitForAppkeyAndApi`, ...).
+//!
+//! # Example
+//!
+//! ```
+//! use http::{HeaderMap, StatusCode};
+//! use ratewise::classify::{Classifier, DingTalkQpsLimit, ResponseView, Verdict};
+//!
+//! let dt = DingTalkQpsLimit::new();
+//! let headers = HeaderMap::new();
+//! assert!(dt.wants_body(StatusCode::FORBIDDEN, &headers));
+//! assert!(!dt.wants_body(StatusCode::OK, &headers));
+//!
+//! let body = br#"{"code":"Forbidden.AccessDenied.QpsLimitForApi","requestid":"x","message":"qps limit"}"#;
+//! let view = ResponseView::new(StatusCode::FORBIDDEN, &headers).with_body(body);
+//! assert_eq!(dt.classify(&view), Some(Verdict::rate_limited(None)));
+//!
+//! // A 403 for another reason: no opinion (a failure, unless a later classifier says otherwise).
+//! let body = br#"{"code":"Forbidden.AccessDenied.AccessTokenPermissionDenied","message":"no"}"#;
+//! let view = ResponseView::new(StatusCode::FORBIDDEN, &headers).with_body(body);
+//! assert_eq!(dt.classify(&view), None);
+//! ```
 
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use super::body_contains::contains;
 use super::{Classifier, ResponseView, Verdict};
 
-/// STUB: to be written.
-#[derive(Debug, Clone, Default)]
+/// The marker DingTalk's QPS-limit codes contain.
+const MARKER: &str = "QpsLimit";
+
+/// Classifies DingTalk's QPS-limit answers as rate-limited: a **403** or **429** whose
+/// JSON `code` contains `QpsLimit`.
+///
+/// It asks for the body on 403 and 429 only. When the body is not complete JSON
+/// (cut off by the layer's cap), the raw bytes are searched for `QpsLimit` instead.
+/// A 403 or 429 without the marker gets no opinion (`None`): in an
+/// [`or`](Classifier::or) chain the next classifier decides (the
+/// [`dingtalk`](super::presets::dingtalk) preset makes any 429 rate-limited), and
+/// alone the layer falls back to [`Verdict::from_status`], so a plain 403 is a
+/// failure. The retry hint comes from the crate's one parser.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct DingTalkQpsLimit {
     _priv: (),
 }
 
+impl DingTalkQpsLimit {
+    /// A new DingTalk QPS-limit classifier.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn applies(status: StatusCode) -> bool {
+        status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS
+    }
+
+    fn is_qps_limit(body: &[u8]) -> bool {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(json) => json
+                .get("code")
+                .and_then(Value::as_str)
+                .is_some_and(|code| code.contains(MARKER)),
+            Err(_) => contains(body, MARKER.as_bytes()),
+        }
+    }
+}
+
 impl Classifier for DingTalkQpsLimit {
-    fn classify(&self, _response: &ResponseView<'_>) -> Option<Verdict> {
-        None
+    fn wants_body(&self, status: StatusCode, _headers: &HeaderMap) -> bool {
+        Self::applies(status)
+    }
+
+    fn classify(&self, response: &ResponseView<'_>) -> Option<Verdict> {
+        if !Self::applies(response.status()) {
+            return None;
+        }
+        let body = response.body()?;
+        Self::is_qps_limit(body).then(|| Verdict::rate_limited(response.retry_after()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        assert!(DingTalkQpsLimit::is_qps_limit(
+            br#"{"code":"Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"}"#
+        ));
+        assert!(!DingTalkQpsLimit::is_qps_limit(
+            br#"{"code":"Forbidden","message":"QpsLimit mentioned in passing"}"#
+        ));
+        assert!(!DingTalkQpsLimit::is_qps_limit(br#"{"code":42}"#));
+        // Truncated JSON: the raw bytes are searched.
+        assert!(DingTalkQpsLimit::is_qps_limit(
+            br#"{"requestid":"1","code":"Forbidden.AccessDenied.QpsLimitFor"#
+        ));
+        assert!(!DingTalkQpsLimit::is_qps_limit(b"<html>Forbidden"));
     }
 }

@@ -44,7 +44,7 @@ pub mod telegram;
 pub mod transient;
 
 pub use self::body_contains::StatusBodyContains;
-pub use self::combinators::{ClassifyFn, Or};
+pub use self::combinators::{classify_fn, ClassifyFn, Or};
 pub use self::dingtalk::DingTalkQpsLimit;
 pub use self::future::ResponseFuture;
 pub use self::json_field::JsonFieldIn;

@@ -1,10 +1,33 @@
 //! HTTP 429 Too Many Requests.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{HeaderMap, HeaderValue, StatusCode};
+//! use ratewise::classify::{Classifier, ResponseView, TooManyRequests, Verdict};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert("retry-after", HeaderValue::from_static("30"));
+//! let view = ResponseView::new(StatusCode::TOO_MANY_REQUESTS, &headers);
+//! assert_eq!(
+//!     TooManyRequests::new().classify(&view),
+//!     Some(Verdict::rate_limited(Some(Duration::from_secs(30))))
+//! );
+//! // It never asks for a body.
+//! assert!(!TooManyRequests::new().wants_body(StatusCode::TOO_MANY_REQUESTS, &headers));
+//! ```
 
 use super::{Classifier, ResponseView, Verdict};
 
 /// Classifies `429 Too Many Requests` as rate-limited, with the retry hint the
-/// crate's one parser finds in the headers (and the body prefix, when another
-/// classifier in the chain asked for it).
+/// crate's one parser finds.
+///
+/// It judges by status and headers only and never asks for a body, so it costs
+/// nothing. When another classifier in the chain asked for the body (as
+/// [`TelegramRetryAfter`](super::TelegramRetryAfter) does on 429), the parser also
+/// reads the hint in the body. Use `TelegramRetryAfter` instead of this when the
+/// upstream puts its hint only in the body. Other statuses get no opinion.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TooManyRequests {
     _priv: (),
