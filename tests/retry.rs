@@ -132,7 +132,6 @@ async fn telegram_4310_retry_after_is_returned_at_once_without_sleeping() {
 /// Needs the real `retry_after::parse` (the skeleton's stub finds no wait, so the
 /// 429 is retried on the schedule instead).
 #[tokio::test(start_paused = true)]
-#[ignore = "needs the Retry-After parser (parse branch); the skeleton's parse() is a stub"]
 async fn bare_retry_after_4310_header_is_returned_at_once() {
     let layer = RetryLayer::builder()
         .max_delay(Duration::from_secs(60))
