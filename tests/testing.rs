@@ -22,7 +22,10 @@ type Error = ratewise::BoxError;
 
 /// Sends one request in-process and returns status, headers and the body as JSON
 /// (`Value::Null` when the body is not JSON).
-async fn call(app: &Router, req: Request<Full<Bytes>>) -> Result<(StatusCode, HeaderMap, Value), Error> {
+async fn call(
+    app: &Router,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, HeaderMap, Value), Error> {
     let resp = app.clone().oneshot(req).await?;
     let (parts, body) = resp.into_parts();
     let bytes = body_bytes(body).await?;
@@ -58,7 +61,10 @@ async fn qq_serves_two_urls_then_answers_400_with_the_rate_limit_body() -> Resul
     }
     let (status, _, body) = call(&app, gateway()?).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body, json!({ "code": 40034, "message": "接口调用超过频率限制" }));
+    assert_eq!(
+        body,
+        json!({ "code": 40034, "message": "接口调用超过频率限制" })
+    );
     assert_eq!(body["code"], qq::RATE_LIMIT_CODE);
 
     let hits = qq.hits();
@@ -88,7 +94,14 @@ async fn qq_window_reopens_exactly_one_window_after_its_first_call() -> Result<(
     let hits = qq.hits();
     assert_eq!(
         hits.times(),
-        [Duration::ZERO, secs(4), ms(9_999), secs(10), secs(10), secs(10)]
+        [
+            Duration::ZERO,
+            secs(4),
+            ms(9_999),
+            secs(10),
+            secs(10),
+            secs(10)
+        ]
     );
     assert_eq!(hits.times_of(Outcome::RateLimited), [ms(9_999), secs(10)]);
     hits.clear();
@@ -100,9 +113,15 @@ async fn qq_window_reopens_exactly_one_window_after_its_first_call() -> Result<(
 async fn qq_set_url_changes_the_url_handed_out_from_then_on() -> Result<(), Error> {
     let qq = QqGateway::new().limit(10).url("wss://first.example/ws");
     let app = qq.router();
-    assert_eq!(call(&app, gateway()?).await?.2["url"], "wss://first.example/ws");
+    assert_eq!(
+        call(&app, gateway()?).await?.2["url"],
+        "wss://first.example/ws"
+    );
     qq.set_url("wss://second.example/ws");
-    assert_eq!(call(&app, gateway()?).await?.2["url"], "wss://second.example/ws");
+    assert_eq!(
+        call(&app, gateway()?).await?.2["url"],
+        "wss://second.example/ws"
+    );
     Ok(())
 }
 
@@ -134,8 +153,14 @@ async fn qq_over_a_real_server_on_localhost_two_ok_then_400() -> Result<(), Erro
         let status = resp.status();
         answers.push((status, body_json(resp.into_body()).await?));
     }
-    assert_eq!(answers[0], (StatusCode::OK, json!({ "url": qq::DEFAULT_URL })));
-    assert_eq!(answers[1], (StatusCode::OK, json!({ "url": qq::DEFAULT_URL })));
+    assert_eq!(
+        answers[0],
+        (StatusCode::OK, json!({ "url": qq::DEFAULT_URL }))
+    );
+    assert_eq!(
+        answers[1],
+        (StatusCode::OK, json!({ "url": qq::DEFAULT_URL }))
+    );
     assert_eq!(
         answers[2],
         (
@@ -174,6 +199,22 @@ async fn mock_server_shutdown_closes_the_listener_and_open_connections() -> Resu
     Ok(())
 }
 
+#[tokio::test]
+async fn mock_server_drop_aborts_its_connection_tasks() -> Result<(), Error> {
+    let server = MockServer::start(QqGateway::new().router()).await?;
+    let mut conn = tokio::net::TcpStream::connect(server.addr()).await?;
+    conn.write_all(b"GET /gateway HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await?;
+    let mut buf = vec![0u8; 4096];
+    assert!(conn.read(&mut buf).await? > 0);
+
+    drop(server);
+    // The keep-alive connection would stay open forever; the drop closes it.
+    let n = tokio::time::timeout(secs(5), conn.read(&mut buf)).await??;
+    assert_eq!(n, 0);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------
 // DingTalk AI cards
 // ---------------------------------------------------------------------------------
@@ -194,13 +235,17 @@ async fn dingtalk_tenant_over_20_qps_gets_403_qps_limit_then_recovers() -> Resul
     for i in 0..20 {
         let (status, _, body) = call(
             &app,
-            card_edit("tenant-a", json!({ "outTrackId": format!("c{i}"), "content": "x" }))?,
+            card_edit(
+                "tenant-a",
+                json!({ "outTrackId": format!("c{i}"), "content": "x" }),
+            )?,
         )
         .await?;
         assert_eq!(status, StatusCode::OK, "call {i}");
         assert_eq!(body, json!({ "success": true, "result": true }));
     }
-    let (status, _, body) = call(&app, card_edit("tenant-a", json!({ "outTrackId": "c20" }))?).await?;
+    let (status, _, body) =
+        call(&app, card_edit("tenant-a", json!({ "outTrackId": "c20" }))?).await?;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["code"], "Forbidden.AccessDenied.QpsLimitForApi");
     assert_eq!(body["requestid"], "mock-00000021");
@@ -220,7 +265,8 @@ async fn dingtalk_tenant_over_20_qps_gets_403_qps_limit_then_recovers() -> Resul
 }
 
 #[tokio::test(start_paused = true)]
-async fn dingtalk_robot_over_its_qps_gets_429_with_the_qps_limit_family_code() -> Result<(), Error> {
+async fn dingtalk_robot_over_its_qps_gets_429_with_the_qps_limit_family_code() -> Result<(), Error>
+{
     let cards = DingTalkCards::new().tenant_qps(1_000).robot_qps(2);
     let app = cards.router();
     let edit = |robot: &str| {
@@ -235,14 +281,20 @@ async fn dingtalk_robot_over_its_qps_gets_429_with_the_qps_limit_family_code() -
     let (status, _, body) = call(&app, edit("r1")?).await?;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body["code"], dingtalk::ROBOT_LIMIT_CODE);
-    assert!(body["code"].as_str().is_some_and(|c| c.contains("QpsLimit")));
+    assert!(body["code"]
+        .as_str()
+        .is_some_and(|c| c.contains("QpsLimit")));
     assert_eq!(body["requestid"], "mock-00000003");
     // Another robot is not affected; after the window r1 is served again.
     assert_eq!(call(&app, edit("r2")?).await?.0, StatusCode::OK);
     advance(secs(1)).await;
     assert_eq!(call(&app, edit("r1")?).await?.0, StatusCode::OK);
     // POST (create) is routed too.
-    let create = json_request(Method::POST, "/v1.0/card/instances", &json!({ "outTrackId": "new" }))?;
+    let create = json_request(
+        Method::POST,
+        "/v1.0/card/instances",
+        &json!({ "outTrackId": "new" }),
+    )?;
     assert_eq!(call(&app, create).await?.0, StatusCode::OK);
     Ok(())
 }
@@ -254,20 +306,46 @@ async fn dingtalk_logs_every_card_edit_with_its_time_and_finality() -> Result<()
     let edit = |body: Value| card_edit("t", body);
     call(&app, edit(json!({ "outTrackId": "A", "content": "he" }))?).await?; // t = 0
     advance(ms(800)).await;
-    call(&app, edit(json!({ "outTrackId": "A", "content": "hello", "isFinalize": true }))?).await?; // t = 0.8
-    call(&app, edit(json!({ "outTrackId": "B", "content": "x", "isFinal": true }))?).await?; // refused: 403
+    call(
+        &app,
+        edit(json!({ "outTrackId": "A", "content": "hello", "isFinalize": true }))?,
+    )
+    .await?; // t = 0.8
+    call(
+        &app,
+        edit(json!({ "outTrackId": "B", "content": "x", "isFinal": true }))?,
+    )
+    .await?; // refused: 403
     advance(ms(200)).await;
-    call(&app, edit(json!({ "outTrackId": "B", "content": "x", "isFinal": true }))?).await?; // t = 1.0
+    call(
+        &app,
+        edit(json!({ "outTrackId": "B", "content": "x", "isFinal": true }))?,
+    )
+    .await?; // t = 1.0
 
     let a = cards.edits_for("A");
     assert_eq!(a.len(), 2);
-    assert_eq!((a[0].at, a[0].is_final, a[0].content.as_deref()), (Duration::ZERO, false, Some("he")));
-    assert_eq!((a[1].at, a[1].is_final, a[1].content.as_deref()), (ms(800), true, Some("hello")));
-    assert!(a.iter().all(|e| e.delivered() && e.path == "/v1.0/card/streaming"));
+    assert_eq!(
+        (a[0].at, a[0].is_final, a[0].content.as_deref()),
+        (Duration::ZERO, false, Some("he"))
+    );
+    assert_eq!(
+        (a[1].at, a[1].is_final, a[1].content.as_deref()),
+        (ms(800), true, Some("hello"))
+    );
+    assert!(a
+        .iter()
+        .all(|e| e.delivered() && e.path == "/v1.0/card/streaming"));
 
     let b = cards.edits_for("B");
-    assert_eq!(b.iter().map(|e| e.status).collect::<Vec<_>>(), [StatusCode::FORBIDDEN, StatusCode::OK]);
-    assert_eq!(b.iter().map(|e| e.at).collect::<Vec<_>>(), [ms(800), secs(1)]);
+    assert_eq!(
+        b.iter().map(|e| e.status).collect::<Vec<_>>(),
+        [StatusCode::FORBIDDEN, StatusCode::OK]
+    );
+    assert_eq!(
+        b.iter().map(|e| e.at).collect::<Vec<_>>(),
+        [ms(800), secs(1)]
+    );
     assert!(b.iter().all(|e| e.is_final));
     assert_eq!(cards.finals_delivered(), ["A", "B"]);
     assert_eq!(cards.edits().len(), 4);
@@ -289,14 +367,31 @@ async fn dingtalk_malformed_bodies_get_400_invalid_parameter() -> Result<(), Err
         (raw("{not json")?, "not valid JSON"),
         (raw("")?, "empty"),
         (raw("[1,2]")?, "not an object"),
-        (json_request(Method::PUT, "/v1.0/card/streaming", &json!({ "content": "x" }))?, "outTrackId"),
-        (json_request(Method::PUT, "/v1.0/card/streaming", &json!({ "outTrackId": 7 }))?, "outTrackId"),
+        (
+            json_request(
+                Method::PUT,
+                "/v1.0/card/streaming",
+                &json!({ "content": "x" }),
+            )?,
+            "outTrackId",
+        ),
+        (
+            json_request(
+                Method::PUT,
+                "/v1.0/card/streaming",
+                &json!({ "outTrackId": 7 }),
+            )?,
+            "outTrackId",
+        ),
     ] {
         let (status, _, body) = call(&app, req).await?;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["code"], "InvalidParameter");
         let message = body["message"].as_str().unwrap_or_default();
-        assert!(message.contains(needle), "{message:?} should mention {needle:?}");
+        assert!(
+            message.contains(needle),
+            "{message:?} should mention {needle:?}"
+        );
     }
     let (status, _, _) = call(&app, empty_request(Method::GET, "/v1.0/card/streaming")?).await?;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
@@ -312,7 +407,11 @@ async fn dingtalk_malformed_bodies_get_400_invalid_parameter() -> Result<(), Err
 const TOKEN_PATH: &str = "/bot123456:SECRET-token/sendMessage";
 
 fn send(text: &str) -> Result<Request<Full<Bytes>>, http::Error> {
-    json_request(Method::POST, TOKEN_PATH, &json!({ "chat_id": 42, "text": text }))
+    json_request(
+        Method::POST,
+        TOKEN_PATH,
+        &json!({ "chat_id": 42, "text": text }),
+    )
 }
 
 fn too_many(n: u64) -> Value {
@@ -341,11 +440,18 @@ async fn telegram_delivers_messages_in_order_within_quota() -> Result<(), Error>
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["result"]["is_bot"], true);
     advance(secs(1)).await;
-    let string_chat = json_request(Method::POST, "/bot1:x/SENDMESSAGE", &json!({ "chat_id": "@chan", "text": "four" }))?;
+    let string_chat = json_request(
+        Method::POST,
+        "/bot1:x/SENDMESSAGE",
+        &json!({ "chat_id": "@chan", "text": "four" }),
+    )?;
     assert_eq!(call(&app, string_chat).await?.0, StatusCode::OK);
 
     let delivered = tg.delivered();
-    let texts: Vec<_> = delivered.iter().map(|d| (d.chat_id.as_str(), d.text.as_str(), d.at)).collect();
+    let texts: Vec<_> = delivered
+        .iter()
+        .map(|d| (d.chat_id.as_str(), d.text.as_str(), d.at))
+        .collect();
     assert_eq!(
         texts,
         [
@@ -359,7 +465,8 @@ async fn telegram_delivers_messages_in_order_within_quota() -> Result<(), Error>
 }
 
 #[tokio::test(start_paused = true)]
-async fn telegram_over_quota_answers_429_with_retry_after_in_body_and_header() -> Result<(), Error> {
+async fn telegram_over_quota_answers_429_with_retry_after_in_body_and_header() -> Result<(), Error>
+{
     let tg = TelegramBot::new().limit(2).window(secs(1)).penalty(secs(7));
     let app = tg.router();
     assert_eq!(call(&app, send("a")?).await?.0, StatusCode::OK);
@@ -389,7 +496,9 @@ async fn telegram_calls_during_the_penalty_double_it_up_to_4310_seconds() -> Res
     for _ in 0..12 {
         let (status, headers, body) = call(&app, send("hammer")?).await?;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-        let n = body["parameters"]["retry_after"].as_u64().ok_or("no retry_after")?;
+        let n = body["parameters"]["retry_after"]
+            .as_u64()
+            .ok_or("no retry_after")?;
         assert_eq!(headers["retry-after"], n.to_string().as_str());
         assert_eq!(body, too_many(n));
         seen.push(n);
@@ -419,13 +528,18 @@ async fn telegram_calls_during_the_penalty_double_it_up_to_4310_seconds() -> Res
 
 #[tokio::test(start_paused = true)]
 async fn telegram_client_that_waits_retry_after_is_never_escalated() -> Result<(), Error> {
-    let tg = TelegramBot::new().limit(1).window(secs(1)).penalty(ms(2_500));
+    let tg = TelegramBot::new()
+        .limit(1)
+        .window(secs(1))
+        .penalty(ms(2_500));
     let app = tg.router();
     let mut delivered = 0;
     for i in 0..6 {
         let (status, _, body) = call(&app, send(&format!("m{i}"))?).await?;
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let n = body["parameters"]["retry_after"].as_u64().ok_or("no retry_after")?;
+            let n = body["parameters"]["retry_after"]
+                .as_u64()
+                .ok_or("no retry_after")?;
             assert_eq!(n, 3, "2.5 s rounds up to 3");
             advance(secs(n)).await;
         } else {
@@ -437,7 +551,17 @@ async fn telegram_client_that_waits_retry_after_is_never_escalated() -> Result<(
     assert_eq!(tg.delivered().len(), delivered);
     assert_eq!(delivered, 3);
     // OK at 0, 429 at 0, OK at 3, 429 at 3, OK at 6, 429 at 6.
-    assert_eq!(tg.hits().times(), [Duration::ZERO, Duration::ZERO, secs(3), secs(3), secs(6), secs(6)]);
+    assert_eq!(
+        tg.hits().times(),
+        [
+            Duration::ZERO,
+            Duration::ZERO,
+            secs(3),
+            secs(3),
+            secs(6),
+            secs(6)
+        ]
+    );
     Ok(())
 }
 
@@ -463,16 +587,27 @@ async fn telegram_bad_requests_get_400_or_404_descriptions() -> Result<(), Error
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["ok"], false);
     assert_eq!(body["error_code"], 400);
-    assert!(body["description"].as_str().is_some_and(|d| d.starts_with("Bad Request: ")));
+    assert!(body["description"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("Bad Request: ")));
 
     let no_text = json_request(Method::POST, TOKEN_PATH, &json!({ "chat_id": 1 }))?;
-    assert_eq!(call(&app, no_text).await?.2["description"], "Bad Request: message text is empty");
+    assert_eq!(
+        call(&app, no_text).await?.2["description"],
+        "Bad Request: message text is empty"
+    );
     let no_chat = json_request(Method::POST, TOKEN_PATH, &json!({ "text": "x" }))?;
-    assert_eq!(call(&app, no_chat).await?.2["description"], "Bad Request: chat_id is empty");
+    assert_eq!(
+        call(&app, no_chat).await?.2["description"],
+        "Bad Request: chat_id is empty"
+    );
 
     let (status, _, body) = call(&app, empty_request(Method::GET, "/nothing")?).await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(body, json!({ "ok": false, "error_code": 404, "description": "Not Found" }));
+    assert_eq!(
+        body,
+        json!({ "ok": false, "error_code": 404, "description": "Not Found" })
+    );
     assert!(tg.delivered().is_empty());
     assert_eq!(tg.hits().count_of(Outcome::Rejected), 4);
     Ok(())
@@ -498,7 +633,10 @@ async fn glm_serves_50_per_minute_then_answers_429_code_1302() -> Result<(), Err
         let (status, _, body) = call(&app, glm_call()?).await?;
         assert_eq!(status, StatusCode::OK, "call {i}");
         assert_eq!(body["model"], "glm-4-flash");
-        assert_eq!(body["choices"][0]["message"]["content"], format!("glm mock reply #{i}"));
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            format!("glm mock reply #{i}")
+        );
     }
     let (status, headers, body) = call(&app, glm_call()?).await?;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
@@ -509,12 +647,21 @@ async fn glm_serves_50_per_minute_then_answers_429_code_1302() -> Result<(), Err
     assert!(headers.get("retry-after").is_none());
 
     advance(ms(59_999)).await;
-    assert_eq!(call(&app, glm_call()?).await?.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        call(&app, glm_call()?).await?.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     advance(ms(1)).await;
     let (status, _, body) = call(&app, glm_call()?).await?;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["choices"][0]["message"]["content"], "glm mock reply #51");
-    assert_eq!(glm.hits().times_of(Outcome::RateLimited), [Duration::ZERO, ms(59_999)]);
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "glm mock reply #51"
+    );
+    assert_eq!(
+        glm.hits().times_of(Outcome::RateLimited),
+        [Duration::ZERO, ms(59_999)]
+    );
     Ok(())
 }
 
@@ -541,9 +688,14 @@ async fn glm_malformed_body_gets_400_with_a_message() -> Result<(), Error> {
     let (status, _, body) = call(&app, raw).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "1214");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("not valid JSON")));
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("not valid JSON")));
     // The next good call is reply #1: a rejected call is not a served one.
-    assert_eq!(call(&app, glm_call()?).await?.2["choices"][0]["message"]["content"], "glm mock reply #1");
+    assert_eq!(
+        call(&app, glm_call()?).await?.2["choices"][0]["message"]["content"],
+        "glm mock reply #1"
+    );
     Ok(())
 }
 
@@ -572,12 +724,16 @@ async fn openai_within_quota_answers_json_naming_the_backend() -> Result<(), Err
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "gpt-4o-mini");
     assert_eq!(body["id"], "chatcmpl-fallback-1");
-    assert_eq!(body["choices"][0]["message"]["content"], "mock reply from fallback");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "mock reply from fallback"
+    );
     Ok(())
 }
 
 #[tokio::test(start_paused = true)]
-async fn openai_over_quota_answers_429_with_retry_after_ms_and_reset_headers() -> Result<(), Error> {
+async fn openai_over_quota_answers_429_with_retry_after_ms_and_reset_headers() -> Result<(), Error>
+{
     let api = OpenAiApi::new().name("primary").limit(2).window(secs(60));
     let app = api.router();
     assert_eq!(call(&app, chat(false)?).await?.0, StatusCode::OK); // t = 0
@@ -604,7 +760,10 @@ async fn openai_over_quota_answers_429_with_retry_after_ms_and_reset_headers() -
     assert_eq!(call(&app, chat(false)?).await?.1["retry-after-ms"], "1");
     advance(ms(1)).await;
     assert_eq!(call(&app, chat(false)?).await?.0, StatusCode::OK);
-    assert_eq!(api.hits().times_of(Outcome::RateLimited), [ms(15_500), ms(59_999)]);
+    assert_eq!(
+        api.hits().times_of(Outcome::RateLimited),
+        [ms(15_500), ms(59_999)]
+    );
     Ok(())
 }
 
@@ -642,7 +801,9 @@ fn sse_data(text: &str) -> Vec<String> {
 
 #[tokio::test(start_paused = true)]
 async fn openai_stream_in_process_sends_each_event_one_gap_apart() -> Result<(), Error> {
-    let api = OpenAiApi::new().reply("alpha beta gamma").stream_gap(ms(100));
+    let api = OpenAiApi::new()
+        .reply("alpha beta gamma")
+        .stream_gap(ms(100));
     let resp = api.router().oneshot(chat(true)?).await?;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
@@ -655,19 +816,34 @@ async fn openai_stream_in_process_sends_each_event_one_gap_apart() -> Result<(),
     let data: Vec<_> = frames.iter().flat_map(|(_, f)| sse_data(f)).collect();
     assert_eq!(data.len(), 5);
     assert_eq!(data[4], "[DONE]");
-    let chunks: Vec<Value> = data[..4].iter().map(|d| serde_json::from_str(d)).collect::<Result<_, _>>()?;
-    let deltas: Vec<_> = chunks.iter().map(|c| c["choices"][0]["delta"].clone()).collect();
+    let chunks: Vec<Value> = data[..4]
+        .iter()
+        .map(|d| serde_json::from_str(d))
+        .collect::<Result<_, _>>()?;
+    let deltas: Vec<_> = chunks
+        .iter()
+        .map(|c| c["choices"][0]["delta"].clone())
+        .collect();
     assert_eq!(deltas, expected_events(&["alpha", " beta", " gamma"]));
     assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == "chatcmpl-openai-1"));
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == "chatcmpl-openai-1"));
     Ok(())
 }
 
 #[tokio::test(start_paused = true)]
 async fn openai_sse_over_a_real_server_arrives_in_several_chunks() -> Result<(), Error> {
-    let api = OpenAiApi::new().name("remote").reply("one two three").stream_gap(ms(250));
+    let api = OpenAiApi::new()
+        .name("remote")
+        .reply("one two three")
+        .stream_gap(ms(250));
     let server = MockServer::start(api.router()).await?;
-    let req = json_request(Method::POST, &server.url(openai::PATH), &json!({ "stream": true, "messages": [] }))?;
+    let req = json_request(
+        Method::POST,
+        &server.url(openai::PATH),
+        &json!({ "stream": true, "messages": [] }),
+    )?;
     let resp = client().request(req).await?;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
@@ -702,7 +878,9 @@ async fn openai_malformed_body_gets_400_invalid_request_error() -> Result<(), Er
     let (status, headers, body) = call(&app, raw).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["type"], "invalid_request_error");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("could not parse the JSON body")));
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("could not parse the JSON body")));
     assert_eq!(headers[openai::BACKEND_HEADER], "openai");
     let (status, _, _) = call(&app, empty_request(Method::GET, openai::PATH)?).await?;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
@@ -715,14 +893,22 @@ async fn every_mock_answers_over_a_real_server() -> Result<(), Error> {
     let client = client();
     let glm = GlmApi::new().limit(0);
     let server = MockServer::start(glm.router()).await?;
-    let req = json_request(Method::POST, &server.url(glm::PATH), &json!({ "messages": [] }))?;
+    let req = json_request(
+        Method::POST,
+        &server.url(glm::PATH),
+        &json!({ "messages": [] }),
+    )?;
     let resp = client.request(req).await?;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body_json(resp.into_body()).await?["error"]["code"], "1302");
 
     let tg = TelegramBot::new().limit(0).penalty(secs(30));
     let server = MockServer::start(tg.router()).await?;
-    let req = json_request(Method::POST, &server.url(TOKEN_PATH), &json!({ "chat_id": 1, "text": "x" }))?;
+    let req = json_request(
+        Method::POST,
+        &server.url(TOKEN_PATH),
+        &json!({ "chat_id": 1, "text": "x" }),
+    )?;
     let resp = client.request(req).await?;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(resp.headers()["retry-after"], "30");
@@ -730,9 +916,16 @@ async fn every_mock_answers_over_a_real_server() -> Result<(), Error> {
 
     let cards = DingTalkCards::new().tenant_qps(0);
     let server = MockServer::start(cards.router()).await?;
-    let req = json_request(Method::PUT, &server.url("/v1.0/card/streaming"), &json!({ "outTrackId": "c" }))?;
+    let req = json_request(
+        Method::PUT,
+        &server.url("/v1.0/card/streaming"),
+        &json!({ "outTrackId": "c" }),
+    )?;
     let resp = client.request(req).await?;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    assert_eq!(body_json(resp.into_body()).await?["code"], dingtalk::TENANT_LIMIT_CODE);
+    assert_eq!(
+        body_json(resp.into_body()).await?["code"],
+        dingtalk::TENANT_LIMIT_CODE
+    );
     Ok(())
 }
