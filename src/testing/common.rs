@@ -1,0 +1,274 @@
+//! Plumbing shared by the mocks: fixed windows, request reading, JSON answers.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::recorder::{Hits, Outcome};
+
+/// The most body a mock reads; anything longer is answered 400.
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
+
+/// Locks a mutex, ignoring poisoning (a panicking test must not cascade into others).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// N calls per window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Quota {
+    pub(crate) limit: u32,
+    pub(crate) window: Duration,
+}
+
+/// A fixed window anchored at the first admitted call: it opens at that call, admits
+/// `limit` calls, and closes `window` later; the next call opens a fresh one. Calls
+/// refused while the window is full do not count.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FixedWindow {
+    start: Option<Instant>,
+    used: u32,
+}
+
+impl FixedWindow {
+    fn roll(&mut self, now: Instant, quota: Quota) {
+        if let Some(start) = self.start {
+            // An end that overflows the clock never comes.
+            if start
+                .checked_add(quota.window)
+                .is_some_and(|end| now >= end)
+            {
+                self.reset();
+            }
+        }
+    }
+
+    /// Time until the current window closes (a full window if none is open).
+    fn reset_in(&self, now: Instant, quota: Quota) -> Duration {
+        match self.start.and_then(|s| s.checked_add(quota.window)) {
+            Some(end) => end.saturating_duration_since(now),
+            None if self.start.is_some() => Duration::MAX,
+            None => quota.window,
+        }
+    }
+
+    /// Whether a call now would be admitted; `Err` carries the time until the window
+    /// closes. Consumes nothing.
+    pub(crate) fn peek(&mut self, now: Instant, quota: Quota) -> Result<(), Duration> {
+        self.roll(now, quota);
+        if self.used < quota.limit {
+            Ok(())
+        } else {
+            Err(self.reset_in(now, quota))
+        }
+    }
+
+    /// Counts one admitted call (opening the window if needed); returns the calls left
+    /// and the time until the window closes.
+    pub(crate) fn take(&mut self, now: Instant, quota: Quota) -> (u32, Duration) {
+        self.roll(now, quota);
+        if self.start.is_none() {
+            self.start = Some(now);
+        }
+        self.used = self.used.saturating_add(1);
+        (
+            quota.limit.saturating_sub(self.used),
+            self.reset_in(now, quota),
+        )
+    }
+
+    /// `peek` then `take`: `Ok((remaining, reset_in))` or `Err(reset_in)`.
+    pub(crate) fn admit(
+        &mut self,
+        now: Instant,
+        quota: Quota,
+    ) -> Result<(u32, Duration), Duration> {
+        self.peek(now, quota)?;
+        Ok(self.take(now, quota))
+    }
+
+    /// Closes the window.
+    pub(crate) fn reset(&mut self) {
+        self.start = None;
+        self.used = 0;
+    }
+}
+
+/// A request as a mock handler sees it: read in full, never failing.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    pub(crate) now: Instant,
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) headers: HeaderMap,
+    /// The body, or why it could not be read.
+    pub(crate) body: Result<Bytes, String>,
+}
+
+impl Incoming {
+    /// Stamps the arrival time, then reads the body (at most [`MAX_BODY`]).
+    pub(crate) async fn read(req: Request) -> Incoming {
+        let now = Instant::now();
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|e| format!("could not read the request body: {e}"));
+        Incoming {
+            now,
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// The body as a JSON object, or a message saying why not.
+    pub(crate) fn json_object(&self) -> Result<serde_json::Map<String, Value>, String> {
+        let bytes = self.body.as_ref().map_err(Clone::clone)?;
+        if bytes.is_empty() {
+            return Err("the request body is empty; a JSON object was expected".into());
+        }
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err("the request body is JSON but not an object".into()),
+            Err(e) => Err(format!("the request body is not valid JSON: {e}")),
+        }
+    }
+
+    /// A header as text, when present and printable.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A JSON answer.
+pub(crate) fn json(status: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Adds a header whose value is plain ASCII we formatted ourselves.
+pub(crate) fn set_header(resp: &mut Response, name: &'static str, value: String) {
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        resp.headers_mut().insert(name, v);
+    }
+}
+
+/// Whole seconds, rounded up.
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Milliseconds, rounded up, saturating.
+pub(crate) fn ceil_millis(d: Duration) -> u64 {
+    let ms = d.as_millis() + u128::from(d.as_nanos() % 1_000_000 > 0);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// The outcome a status stands for when the handler did not say.
+pub(crate) fn outcome_of(status: StatusCode) -> Outcome {
+    if status.is_success() {
+        Outcome::Served
+    } else {
+        Outcome::Rejected
+    }
+}
+
+/// Records a request and hands back the response.
+pub(crate) fn finish(
+    hits: &Hits,
+    inc: &Incoming,
+    path: String,
+    outcome: Outcome,
+    resp: Response,
+) -> Response {
+    hits.record(inc.now, inc.method.clone(), path, resp.status(), outcome);
+    resp
+}
+
+/// The 404/405 answer every mock gives to what it does not route, recorded.
+pub(crate) async fn unrouted(hits: Hits, req: Request) -> Response {
+    let inc = Incoming::read(req).await;
+    let resp = json(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({ "error": format!("the mock has no route for {} {}", inc.method, inc.path) }),
+    );
+    let path = inc.path.clone();
+    finish(&hits, &inc, path, Outcome::Rejected, resp)
+}
+
+/// The 405 answer for a routed path called with the wrong method.
+pub(crate) fn wrong_method(allowed: &str) -> Response {
+    let mut resp = json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &serde_json::json!({ "error": format!("method not allowed; use {allowed}") }),
+    );
+    set_header(&mut resp, "allow", allowed.to_owned());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Q: Quota = Quota {
+        limit: 2,
+        window: Duration::from_secs(10),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn fixed_window_opens_at_first_call_and_closes_after_window() {
+        let mut w = FixedWindow::default();
+        let t0 = Instant::now();
+        assert_eq!(w.admit(t0, Q), Ok((1, Duration::from_secs(10))));
+        let t1 = t0 + Duration::from_secs(3);
+        assert_eq!(w.admit(t1, Q), Ok((0, Duration::from_secs(7))));
+        assert_eq!(w.admit(t1, Q), Err(Duration::from_secs(7)));
+        let t2 = t0 + Duration::from_millis(9_999);
+        assert_eq!(w.admit(t2, Q), Err(Duration::from_millis(1)));
+        let t3 = t0 + Duration::from_secs(10);
+        assert_eq!(w.admit(t3, Q), Ok((1, Duration::from_secs(10))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_limit_always_refuses_and_huge_window_never_overflows() {
+        let mut w = FixedWindow::default();
+        let now = Instant::now();
+        let q0 = Quota {
+            limit: 0,
+            window: Duration::from_secs(1),
+        };
+        assert_eq!(w.admit(now, q0), Err(Duration::from_secs(1)));
+        let big = Quota {
+            limit: 1,
+            window: Duration::MAX,
+        };
+        assert!(w.admit(now, big).is_ok());
+        assert_eq!(
+            w.admit(now + Duration::from_secs(1 << 40), big),
+            Err(Duration::MAX)
+        );
+    }
+
+    #[test]
+    fn rounding_up() {
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(4310)), 4310);
+        assert_eq!(ceil_millis(Duration::from_nanos(1)), 1);
+        assert_eq!(ceil_millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(ceil_millis(Duration::MAX), u64::MAX);
+    }
+}

@@ -1,0 +1,194 @@
+//! QQ Bot `GET /gateway`: a few calls per window, then HTTP 400 "接口调用超过频率限制".
+//!
+//! The real endpoint (api.sgroup.qq.com) allows about two calls per time window and
+//! then hides its rate limit in a **400** whose body says "接口调用超过频率限制"
+//! (seed 000). This mock reproduces that:
+//!
+//! - within quota: `200 {"url":"wss://api.sgroup.qq.com/websocket/"}`;
+//! - over quota: `400 {"code":40034,"message":"接口调用超过频率限制"}`. The numeric
+//!   `code` is illustrative (the seed does not give one); the message is the real one.
+//!
+//! The quota is a fixed window anchored at the first admitted call (default 2 calls per
+//! 10 s); refused calls do not count. The handed-out URL can be changed at run time
+//! with [`QqGateway::set_url`], so a test can tell a fresh URL from a cached one.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::body::Body;
+//! use http::Request;
+//! use ratewise::testing::{body_json, QqGateway};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), ratewise::BoxError> {
+//! let qq = QqGateway::new(); // 2 calls per 10 s
+//! let app = qq.router();
+//! let get = || Request::get("/gateway").body(Body::empty());
+//! assert_eq!(app.clone().oneshot(get()?).await?.status(), 200);
+//! assert_eq!(app.clone().oneshot(get()?).await?.status(), 200);
+//! let limited = app.clone().oneshot(get()?).await?;
+//! assert_eq!(limited.status(), 400);
+//! assert_eq!(body_json(limited.into_body()).await?["message"], "接口调用超过频率限制");
+//!
+//! tokio::time::advance(std::time::Duration::from_secs(10)).await;
+//! assert_eq!(app.oneshot(get()?).await?.status(), 200);
+//! assert_eq!(qq.hits().times().len(), 4);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
+use http::{Method, StatusCode};
+use serde_json::json;
+
+use super::common::{
+    finish, json, lock, outcome_of, unrouted, wrong_method, FixedWindow, Incoming, Quota,
+};
+use super::recorder::{Hits, Outcome};
+
+/// Default calls per window: 2 (seed 000, "confirmed via live API testing").
+pub const DEFAULT_LIMIT: u32 = 2;
+/// Default window: 10 s (the seed says "per time window"; the length is illustrative).
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+/// The URL handed out by default.
+pub const DEFAULT_URL: &str = "wss://api.sgroup.qq.com/websocket/";
+/// The `code` field of the over-limit body (illustrative).
+pub const RATE_LIMIT_CODE: u64 = 40034;
+/// The `message` field of the over-limit body, as the real API sends it.
+pub const RATE_LIMIT_MESSAGE: &str = "接口调用超过频率限制";
+
+/// The QQ gateway mock. Clones share state.
+#[derive(Clone)]
+pub struct QqGateway {
+    state: Arc<Mutex<State>>,
+    hits: Hits,
+}
+
+#[derive(Debug)]
+struct State {
+    quota: Quota,
+    window: FixedWindow,
+    url: String,
+}
+
+impl fmt::Debug for QqGateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = lock(&self.state);
+        f.debug_struct("QqGateway")
+            .field("limit", &state.quota.limit)
+            .field("window", &state.quota.window)
+            .field("url", &state.url)
+            .field("hits", &self.hits)
+            .finish()
+    }
+}
+
+impl Default for QqGateway {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QqGateway {
+    /// A gateway with the defaults: [`DEFAULT_LIMIT`] calls per [`DEFAULT_WINDOW`],
+    /// handing out [`DEFAULT_URL`].
+    pub fn new() -> Self {
+        QqGateway {
+            state: Arc::new(Mutex::new(State {
+                quota: Quota {
+                    limit: DEFAULT_LIMIT,
+                    window: DEFAULT_WINDOW,
+                },
+                window: FixedWindow::default(),
+                url: DEFAULT_URL.to_owned(),
+            })),
+            hits: Hits::new(),
+        }
+    }
+
+    /// Calls admitted per window (0: every call is over the limit).
+    pub fn limit(self, calls: u32) -> Self {
+        lock(&self.state).quota.limit = calls;
+        self
+    }
+
+    /// The window length.
+    pub fn window(self, window: Duration) -> Self {
+        lock(&self.state).quota.window = window;
+        self
+    }
+
+    /// The URL handed out.
+    pub fn url(self, url: impl Into<String>) -> Self {
+        self.set_url(url);
+        self
+    }
+
+    /// Changes the URL handed out from now on (shared by every clone and router).
+    pub fn set_url(&self, url: impl Into<String>) {
+        lock(&self.state).url = url.into();
+    }
+
+    /// Every request that reached this gateway.
+    pub fn hits(&self) -> Hits {
+        self.hits.clone()
+    }
+
+    /// The axum router serving `GET /gateway`; unknown paths answer 404.
+    pub fn router(&self) -> Router {
+        let me = self.clone();
+        let hits = self.hits.clone();
+        Router::new()
+            .route(
+                "/gateway",
+                any(move |req: Request| {
+                    let me = me.clone();
+                    async move { me.handle(req).await }
+                }),
+            )
+            .fallback(move |req: Request| unrouted(hits.clone(), req))
+    }
+
+    async fn handle(&self, req: Request) -> Response {
+        let inc = Incoming::read(req).await;
+        let path = inc.path.clone();
+        if inc.method != Method::GET {
+            return finish(
+                &self.hits,
+                &inc,
+                path,
+                Outcome::Rejected,
+                wrong_method("GET"),
+            );
+        }
+        let admitted = {
+            let mut state = lock(&self.state);
+            let quota = state.quota;
+            match state.window.admit(inc.now, quota) {
+                Ok(_) => Ok(state.url.clone()),
+                Err(_) => Err(()),
+            }
+        };
+        let (outcome, resp) = match admitted {
+            Ok(url) => {
+                let resp = json(StatusCode::OK, &json!({ "url": url }));
+                (outcome_of(resp.status()), resp)
+            }
+            Err(()) => (
+                Outcome::RateLimited,
+                json(
+                    StatusCode::BAD_REQUEST,
+                    &json!({ "code": RATE_LIMIT_CODE, "message": RATE_LIMIT_MESSAGE }),
+                ),
+            ),
+        };
+        finish(&self.hits, &inc, path, outcome, resp)
+    }
+}

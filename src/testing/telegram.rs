@@ -1,0 +1,384 @@
+//! Telegram Bot API: N calls per window, then a 429 penalty that doubles while the
+//! client keeps calling, up to 4310 s.
+//!
+//! Seed 002: Telegram answered **429** "Too Many Requests" with a retry after
+//! **4310 s**, and the platform escalates the ban when a client keeps hammering. This
+//! mock models that:
+//!
+//! - within quota: `200 {"ok":true,"result":…}` (for `sendMessage`, a message object);
+//! - the first call over quota starts a penalty of [`TelegramBot::penalty`] (default
+//!   5 s) and gets `429 {"ok":false,"error_code":429,"description":"Too Many Requests:
+//!   retry after N","parameters":{"retry_after":N}}` with `Retry-After: N`, where N is
+//!   the remaining penalty in whole seconds, rounded up;
+//! - **every call during the penalty doubles the remaining penalty**, capped at
+//!   [`TelegramBot::max_penalty`] (default [`MAX_PENALTY`], 4310 s), and gets the same
+//!   429 with the new N. Such calls are counted by [`TelegramBot::calls_during_penalty`]:
+//!   a well-behaved client makes none;
+//! - when the penalty has run out, the quota window starts afresh.
+//!
+//! Any method is served at `POST` or `GET /bot<token>/<method>` (method names are
+//! case-insensitive, as on Telegram). One mock is one bot on one IP: the quota and the
+//! penalty are shared by every token and chat. Accepted `sendMessage` calls are kept in
+//! order by [`TelegramBot::delivered`]. The token is never stored, printed or recorded:
+//! recorded paths read `/bot***/<method>`.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::Method;
+//! use ratewise::testing::{json_request, TelegramBot};
+//! use serde_json::json;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), ratewise::BoxError> {
+//! let tg = TelegramBot::new().limit(1).penalty(Duration::from_secs(5));
+//! let app = tg.router();
+//! let send = || json_request(Method::POST, "/bot123:ABC/sendMessage",
+//!     &json!({"chat_id": 42, "text": "hello"}));
+//! assert_eq!(app.clone().oneshot(send()?).await?.status(), 200);
+//! let limited = app.clone().oneshot(send()?).await?;
+//! assert_eq!(limited.status(), 429);
+//! assert_eq!(limited.headers()["retry-after"], "5");
+//!
+//! tokio::time::advance(Duration::from_secs(5)).await; // wait it out: no escalation
+//! assert_eq!(app.oneshot(send()?).await?.status(), 200);
+//! assert_eq!(tg.calls_during_penalty(), 0);
+//! assert_eq!(tg.delivered().len(), 2);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::Response;
+use axum::Router;
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::common::{ceil_secs, finish, json, lock, set_header, FixedWindow, Incoming, Quota};
+use super::recorder::{Hits, Outcome};
+
+/// Default calls per window: 30 (Telegram's documented bulk limit, per second).
+pub const DEFAULT_LIMIT: u32 = 30;
+/// Default window: 1 s.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
+/// Default first penalty: 5 s.
+pub const DEFAULT_PENALTY: Duration = Duration::from_secs(5);
+/// The cap on the penalty: 4310 s, the retry_after seen in seed 002.
+pub const MAX_PENALTY: Duration = Duration::from_secs(4310);
+
+/// One accepted `sendMessage`.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Time since the mock was created.
+    pub at: Duration,
+    /// The `chat_id`, as text (numbers are written in decimal).
+    pub chat_id: String,
+    /// The `text`.
+    pub text: String,
+}
+
+/// The Telegram Bot API mock. Clones share state.
+#[derive(Clone)]
+pub struct TelegramBot {
+    state: Arc<Mutex<State>>,
+    hits: Hits,
+}
+
+#[derive(Debug)]
+struct State {
+    quota: Quota,
+    window: FixedWindow,
+    first_penalty: Duration,
+    max_penalty: Duration,
+    penalty_until: Option<Instant>,
+    calls_during_penalty: u64,
+    delivered: Vec<Delivered>,
+    next_message_id: u64,
+}
+
+impl fmt::Debug for TelegramBot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = lock(&self.state);
+        f.debug_struct("TelegramBot")
+            .field("quota", &state.quota)
+            .field("first_penalty", &state.first_penalty)
+            .field("max_penalty", &state.max_penalty)
+            .field("penalised", &state.penalty_until.is_some())
+            .field("calls_during_penalty", &state.calls_during_penalty)
+            .field("hits", &self.hits)
+            .finish()
+    }
+}
+
+impl Default for TelegramBot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TelegramBot {
+    /// A mock with the defaults: [`DEFAULT_LIMIT`] calls per [`DEFAULT_WINDOW`], a first
+    /// penalty of [`DEFAULT_PENALTY`], capped at [`MAX_PENALTY`].
+    pub fn new() -> Self {
+        TelegramBot {
+            state: Arc::new(Mutex::new(State {
+                quota: Quota {
+                    limit: DEFAULT_LIMIT,
+                    window: DEFAULT_WINDOW,
+                },
+                window: FixedWindow::default(),
+                first_penalty: DEFAULT_PENALTY,
+                max_penalty: MAX_PENALTY,
+                penalty_until: None,
+                calls_during_penalty: 0,
+                delivered: Vec::new(),
+                next_message_id: 1,
+            })),
+            hits: Hits::new(),
+        }
+    }
+
+    /// Calls admitted per window.
+    pub fn limit(self, calls: u32) -> Self {
+        lock(&self.state).quota.limit = calls;
+        self
+    }
+
+    /// The window length.
+    pub fn window(self, window: Duration) -> Self {
+        lock(&self.state).quota.window = window;
+        self
+    }
+
+    /// The penalty the first over-quota call starts (capped by `max_penalty`).
+    pub fn penalty(self, penalty: Duration) -> Self {
+        lock(&self.state).first_penalty = penalty;
+        self
+    }
+
+    /// The cap on the penalty after doubling (default [`MAX_PENALTY`]).
+    pub fn max_penalty(self, cap: Duration) -> Self {
+        lock(&self.state).max_penalty = cap;
+        self
+    }
+
+    /// Every request that reached the mock (paths redacted to `/bot***/<method>`).
+    pub fn hits(&self) -> Hits {
+        self.hits.clone()
+    }
+
+    /// How many calls arrived while a penalty was running (each doubled it).
+    pub fn calls_during_penalty(&self) -> u64 {
+        lock(&self.state).calls_during_penalty
+    }
+
+    /// What is left of the running penalty, if one is running now.
+    pub fn penalty_remaining(&self) -> Option<Duration> {
+        let now = Instant::now();
+        lock(&self.state)
+            .penalty_until
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+    }
+
+    /// Accepted `sendMessage` calls, in order.
+    pub fn delivered(&self) -> Vec<Delivered> {
+        lock(&self.state).delivered.clone()
+    }
+
+    /// Forgets delivered messages, the penalty-call counter and the hits; the quota
+    /// window and any running penalty are unchanged.
+    pub fn clear(&self) {
+        {
+            let mut state = lock(&self.state);
+            state.delivered.clear();
+            state.calls_during_penalty = 0;
+        }
+        self.hits.clear();
+    }
+
+    /// The axum router: every path; `/bot<token>/<method>` is served, anything else
+    /// answers 404 like Telegram.
+    pub fn router(&self) -> Router {
+        let me = self.clone();
+        Router::new().fallback(move |req: Request| {
+            let me = me.clone();
+            async move { me.handle(req).await }
+        })
+    }
+
+    async fn handle(&self, req: Request) -> Response {
+        let inc = Incoming::read(req).await;
+        let (redacted, api_method) = split_path(&inc.path);
+        let Some(api_method) = api_method else {
+            let resp = error(StatusCode::NOT_FOUND, "Not Found");
+            return finish(&self.hits, &inc, redacted, Outcome::Rejected, resp);
+        };
+        if inc.method != Method::POST && inc.method != Method::GET {
+            let resp = error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            return finish(&self.hits, &inc, redacted, Outcome::Rejected, resp);
+        }
+
+        let mut state = lock(&self.state);
+        if let Err(wait) = state.admit(inc.now) {
+            drop(state);
+            let resp = too_many_requests(wait);
+            return finish(&self.hits, &inc, redacted, Outcome::RateLimited, resp);
+        }
+
+        let resp = if api_method.eq_ignore_ascii_case("sendMessage") {
+            match send_message(&inc) {
+                Ok((chat, chat_id, text)) => {
+                    let id = state.next_message_id;
+                    state.next_message_id += 1;
+                    state.delivered.push(Delivered {
+                        at: inc.now.saturating_duration_since(self.hits.start()),
+                        chat_id,
+                        text: text.clone(),
+                    });
+                    json(
+                        StatusCode::OK,
+                        &json!({
+                            "ok": true,
+                            "result": { "message_id": id, "date": 0, "chat": { "id": chat }, "text": text },
+                        }),
+                    )
+                }
+                Err(why) => error(StatusCode::BAD_REQUEST, &format!("Bad Request: {why}")),
+            }
+        } else {
+            match &inc.body {
+                Ok(b) if !b.is_empty() && serde_json::from_slice::<Value>(b).is_err() => error(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: the request body is not valid JSON",
+                ),
+                Err(why) => error(StatusCode::BAD_REQUEST, &format!("Bad Request: {why}")),
+                Ok(_) if api_method.eq_ignore_ascii_case("getMe") => json(
+                    StatusCode::OK,
+                    &json!({
+                        "ok": true,
+                        "result": { "id": 1, "is_bot": true, "first_name": "ratewise mock", "username": "ratewise_mock_bot" },
+                    }),
+                ),
+                Ok(_) => json(StatusCode::OK, &json!({ "ok": true, "result": true })),
+            }
+        };
+        drop(state);
+        let outcome = if resp.status().is_success() {
+            Outcome::Served
+        } else {
+            Outcome::Rejected
+        };
+        finish(&self.hits, &inc, redacted, outcome, resp)
+    }
+}
+
+impl State {
+    /// Admits a call, or returns the penalty the caller must now wait out.
+    fn admit(&mut self, now: Instant) -> Result<(), Duration> {
+        if let Some(until) = self.penalty_until {
+            if now < until {
+                let doubled = (until - now).saturating_mul(2).min(self.max_penalty);
+                self.penalty_until = Some(deadline(now, doubled));
+                self.calls_during_penalty += 1;
+                return Err(doubled);
+            }
+            self.penalty_until = None;
+            self.window.reset();
+        }
+        match self.window.admit(now, self.quota) {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                let penalty = self.first_penalty.min(self.max_penalty);
+                self.penalty_until = Some(deadline(now, penalty));
+                Err(penalty)
+            }
+        }
+    }
+}
+
+/// `now + wait`, without overflowing on absurd configurations.
+fn deadline(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
+        .unwrap_or(now)
+}
+
+/// Splits `/bot<token>/<method>` into a redacted path and the method name.
+fn split_path(path: &str) -> (String, Option<&str>) {
+    let Some(rest) = path.strip_prefix("/bot") else {
+        return (path.to_owned(), None);
+    };
+    match rest.split_once('/') {
+        Some((token, method))
+            if !token.is_empty() && !method.is_empty() && !method.contains('/') =>
+        {
+            (format!("/bot***/{method}"), Some(method))
+        }
+        Some((_, tail)) => (format!("/bot***/{tail}"), None),
+        None => ("/bot***".to_owned(), None),
+    }
+}
+
+/// `chat_id` (as JSON and as text) and `text` of a `sendMessage` body.
+fn send_message(inc: &Incoming) -> Result<(Value, String, String), String> {
+    let body = inc.json_object()?;
+    let chat = match body.get("chat_id") {
+        Some(Value::String(s)) if !s.is_empty() => (Value::String(s.clone()), s.clone()),
+        Some(Value::Number(n)) => (Value::Number(n.clone()), n.to_string()),
+        _ => return Err("chat_id is empty".into()),
+    };
+    match body.get("text").and_then(Value::as_str) {
+        Some(text) if !text.is_empty() => Ok((chat.0, chat.1, text.to_owned())),
+        _ => Err("message text is empty".into()),
+    }
+}
+
+fn error(status: StatusCode, description: &str) -> Response {
+    json(
+        status,
+        &json!({ "ok": false, "error_code": status.as_u16(), "description": description }),
+    )
+}
+
+fn too_many_requests(wait: Duration) -> Response {
+    let secs = ceil_secs(wait);
+    let mut resp = json(
+        StatusCode::TOO_MANY_REQUESTS,
+        &json!({
+            "ok": false,
+            "error_code": 429,
+            "description": format!("Too Many Requests: retry after {secs}"),
+            "parameters": { "retry_after": secs },
+        }),
+    );
+    set_header(&mut resp, "retry-after", secs.to_string());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_path;
+
+    #[test]
+    fn paths_are_redacted() {
+        assert_eq!(
+            split_path("/bot123:SECRET/sendMessage"),
+            ("/bot***/sendMessage".to_owned(), Some("sendMessage"))
+        );
+        assert_eq!(split_path("/bot123:SECRET"), ("/bot***".to_owned(), None));
+        assert_eq!(
+            split_path("/bot123:SECRET/a/b"),
+            ("/bot***/a/b".to_owned(), None)
+        );
+        assert_eq!(split_path("/bot/getMe"), ("/bot***/getMe".to_owned(), None));
+        assert_eq!(split_path("/other"), ("/other".to_owned(), None));
+    }
+}
