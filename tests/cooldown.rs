@@ -223,7 +223,11 @@ async fn cooldown_is_extended_never_shortened() {
         let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
         assert_eq!(cooling(&err).remaining(), s(100.0 - t));
     }
-    assert_eq!(up.times(), [s(0.0), s(0.0)], "nothing reached the upstream before t=100");
+    assert_eq!(
+        up.times(),
+        [s(0.0), s(0.0)],
+        "nothing reached the upstream before t=100"
+    );
 
     sleep_until(start + s(100.0)).await;
     let res = svc.clone().oneshot(req("a.test")).await.unwrap();
@@ -303,13 +307,27 @@ where
     S: Service<Request<()>, Response = Response<()>, Error = BoxError>,
 {
     for _ in 0..calls {
-        svc.ready().await.unwrap().call(req("a.test")).await.unwrap();
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req("a.test"))
+            .await
+            .unwrap();
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn exponential_backoff_doubles_caps_and_success_resets_n() {
-    let script = [rl(None), rl(None), rl(None), rl(None), rl(None), ok(), rl(None), ok()];
+    let script = [
+        rl(None),
+        rl(None),
+        rl(None),
+        rl(None),
+        rl(None),
+        ok(),
+        rl(None),
+        ok(),
+    ];
     let up = Upstream::new(script, ok());
     let (events, on_event) = recorder();
     let layer = CooldownLayer::builder()
@@ -330,7 +348,14 @@ async fn exponential_backoff_doubles_caps_and_success_resets_n() {
     );
     assert_eq!(
         started(&events),
-        [(1, s(1.0)), (2, s(2.0)), (3, s(4.0)), (4, s(4.0)), (5, s(4.0)), (1, s(1.0))]
+        [
+            (1, s(1.0)),
+            (2, s(2.0)),
+            (3, s(4.0)),
+            (4, s(4.0)),
+            (5, s(4.0)),
+            (1, s(1.0))
+        ]
     );
     assert_eq!(handle.state("a.test"), KeyState::Ok);
 }
@@ -406,12 +431,22 @@ async fn max_cooldown_caps_telegram_4310_second_ban_and_says_so() {
     let start = up.start;
 
     svc.clone().oneshot(req("api.telegram.org")).await.unwrap();
-    assert_eq!(handle.cooling_until("api.telegram.org"), Some(start + s(600.0)));
+    assert_eq!(
+        handle.cooling_until("api.telegram.org"),
+        Some(start + s(600.0))
+    );
 
     sleep_until(start + s(600.0)).await;
     svc.clone().oneshot(req("api.telegram.org")).await.unwrap();
-    assert_eq!(handle.cooling_until("api.telegram.org"), Some(start + s(1200.0)));
-    assert_eq!(up.times(), [s(0.0), s(600.0)], "one request per max_cooldown");
+    assert_eq!(
+        handle.cooling_until("api.telegram.org"),
+        Some(start + s(1200.0))
+    );
+    assert_eq!(
+        up.times(),
+        [s(0.0), s(600.0)],
+        "one request per max_cooldown"
+    );
 
     let events = events.lock().unwrap();
     let CooldownEvent::Started(first) = &events[0] else {
@@ -427,7 +462,10 @@ async fn max_cooldown_caps_telegram_4310_second_ban_and_says_so() {
     let CooldownEvent::Started(second) = &events[1] else {
         panic!("expected Started, got {:?}", events[1]);
     };
-    assert_eq!((second.n, second.duration, second.requested), (2, s(600.0), s(3710.0)));
+    assert_eq!(
+        (second.n, second.duration, second.requested),
+        (2, s(600.0), s(3710.0))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -487,14 +525,22 @@ async fn half_open_lets_one_probe_go_then_the_rest() {
 
     let mut expected = vec![s(0.0), s(10.0)];
     expected.extend(std::iter::repeat(s(11.0)).take(100));
-    assert_eq!(up.times(), expected, "one probe at expiry, the rest after its answer");
+    assert_eq!(
+        up.times(),
+        expected,
+        "one probe at expiry, the rest after its answer"
+    );
     let stats = handle.stats();
     assert_eq!(stats.probes, 1);
     assert_eq!(stats.cooldowns_started, 1);
     assert_eq!(stats.met_cooldown, 101);
     assert_eq!(stats.waited, 101);
     assert_eq!(stats.rejected, 0);
-    assert_eq!(handle.tracked_keys(), 0, "an open key with n == 0 leaves the table");
+    assert_eq!(
+        handle.tracked_keys(),
+        0,
+        "an open key with n == 0 leaves the table"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -536,10 +582,7 @@ async fn probe_rate_limited_again_keeps_the_others_out() {
 
 #[tokio::test(start_paused = true)]
 async fn waiters_fail_at_once_when_probe_recools_past_max_wait() {
-    let up = Upstream::new(
-        [rl(Some(10)), after(s(1.0), rl(Some(10)))],
-        ok(),
-    );
+    let up = Upstream::new([rl(Some(10)), after(s(1.0), rl(Some(10)))], ok());
     let layer = CooldownLayer::builder().wait(s(15.0)).build().unwrap();
     let svc = ServiceBuilder::new().layer(layer).service(up.service());
     let start = up.start;
@@ -590,7 +633,10 @@ async fn dropped_probe_frees_the_slot() {
         (res, Instant::now())
     });
 
-    assert!(impatient.await.unwrap().is_err(), "the probe's caller timed out");
+    assert!(
+        impatient.await.unwrap().is_err(),
+        "the probe's caller timed out"
+    );
     let (res, at) = patient.await.unwrap();
     assert_eq!(res.unwrap().status(), 200);
     assert_eq!(at, start + s(10.5));
@@ -599,10 +645,7 @@ async fn dropped_probe_frees_the_slot() {
 
 #[tokio::test(start_paused = true)]
 async fn probe_connection_error_frees_the_slot() {
-    let up = Upstream::new(
-        [rl(Some(10)), Reply::ConnError { delay: s(1.0) }],
-        ok(),
-    );
+    let up = Upstream::new([rl(Some(10)), Reply::ConnError { delay: s(1.0) }], ok());
     let layer = CooldownLayer::builder().wait(s(60.0)).build().unwrap();
     let handle = layer.handle();
     let svc = ServiceBuilder::new().layer(layer).service(up.service());
@@ -680,7 +723,11 @@ async fn wait_longer_than_max_wait_fails_at_once_shorter_waits() {
 
     let res = svc.clone().oneshot(req("short.test")).await.unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(Instant::now(), start + s(3.0), "waited out the 3 s cooldown");
+    assert_eq!(
+        Instant::now(),
+        start + s(3.0),
+        "waited out the 3 s cooldown"
+    );
     assert_eq!(up.times(), [s(0.0), s(0.0), s(3.0)]);
 }
 
@@ -704,10 +751,18 @@ async fn precheck_threshold_keeps_a_nearly_over_cooldown_cooling() {
 
     sleep_until(start + s(10.0)).await;
     plain.clone().oneshot(req("plain.test")).await.unwrap();
-    let err = checked.clone().oneshot(req("checked.test")).await.unwrap_err();
+    let err = checked
+        .clone()
+        .oneshot(req("checked.test"))
+        .await
+        .unwrap_err();
     assert_eq!(cooling(&err).remaining(), s(2.0));
     sleep_until(start + s(11.5)).await;
-    let err = checked.clone().oneshot(req("checked.test")).await.unwrap_err();
+    let err = checked
+        .clone()
+        .oneshot(req("checked.test"))
+        .await
+        .unwrap_err();
     assert_eq!(cooling(&err).remaining(), s(0.5));
 
     sleep_until(start + s(12.0)).await;
@@ -801,7 +856,13 @@ async fn transient_and_failure_leave_n_alone() {
     let mut svc = ServiceBuilder::new().layer(layer).service(up.service());
 
     drive_sequentially(&mut svc, 2).await;
-    assert_eq!(handle.state("a.test"), KeyState::HalfOpen { n: 1, probing: false });
+    assert_eq!(
+        handle.state("a.test"),
+        KeyState::HalfOpen {
+            n: 1,
+            probing: false
+        }
+    );
     drive_sequentially(&mut svc, 2).await;
     assert_eq!(handle.state("a.test"), KeyState::Ok);
     assert_eq!(handle.tracked_keys(), 1, "n == 2 is remembered");
@@ -831,8 +892,14 @@ async fn keys_are_independent_with_any_extractor() {
     svc.clone().oneshot(bot("bot1")).await.unwrap();
     let err = svc.clone().oneshot(bot("bot1")).await.unwrap_err();
     assert_eq!(cooling(&err).key().as_str(), "bot1");
-    assert_eq!(svc.clone().oneshot(bot("bot2")).await.unwrap().status(), 200);
-    assert!(matches!(handle.state("bot1"), KeyState::Cooling { n: 1, .. }));
+    assert_eq!(
+        svc.clone().oneshot(bot("bot2")).await.unwrap().status(),
+        200
+    );
+    assert!(matches!(
+        handle.state("bot1"),
+        KeyState::Cooling { n: 1, .. }
+    ));
     assert_eq!(handle.state("bot2"), KeyState::Ok);
     assert!(!handle.is_available("bot1"));
     assert!(handle.is_available("bot2"));
@@ -844,8 +911,12 @@ async fn clones_of_layer_and_service_share_one_table() {
     let up1 = Upstream::new([rl(Some(60))], ok());
     let up2 = Upstream::new([], ok());
     let layer = CooldownLayer::builder().fail_fast().build().unwrap();
-    let stack1 = ServiceBuilder::new().layer(layer.clone()).service(up1.service());
-    let stack2 = ServiceBuilder::new().layer(layer.clone()).service(up2.service());
+    let stack1 = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(up1.service());
+    let stack2 = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(up2.service());
 
     stack1.clone().oneshot(req("a.test")).await.unwrap();
     let err = stack2.clone().oneshot(req("a.test")).await.unwrap_err();
@@ -871,7 +942,9 @@ async fn poll_ready_delegates_to_inner() {
     let ready = futures_poll_once(|cx| other.poll_ready(cx)).await;
     assert!(ready.is_pending(), "inner concurrency limit is full");
     in_flight.await.unwrap().unwrap();
-    std::future::poll_fn(|cx| other.poll_ready(cx)).await.unwrap();
+    std::future::poll_fn(|cx| other.poll_ready(cx))
+        .await
+        .unwrap();
 }
 
 /// Polls `f` once and reports what it returned.
@@ -879,4 +952,78 @@ async fn futures_poll_once<T>(
     mut f: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<T>,
 ) -> std::task::Poll<()> {
     std::future::poll_fn(|cx| std::task::Poll::Ready(f(cx).map(|_| ()))).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn probe_answer_never_shortens_a_cooldown_extended_meanwhile() {
+    // call 0: sent before the cooldown, answers at 10.5 with "retry after 100";
+    // call 1: the first 429 (10 s); call 2: the probe at 10, answered at 12 with a
+    // bare 429 (n=2, backoff 2 s, which would end at 14).
+    let script = [
+        after(s(10.5), rl(Some(100))),
+        rl(Some(10)),
+        after(s(2.0), rl(None)),
+    ];
+    let up = Upstream::new(script, ok());
+    let layer = CooldownLayer::builder().fail_fast().build().unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    let stale = tokio::spawn(svc.clone().oneshot(req("a.test")));
+    tokio::task::yield_now().await;
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    sleep_until(start + s(10.0)).await;
+    let probe = tokio::spawn(svc.clone().oneshot(req("a.test")));
+    stale.await.unwrap().unwrap();
+    assert_eq!(
+        handle.cooling_until("a.test"),
+        Some(start + s(110.5)),
+        "extended by the in-flight answer while the probe was out"
+    );
+    assert_eq!(probe.await.unwrap().unwrap().status(), 429);
+    assert_eq!(
+        handle.state("a.test"),
+        KeyState::Cooling {
+            until: start + s(110.5),
+            n: 2
+        },
+        "the probe's shorter cooldown did not shorten the running one"
+    );
+    sleep_until(start + s(50.0)).await;
+    let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
+    assert_eq!(cooling(&err).remaining(), s(60.5));
+    assert_eq!(up.times(), [0.0, 0.0, 10.0].map(s));
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_to_a_request_sent_before_the_cooldown_does_not_reset_n() {
+    // call 0 answers 200 at t=5 but was sent at t=0, before the 429s that followed.
+    let script = [after(s(5.0), ok()), rl(None), rl(None), rl(None)];
+    let up = Upstream::new(script, ok());
+    let (events, on_event) = recorder();
+    let layer = CooldownLayer::builder()
+        .exponential(s(1.0), s(60.0))
+        .wait(s(60.0))
+        .on_event(on_event)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = ServiceBuilder::new().layer(layer).service(up.service());
+
+    let old = tokio::spawn(svc.clone().oneshot(req("a.test")));
+    tokio::task::yield_now().await;
+    drive_sequentially(&mut svc, 2).await; // 429 at 0 (n=1), probe 429 at 1 (n=2, until 3)
+    old.await.unwrap().unwrap();
+    assert_eq!(Instant::now(), up.start + s(5.0));
+    assert_eq!(
+        handle.state("a.test"),
+        KeyState::HalfOpen {
+            n: 2,
+            probing: false
+        }
+    );
+    drive_sequentially(&mut svc, 2).await; // probe 429 at 5 (n=3, 4 s), then 200 at 9
+    assert_eq!(up.times(), [0.0, 0.0, 1.0, 5.0, 9.0].map(s));
+    assert_eq!(started(&events), [(1, s(1.0)), (2, s(2.0)), (3, s(4.0))]);
 }

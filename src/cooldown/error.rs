@@ -69,7 +69,8 @@ impl Error for CoolingDown {}
 /// The wait hint of a [`CoolingDown`] error, for
 /// [`verdict_of_error`](crate::classify::verdict_of_error).
 pub(crate) fn retry_hint(err: &(dyn Error + 'static)) -> Option<Duration> {
-    err.downcast_ref::<CoolingDown>().map(CoolingDown::remaining)
+    err.downcast_ref::<CoolingDown>()
+        .map(CoolingDown::remaining)
 }
 
 /// A cooldown configuration the builder refused, naming the field.
@@ -114,17 +115,28 @@ mod tests {
 
     #[test]
     fn display_names_key_and_remaining() {
-        let e = CoolingDown::new(Key::from("api.telegram.org"), Duration::from_millis(4310_500), false);
+        let e = CoolingDown::new(
+            Key::from("api.telegram.org"),
+            Duration::from_millis(4_310_500),
+            false,
+        );
         let s = e.to_string();
         assert!(s.contains("api.telegram.org"), "{s}");
         assert!(s.contains("4310.500 s"), "{s}");
         let probing = CoolingDown::new(Key::from("h"), Duration::ZERO, true).to_string();
-        assert!(probing.contains("`h`") && probing.contains("probe"), "{probing}");
+        assert!(
+            probing.contains("`h`") && probing.contains("probe"),
+            "{probing}"
+        );
     }
 
     #[test]
     fn verdict_of_error_reads_cooling_down_as_rate_limited() {
-        let e: BoxError = Box::new(CoolingDown::new(Key::from("k"), Duration::from_secs(7), false));
+        let e: BoxError = Box::new(CoolingDown::new(
+            Key::from("k"),
+            Duration::from_secs(7),
+            false,
+        ));
         assert_eq!(
             verdict_of_error(&*e),
             Verdict::rate_limited(Some(Duration::from_secs(7)))

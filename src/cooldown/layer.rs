@@ -292,7 +292,10 @@ impl<K> CooldownBuilder<K> {
         }
         if let Some(max) = self.config.max_cooldown {
             if max.is_zero() {
-                return Err(ConfigError::new("max_cooldown", "must be greater than zero"));
+                return Err(ConfigError::new(
+                    "max_cooldown",
+                    "must be greater than zero",
+                ));
             }
             if max < backoff.base() {
                 return Err(ConfigError::new("max_cooldown", "must be at least `base`"));
@@ -336,19 +339,35 @@ mod tests {
         let got: Vec<_> = (1..=4).map(|n| b.delay(n)).collect();
         assert_eq!(got, [2 * S, 4 * S, 5 * S, 5 * S]);
         let huge = Backoff::linear(Duration::MAX / 2, Duration::MAX);
-        assert_eq!(huge.delay(u32::MAX), Duration::MAX, "mul overflow saturates");
+        assert_eq!(
+            huge.delay(u32::MAX),
+            Duration::MAX,
+            "mul overflow saturates"
+        );
     }
 
     #[test]
     fn builder_names_bad_fields() {
         let err = |b: CooldownBuilder| b.build().unwrap_err().field();
-        assert_eq!(err(CooldownLayer::builder().exponential(Duration::ZERO, S)), "base");
-        assert_eq!(err(CooldownLayer::builder().linear(2 * S, S)), "cap");
-        assert_eq!(err(CooldownLayer::builder().max_cooldown(Duration::ZERO)), "max_cooldown");
         assert_eq!(
-            err(CooldownLayer::builder().exponential(10 * S, 60 * S).max_cooldown(S)),
+            err(CooldownLayer::builder().exponential(Duration::ZERO, S)),
+            "base"
+        );
+        assert_eq!(err(CooldownLayer::builder().linear(2 * S, S)), "cap");
+        assert_eq!(
+            err(CooldownLayer::builder().max_cooldown(Duration::ZERO)),
             "max_cooldown"
         );
-        assert!(CooldownLayer::builder().max_cooldown(S).wait(Duration::ZERO).build().is_ok());
+        assert_eq!(
+            err(CooldownLayer::builder()
+                .exponential(10 * S, 60 * S)
+                .max_cooldown(S)),
+            "max_cooldown"
+        );
+        assert!(CooldownLayer::builder()
+            .max_cooldown(S)
+            .wait(Duration::ZERO)
+            .build()
+            .is_ok());
     }
 }

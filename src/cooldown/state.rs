@@ -63,7 +63,9 @@ pub enum KeyState {
 ///
 /// From [`CooldownLayer::handle`](super::CooldownLayer::handle) or
 /// [`Cooldown::handle`](super::Cooldown::handle); every clone sees the same table. A
-/// query takes one short lock and one hash lookup.
+/// query takes one short lock and one hash lookup, so a pool can call it per request to
+/// skip backends that are cooling. Instants are [`tokio::time::Instant`]s (they follow
+/// tokio's paused clock in tests).
 #[derive(Clone)]
 pub struct CooldownHandle {
     shared: Arc<Shared>,
