@@ -9,6 +9,7 @@
 //! | [`classify`] | one [`Verdict`] per response (success, rate-limited, transient, failure), read from status, headers and, only when asked, a bounded body prefix |
 //! | [`retry_after`] | the one parser for every "wait this long" signal a server sends |
 //! | [`body`] | body peeking that hands the caller back every byte, in order |
+//! | [`cooldown`] | [`CooldownLayer`]: per-key backoff after a rate-limited answer, honouring Retry-After, with a single half-open probe |
 //! | [`rate_limit`] | [`RateLimitLayer`]: keyed GCRA (governor) shared across clones, wait or reject |
 //!
 //! # Example
@@ -36,6 +37,7 @@
 
 pub mod body;
 pub mod classify;
+pub mod cooldown;
 pub mod key;
 pub mod rate_limit;
 pub mod retry;
@@ -44,6 +46,7 @@ pub mod retry_after;
 pub mod testing;
 
 pub use classify::{Classifier, ClassifyLayer, Verdict};
+pub use cooldown::CooldownLayer;
 pub use rate_limit::RateLimitLayer;
 pub use retry::RetryLayer;
 

@@ -232,6 +232,9 @@ pub fn verdict_of_error(err: &(dyn std::error::Error + 'static)) -> Verdict {
         if let Some(hint) = crate::rate_limit::error::retry_hint(e) {
             return Verdict::rate_limited(Some(hint));
         }
+        if let Some(hint) = crate::cooldown::error::retry_hint(e) {
+            return Verdict::rate_limited(Some(hint));
+        }
         cur = e.source();
     }
     Verdict::Transient

@@ -1,0 +1,162 @@
+//! What the cooldown layer reports: [`CooldownEvent`]s, as `tracing` events and through
+//! a user callback ([`OnCooldownEvent`]).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::key::Key;
+
+/// Something that happened to a key's cooldown.
+///
+/// Every event is also emitted as a `tracing` event (target `ratewise::cooldown`):
+/// `Started` and `Extended` at `WARN`, `Ended` at `INFO`.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CooldownEvent {
+    /// A rate-limited answer put the key into cooldown (or back into it, after a probe
+    /// that was rate-limited again).
+    Started(CooldownStarted),
+    /// A rate-limited answer to a request sent before the current cooldown began carried
+    /// a `Retry-After` reaching past the cooldown's end; the end moved later. `n` is
+    /// unchanged: such answers are not counted as consecutive signals.
+    Extended(CooldownExtended),
+    /// The key is open again: the probe sent after the cooldown was answered without a
+    /// rate limit.
+    Ended(CooldownEnded),
+}
+
+impl CooldownEvent {
+    /// The key the event is about.
+    pub fn key(&self) -> &Key {
+        match self {
+            CooldownEvent::Started(e) => &e.key,
+            CooldownEvent::Extended(e) => &e.key,
+            CooldownEvent::Ended(e) => &e.key,
+        }
+    }
+}
+
+/// Why a cooldown lasts as long as it does.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CooldownReason {
+    /// The server's retry hint was at least as long as the layer's own backoff.
+    RetryAfter,
+    /// The layer's backoff (`base * 2^(n-1)` or `base * n`, capped) was longer than the
+    /// server's hint, or the server gave none.
+    Backoff,
+}
+
+/// A key entered cooldown. See [`CooldownEvent::Started`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CooldownStarted {
+    /// The key.
+    pub key: Key,
+    /// Consecutive rate-limited answers, this one included (1 for the first).
+    pub n: u32,
+    /// How long the key cools: `max(retry_after, backoff)`, shortened to `max_cooldown`
+    /// when that is set and smaller (then `capped` is true). The precheck margin is not
+    /// included.
+    pub duration: Duration,
+    /// What the layer would have chosen without `max_cooldown`.
+    pub requested: Duration,
+    /// Whether `max_cooldown` shortened `requested` to `duration`.
+    pub capped: bool,
+    /// Which of the server's hint and the backoff won.
+    pub reason: CooldownReason,
+    /// The server's retry hint, when it sent one.
+    pub retry_after: Option<Duration>,
+    /// The layer's own backoff for this `n`.
+    pub backoff: Duration,
+    /// When the key opens for its probe (`duration` plus the precheck margin from now,
+    /// or later when an earlier cooldown already ran longer).
+    pub until: Instant,
+}
+
+/// A running cooldown was extended. See [`CooldownEvent::Extended`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CooldownExtended {
+    /// The key.
+    pub key: Key,
+    /// The unchanged consecutive count.
+    pub n: u32,
+    /// The server's hint that extended the cooldown.
+    pub retry_after: Duration,
+    /// The new end of the cooldown.
+    pub until: Instant,
+}
+
+/// A key is open again. See [`CooldownEvent::Ended`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CooldownEnded {
+    /// The key.
+    pub key: Key,
+    /// Consecutive rate-limited answers in the episode that ended (before a success
+    /// reset it to zero).
+    pub n: u32,
+    /// From the first `Started` of the episode to now (cooldowns, re-entries and the
+    /// final probe's round trip).
+    pub cooled_for: Duration,
+}
+
+/// A callback for [`CooldownEvent`]s, plugged in with
+/// [`CooldownBuilder::on_event`](super::CooldownBuilder::on_event).
+///
+/// Implemented for every `Fn(&CooldownEvent) + Send + Sync + 'static`. It runs on the
+/// task that saw the answer, outside the layer's lock; keep it short.
+pub trait OnCooldownEvent: Send + Sync + 'static {
+    /// Called once per event.
+    fn on_event(&self, event: &CooldownEvent);
+}
+
+impl<F> OnCooldownEvent for F
+where
+    F: Fn(&CooldownEvent) + Send + Sync + 'static,
+{
+    fn on_event(&self, event: &CooldownEvent) {
+        self(event)
+    }
+}
+
+/// The default callback: does nothing (the `tracing` events are emitted regardless).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultOnCooldownEvent;
+
+impl OnCooldownEvent for DefaultOnCooldownEvent {
+    fn on_event(&self, _event: &CooldownEvent) {}
+}
+
+/// Emits `event` as a `tracing` event.
+pub(crate) fn trace(event: &CooldownEvent) {
+    match event {
+        CooldownEvent::Started(e) => tracing::warn!(
+            target: "ratewise::cooldown",
+            key = %e.key,
+            n = e.n,
+            duration_ms = e.duration.as_millis() as u64,
+            requested_ms = e.requested.as_millis() as u64,
+            capped = e.capped,
+            reason = ?e.reason,
+            retry_after_ms = e.retry_after.map(|d| d.as_millis() as u64),
+            "cooldown started"
+        ),
+        CooldownEvent::Extended(e) => tracing::warn!(
+            target: "ratewise::cooldown",
+            key = %e.key,
+            n = e.n,
+            retry_after_ms = e.retry_after.as_millis() as u64,
+            "cooldown extended"
+        ),
+        CooldownEvent::Ended(e) => tracing::info!(
+            target: "ratewise::cooldown",
+            key = %e.key,
+            n = e.n,
+            cooled_for_ms = e.cooled_for.as_millis() as u64,
+            "cooldown ended"
+        ),
+    }
+}

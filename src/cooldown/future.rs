@@ -1,0 +1,183 @@
+//! The [`ResponseFuture`] of [`Cooldown`](super::Cooldown).
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+
+use http::Response;
+use pin_project_lite::pin_project;
+use tokio::{
+    sync::futures::OwnedNotified,
+    time::{sleep_until, Instant, Sleep},
+};
+use tower::Service;
+
+use super::{
+    state::{Admission, Shared, Ticket},
+    stats::Counters,
+};
+use crate::{
+    classify::{verdict_of, verdict_of_error},
+    key::Key,
+    BoxError,
+};
+
+pin_project! {
+    /// The response future of [`Cooldown`](super::Cooldown): waits out or refuses a
+    /// cooldown, then calls the inner service and records the answer's verdict.
+    pub struct ResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        call: Option<(S, Req)>,
+        ticket: Option<Ticket>,
+        shared: Arc<Shared>,
+        key: Key,
+        deadline: Option<Instant>,
+        met: bool,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // Ask the table what to do.
+        Check,
+        // Wait until the cooldown ends, or the key's state changes.
+        Wait {
+            #[pin]
+            sleep: Sleep,
+            notified: Pin<Box<OwnedNotified>>,
+        },
+        // The inner service's future.
+        Call {
+            #[pin]
+            future: F,
+        },
+        Done,
+    }
+}
+
+impl<S, Req> ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn new(
+        inner: S,
+        req: Req,
+        shared: Arc<Shared>,
+        key: Key,
+        deadline: Option<Instant>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Check,
+            call: Some((inner, req)),
+            ticket: None,
+            shared,
+            key,
+            deadline,
+            met: false,
+        }
+    }
+}
+
+impl<S, Req, B> Future for ResponseFuture<S, Req>
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Check => {
+                    let stats = &this.shared.stats;
+                    match this.shared.admit(this.key, Instant::now(), *this.deadline) {
+                        Admission::Go(ticket) => {
+                            if *this.met {
+                                Counters::bump(&stats.waited);
+                            }
+                            let (mut inner, req) = this
+                                .call
+                                .take()
+                                .expect("cooldown ResponseFuture admitted twice");
+                            if ticket.is_probe() {
+                                tracing::debug!(target: "ratewise::cooldown", key = %this.key, "probe request after cooldown");
+                            }
+                            *this.ticket = Some(ticket);
+                            let future = inner.call(req);
+                            this.state.set(State::Call { future });
+                        }
+                        Admission::Wait { wake_at, notified } => {
+                            if !*this.met {
+                                *this.met = true;
+                                Counters::bump(&stats.met);
+                            }
+                            this.state.set(State::Wait {
+                                sleep: sleep_until(wake_at),
+                                notified,
+                            });
+                        }
+                        Admission::Reject(err) => {
+                            if !*this.met {
+                                *this.met = true;
+                                Counters::bump(&stats.met);
+                            }
+                            Counters::bump(&stats.rejected);
+                            tracing::debug!(target: "ratewise::cooldown", key = %err.key(), remaining_ms = err.remaining().as_millis() as u64, "request refused: cooling down");
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(Box::new(err)));
+                        }
+                    }
+                }
+                StateProj::Wait { sleep, notified } => {
+                    if notified.as_mut().poll(cx).is_pending() && sleep.poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.state.set(State::Check);
+                }
+                StateProj::Call { future } => {
+                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    this.state.set(State::Done);
+                    if let Some(ticket) = this.ticket.take() {
+                        let verdict = match &result {
+                            Ok(response) => verdict_of(response),
+                            Err(err) => verdict_of_error(&**err),
+                        };
+                        this.shared
+                            .report(this.key, ticket, verdict, Instant::now());
+                    }
+                    return Poll::Ready(result);
+                }
+                StateProj::Done => panic!("cooldown ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+impl<S, Req> fmt::Debug for ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Check => "Check",
+            State::Wait { .. } => "Wait",
+            State::Call { .. } => "Call",
+            State::Done => "Done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("key", &self.key)
+            .field("state", &state)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,373 @@
+//! [`CooldownLayer`], its builder and its configuration types.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use tower::Layer;
+
+use super::{
+    error::ConfigError,
+    events::{DefaultOnCooldownEvent, OnCooldownEvent},
+    service::Cooldown,
+    state::{CooldownHandle, Shared},
+};
+use crate::key::Authority;
+
+/// How long the layer's own backoff is after the `n`-th consecutive rate-limited answer.
+///
+/// The server's retry hint wins when it is longer (see [`CooldownLayer`]).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// `base * 2^(n-1)`, at most `cap`: 1 s, 2 s, 4 s, 8 s, ... for a 1 s base.
+    Exponential {
+        /// The first cooldown.
+        base: Duration,
+        /// The longest backoff.
+        cap: Duration,
+    },
+    /// `base * n`, at most `cap`: 1 s, 2 s, 3 s, ... for a 1 s base.
+    Linear {
+        /// The first cooldown.
+        base: Duration,
+        /// The longest backoff.
+        cap: Duration,
+    },
+}
+
+impl Backoff {
+    /// Exponential backoff: `base * 2^(n-1)`, at most `cap`.
+    pub fn exponential(base: Duration, cap: Duration) -> Self {
+        Backoff::Exponential { base, cap }
+    }
+
+    /// Linear backoff: `base * n`, at most `cap`.
+    pub fn linear(base: Duration, cap: Duration) -> Self {
+        Backoff::Linear { base, cap }
+    }
+
+    /// The backoff after the `n`-th consecutive rate-limited answer (`n` from 1; 0 is
+    /// treated as 1). Saturates at `cap`, never overflows.
+    pub fn delay(&self, n: u32) -> Duration {
+        let n = n.max(1);
+        match *self {
+            Backoff::Exponential { base, cap } => 1u32
+                .checked_shl(n - 1)
+                .and_then(|factor| base.checked_mul(factor))
+                .map_or(cap, |d| d.min(cap)),
+            Backoff::Linear { base, cap } => base.checked_mul(n).map_or(cap, |d| d.min(cap)),
+        }
+    }
+
+    fn base(&self) -> Duration {
+        match *self {
+            Backoff::Exponential { base, .. } | Backoff::Linear { base, .. } => base,
+        }
+    }
+
+    fn cap(&self) -> Duration {
+        match *self {
+            Backoff::Exponential { cap, .. } | Backoff::Linear { cap, .. } => cap,
+        }
+    }
+}
+
+impl Default for Backoff {
+    /// Exponential from 1 s, capped at 60 s.
+    fn default() -> Self {
+        Backoff::exponential(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}
+
+/// What a request does when its key is cooling down.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Wait (in the response future, with `tokio::time`) when the cooldown ends within
+    /// `max_wait` of the request's arrival; otherwise fail at once, without sleeping,
+    /// with [`CoolingDown`](super::CoolingDown). A request that meets a half-open key
+    /// waits for the probe's answer until the same deadline.
+    Wait {
+        /// The longest a request may wait in total.
+        max_wait: Duration,
+    },
+    /// Fail at once with [`CoolingDown`](super::CoolingDown) while the key cools, and
+    /// while a probe is in flight on a half-open key.
+    FailFast,
+}
+
+impl Default for Mode {
+    /// Wait up to 10 s.
+    fn default() -> Self {
+        Mode::Wait {
+            max_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The validated configuration shared by every clone.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) backoff: Backoff,
+    pub(crate) max_cooldown: Option<Duration>,
+    pub(crate) precheck: Duration,
+    pub(crate) mode: Mode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backoff: Backoff::default(),
+            max_cooldown: None,
+            precheck: Duration::ZERO,
+            mode: Mode::default(),
+        }
+    }
+}
+
+/// Per-key backoff after a rate-limited answer, honouring the server's retry hint.
+///
+/// Built with [`CooldownLayer::builder`]; see the [module docs](super) for the whole
+/// behaviour. Cloning the layer (or the services it makes) shares one cooldown table:
+/// apply clones of one layer to several stacks to make them cool together, and use
+/// [`handle`](CooldownLayer::handle) to query keys and counters from outside.
+pub struct CooldownLayer<K = Authority> {
+    shared: Arc<Shared>,
+    key: Arc<K>,
+}
+
+impl CooldownLayer<Authority> {
+    /// A layer with the defaults: keyed by authority, exponential backoff from 1 s
+    /// capped at 60 s, no `max_cooldown`, no precheck, waiting up to 10 s.
+    pub fn new() -> Self {
+        CooldownLayer {
+            shared: Shared::new(Config::default(), Arc::new(DefaultOnCooldownEvent)),
+            key: Arc::new(Authority),
+        }
+    }
+
+    /// A builder starting from the defaults of [`new`](CooldownLayer::new).
+    pub fn builder() -> CooldownBuilder<Authority> {
+        CooldownBuilder {
+            key: Authority,
+            config: Config::default(),
+            on_event: Arc::new(DefaultOnCooldownEvent),
+        }
+    }
+}
+
+impl Default for CooldownLayer<Authority> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K> CooldownLayer<K> {
+    /// A handle on the shared state: per-key state queries and counters.
+    pub fn handle(&self) -> CooldownHandle {
+        CooldownHandle::new(self.shared.clone())
+    }
+}
+
+impl<K> Clone for CooldownLayer<K> {
+    fn clone(&self) -> Self {
+        CooldownLayer {
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for CooldownLayer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CooldownLayer")
+            .field("config", &self.shared.config)
+            .field("key", &std::any::type_name::<K>())
+            .finish()
+    }
+}
+
+impl<S, K> Layer<S> for CooldownLayer<K> {
+    type Service = Cooldown<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Cooldown::new(inner, self.shared.clone(), self.key.clone())
+    }
+}
+
+/// Builds a [`CooldownLayer`]; every method changes one setting.
+pub struct CooldownBuilder<K = Authority> {
+    key: K,
+    config: Config,
+    on_event: Arc<dyn OnCooldownEvent>,
+}
+
+impl<K> CooldownBuilder<K> {
+    /// The key extractor (default [`Authority`]): any
+    /// [`KeyExtractor`](crate::key::KeyExtractor), including closures.
+    pub fn key<K2>(self, key: K2) -> CooldownBuilder<K2> {
+        CooldownBuilder {
+            key,
+            config: self.config,
+            on_event: self.on_event,
+        }
+    }
+
+    /// Exponential backoff, `base * 2^(n-1)` capped at `cap` (the default, with 1 s and
+    /// 60 s).
+    pub fn exponential(self, base: Duration, cap: Duration) -> Self {
+        self.backoff(Backoff::exponential(base, cap))
+    }
+
+    /// Linear backoff, `base * n` capped at `cap`.
+    pub fn linear(self, base: Duration, cap: Duration) -> Self {
+        self.backoff(Backoff::linear(base, cap))
+    }
+
+    /// The backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// The longest any cooldown may last, the server's retry hint included (default:
+    /// none, the server's hint always wins).
+    ///
+    /// A Telegram ban of `retry_after: 4310` with `max_cooldown(600 s)` cools 600 s;
+    /// the [`CooldownStarted`](super::CooldownStarted) event then says `capped: true`
+    /// and `requested: 4310 s`. The probe sent after 600 s is answered with the
+    /// remaining ban and the key cools again: one request per `max_cooldown` reaches a
+    /// server that keeps banning.
+    pub fn max_cooldown(mut self, max_cooldown: Duration) -> Self {
+        self.config.max_cooldown = Some(max_cooldown);
+        self
+    }
+
+    /// The precheck margin (seed 003's `precheck_cooldown`; default zero): a key whose
+    /// cooldown ends within `threshold` of now still counts as cooling, on both sides
+    /// of the nominal end, so the key opens `threshold` after the cooldown the server
+    /// asked for. This keeps the probe from hitting the server right as its own window
+    /// expires (its clock, rounding and the request's transit all run late). The margin
+    /// is part of [`CoolingDown::remaining`](super::CoolingDown::remaining) and of
+    /// [`KeyState::Cooling`](super::KeyState::Cooling)'s `until`.
+    pub fn precheck(mut self, threshold: Duration) -> Self {
+        self.config.precheck = threshold;
+        self
+    }
+
+    /// Wait mode (the default, with 10 s): see [`Mode::Wait`].
+    pub fn wait(self, max_wait: Duration) -> Self {
+        self.mode(Mode::Wait { max_wait })
+    }
+
+    /// Fail-fast mode: see [`Mode::FailFast`].
+    pub fn fail_fast(self) -> Self {
+        self.mode(Mode::FailFast)
+    }
+
+    /// The mode.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.config.mode = mode;
+        self
+    }
+
+    /// A callback for every [`CooldownEvent`](super::CooldownEvent): a closure
+    /// `Fn(&CooldownEvent)` or an [`OnCooldownEvent`] implementation. Replaces the
+    /// previous one; the default does nothing. `tracing` events are emitted regardless.
+    pub fn on_event<E: OnCooldownEvent>(mut self, on_event: E) -> Self {
+        self.on_event = Arc::new(on_event);
+        self
+    }
+
+    /// The layer, or the first setting that makes no sense.
+    ///
+    /// Refused: a zero `base`; a `cap` below `base`; a `max_cooldown` of zero or below
+    /// `base`.
+    pub fn build(self) -> Result<CooldownLayer<K>, ConfigError> {
+        let backoff = self.config.backoff;
+        if backoff.base().is_zero() {
+            return Err(ConfigError::new("base", "must be greater than zero"));
+        }
+        if backoff.cap() < backoff.base() {
+            return Err(ConfigError::new("cap", "must be at least `base`"));
+        }
+        if let Some(max) = self.config.max_cooldown {
+            if max.is_zero() {
+                return Err(ConfigError::new(
+                    "max_cooldown",
+                    "must be greater than zero",
+                ));
+            }
+            if max < backoff.base() {
+                return Err(ConfigError::new("max_cooldown", "must be at least `base`"));
+            }
+        }
+        Ok(CooldownLayer {
+            shared: Shared::new(self.config, self.on_event),
+            key: Arc::new(self.key),
+        })
+    }
+}
+
+impl<K> fmt::Debug for CooldownBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CooldownBuilder")
+            .field("config", &self.config)
+            .field("key", &std::any::type_name::<K>())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn exponential_doubles_and_caps() {
+        let b = Backoff::exponential(S, 5 * S);
+        let got: Vec<_> = (1..=5).map(|n| b.delay(n)).collect();
+        assert_eq!(got, [S, 2 * S, 4 * S, 5 * S, 5 * S]);
+        assert_eq!(b.delay(0), S);
+        assert_eq!(b.delay(40), 5 * S, "shift overflow saturates at cap");
+        assert_eq!(b.delay(u32::MAX), 5 * S);
+    }
+
+    #[test]
+    fn linear_grows_by_base_and_caps() {
+        let b = Backoff::linear(2 * S, 5 * S);
+        let got: Vec<_> = (1..=4).map(|n| b.delay(n)).collect();
+        assert_eq!(got, [2 * S, 4 * S, 5 * S, 5 * S]);
+        let huge = Backoff::linear(Duration::MAX / 2, Duration::MAX);
+        assert_eq!(
+            huge.delay(u32::MAX),
+            Duration::MAX,
+            "mul overflow saturates"
+        );
+    }
+
+    #[test]
+    fn builder_names_bad_fields() {
+        let err = |b: CooldownBuilder| b.build().unwrap_err().field();
+        assert_eq!(
+            err(CooldownLayer::builder().exponential(Duration::ZERO, S)),
+            "base"
+        );
+        assert_eq!(err(CooldownLayer::builder().linear(2 * S, S)), "cap");
+        assert_eq!(
+            err(CooldownLayer::builder().max_cooldown(Duration::ZERO)),
+            "max_cooldown"
+        );
+        assert_eq!(
+            err(CooldownLayer::builder()
+                .exponential(10 * S, 60 * S)
+                .max_cooldown(S)),
+            "max_cooldown"
+        );
+        assert!(CooldownLayer::builder()
+            .max_cooldown(S)
+            .wait(Duration::ZERO)
+            .build()
+            .is_ok());
+    }
+}

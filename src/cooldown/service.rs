@@ -1,0 +1,103 @@
+//! The [`Cooldown`] service.
+
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower::Service;
+
+use super::{
+    future::ResponseFuture,
+    layer::Mode,
+    state::{add, CooldownHandle, Shared},
+};
+use crate::{key::KeyExtractor, BoxError};
+
+/// Per-key cooldown after rate-limited answers; made by
+/// [`CooldownLayer`](super::CooldownLayer).
+///
+/// `poll_ready` delegates to the inner service. `call` hands the ready inner service
+/// to the [`ResponseFuture`], which waits out (or refuses) a cooldown before calling
+/// it, so a request for a cooling key never reaches the inner service.
+pub struct Cooldown<S, K> {
+    inner: S,
+    shared: Arc<Shared>,
+    key: Arc<K>,
+}
+
+impl<S, K> Cooldown<S, K> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, key: Arc<K>) -> Self {
+        Cooldown { inner, shared, key }
+    }
+
+    /// A handle on the shared state: per-key state queries and counters.
+    pub fn handle(&self) -> CooldownHandle {
+        CooldownHandle::new(self.shared.clone())
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, K> Clone for Cooldown<S, K> {
+    fn clone(&self) -> Self {
+        Cooldown {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K> fmt::Debug for Cooldown<S, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cooldown")
+            .field("inner", &self.inner)
+            .field("shared", &self.shared)
+            .field("key", &std::any::type_name::<K>())
+            .finish()
+    }
+}
+
+impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for Cooldown<S, K>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    K: KeyExtractor<ReqBody>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Request<ReqBody>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let key = self.key.key(&req);
+        let deadline = match self.shared.config.mode {
+            Mode::Wait { max_wait } => Some(add(Instant::now(), max_wait)),
+            Mode::FailFast => None,
+        };
+        // Keep the clone that was made ready; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(inner, req, self.shared.clone(), key, deadline)
+    }
+}

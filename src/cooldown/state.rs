@@ -1,0 +1,469 @@
+//! The shared cooldown table and the [`CooldownHandle`] that queries it.
+//!
+//! One [`Entry`] per key that is cooling, half-open, or has a non-zero consecutive
+//! count; every other key has no entry.
+//!
+//! Counting "consecutive" answers: the table keeps a sequence number that moves on
+//! every counted signal; a request remembers it when admitted. A rate-limited answer
+//! counts (`n + 1`) when its request was admitted after the key's last counted signal,
+//! or when the key is neither cooling nor half-open. Answers to requests that were
+//! already in flight when the cooldown began are "stale": they do not raise `n` (ten
+//! concurrent 429s are one signal, not ten), but their retry hint can still extend the
+//! cooldown. A success resets `n` on the same rule.
+
+use std::{
+    borrow::Borrow,
+    collections::HashMap,
+    fmt,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use tokio::{
+    sync::{futures::OwnedNotified, Notify},
+    time::Instant,
+};
+
+use super::{
+    error::CoolingDown,
+    events::{
+        trace, CooldownEnded, CooldownEvent, CooldownExtended, CooldownReason, CooldownStarted,
+        OnCooldownEvent,
+    },
+    layer::Config,
+    stats::{CooldownStats, Counters},
+};
+use crate::{classify::Verdict, key::Key};
+
+/// Where a key stands, from [`CooldownHandle::state`].
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Requests go straight through.
+    Ok,
+    /// No request reaches the upstream until `until`.
+    Cooling {
+        /// When the cooldown ends (precheck margin included).
+        until: Instant,
+        /// Consecutive rate-limited answers so far.
+        n: u32,
+    },
+    /// The cooldown is over, but only one probe request may go until it is answered
+    /// without a rate limit.
+    HalfOpen {
+        /// Consecutive rate-limited answers so far.
+        n: u32,
+        /// Whether the probe is in flight (otherwise the next request becomes it).
+        probing: bool,
+    },
+}
+
+/// A cheap, cloneable handle on a cooldown table: per-key state and counters.
+///
+/// From [`CooldownLayer::handle`](super::CooldownLayer::handle) or
+/// [`Cooldown::handle`](super::Cooldown::handle); every clone sees the same table. A
+/// query takes one short lock and one hash lookup, so a pool can call it per request to
+/// skip backends that are cooling. Instants are [`tokio::time::Instant`]s (they follow
+/// tokio's paused clock in tests).
+#[derive(Clone)]
+pub struct CooldownHandle {
+    shared: Arc<Shared>,
+}
+
+impl CooldownHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        CooldownHandle { shared }
+    }
+
+    /// Where `key` stands now.
+    pub fn state<Q: Borrow<str> + ?Sized>(&self, key: &Q) -> KeyState {
+        let now = Instant::now();
+        let table = self.shared.lock();
+        match table.map.get(key.borrow()) {
+            None => KeyState::Ok,
+            Some(e) => e.state(now),
+        }
+    }
+
+    /// When `key`'s cooldown ends, if it is cooling now.
+    pub fn cooling_until<Q: Borrow<str> + ?Sized>(&self, key: &Q) -> Option<Instant> {
+        match self.state(key) {
+            KeyState::Cooling { until, .. } => Some(until),
+            _ => None,
+        }
+    }
+
+    /// Whether a request for `key` would go upstream right now without waiting: the key
+    /// is [`KeyState::Ok`] or half-open with no probe in flight (it would be the probe).
+    pub fn is_available<Q: Borrow<str> + ?Sized>(&self, key: &Q) -> bool {
+        matches!(
+            self.state(key),
+            KeyState::Ok | KeyState::HalfOpen { probing: false, .. }
+        )
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> CooldownStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// How many keys the table holds (cooling, half-open, or with a non-zero count).
+    pub fn tracked_keys(&self) -> usize {
+        self.shared.lock().map.len()
+    }
+}
+
+impl fmt::Debug for CooldownHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CooldownHandle")
+            .field("config", &self.shared.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// State shared by a layer, its clones and every service and future they make.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) stats: Counters,
+    table: Mutex<Table>,
+    on_event: Arc<dyn OnCooldownEvent>,
+}
+
+#[derive(Default)]
+struct Table {
+    map: HashMap<Key, Entry>,
+    /// Moves on every counted signal, in any key.
+    seq: u64,
+    next_probe: u64,
+}
+
+struct Entry {
+    /// Consecutive counted rate-limited answers.
+    n: u32,
+    /// End of the latest cooldown (precheck margin included); may be in the past.
+    until: Option<Instant>,
+    /// A cooldown began and no probe has been answered without a rate limit since.
+    half_open: bool,
+    /// The id of the probe in flight.
+    probe: Option<u64>,
+    /// `Table::seq` at this key's last counted signal.
+    last_signal: u64,
+    /// The first `Started` of the current episode.
+    episode_start: Option<Instant>,
+    /// Wakes waiters on every change (`notify_waiters` only).
+    notify: Arc<Notify>,
+}
+
+impl Entry {
+    fn new() -> Self {
+        Entry {
+            n: 0,
+            until: None,
+            half_open: false,
+            probe: None,
+            last_signal: 0,
+            episode_start: None,
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    fn cooling(&self, now: Instant) -> Option<Instant> {
+        self.until.filter(|u| now < *u)
+    }
+
+    fn state(&self, now: Instant) -> KeyState {
+        if let Some(until) = self.cooling(now) {
+            KeyState::Cooling { until, n: self.n }
+        } else if self.half_open {
+            KeyState::HalfOpen {
+                n: self.n,
+                probing: self.probe.is_some(),
+            }
+        } else {
+            KeyState::Ok
+        }
+    }
+
+    fn removable(&self, now: Instant) -> bool {
+        self.n == 0 && !self.half_open && self.probe.is_none() && self.cooling(now).is_none()
+    }
+
+    /// A waiter registration, taken under the lock so no `notify_waiters` is missed.
+    fn waiter(&self) -> Pin<Box<OwnedNotified>> {
+        Box::pin(self.notify.clone().notified_owned())
+    }
+}
+
+/// What a request may do now.
+pub(crate) enum Admission {
+    /// Send it upstream.
+    Go(Ticket),
+    /// Wait until `wake_at` or until the key's state changes, then ask again.
+    Wait {
+        wake_at: Instant,
+        notified: Pin<Box<OwnedNotified>>,
+    },
+    /// Refuse it.
+    Reject(CoolingDown),
+}
+
+/// What an admitted request carries until its answer is reported.
+pub(crate) struct Ticket {
+    seq: u64,
+    probe: Option<ProbeSlot>,
+}
+
+impl Ticket {
+    pub(crate) fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+}
+
+/// The half-open probe slot: released on drop unless the answer was reported, so a
+/// cancelled probe never deadlocks its key.
+struct ProbeSlot {
+    shared: Arc<Shared>,
+    key: Key,
+    id: u64,
+    reported: bool,
+}
+
+impl Drop for ProbeSlot {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.shared.release_probe(&self.key, self.id);
+        }
+    }
+}
+
+/// `now + d`, saturating far in the future instead of overflowing.
+pub(crate) fn add(now: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config, on_event: Arc<dyn OnCooldownEvent>) -> Arc<Self> {
+        Arc::new(Shared {
+            config,
+            stats: Counters::default(),
+            table: Mutex::new(Table::default()),
+            on_event,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // Nothing panics while the lock is held; if something ever did, the table is
+        // still consistent enough to go on with.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn emit(&self, events: Vec<CooldownEvent>) {
+        for event in &events {
+            trace(event);
+            self.on_event.on_event(event);
+        }
+    }
+
+    /// Decides what a request for `key` does at `now`. `deadline` is the latest it may
+    /// wait until (`None`: fail-fast).
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        key: &Key,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Admission {
+        let mut table = self.lock();
+        let seq = table.seq;
+        let Some(entry) = table.map.get_mut(key) else {
+            return Admission::Go(Ticket { seq, probe: None });
+        };
+        if let Some(until) = entry.cooling(now) {
+            return match deadline {
+                Some(d) if until <= d => Admission::Wait {
+                    wake_at: until,
+                    notified: entry.waiter(),
+                },
+                _ => Admission::Reject(CoolingDown::new(key.clone(), until - now, false)),
+            };
+        }
+        if entry.half_open {
+            if entry.probe.is_some() {
+                return match deadline {
+                    Some(d) if now < d => Admission::Wait {
+                        wake_at: d,
+                        notified: entry.waiter(),
+                    },
+                    _ => Admission::Reject(CoolingDown::new(key.clone(), Duration::ZERO, true)),
+                };
+            }
+            let id = table.next_probe;
+            table.next_probe += 1;
+            if let Some(entry) = table.map.get_mut(key) {
+                entry.probe = Some(id);
+            }
+            Counters::bump(&self.stats.probes);
+            let probe = ProbeSlot {
+                shared: self.clone(),
+                key: key.clone(),
+                id,
+                reported: false,
+            };
+            return Admission::Go(Ticket {
+                seq,
+                probe: Some(probe),
+            });
+        }
+        if entry.removable(now) {
+            table.map.remove(key);
+        }
+        Admission::Go(Ticket { seq, probe: None })
+    }
+
+    /// Records the verdict of an admitted request's answer.
+    pub(crate) fn report(&self, key: &Key, mut ticket: Ticket, verdict: Verdict, now: Instant) {
+        let probe_id = ticket.probe.as_mut().map(|p| {
+            p.reported = true;
+            p.id
+        });
+        let mut events = Vec::new();
+        {
+            let mut table = self.lock();
+            let table = &mut *table;
+            match verdict {
+                Verdict::RateLimited { retry_after } => {
+                    let entry = table.map.entry(key.clone()).or_insert_with(Entry::new);
+                    let active = entry.cooling(now).is_some() || entry.half_open;
+                    let counted = probe_id.is_some() || !active || ticket.seq >= entry.last_signal;
+                    if counted {
+                        table.seq += 1;
+                        entry.last_signal = table.seq;
+                        entry.n = entry.n.saturating_add(1);
+                        events.push(self.start(key, entry, retry_after, now));
+                    } else if let Some(ra) = retry_after {
+                        let d = self.config.max_cooldown.map_or(ra, |m| ra.min(m));
+                        let new_until = add(add(now, d), self.config.precheck);
+                        if entry.until.map_or(true, |u| new_until > u) {
+                            entry.until = Some(new_until);
+                            entry.half_open = true;
+                            Counters::bump(&self.stats.extended);
+                            events.push(CooldownEvent::Extended(CooldownExtended {
+                                key: key.clone(),
+                                n: entry.n,
+                                retry_after: ra,
+                                until: new_until,
+                            }));
+                        }
+                    }
+                    if probe_id.is_some() && entry.probe == probe_id {
+                        entry.probe = None;
+                    }
+                    entry.notify.notify_waiters();
+                }
+                Verdict::Transient => {
+                    // Connection errors, 5xx, 408: `n` stays; a probe frees its slot
+                    // so the next waiter probes.
+                    if let Some(entry) = table.map.get_mut(key) {
+                        if probe_id.is_some() && entry.probe == probe_id {
+                            entry.probe = None;
+                            entry.notify.notify_waiters();
+                        }
+                    }
+                }
+                // Success, and any other answer the upstream actually served (a
+                // failure is not a rate limit): a probe opens the key.
+                verdict => {
+                    let success = verdict == Verdict::Success;
+                    if let Some(entry) = table.map.get_mut(key) {
+                        let n_before = entry.n;
+                        let counted = probe_id.is_some() || ticket.seq >= entry.last_signal;
+                        if success && counted && entry.n > 0 {
+                            table.seq += 1;
+                            entry.last_signal = table.seq;
+                            entry.n = 0;
+                        }
+                        if probe_id.is_some() && entry.probe == probe_id {
+                            entry.probe = None;
+                            if entry.cooling(now).is_none() {
+                                entry.half_open = false;
+                                let start = entry.episode_start.take().unwrap_or(now);
+                                events.push(CooldownEvent::Ended(CooldownEnded {
+                                    key: key.clone(),
+                                    n: n_before,
+                                    cooled_for: now - start,
+                                }));
+                            }
+                            entry.notify.notify_waiters();
+                        }
+                        if entry.removable(now) {
+                            entry.notify.notify_waiters();
+                            table.map.remove(key);
+                        }
+                    }
+                }
+            }
+        }
+        self.emit(events);
+    }
+
+    /// Puts `entry` into cooldown after its `n`-th counted signal.
+    fn start(
+        &self,
+        key: &Key,
+        entry: &mut Entry,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) -> CooldownEvent {
+        let backoff = self.config.backoff.delay(entry.n);
+        let (requested, reason) = match retry_after {
+            Some(ra) if ra >= backoff => (ra, CooldownReason::RetryAfter),
+            _ => (backoff, CooldownReason::Backoff),
+        };
+        let duration = self
+            .config
+            .max_cooldown
+            .map_or(requested, |m| requested.min(m));
+        let new_until = add(add(now, duration), self.config.precheck);
+        let until = entry.until.map_or(new_until, |u| u.max(new_until));
+        entry.until = Some(until);
+        if !entry.half_open || entry.episode_start.is_none() {
+            entry.episode_start = Some(now);
+        }
+        entry.half_open = true;
+        Counters::bump(&self.stats.started);
+        CooldownEvent::Started(CooldownStarted {
+            key: key.clone(),
+            n: entry.n,
+            duration,
+            requested,
+            capped: duration < requested,
+            reason,
+            retry_after,
+            backoff,
+            until,
+        })
+    }
+
+    /// Frees the probe slot of a probe whose answer will never be reported.
+    fn release_probe(&self, key: &Key, id: u64) {
+        let mut table = self.lock();
+        if let Some(entry) = table.map.get_mut(key) {
+            if entry.probe == Some(id) {
+                entry.probe = None;
+                entry.notify.notify_waiters();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}

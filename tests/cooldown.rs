@@ -1,0 +1,1029 @@
+//! Behaviour of `CooldownLayer`, on tokio's paused clock.
+//!
+//! The inner service is a scripted upstream that records when each call reached it
+//! (time since the test's start) and answers from a script. Rate-limited answers are
+//! 429s with a `Retry-After` header and, so they do not depend on any header parser,
+//! the `Verdict` a `ClassifyLayer` would have stored in their extensions.
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::{Request, Response, StatusCode};
+use ratewise::{
+    cooldown::{CooldownEvent, CooldownReason, CoolingDown, KeyState},
+    BoxError, CooldownLayer, Verdict,
+};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+fn s(secs: f64) -> Duration {
+    Duration::from_secs_f64(secs)
+}
+
+#[derive(Clone, Debug)]
+enum Reply {
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+        delay: Duration,
+    },
+    ConnError {
+        delay: Duration,
+    },
+}
+
+/// 429, with a `Retry-After` of `ra` seconds when given, answered at once.
+fn rl(ra: Option<u64>) -> Reply {
+    Reply::Status {
+        status: 429,
+        retry_after: ra,
+        delay: Duration::ZERO,
+    }
+}
+
+fn status(code: u16) -> Reply {
+    Reply::Status {
+        status: code,
+        retry_after: None,
+        delay: Duration::ZERO,
+    }
+}
+
+fn ok() -> Reply {
+    status(200)
+}
+
+/// The same reply, answered `delay` after the call.
+fn after(delay: Duration, reply: Reply) -> Reply {
+    match reply {
+        Reply::Status {
+            status,
+            retry_after,
+            ..
+        } => Reply::Status {
+            status,
+            retry_after,
+            delay,
+        },
+        Reply::ConnError { .. } => Reply::ConnError { delay },
+    }
+}
+
+#[derive(Clone)]
+struct Upstream {
+    start: Instant,
+    calls: Arc<Mutex<Vec<(Duration, String)>>>,
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    fallback: Reply,
+}
+
+impl Upstream {
+    fn new(script: impl IntoIterator<Item = Reply>, fallback: Reply) -> Self {
+        Upstream {
+            start: Instant::now(),
+            calls: Arc::default(),
+            script: Arc::new(Mutex::new(script.into_iter().collect())),
+            fallback,
+        }
+    }
+
+    /// When each call reached the upstream, since the start.
+    fn times(&self) -> Vec<Duration> {
+        self.calls.lock().unwrap().iter().map(|c| c.0).collect()
+    }
+
+    fn count(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    fn service(
+        &self,
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<()>,
+        Error = BoxError,
+        Future = impl Future<Output = Result<Response<()>, BoxError>> + Send,
+    > + Clone
+           + Send
+           + 'static {
+        let up = self.clone();
+        tower::service_fn(move |req: Request<()>| {
+            let up = up.clone();
+            async move { up.answer(req).await }
+        })
+    }
+
+    async fn answer(self, req: Request<()>) -> Result<Response<()>, BoxError> {
+        let host = req.uri().host().unwrap_or_default().to_owned();
+        self.calls
+            .lock()
+            .unwrap()
+            .push((self.start.elapsed(), host));
+        let reply = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| self.fallback.clone());
+        match reply {
+            Reply::ConnError { delay } => {
+                sleep(delay).await;
+                Err("connection reset by peer".into())
+            }
+            Reply::Status {
+                status,
+                retry_after,
+                delay,
+            } => {
+                sleep(delay).await;
+                let mut res = Response::builder().status(status);
+                if let Some(ra) = retry_after {
+                    res = res.header("retry-after", ra.to_string());
+                }
+                let mut res = res.body(())?;
+                if status == 429 {
+                    res.extensions_mut()
+                        .insert(Verdict::rate_limited(retry_after.map(Duration::from_secs)));
+                }
+                Ok(res)
+            }
+        }
+    }
+}
+
+fn req(host: &str) -> Request<()> {
+    Request::get(format!("http://{host}/bot1/sendMessage"))
+        .body(())
+        .unwrap()
+}
+
+fn cooling(err: &BoxError) -> &CoolingDown {
+    err.downcast_ref::<CoolingDown>()
+        .unwrap_or_else(|| panic!("expected CoolingDown, got {err}"))
+}
+
+type Events = Arc<Mutex<Vec<CooldownEvent>>>;
+
+fn recorder() -> (Events, impl Fn(&CooldownEvent) + Send + Sync + 'static) {
+    let events: Events = Arc::default();
+    let sink = events.clone();
+    (events, move |e: &CooldownEvent| {
+        sink.lock().unwrap().push(e.clone())
+    })
+}
+
+/// `(n, duration)` of every `Started` event.
+fn started(events: &Events) -> Vec<(u32, Duration)> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            CooldownEvent::Started(s) => Some((s.n, s.duration)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn cooldown_is_extended_never_shortened() {
+    // Call 0 is slow and answers "retry after 5" at t=2; call 1 answers "retry after
+    // 100" at t=0. The short signal arrives second, from a request already in flight.
+    let up = Upstream::new([after(s(2.0), rl(Some(5))), rl(Some(100))], ok());
+    let layer = CooldownLayer::builder().fail_fast().build().unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    let slow = tokio::spawn(svc.clone().oneshot(req("a.test")));
+    tokio::task::yield_now().await;
+    assert_eq!(up.count(), 1, "the slow request is in flight");
+    let long = svc.clone().oneshot(req("a.test")).await.unwrap();
+    assert_eq!(long.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(handle.cooling_until("a.test"), Some(start + s(100.0)));
+
+    let short = slow.await.unwrap().unwrap();
+    assert_eq!(short.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(Instant::now(), start + s(2.0));
+    assert_eq!(
+        handle.state("a.test"),
+        KeyState::Cooling {
+            until: start + s(100.0),
+            n: 1
+        },
+        "the short signal neither shortened the cooldown nor counted as consecutive"
+    );
+
+    for t in [2.0, 7.5, 50.0, 99.5] {
+        sleep_until(start + s(t)).await;
+        let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
+        assert_eq!(cooling(&err).remaining(), s(100.0 - t));
+    }
+    assert_eq!(
+        up.times(),
+        [s(0.0), s(0.0)],
+        "nothing reached the upstream before t=100"
+    );
+
+    sleep_until(start + s(100.0)).await;
+    let res = svc.clone().oneshot(req("a.test")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(up.times(), [s(0.0), s(0.0), s(100.0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_answer_with_longer_retry_after_extends() {
+    let up = Upstream::new([after(s(2.0), rl(Some(200))), rl(Some(100))], ok());
+    let (events, on_event) = recorder();
+    let layer = CooldownLayer::builder()
+        .fail_fast()
+        .on_event(on_event)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    let slow = tokio::spawn(svc.clone().oneshot(req("a.test")));
+    tokio::task::yield_now().await;
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    slow.await.unwrap().unwrap();
+
+    assert_eq!(
+        handle.state("a.test"),
+        KeyState::Cooling {
+            until: start + s(202.0),
+            n: 1
+        }
+    );
+    let events = events.lock().unwrap();
+    assert_eq!(events.len(), 2);
+    match &events[1] {
+        CooldownEvent::Extended(e) => {
+            assert_eq!(e.key.as_str(), "a.test");
+            assert_eq!(e.n, 1);
+            assert_eq!(e.retry_after, s(200.0));
+            assert_eq!(e.until, start + s(202.0));
+        }
+        other => panic!("expected Extended, got {other:?}"),
+    }
+    assert_eq!(handle.stats().cooldowns_started, 1);
+    assert_eq!(handle.stats().cooldowns_extended, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_rate_limited_answers_count_once() {
+    let up = Upstream::new([], after(s(1.0), rl(None)));
+    let layer = CooldownLayer::builder().fail_fast().build().unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+
+    let tasks: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(svc.clone().oneshot(req("a.test"))))
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().status(), 429);
+    }
+    assert_eq!(up.count(), 5);
+    assert_eq!(
+        handle.state("a.test"),
+        KeyState::Cooling {
+            until: up.start + s(2.0),
+            n: 1
+        },
+        "five answers to five requests in flight together are one signal"
+    );
+    assert_eq!(handle.stats().cooldowns_started, 1);
+}
+
+/// Sends requests one after another (each waits out the cooldown and probes) until
+/// the script is used up.
+async fn drive_sequentially<S>(svc: &mut S, calls: usize)
+where
+    S: Service<Request<()>, Response = Response<()>, Error = BoxError>,
+{
+    for _ in 0..calls {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req("a.test"))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn exponential_backoff_doubles_caps_and_success_resets_n() {
+    let script = [
+        rl(None),
+        rl(None),
+        rl(None),
+        rl(None),
+        rl(None),
+        ok(),
+        rl(None),
+        ok(),
+    ];
+    let up = Upstream::new(script, ok());
+    let (events, on_event) = recorder();
+    let layer = CooldownLayer::builder()
+        .exponential(s(1.0), s(4.0))
+        .wait(s(60.0))
+        .on_event(on_event)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = ServiceBuilder::new().layer(layer).service(up.service());
+
+    drive_sequentially(&mut svc, 8).await;
+
+    // 1, 2, 4, then capped at 4; the success at 15 resets n, so the next 429 cools 1 s.
+    assert_eq!(
+        up.times(),
+        [0.0, 1.0, 3.0, 7.0, 11.0, 15.0, 15.0, 16.0].map(s)
+    );
+    assert_eq!(
+        started(&events),
+        [
+            (1, s(1.0)),
+            (2, s(2.0)),
+            (3, s(4.0)),
+            (4, s(4.0)),
+            (5, s(4.0)),
+            (1, s(1.0))
+        ]
+    );
+    assert_eq!(handle.state("a.test"), KeyState::Ok);
+}
+
+#[tokio::test(start_paused = true)]
+async fn linear_backoff_grows_by_base_and_caps() {
+    let up = Upstream::new([rl(None), rl(None), rl(None), rl(None)], ok());
+    let (events, on_event) = recorder();
+    let layer = CooldownLayer::builder()
+        .linear(s(2.0), s(5.0))
+        .wait(s(60.0))
+        .on_event(on_event)
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(up.service());
+
+    drive_sequentially(&mut svc, 5).await;
+
+    assert_eq!(up.times(), [0.0, 2.0, 6.0, 11.0, 16.0].map(s));
+    assert_eq!(
+        started(&events),
+        [(1, s(2.0)), (2, s(4.0)), (3, s(5.0)), (4, s(5.0))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_retry_after_wins_when_longer() {
+    let up = Upstream::new([rl(Some(30)), rl(Some(1)), rl(Some(10))], ok());
+    let (events, on_event) = recorder();
+    let layer = CooldownLayer::builder()
+        .exponential(s(1.0), s(60.0))
+        .wait(s(60.0))
+        .on_event(on_event)
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(up.service());
+
+    drive_sequentially(&mut svc, 4).await;
+
+    // n=1: max(30, 1) = 30; n=2: max(1, 2) = 2; n=3: max(10, 4) = 10.
+    assert_eq!(up.times(), [0.0, 30.0, 32.0, 42.0].map(s));
+    let reasons: Vec<_> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            CooldownEvent::Started(s) => Some((s.duration, s.reason, s.retry_after, s.backoff)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (s(30.0), CooldownReason::RetryAfter, Some(s(30.0)), s(1.0)),
+            (s(2.0), CooldownReason::Backoff, Some(s(1.0)), s(2.0)),
+            (s(10.0), CooldownReason::RetryAfter, Some(s(10.0)), s(4.0)),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_cooldown_caps_telegram_4310_second_ban_and_says_so() {
+    let up = Upstream::new([rl(Some(4310)), rl(Some(3710))], ok());
+    let (events, on_event) = recorder();
+    let layer = CooldownLayer::builder()
+        .max_cooldown(s(600.0))
+        .fail_fast()
+        .on_event(on_event)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    svc.clone().oneshot(req("api.telegram.org")).await.unwrap();
+    assert_eq!(
+        handle.cooling_until("api.telegram.org"),
+        Some(start + s(600.0))
+    );
+
+    sleep_until(start + s(600.0)).await;
+    svc.clone().oneshot(req("api.telegram.org")).await.unwrap();
+    assert_eq!(
+        handle.cooling_until("api.telegram.org"),
+        Some(start + s(1200.0))
+    );
+    assert_eq!(
+        up.times(),
+        [s(0.0), s(600.0)],
+        "one request per max_cooldown"
+    );
+
+    let events = events.lock().unwrap();
+    let CooldownEvent::Started(first) = &events[0] else {
+        panic!("expected Started, got {:?}", events[0]);
+    };
+    assert_eq!(first.key.as_str(), "api.telegram.org");
+    assert_eq!(first.n, 1);
+    assert_eq!(first.duration, s(600.0));
+    assert_eq!(first.requested, s(4310.0));
+    assert!(first.capped);
+    assert_eq!(first.reason, CooldownReason::RetryAfter);
+    assert_eq!(first.until, start + s(600.0));
+    let CooldownEvent::Started(second) = &events[1] else {
+        panic!("expected Started, got {:?}", events[1]);
+    };
+    assert_eq!(
+        (second.n, second.duration, second.requested),
+        (2, s(600.0), s(3710.0))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_call_reaches_upstream_during_cooldown() {
+    let up = Upstream::new([rl(Some(60))], ok());
+    let layer = CooldownLayer::builder().fail_fast().build().unwrap();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    for second in 0..60 {
+        sleep_until(start + s(second as f64)).await;
+        // Several callers per second, concurrently.
+        let tasks: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(svc.clone().oneshot(req("a.test"))))
+            .collect();
+        for t in tasks {
+            let err = t.await.unwrap().unwrap_err();
+            assert_eq!(cooling(&err).remaining(), s(60.0 - second as f64));
+        }
+    }
+    assert_eq!(up.times(), [s(0.0)]);
+    sleep_until(start + s(60.0)).await;
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    assert_eq!(up.times(), [s(0.0), s(60.0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_lets_one_probe_go_then_the_rest() {
+    // After the first 429, every answer takes 1 s.
+    let up = Upstream::new([rl(Some(10))], after(s(1.0), ok()));
+    let layer = CooldownLayer::builder().wait(s(60.0)).build().unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    let mut tasks: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(svc.clone().oneshot(req("a.test"))))
+        .collect();
+    // One more caller arrives while the probe is in flight.
+    let late_svc = svc.clone();
+    tasks.push(tokio::spawn(async move {
+        sleep_until(start + s(10.5)).await;
+        assert_eq!(
+            late_svc.handle().state("a.test"),
+            KeyState::HalfOpen {
+                n: 1,
+                probing: true
+            }
+        );
+        late_svc.oneshot(req("a.test")).await
+    }));
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+
+    let mut expected = vec![s(0.0), s(10.0)];
+    expected.extend(std::iter::repeat(s(11.0)).take(100));
+    assert_eq!(
+        up.times(),
+        expected,
+        "one probe at expiry, the rest after its answer"
+    );
+    let stats = handle.stats();
+    assert_eq!(stats.probes, 1);
+    assert_eq!(stats.cooldowns_started, 1);
+    assert_eq!(stats.met_cooldown, 101);
+    assert_eq!(stats.waited, 101);
+    assert_eq!(stats.rejected, 0);
+    assert_eq!(
+        handle.tracked_keys(),
+        0,
+        "an open key with n == 0 leaves the table"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn probe_rate_limited_again_keeps_the_others_out() {
+    let up = Upstream::new(
+        [rl(Some(10)), after(s(1.0), rl(Some(10)))],
+        after(s(1.0), ok()),
+    );
+    let layer = CooldownLayer::builder().wait(s(60.0)).build().unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(svc.clone().oneshot(req("a.test"))))
+        .collect();
+    sleep_until(start + s(11.0)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(
+        handle.state("a.test"),
+        KeyState::Cooling {
+            until: start + s(21.0),
+            n: 2
+        }
+    );
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap().unwrap().status().as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 200, 200, 429]);
+
+    let mut expected = vec![s(0.0), s(10.0), s(21.0)];
+    expected.extend(std::iter::repeat(s(22.0)).take(8));
+    assert_eq!(up.times(), expected);
+    assert_eq!(handle.stats().probes, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_fail_at_once_when_probe_recools_past_max_wait() {
+    let up = Upstream::new([rl(Some(10)), after(s(1.0), rl(Some(10)))], ok());
+    let layer = CooldownLayer::builder().wait(s(15.0)).build().unwrap();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let res = svc.oneshot(req("a.test")).await;
+                (res, Instant::now())
+            })
+        })
+        .collect();
+    let mut probe_answers = 0;
+    for t in tasks {
+        let (res, at) = t.await.unwrap();
+        match res {
+            Ok(res) => {
+                assert_eq!(res.status(), 429);
+                probe_answers += 1;
+            }
+            Err(err) => {
+                // The new cooldown ends at 21, past these callers' deadline at 15.
+                assert_eq!(cooling(&err).remaining(), s(10.0));
+                assert_eq!(at, start + s(11.0), "failed as soon as the probe answered");
+            }
+        }
+    }
+    assert_eq!(probe_answers, 1);
+    assert_eq!(up.times(), [s(0.0), s(10.0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_probe_frees_the_slot() {
+    // The probe hangs for 100 s; its caller gives up at 10.5.
+    let up = Upstream::new([rl(Some(10)), after(s(100.0), ok())], ok());
+    let layer = CooldownLayer::builder().wait(s(60.0)).build().unwrap();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    let impatient = tokio::spawn(timeout(s(10.5), svc.clone().oneshot(req("a.test"))));
+    let svc2 = svc.clone();
+    let patient = tokio::spawn(async move {
+        sleep_until(start + s(10.2)).await;
+        let res = svc2.oneshot(req("a.test")).await;
+        (res, Instant::now())
+    });
+
+    assert!(
+        impatient.await.unwrap().is_err(),
+        "the probe's caller timed out"
+    );
+    let (res, at) = patient.await.unwrap();
+    assert_eq!(res.unwrap().status(), 200);
+    assert_eq!(at, start + s(10.5));
+    assert_eq!(up.times(), [s(0.0), s(10.0), s(10.5)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn probe_connection_error_frees_the_slot() {
+    let up = Upstream::new([rl(Some(10)), Reply::ConnError { delay: s(1.0) }], ok());
+    let layer = CooldownLayer::builder().wait(s(60.0)).build().unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    let first = tokio::spawn(svc.clone().oneshot(req("a.test")));
+    let svc2 = svc.clone();
+    let second = tokio::spawn(async move {
+        sleep_until(start + s(10.5)).await;
+        svc2.oneshot(req("a.test")).await
+    });
+
+    let err = first.await.unwrap().unwrap_err();
+    assert!(err.downcast_ref::<CoolingDown>().is_none());
+    assert_eq!(err.to_string(), "connection reset by peer");
+    assert_eq!(second.await.unwrap().unwrap().status(), 200);
+    assert_eq!(up.times(), [s(0.0), s(10.0), s(11.0)]);
+    assert_eq!(handle.state("a.test"), KeyState::Ok);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_returns_cooling_down_without_calling_or_waiting() {
+    let up = Upstream::new([rl(Some(30)), after(s(1.0), ok())], ok());
+    let layer = CooldownLayer::builder().fail_fast().build().unwrap();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    let before = Instant::now();
+    let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
+    assert_eq!(Instant::now(), before, "no time passed");
+    let e = cooling(&err);
+    assert_eq!(e.key().as_str(), "a.test");
+    assert_eq!(e.remaining(), s(30.0));
+    assert!(!e.is_probing());
+    assert_eq!(up.count(), 1);
+
+    sleep_until(start + s(10.0)).await;
+    let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
+    assert_eq!(cooling(&err).remaining(), s(20.0));
+    let msg = err.to_string();
+    assert!(msg.contains("a.test") && msg.contains("20.000 s"), "{msg}");
+    assert_eq!(
+        ratewise::classify::verdict_of_error(&*err),
+        Verdict::rate_limited(Some(s(20.0)))
+    );
+
+    // While the probe is in flight, fail-fast callers are refused too.
+    sleep_until(start + s(30.0)).await;
+    let probe = tokio::spawn(svc.clone().oneshot(req("a.test")));
+    tokio::task::yield_now().await;
+    let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
+    let e = cooling(&err);
+    assert!(e.is_probing());
+    assert_eq!(e.remaining(), Duration::ZERO);
+    assert_eq!(probe.await.unwrap().unwrap().status(), 200);
+    assert_eq!(up.times(), [s(0.0), s(30.0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_longer_than_max_wait_fails_at_once_shorter_waits() {
+    let up = Upstream::new([rl(Some(30)), rl(Some(3))], ok());
+    let layer = CooldownLayer::builder().wait(s(5.0)).build().unwrap();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    svc.clone().oneshot(req("long.test")).await.unwrap();
+    svc.clone().oneshot(req("short.test")).await.unwrap();
+
+    let err = svc.clone().oneshot(req("long.test")).await.unwrap_err();
+    assert_eq!(Instant::now(), start, "refused without sleeping");
+    assert_eq!(cooling(&err).key().as_str(), "long.test");
+    assert_eq!(cooling(&err).remaining(), s(30.0));
+
+    let res = svc.clone().oneshot(req("short.test")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        Instant::now(),
+        start + s(3.0),
+        "waited out the 3 s cooldown"
+    );
+    assert_eq!(up.times(), [s(0.0), s(0.0), s(3.0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn precheck_threshold_keeps_a_nearly_over_cooldown_cooling() {
+    let up = Upstream::new([rl(Some(10)), rl(Some(10))], ok());
+    let plain = CooldownLayer::builder().fail_fast().build().unwrap();
+    let checked = CooldownLayer::builder()
+        .fail_fast()
+        .precheck(s(2.0))
+        .build()
+        .unwrap();
+    let handle = checked.handle();
+    let plain = ServiceBuilder::new().layer(plain).service(up.service());
+    let checked = ServiceBuilder::new().layer(checked).service(up.service());
+    let start = up.start;
+
+    plain.clone().oneshot(req("plain.test")).await.unwrap();
+    checked.clone().oneshot(req("checked.test")).await.unwrap();
+    assert_eq!(handle.cooling_until("checked.test"), Some(start + s(12.0)));
+
+    sleep_until(start + s(10.0)).await;
+    plain.clone().oneshot(req("plain.test")).await.unwrap();
+    let err = checked
+        .clone()
+        .oneshot(req("checked.test"))
+        .await
+        .unwrap_err();
+    assert_eq!(cooling(&err).remaining(), s(2.0));
+    sleep_until(start + s(11.5)).await;
+    let err = checked
+        .clone()
+        .oneshot(req("checked.test"))
+        .await
+        .unwrap_err();
+    assert_eq!(cooling(&err).remaining(), s(0.5));
+
+    sleep_until(start + s(12.0)).await;
+    checked.clone().oneshot(req("checked.test")).await.unwrap();
+    assert_eq!(up.times(), [0.0, 0.0, 10.0, 12.0].map(s));
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_callback_sees_started_and_ended() {
+    let up = Upstream::new([rl(Some(20))], after(s(1.0), ok()));
+    let (events, on_event) = recorder();
+    let layer = CooldownLayer::builder()
+        .exponential(s(1.0), s(60.0))
+        .wait(s(60.0))
+        .on_event(on_event)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    assert_eq!(Instant::now(), start + s(21.0));
+
+    let events = events.lock().unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    let CooldownEvent::Started(e) = &events[0] else {
+        panic!("expected Started, got {:?}", events[0]);
+    };
+    assert_eq!(e.key.as_str(), "a.test");
+    assert_eq!(e.n, 1);
+    assert_eq!(e.duration, s(20.0));
+    assert_eq!(e.requested, s(20.0));
+    assert!(!e.capped);
+    assert_eq!(e.reason, CooldownReason::RetryAfter);
+    assert_eq!(e.retry_after, Some(s(20.0)));
+    assert_eq!(e.backoff, s(1.0));
+    assert_eq!(e.until, start + s(20.0));
+    let CooldownEvent::Ended(e) = &events[1] else {
+        panic!("expected Ended, got {:?}", events[1]);
+    };
+    assert_eq!(e.key.as_str(), "a.test");
+    assert_eq!(e.n, 1);
+    assert_eq!(e.cooled_for, s(21.0), "from the 429 to the probe's answer");
+    assert_eq!(events[1].key().as_str(), "a.test");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stats_count_cooldowns_meetings_waits_rejections_and_probes() {
+    let up = Upstream::new([rl(Some(10)), rl(Some(100))], ok());
+    let layer = CooldownLayer::builder().wait(s(20.0)).build().unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    svc.clone().oneshot(req("b.test")).await.unwrap();
+    let waiters: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(svc.clone().oneshot(req("a.test"))))
+        .collect();
+    let err = svc.clone().oneshot(req("b.test")).await.unwrap_err();
+    assert_eq!(cooling(&err).key().as_str(), "b.test");
+    for w in waiters {
+        w.await.unwrap().unwrap();
+    }
+    svc.clone().oneshot(req("c.test")).await.unwrap();
+
+    let stats = handle.stats();
+    assert_eq!(stats.cooldowns_started, 2);
+    assert_eq!(stats.cooldowns_extended, 0);
+    assert_eq!(stats.met_cooldown, 3);
+    assert_eq!(stats.waited, 2);
+    assert_eq!(stats.rejected, 1);
+    assert_eq!(stats.probes, 1);
+    assert_eq!(up.times(), [0.0, 0.0, 10.0, 10.0, 10.0].map(s));
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_and_failure_leave_n_alone() {
+    // 429 (n=1), probe gets 503 (slot freed, n stays), next probe 429 (n=2: 2 s),
+    // probe gets 400 (key open, n stays 2), next 429 is n=3 (4 s), probe succeeds.
+    let script = [rl(None), status(503), rl(None), status(400), rl(None), ok()];
+    let up = Upstream::new(script, ok());
+    let (events, on_event) = recorder();
+    let layer = CooldownLayer::builder()
+        .exponential(s(1.0), s(60.0))
+        .wait(s(60.0))
+        .on_event(on_event)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = ServiceBuilder::new().layer(layer).service(up.service());
+
+    drive_sequentially(&mut svc, 2).await;
+    assert_eq!(
+        handle.state("a.test"),
+        KeyState::HalfOpen {
+            n: 1,
+            probing: false
+        }
+    );
+    drive_sequentially(&mut svc, 2).await;
+    assert_eq!(handle.state("a.test"), KeyState::Ok);
+    assert_eq!(handle.tracked_keys(), 1, "n == 2 is remembered");
+    drive_sequentially(&mut svc, 2).await;
+    assert_eq!(handle.tracked_keys(), 0);
+
+    assert_eq!(up.times(), [0.0, 1.0, 1.0, 3.0, 3.0, 7.0].map(s));
+    assert_eq!(started(&events), [(1, s(1.0)), (2, s(2.0)), (3, s(4.0))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_are_independent_with_any_extractor() {
+    let up = Upstream::new([rl(Some(60))], ok());
+    let layer = CooldownLayer::builder()
+        .key(|r: &Request<()>| r.uri().path().split('/').nth(1).unwrap_or("").to_owned())
+        .fail_fast()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let bot = |b: &str| {
+        Request::get(format!("http://api.telegram.org/{b}/getMe"))
+            .body(())
+            .unwrap()
+    };
+
+    svc.clone().oneshot(bot("bot1")).await.unwrap();
+    let err = svc.clone().oneshot(bot("bot1")).await.unwrap_err();
+    assert_eq!(cooling(&err).key().as_str(), "bot1");
+    assert_eq!(
+        svc.clone().oneshot(bot("bot2")).await.unwrap().status(),
+        200
+    );
+    assert!(matches!(
+        handle.state("bot1"),
+        KeyState::Cooling { n: 1, .. }
+    ));
+    assert_eq!(handle.state("bot2"), KeyState::Ok);
+    assert!(!handle.is_available("bot1"));
+    assert!(handle.is_available("bot2"));
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_of_layer_and_service_share_one_table() {
+    let up1 = Upstream::new([rl(Some(60))], ok());
+    let up2 = Upstream::new([], ok());
+    let layer = CooldownLayer::builder().fail_fast().build().unwrap();
+    let stack1 = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(up1.service());
+    let stack2 = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(up2.service());
+
+    stack1.clone().oneshot(req("a.test")).await.unwrap();
+    let err = stack2.clone().oneshot(req("a.test")).await.unwrap_err();
+    assert_eq!(cooling(&err).remaining(), s(60.0));
+    assert_eq!(up2.count(), 0, "the second stack never called its upstream");
+    assert!(stack2.handle().cooling_until("a.test").is_some());
+    assert_eq!(layer.handle().stats().rejected, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_ready_delegates_to_inner() {
+    let up = Upstream::new([], after(s(5.0), ok()));
+    let layer = CooldownLayer::new();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .concurrency_limit(1)
+        .service(up.service());
+
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let in_flight = tokio::spawn(svc.call(req("a.test")));
+    tokio::task::yield_now().await;
+    let mut other = svc.clone();
+    let ready = futures_poll_once(|cx| other.poll_ready(cx)).await;
+    assert!(ready.is_pending(), "inner concurrency limit is full");
+    in_flight.await.unwrap().unwrap();
+    std::future::poll_fn(|cx| other.poll_ready(cx))
+        .await
+        .unwrap();
+}
+
+/// Polls `f` once and reports what it returned.
+async fn futures_poll_once<T>(
+    mut f: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<T>,
+) -> std::task::Poll<()> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(f(cx).map(|_| ()))).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn probe_answer_never_shortens_a_cooldown_extended_meanwhile() {
+    // call 0: sent before the cooldown, answers at 10.5 with "retry after 100";
+    // call 1: the first 429 (10 s); call 2: the probe at 10, answered at 12 with a
+    // bare 429 (n=2, backoff 2 s, which would end at 14).
+    let script = [
+        after(s(10.5), rl(Some(100))),
+        rl(Some(10)),
+        after(s(2.0), rl(None)),
+    ];
+    let up = Upstream::new(script, ok());
+    let layer = CooldownLayer::builder().fail_fast().build().unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let start = up.start;
+
+    let stale = tokio::spawn(svc.clone().oneshot(req("a.test")));
+    tokio::task::yield_now().await;
+    svc.clone().oneshot(req("a.test")).await.unwrap();
+    sleep_until(start + s(10.0)).await;
+    let probe = tokio::spawn(svc.clone().oneshot(req("a.test")));
+    stale.await.unwrap().unwrap();
+    assert_eq!(
+        handle.cooling_until("a.test"),
+        Some(start + s(110.5)),
+        "extended by the in-flight answer while the probe was out"
+    );
+    assert_eq!(probe.await.unwrap().unwrap().status(), 429);
+    assert_eq!(
+        handle.state("a.test"),
+        KeyState::Cooling {
+            until: start + s(110.5),
+            n: 2
+        },
+        "the probe's shorter cooldown did not shorten the running one"
+    );
+    sleep_until(start + s(50.0)).await;
+    let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
+    assert_eq!(cooling(&err).remaining(), s(60.5));
+    assert_eq!(up.times(), [0.0, 0.0, 10.0].map(s));
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_to_a_request_sent_before_the_cooldown_does_not_reset_n() {
+    // call 0 answers 200 at t=5 but was sent at t=0, before the 429s that followed.
+    let script = [after(s(5.0), ok()), rl(None), rl(None), rl(None)];
+    let up = Upstream::new(script, ok());
+    let (events, on_event) = recorder();
+    let layer = CooldownLayer::builder()
+        .exponential(s(1.0), s(60.0))
+        .wait(s(60.0))
+        .on_event(on_event)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = ServiceBuilder::new().layer(layer).service(up.service());
+
+    let old = tokio::spawn(svc.clone().oneshot(req("a.test")));
+    tokio::task::yield_now().await;
+    drive_sequentially(&mut svc, 2).await; // 429 at 0 (n=1), probe 429 at 1 (n=2, until 3)
+    old.await.unwrap().unwrap();
+    assert_eq!(Instant::now(), up.start + s(5.0));
+    assert_eq!(
+        handle.state("a.test"),
+        KeyState::HalfOpen {
+            n: 2,
+            probing: false
+        }
+    );
+    drive_sequentially(&mut svc, 2).await; // probe 429 at 5 (n=3, 4 s), then 200 at 9
+    assert_eq!(up.times(), [0.0, 0.0, 1.0, 5.0, 9.0].map(s));
+    assert_eq!(started(&events), [(1, s(1.0)), (2, s(2.0)), (3, s(4.0))]);
+}
