@@ -9,6 +9,7 @@
 //! | [`classify`] | one [`Verdict`] per response (success, rate-limited, transient, failure), read from status, headers and, only when asked, a bounded body prefix |
 //! | [`retry_after`] | the one parser for every "wait this long" signal a server sends |
 //! | [`body`] | body peeking that hands the caller back every byte, in order |
+//! | [`fresh`] | [`FreshClientLayer`]: rebuilds the inner client through a `MakeService` after N consecutive connection-level errors |
 //! | [`rate_limit`] | [`RateLimitLayer`]: keyed GCRA (governor) shared across clones, wait or reject |
 //!
 //! # Example
@@ -36,6 +37,7 @@
 
 pub mod body;
 pub mod classify;
+pub mod fresh;
 pub mod key;
 pub mod rate_limit;
 pub mod retry_after;
@@ -43,6 +45,7 @@ pub mod retry_after;
 pub mod testing;
 
 pub use classify::{Classifier, ClassifyLayer, Verdict};
+pub use fresh::FreshClientLayer;
 pub use rate_limit::RateLimitLayer;
 
 /// The boxed error type the layers return; every error ratewise creates can be
