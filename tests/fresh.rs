@@ -148,7 +148,10 @@ async fn fails_n_times_on_client_one_then_rebuilds_and_client_two_serves() {
             assert!(shown.contains("Silent"), "falls back to Debug: {shown}");
             assert_eq!((e.generation(), e.consecutive()), (1, req));
             assert_eq!(e.triggered_rebuild(), req == N);
-            assert!(err.source().is_some_and(|s| s.is::<Silent>()), "source is the original");
+            assert!(
+                err.source().is_some_and(|s| s.is::<Silent>()),
+                "source is the original"
+            );
             assert_eq!(up.made(), 1, "no rebuild before the {N}th error");
         }
         assert_eq!(stats.consecutive_errors(), N);
@@ -159,7 +162,11 @@ async fn fails_n_times_on_client_one_then_rebuilds_and_client_two_serves() {
         assert_eq!(up.made(), 2, "the MakeService was called exactly twice");
         assert_eq!(up.seen(), vec![(1, 1), (1, 2), (1, 3), (2, 4)]);
         assert_eq!(
-            (stats.generation(), stats.rebuilds(), stats.consecutive_errors()),
+            (
+                stats.generation(),
+                stats.rebuilds(),
+                stats.consecutive_errors()
+            ),
             (2, 1, 0)
         );
 
@@ -282,7 +289,10 @@ async fn concurrent_failures_from_one_generation_cause_one_rebuild() {
         let tasks: Vec<_> = (1..=IN_FLIGHT)
             .map(|req| tokio::spawn(svc.clone().oneshot(req)))
             .collect();
-        until("all requests reach client #1", || up.seen().len() == IN_FLIGHT as usize).await;
+        until("all requests reach client #1", || {
+            up.seen().len() == IN_FLIGHT as usize
+        })
+        .await;
         assert_eq!(up.made(), 1, "clones share one client");
         open.send(true).unwrap();
 
@@ -299,7 +309,10 @@ async fn concurrent_failures_from_one_generation_cause_one_rebuild() {
             .filter(|e| client_error(e).is_counted())
             .count();
         assert_eq!(rebuilds, 1, "one error retires the client");
-        assert_eq!(counted, N as usize, "errors after retirement are not counted again");
+        assert_eq!(
+            counted, N as usize,
+            "errors after retirement are not counted again"
+        );
         for err in &errors {
             let shown = err.to_string();
             assert!(shown.contains("generation 1"), "{shown}");
@@ -338,9 +351,14 @@ async fn request_in_flight_on_a_retired_client_finishes_on_it() {
 
     tokio::time::timeout(BOUND, async {
         let slow = tokio::spawn(svc.clone().oneshot(100));
-        until("the slow request reaches client #1", || up.seen().len() == 1).await;
+        until("the slow request reaches client #1", || {
+            up.seen().len() == 1
+        })
+        .await;
         send(&mut svc, 1).await.expect_err("client #1 fails");
-        send(&mut svc, 2).await.expect_err("client #1 fails, and is retired");
+        send(&mut svc, 2)
+            .await
+            .expect_err("client #1 fails, and is retired");
         send(&mut svc, 3).await.expect_err("client #2 fails once");
         assert_eq!((up.made(), stats.consecutive_errors()), (2, 1));
 
@@ -384,7 +402,7 @@ async fn clones_share_the_client_and_the_run() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn callers_waiting_for_a_build_share_it_and_survive_the_starter_giving_up() {
+async fn callers_waiting_for_a_build_share_it_and_survive_others_giving_up() {
     let made = Arc::new(AtomicUsize::new(0));
     let (open, gate) = watch::channel(false);
     let make = {
@@ -406,15 +424,19 @@ async fn callers_waiting_for_a_build_share_it_and_survive_the_starter_giving_up(
     tokio::time::timeout(BOUND, async {
         let starter = tokio::spawn(svc.clone().oneshot(1));
         until("the build starts", || made.load(Ordering::SeqCst) == 1).await;
-        let waiters: Vec<_> = (2..=4)
+        let mut waiters: Vec<_> = (2..=4)
             .map(|req| tokio::spawn(svc.clone().oneshot(req)))
             .collect();
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
-        // The caller that started the build gives up.
-        starter.abort();
-        assert!(starter.await.unwrap_err().is_cancelled());
+        // The caller that started the build gives up, and so does the one that polled
+        // the build last (whose waker the build's future holds).
+        let last = waiters.pop().unwrap();
+        for quitter in [starter, last] {
+            quitter.abort();
+            assert!(quitter.await.unwrap_err().is_cancelled());
+        }
 
         open.send(true).unwrap();
         for task in waiters {
@@ -453,17 +475,32 @@ async fn a_failed_build_names_the_target_and_the_next_request_retries() {
     let mut svc = ServiceBuilder::new().layer(layer).service(make);
 
     tokio::time::timeout(BOUND, async {
-        let err = svc.ready().await.unwrap().call(1).await.expect_err("build fails");
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(1)
+            .await
+            .expect_err("build fails");
         let e = err
             .downcast_ref::<MakeClientError>()
             .unwrap_or_else(|| panic!("expected a MakeClientError, got {err:?}"));
         assert_eq!((e.target(), e.generation()), ("qq-gateway", 1));
         let shown = err.to_string();
-        assert!(shown.contains("qq-gateway") && shown.contains("Silent"), "{shown}");
+        assert!(
+            shown.contains("qq-gateway") && shown.contains("Silent"),
+            "{shown}"
+        );
         assert!(err.source().is_some_and(|s| s.is::<Silent>()));
         assert_eq!(stats.make_failures(), 1);
 
-        let res = svc.ready().await.unwrap().call(2).await.expect("retried build serves");
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(2)
+            .await
+            .expect("retried build serves");
         assert_eq!(*res.body(), "http://127.0.0.1:9".len());
         assert_eq!(attempts.load(Ordering::SeqCst), 2);
         assert_eq!((stats.generation(), stats.rebuilds()), (1, 0));
@@ -474,7 +511,10 @@ async fn a_failed_build_names_the_target_and_the_next_request_retries() {
 
 #[test]
 fn zero_threshold_is_refused_by_the_builder() {
-    let err = FreshClientLayer::builder().threshold(0).build().unwrap_err();
+    let err = FreshClientLayer::builder()
+        .threshold(0)
+        .build()
+        .unwrap_err();
     assert_eq!(err, ConfigError::ZeroThreshold);
     assert!(err.to_string().contains("threshold"));
 }
@@ -500,9 +540,7 @@ mod real_server {
                 };
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                            "live",
-                        ))))
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("live"))))
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -571,9 +609,15 @@ mod real_server {
                     .expect("source is hyper-util's error");
                 assert!(source.is_connect(), "{source:?}");
                 let shown = err.to_string();
-                assert!(shown.contains("generation 1") && shown.len() > 40, "{shown}");
+                assert!(
+                    shown.contains("generation 1") && shown.len() > 40,
+                    "{shown}"
+                );
             }
-            assert_eq!((made.load(Ordering::SeqCst), stats.consecutive_errors()), (1, N));
+            assert_eq!(
+                (made.load(Ordering::SeqCst), stats.consecutive_errors()),
+                (1, N)
+            );
 
             // The upstream comes back; the next request runs on a client built for it.
             *target.lock().unwrap() = live;

@@ -379,7 +379,7 @@ mod tests {
         assert_eq!(describe(&Silent, "x::Silent"), "Silent (empty message)");
         assert_eq!(describe(&Mute, "x::Mute"), "x::Mute (empty message)");
         assert_eq!(describe(&Mute, ""), "unnamed error (empty message)");
-        let io = std::io::Error::new(std::io::ErrorKind::Other, "boom");
+        let io = std::io::Error::other("boom");
         assert_eq!(describe(&io, "io::Error"), "boom");
     }
 
@@ -418,13 +418,17 @@ mod tests {
 
     #[test]
     fn config_error_names_the_field() {
-        assert!(ConfigError::ZeroThreshold.to_string().contains("`threshold`"));
+        assert!(ConfigError::ZeroThreshold
+            .to_string()
+            .contains("`threshold`"));
     }
 
     #[test]
     fn redacts_paths_queries_and_userinfo() {
         assert_eq!(
-            redact_urls("error sending request for url (https://api.telegram.org/bot123:ABC/getMe)"),
+            redact_urls(
+                "error sending request for url (https://api.telegram.org/bot123:ABC/getMe)"
+            ),
             "error sending request for url (https://api.telegram.org/[redacted])"
         );
         assert_eq!(

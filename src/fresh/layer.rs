@@ -176,7 +176,10 @@ mod tests {
 
     #[test]
     fn zero_threshold_is_a_config_error() {
-        let err = FreshClientLayer::builder().threshold(0).build().unwrap_err();
+        let err = FreshClientLayer::builder()
+            .threshold(0)
+            .build()
+            .unwrap_err();
         assert_eq!(err, ConfigError::ZeroThreshold);
     }
 

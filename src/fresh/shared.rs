@@ -74,7 +74,6 @@ impl fmt::Debug for FreshStats {
     }
 }
 
-
 /// The client slot every clone of one `FreshClient` shares, and the build in
 /// progress, if any.
 pub(super) struct Shared<S, F> {
@@ -399,11 +398,20 @@ mod tests {
     #[test]
     fn threshold_retires_once_and_old_generation_results_do_not_count() {
         let t = tally(2);
-        assert_eq!(standing(&t.on_error(1, Box::new(Refused), "R")), (true, false, 1));
-        assert_eq!(standing(&t.on_error(1, Box::new(Refused), "R")), (true, true, 2));
+        assert_eq!(
+            standing(&t.on_error(1, Box::new(Refused), "R")),
+            (true, false, 1)
+        );
+        assert_eq!(
+            standing(&t.on_error(1, Box::new(Refused), "R")),
+            (true, true, 2)
+        );
         assert!(!t.is_current(1));
         // More errors from generation 1 while the rebuild is pending change nothing.
-        assert_eq!(standing(&t.on_error(1, Box::new(Refused), "R")), (false, false, 2));
+        assert_eq!(
+            standing(&t.on_error(1, Box::new(Refused), "R")),
+            (false, false, 2)
+        );
         assert_eq!(t.install(), 2);
         // Errors and responses from generation 1 leave generation 2 alone.
         t.on_error(1, Box::new(Refused), "R");
@@ -422,6 +430,9 @@ mod tests {
         t.on_error(1, Box::new(Refused), "R");
         t.on_response(1);
         assert_eq!(t.stats.consecutive_errors(), 0);
-        assert_eq!(standing(&t.on_error(1, Box::new(Refused), "R")), (true, false, 1));
+        assert_eq!(
+            standing(&t.on_error(1, Box::new(Refused), "R")),
+            (true, false, 1)
+        );
     }
 }
