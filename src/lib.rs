@@ -10,6 +10,7 @@
 //! | [`retry_after`] | the one parser for every "wait this long" signal a server sends |
 //! | [`body`] | body peeking that hands the caller back every byte, in order |
 //! | [`cooldown`] | [`CooldownLayer`]: per-key backoff after a rate-limited answer, honouring Retry-After, with a single half-open probe |
+//! | [`fresh`] | [`FreshClientLayer`]: rebuilds the inner client through a `MakeService` after N consecutive connection-level errors |
 //! | [`rate_limit`] | [`RateLimitLayer`]: keyed GCRA (governor) shared across clones, wait or reject |
 //!
 //! # Example
@@ -38,6 +39,7 @@
 pub mod body;
 pub mod classify;
 pub mod cooldown;
+pub mod fresh;
 pub mod key;
 pub mod rate_limit;
 pub mod retry;
@@ -47,6 +49,7 @@ pub mod testing;
 
 pub use classify::{Classifier, ClassifyLayer, Verdict};
 pub use cooldown::CooldownLayer;
+pub use fresh::FreshClientLayer;
 pub use rate_limit::RateLimitLayer;
 pub use retry::RetryLayer;
 

@@ -1,0 +1,452 @@
+//! Errors of the fresh-client layer.
+//!
+//! Every error here has a `Display` that is never empty: a stale connection pool can
+//! produce errors whose own message is empty (the QQ Bot incident), and an empty log
+//! line is the worst kind.
+
+use std::error::Error;
+use std::fmt;
+
+use crate::BoxError;
+
+/// Longest error text the layer writes to a log line.
+pub(super) const LOG_TEXT_CAP: usize = 512;
+
+/// Where an error stood in its client's run of consecutive connection-level errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Standing {
+    /// Counted; the run is still below the threshold.
+    Counted,
+    /// Counted, and this error brought the run to the threshold: the client is retired
+    /// and a new one is built before the next request.
+    Retired,
+    /// The error came from a client that had already been retired (a request that was
+    /// in flight when its client was replaced); it is not counted again.
+    AlreadyRetired,
+    /// Not a connection-level error; the run is left as it was.
+    NotCounted,
+}
+
+/// An error from the wrapped client, with the client's generation and how many
+/// connection-level errors in a row that client had produced.
+///
+/// `Display` is never empty, even when the original error's is: it falls back to the
+/// original's `Debug`, then to its type name. URLs in the original's text are cut to
+/// `scheme://host[:port]` (a token in a path or query, like Telegram's
+/// `/bot<token>/`, never reaches a log through this `Display`).
+/// [`source`](Error::source) is the original error, unchanged.
+///
+/// # Example
+///
+/// ```
+/// # use ratewise::fresh::ClientError;
+/// # fn handle(err: ratewise::BoxError) {
+/// if let Some(e) = err.downcast_ref::<ClientError>() {
+///     eprintln!("client #{} failed ({} in a row): {e}", e.generation(), e.consecutive());
+/// }
+/// # }
+/// ```
+pub struct ClientError {
+    generation: u64,
+    consecutive: u32,
+    threshold: u32,
+    standing: Standing,
+    source: BoxError,
+    source_type: &'static str,
+}
+
+impl ClientError {
+    pub(super) fn new(
+        generation: u64,
+        consecutive: u32,
+        threshold: u32,
+        standing: Standing,
+        source: BoxError,
+        source_type: &'static str,
+    ) -> Self {
+        ClientError {
+            generation,
+            consecutive,
+            threshold,
+            standing,
+            source,
+            source_type,
+        }
+    }
+
+    /// The generation of the client that failed: 1 for the first client built, 2 for
+    /// the first replacement, and so on.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// How many connection-level errors in a row that client had produced when this
+    /// error arrived, this one included when it counted.
+    pub fn consecutive(&self) -> u32 {
+        self.consecutive
+    }
+
+    /// The configured number of consecutive connection-level errors that retires a
+    /// client.
+    pub fn threshold(&self) -> u32 {
+        self.threshold
+    }
+
+    /// Whether this error was counted as a connection-level error of the current
+    /// client. Errors from an already retired client and errors that are not
+    /// connection-level are not.
+    pub fn is_counted(&self) -> bool {
+        matches!(self.standing, Standing::Counted | Standing::Retired)
+    }
+
+    /// Whether this error retired its client: a new one is built before the next
+    /// request.
+    pub fn triggered_rebuild(&self) -> bool {
+        self.standing == Standing::Retired
+    }
+
+    /// The type name of the original error.
+    pub fn source_type(&self) -> &'static str {
+        self.source_type
+    }
+
+    /// The original error.
+    pub fn into_source(self) -> BoxError {
+        self.source
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = self.generation;
+        let (c, t) = (self.consecutive, self.threshold);
+        match self.standing {
+            Standing::Counted => write!(
+                f,
+                "connection-level error from client generation {g} ({c} of {t} in a row before a rebuild)"
+            )?,
+            Standing::Retired => write!(
+                f,
+                "connection-level error from client generation {g} ({c} of {t} in a row; the client is rebuilt before the next request)"
+            )?,
+            Standing::AlreadyRetired => write!(
+                f,
+                "connection-level error from client generation {g}, already retired after {c} errors in a row"
+            )?,
+            Standing::NotCounted => write!(
+                f,
+                "error from client generation {g} (not connection-level; {c} of {t} in a row so far)"
+            )?,
+        }
+        write!(f, ": {}", describe(&*self.source, self.source_type))
+    }
+}
+
+impl fmt::Debug for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientError")
+            .field("generation", &self.generation)
+            .field("consecutive", &self.consecutive)
+            .field("threshold", &self.threshold)
+            .field("standing", &self.standing)
+            .field("source_type", &self.source_type)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Error for ClientError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// The `MakeService` failed to build a client (its `poll_ready` or its future
+/// returned an error).
+///
+/// The failed attempt is not retried by itself: the request that started it gets this
+/// error, and the next request tries again. `Display` names the target and is never
+/// empty; [`source`](Error::source) is the original error.
+pub struct MakeClientError {
+    target: std::sync::Arc<str>,
+    generation: u64,
+    source: BoxError,
+    source_type: &'static str,
+}
+
+impl MakeClientError {
+    pub(super) fn new(
+        target: std::sync::Arc<str>,
+        generation: u64,
+        source: BoxError,
+        source_type: &'static str,
+    ) -> Self {
+        MakeClientError {
+            target,
+            generation,
+            source,
+            source_type,
+        }
+    }
+
+    /// The target's name: the label given to
+    /// [`FreshClientBuilder::name`](super::FreshClientBuilder::name), else the target's
+    /// `Debug`.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The generation the client would have had.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The original error.
+    pub fn into_source(self) -> BoxError {
+        self.source
+    }
+}
+
+impl fmt::Display for MakeClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "could not build client generation {} for target {}: {}",
+            self.generation,
+            self.target,
+            describe(&*self.source, self.source_type)
+        )
+    }
+}
+
+impl fmt::Debug for MakeClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MakeClientError")
+            .field("target", &self.target)
+            .field("generation", &self.generation)
+            .field("source_type", &self.source_type)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Error for MakeClientError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// `FreshClient::call` was called without a preceding `poll_ready` that returned
+/// `Ready(Ok(()))`.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct NotReady;
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad("FreshClient::call before poll_ready returned Ready(Ok(()))")
+    }
+}
+
+impl Error for NotReady {}
+
+/// Bad configuration, returned by [`FreshClientBuilder::build`](super::FreshClientBuilder::build).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `threshold` was 0: a client must be allowed at least one error.
+    ZeroThreshold,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ZeroThreshold => {
+                f.pad("invalid `threshold`: must be at least 1 consecutive error, got 0")
+            }
+        }
+    }
+}
+
+impl Error for ConfigError {}
+
+/// A never-empty, URL-redacted description of `err`: its `Display`, else its `Debug`,
+/// else its type name.
+pub(super) fn describe(err: &(dyn Error + 'static), type_name: &str) -> String {
+    let shown = err.to_string();
+    let text = if !shown.trim().is_empty() {
+        shown
+    } else {
+        let debug = format!("{err:?}");
+        if !debug.trim().is_empty() {
+            format!("{debug} (empty message)")
+        } else if !type_name.trim().is_empty() {
+            format!("{type_name} (empty message)")
+        } else {
+            String::from("unnamed error (empty message)")
+        }
+    };
+    redact_urls(&text)
+}
+
+/// `text` cut to at most `cap` bytes on a char boundary, with a marker when cut.
+pub(super) fn truncate(text: &str, cap: usize) -> String {
+    if text.len() <= cap {
+        return text.to_owned();
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...[truncated]", &text[..end])
+}
+
+/// Cuts every `scheme://...` URL in `text` down to `scheme://host[:port]`: user info is
+/// dropped, and a path, query or fragment becomes `/[redacted]`. Tokens travel in
+/// exactly those parts (`https://api.telegram.org/bot<token>/`, `?key=`).
+pub(super) fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let before = &rest[..i];
+        let scheme_len = before
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            .map(char::len_utf8)
+            .sum::<usize>();
+        if scheme_len == 0 {
+            out.push_str(&rest[..i + 3]);
+            rest = &rest[i + 3..];
+            continue;
+        }
+        out.push_str(before);
+        let after = &rest[i + 3..];
+        let stop = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`');
+        let authority_end = after
+            .find(|c: char| stop(c) || matches!(c, '/' | '?' | '#' | ')' | ','))
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        let host = match authority.rfind('@') {
+            Some(at) => &authority[at + 1..],
+            None => authority,
+        };
+        out.push_str("://");
+        out.push_str(host);
+        let tail = &after[authority_end..];
+        let tail_end = tail
+            .find(|c: char| stop(c) || c == ')')
+            .unwrap_or(tail.len());
+        if tail[..tail_end].starts_with(['/', '?', '#']) && tail_end > 1 {
+            out.push_str("/[redacted]");
+        } else {
+            out.push_str(&tail[..tail_end]);
+        }
+        rest = &tail[tail_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Silent;
+    impl fmt::Display for Silent {
+        fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+            Ok(())
+        }
+    }
+    impl Error for Silent {}
+
+    struct Mute;
+    impl fmt::Debug for Mute {
+        fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+            Ok(())
+        }
+    }
+    impl fmt::Display for Mute {
+        fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+            Ok(())
+        }
+    }
+    impl Error for Mute {}
+
+    #[test]
+    fn describe_falls_back_to_debug_then_type_name() {
+        assert_eq!(describe(&Silent, "x::Silent"), "Silent (empty message)");
+        assert_eq!(describe(&Mute, "x::Mute"), "x::Mute (empty message)");
+        assert_eq!(describe(&Mute, ""), "unnamed error (empty message)");
+        let io = std::io::Error::other("boom");
+        assert_eq!(describe(&io, "io::Error"), "boom");
+    }
+
+    #[test]
+    fn client_error_display_is_never_empty_and_keeps_source() {
+        for standing in [
+            Standing::Counted,
+            Standing::Retired,
+            Standing::AlreadyRetired,
+            Standing::NotCounted,
+        ] {
+            let e = ClientError::new(4, 2, 3, standing, Box::new(Mute), "my::Mute");
+            let shown = e.to_string();
+            assert!(shown.contains("generation 4"), "{shown}");
+            assert!(shown.ends_with(": my::Mute (empty message)"), "{shown}");
+            assert!(e.source().is_some_and(|s| s.is::<Mute>()));
+        }
+        let e = ClientError::new(1, 3, 3, Standing::Retired, Box::new(Silent), "Silent");
+        assert_eq!(
+            e.to_string(),
+            "connection-level error from client generation 1 (3 of 3 in a row; the client is \
+             rebuilt before the next request): Silent (empty message)"
+        );
+        assert!(e.triggered_rebuild() && e.is_counted());
+    }
+
+    #[test]
+    fn make_client_error_names_target() {
+        let e = MakeClientError::new("qq-gateway".into(), 2, Box::new(Silent), "Silent");
+        assert_eq!(
+            e.to_string(),
+            "could not build client generation 2 for target qq-gateway: Silent (empty message)"
+        );
+        assert_eq!(e.target(), "qq-gateway");
+    }
+
+    #[test]
+    fn config_error_names_the_field() {
+        assert!(ConfigError::ZeroThreshold
+            .to_string()
+            .contains("`threshold`"));
+    }
+
+    #[test]
+    fn redacts_paths_queries_and_userinfo() {
+        assert_eq!(
+            redact_urls(
+                "error sending request for url (https://api.telegram.org/bot123:ABC/getMe)"
+            ),
+            "error sending request for url (https://api.telegram.org/[redacted])"
+        );
+        assert_eq!(
+            redact_urls("GET http://user:pw@127.0.0.1:8080?key=sk-1 failed"),
+            "GET http://127.0.0.1:8080/[redacted] failed"
+        );
+        assert_eq!(
+            redact_urls("to http://host, then https://h2/"),
+            "to http://host, then https://h2/"
+        );
+        assert_eq!(redact_urls("no url :// here"), "no url :// here");
+        assert_eq!(redact_urls("é://x/ü"), "é://x/ü");
+        assert_eq!(redact_urls("a://"), "a://");
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("频率限制", 4), "频...[truncated]");
+    }
+}
