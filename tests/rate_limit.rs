@@ -65,9 +65,15 @@ fn ids(hits: &Hits) -> Vec<u32> {
 
 /// Spawns one call per id, in order, letting each reach its first poll (and so its
 /// place in line) before the next is spawned.
-async fn spawn_in_order<S>(svc: &S, ids: impl IntoIterator<Item = u32>) -> Vec<tokio::task::JoinHandle<Result<Response<String>, BoxError>>>
+async fn spawn_in_order<S>(
+    svc: &S,
+    ids: impl IntoIterator<Item = u32>,
+) -> Vec<tokio::task::JoinHandle<Result<Response<String>, BoxError>>>
 where
-    S: Service<Request<u32>, Response = Response<String>, Error = BoxError> + Clone + Send + 'static,
+    S: Service<Request<u32>, Response = Response<String>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     let mut handles = Vec::new();
@@ -82,7 +88,11 @@ where
 async fn admits_the_burst_then_the_rate_over_a_window() {
     let start = Instant::now();
     let (hits, up) = upstream(start);
-    let limit = RateLimitLayer::builder().per_second(10).burst(5).build().unwrap();
+    let limit = RateLimitLayer::builder()
+        .per_second(10)
+        .burst(5)
+        .build()
+        .unwrap();
     let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
 
     let handles = spawn_in_order(&svc, 0..30).await;
@@ -94,11 +104,20 @@ async fn admits_the_burst_then_the_rate_over_a_window() {
     assert_eq!(t.len(), 30);
     // 5 at once, then one every 100 ms.
     let expected: Vec<Duration> = (0..30u32)
-        .map(|i| if i < 5 { Duration::ZERO } else { 100 * MS * (i - 4) })
+        .map(|i| {
+            if i < 5 {
+                Duration::ZERO
+            } else {
+                100 * MS * (i - 4)
+            }
+        })
         .collect();
     assert_eq!(t, expected);
     // Over the first second (t = 0 ..= 1 s): exactly burst + rate = 5 + 10.
-    assert_eq!(t.iter().filter(|t| **t <= Duration::from_secs(1)).count(), 15);
+    assert_eq!(
+        t.iter().filter(|t| **t <= Duration::from_secs(1)).count(),
+        15
+    );
     assert_eq!(start.elapsed(), Duration::from_millis(2500));
 
     let stats = limit.stats();
@@ -121,7 +140,9 @@ async fn keys_have_independent_buckets() {
 
     svc.clone().oneshot(keyed("/a", 1)).await.unwrap();
     let err = svc.clone().oneshot(keyed("/a", 2)).await.unwrap_err();
-    let err = err.downcast_ref::<MaxWaitExceeded>().expect("a max-wait refusal");
+    let err = err
+        .downcast_ref::<MaxWaitExceeded>()
+        .expect("a max-wait refusal");
     assert_eq!(err.key(), &Key::from("/a"));
     // Key "/a" is spent; "/b" is not.
     svc.clone().oneshot(keyed("/b", 3)).await.unwrap();
@@ -173,7 +194,11 @@ async fn a_limiter_handle_shares_the_bucket_across_different_layers() {
         }));
 
     client_svc.clone().oneshot(req(1)).await.unwrap();
-    let res = server_svc.clone().oneshot(Request::new(String::new())).await.unwrap();
+    let res = server_svc
+        .clone()
+        .oneshot(Request::new(String::new()))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
 
     // While a client request waits for the next cell, the server does not take it.
@@ -181,7 +206,11 @@ async fn a_limiter_handle_shares_the_bucket_across_different_layers() {
     tokio::task::yield_now().await;
     advance(999 * MS).await;
     assert_eq!(client.limiter().waiting(), 1);
-    let res = server_svc.clone().oneshot(Request::new(String::new())).await.unwrap();
+    let res = server_svc
+        .clone()
+        .oneshot(Request::new(String::new()))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.headers()["retry-after"], "2");
     waiting.await.unwrap().unwrap();
@@ -209,14 +238,22 @@ async fn max_wait_fails_at_once_without_sleeping() {
     let err = svc.clone().oneshot(req(2)).await.unwrap_err();
     assert_eq!(Instant::now(), before, "the refusal must not sleep");
 
-    let refusal = err.downcast_ref::<MaxWaitExceeded>().expect("a MaxWaitExceeded");
+    let refusal = err
+        .downcast_ref::<MaxWaitExceeded>()
+        .expect("a MaxWaitExceeded");
     assert_eq!(refusal.key(), &Key::from("*"));
     assert_eq!(refusal.wait(), 800 * MS);
     assert_eq!(refusal.earliest(), start + 1000 * MS);
     assert_eq!(refusal.max_wait(), 500 * MS);
     let shown = refusal.to_string();
-    assert!(shown.contains("\"*\"") && shown.contains("800ms"), "{shown}");
-    assert_eq!(verdict_of_error(&*err), Verdict::rate_limited(Some(800 * MS)));
+    assert!(
+        shown.contains("\"*\"") && shown.contains("800ms"),
+        "{shown}"
+    );
+    assert_eq!(
+        verdict_of_error(&*err),
+        Verdict::rate_limited(Some(800 * MS))
+    );
 
     assert_eq!(ids(&hits), vec![1]);
     assert_eq!(limit.stats().rejected(), 1);
@@ -283,7 +320,11 @@ async fn reject_mode_answers_429_with_rate_limit_headers_and_skips_upstream() {
     assert_eq!(h["ratelimit-policy"], r#""ratewise";q=2;w=5"#);
     assert_eq!(h["ratelimit"], r#""ratewise";r=0;t=3"#);
     assert_eq!(res.body(), "");
-    assert_eq!(ids(&hits), vec![1, 2], "a rejected request must not reach upstream");
+    assert_eq!(
+        ids(&hits),
+        vec![1, 2],
+        "a rejected request must not reach upstream"
+    );
     assert_eq!(start.elapsed(), Duration::ZERO);
 
     advance(1000 * MS).await;
@@ -326,7 +367,10 @@ async fn bypassed_requests_are_never_throttled_and_take_no_cell() {
     }
     svc.clone().oneshot(req(2)).await.unwrap();
     assert_eq!(start.elapsed(), 1000 * MS);
-    assert_eq!(ids(&hits), vec![1, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 2]);
+    assert_eq!(
+        ids(&hits),
+        vec![1, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 2]
+    );
     assert_eq!(limit.stats().bypassed(), 10);
     assert_eq!(limit.stats().admitted(), 2);
     assert_eq!(limit.stats().waited(), 0);
@@ -342,7 +386,10 @@ async fn a_dropped_waiter_takes_no_cell() {
     svc.clone().oneshot(req(1)).await.unwrap();
     // Request 2 waits for the cell of t = 1 s, and is dropped at 500 ms.
     let dropped = tokio::time::timeout(500 * MS, svc.clone().oneshot(req(2))).await;
-    assert!(dropped.is_err(), "request 2 must still be waiting at 500 ms");
+    assert!(
+        dropped.is_err(),
+        "request 2 must still be waiting at 500 ms"
+    );
     assert_eq!(limit.limiter().waiting(), 0);
     // Request 3 gets that cell at 1 s, as if request 2 had never been.
     svc.clone().oneshot(req(3)).await.unwrap();
@@ -360,7 +407,7 @@ async fn a_waiter_dropped_in_the_middle_of_the_line_takes_no_cell() {
 
     svc.clone().oneshot(req(1)).await.unwrap();
     let head = spawn_in_order(&svc, [2]).await; // goes at 1 s
-    // Request 3 queues behind it (would go at 2 s) and is dropped at 500 ms.
+                                                // Request 3 queues behind it (would go at 2 s) and is dropped at 500 ms.
     let dropped = tokio::time::timeout(500 * MS, svc.clone().oneshot(req(3))).await;
     assert!(dropped.is_err());
     assert_eq!(limit.limiter().waiting(), 1);
@@ -378,7 +425,11 @@ async fn a_waiter_dropped_in_the_middle_of_the_line_takes_no_cell() {
 async fn a_thousand_waiters_are_admitted_in_arrival_order_at_the_quota() {
     let start = Instant::now();
     let (hits, up) = upstream(start);
-    let limit = RateLimitLayer::builder().per_second(100).burst(10).build().unwrap();
+    let limit = RateLimitLayer::builder()
+        .per_second(100)
+        .burst(10)
+        .build()
+        .unwrap();
     let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
 
     let handles = spawn_in_order(&svc, 0..1000).await;
@@ -392,7 +443,11 @@ async fn a_thousand_waiters_are_admitted_in_arrival_order_at_the_quota() {
     // ...each at the first instant the quota allows: 10 at once, then one per 10 ms.
     let t = times(&hits);
     for (i, t) in t.iter().enumerate() {
-        let expected = if i < 10 { Duration::ZERO } else { 10 * MS * (i as u32 - 9) };
+        let expected = if i < 10 {
+            Duration::ZERO
+        } else {
+            10 * MS * (i as u32 - 9)
+        };
         assert_eq!(*t, expected, "request {i}");
     }
     assert_eq!(start.elapsed(), Duration::from_millis(9900));
@@ -427,7 +482,9 @@ async fn cost_takes_that_many_cells_and_more_than_the_burst_fails_at_once() {
     svc.clone().oneshot(with_cost(3, 0)).await.unwrap(); // free: at once
     let err = svc.clone().oneshot(with_cost(4, 6)).await.unwrap_err();
     assert_eq!(start.elapsed(), 200 * MS, "cost > burst must not wait");
-    let err = err.downcast_ref::<CostExceedsBurst>().expect("a CostExceedsBurst");
+    let err = err
+        .downcast_ref::<CostExceedsBurst>()
+        .expect("a CostExceedsBurst");
     assert_eq!((err.cost(), err.burst()), (6, 5));
     assert!(err.to_string().contains("\"*\""));
 
@@ -489,7 +546,10 @@ async fn config_errors_name_the_field() {
     let cases = [
         (b().per_second(0).build().unwrap_err(), "per_second"),
         (b().per_minute(0).build().unwrap_err(), "per_minute"),
-        (b().per_period(Duration::ZERO).build().unwrap_err(), "per_period"),
+        (
+            b().per_period(Duration::ZERO).build().unwrap_err(),
+            "per_period",
+        ),
         (b().per_second(5).burst(0).build().unwrap_err(), "burst"),
         (b().build().unwrap_err(), "rate"),
     ];
@@ -498,7 +558,10 @@ async fn config_errors_name_the_field() {
         assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
     }
     let shared = b().per_second(5).build().unwrap().limiter();
-    let err = b().per_second(5).build_with_limiter(shared.clone()).unwrap_err();
+    let err = b()
+        .per_second(5)
+        .build_with_limiter(shared.clone())
+        .unwrap_err();
     assert_eq!(err.field(), "per_second");
     let err = b().burst(5).build_with_limiter(shared).unwrap_err();
     assert_eq!(err.field(), "burst");
@@ -544,7 +607,7 @@ async fn newcomers_queue_behind_waiters_instead_of_taking_their_cells() {
     let svc = ServiceBuilder::new().layer(limit).service(up);
 
     svc.clone().oneshot(req(100)).await.unwrap(); // all 5 cells
-    // Request 101 needs 5 cells: it waits until 500 ms.
+                                                  // Request 101 needs 5 cells: it waits until 500 ms.
     let big = spawn_in_order(&svc, [101]).await;
     advance(100 * MS).await;
     // At 100 ms one cell is back. Request 1 needs only that one, but request 101 came

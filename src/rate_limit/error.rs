@@ -20,7 +20,8 @@ use crate::key::Key;
 /// The wait hint carried by one of the crate's errors, if `err` is one that carries one:
 /// a [`MaxWaitExceeded`] carries the wait it would have needed.
 pub(crate) fn retry_hint(err: &(dyn Error + 'static)) -> Option<Duration> {
-    err.downcast_ref::<MaxWaitExceeded>().map(MaxWaitExceeded::wait)
+    err.downcast_ref::<MaxWaitExceeded>()
+        .map(MaxWaitExceeded::wait)
 }
 
 /// A bad rate limiter configuration, returned by the builder (never a panic).

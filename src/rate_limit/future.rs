@@ -164,7 +164,9 @@ where
                             true,
                         ) {
                             Join::NotQueued => {}
-                            Join::TooLong { estimate } => return Poll::Ready(Err(adm.denied(estimate))),
+                            Join::TooLong { estimate } => {
+                                return Poll::Ready(Err(adm.denied(estimate)))
+                            }
                             Join::Joined {
                                 ticket,
                                 turn,
@@ -196,7 +198,9 @@ where
                                 return Poll::Ready(Err(adm.denied(wait)));
                             }
                             let earliest = match (now.checked_add(wait), adm.deadline) {
-                                (Some(earliest), Some(deadline)) if earliest <= deadline => earliest,
+                                (Some(earliest), Some(deadline)) if earliest <= deadline => {
+                                    earliest
+                                }
                                 (Some(earliest), None) => earliest,
                                 _ => return Poll::Ready(Err(adm.denied(wait))),
                             };
@@ -301,7 +305,12 @@ impl<S, B, St> Admission<S, B, St>
 where
     S: Service<Request<B>>,
 {
-    fn enqueue(&mut self, ticket: Ticket, turn: std::sync::Arc<tokio::sync::Semaphore>, estimate: Duration) {
+    fn enqueue(
+        &mut self,
+        ticket: Ticket,
+        turn: std::sync::Arc<tokio::sync::Semaphore>,
+        estimate: Duration,
+    ) {
         tracing::debug!(key = %self.key, wait = ?estimate, "rate limit: waiting for a cell");
         self.ticket = Some(ticket);
         self.turn = Some(Box::pin(turn.acquire_owned()));
@@ -324,9 +333,9 @@ where
         self.permit = None;
         self.turn = None;
         self.timer = None;
-        let waited = self
-            .arrived
-            .map_or(Duration::ZERO, |arrived| now.saturating_duration_since(arrived));
+        let waited = self.arrived.map_or(Duration::ZERO, |arrived| {
+            now.saturating_duration_since(arrived)
+        });
         self.limiter.stats().record_admitted(waited);
         if !waited.is_zero() {
             tracing::debug!(key = %self.key, waited = ?waited, "rate limit: admitted after waiting");

@@ -72,7 +72,10 @@ mod tests {
         assert_eq!(policy_value(q), "\"ratewise\";q=5;w=1");
         let q = Quota::per_minute(50).unwrap();
         assert_eq!(policy_value(q), "\"ratewise\";q=50;w=60");
-        assert_eq!(limit_value(0, Duration::from_millis(1001)), "\"ratewise\";r=0;t=2");
+        assert_eq!(
+            limit_value(0, Duration::from_millis(1001)),
+            "\"ratewise\";r=0;t=2"
+        );
         assert_eq!(ceil_secs(Duration::from_secs(3)), 3);
         assert_eq!(ceil_secs(Duration::from_nanos(1)), 1);
     }

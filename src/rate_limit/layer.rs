@@ -26,13 +26,7 @@ use crate::key::Global;
 /// Type parameters: `K` the [`KeyExtractor`](crate::key::KeyExtractor), `M` the mode
 /// ([`Wait`] or [`Reject`]), `St` the [`RateLimitStore`], `Byp` the
 /// [`Bypass`](super::Bypass) predicate, `C` the [`Cost`](super::Cost) function.
-pub struct RateLimitLayer<
-    K = Global,
-    M = Wait,
-    St = GovernorStore,
-    Byp = NoBypass,
-    C = UnitCost,
-> {
+pub struct RateLimitLayer<K = Global, M = Wait, St = GovernorStore, Byp = NoBypass, C = UnitCost> {
     policy: Arc<Policy<K, Byp, C>>,
     limiter: RateLimiter<St>,
     mode: PhantomData<fn() -> M>,
@@ -123,17 +117,17 @@ fn mode_name<M>() -> &'static str {
 
 #[derive(Debug, Clone, Copy)]
 enum Rate {
-    PerSecond(u32),
-    PerMinute(u32),
-    PerPeriod(Duration),
+    Second(u32),
+    Minute(u32),
+    Period(Duration),
 }
 
 impl Rate {
     fn field(self) -> &'static str {
         match self {
-            Rate::PerSecond(_) => "per_second",
-            Rate::PerMinute(_) => "per_minute",
-            Rate::PerPeriod(_) => "per_period",
+            Rate::Second(_) => "per_second",
+            Rate::Minute(_) => "per_minute",
+            Rate::Period(_) => "per_period",
         }
     }
 }
@@ -168,19 +162,19 @@ pub struct RateLimitBuilder<K = Global, M = Wait, Byp = NoBypass, C = UnitCost> 
 impl<K, M, Byp, C> RateLimitBuilder<K, M, Byp, C> {
     /// `n` cells per second (one every `1 s / n`); the burst defaults to `n`.
     pub fn per_second(mut self, n: u32) -> Self {
-        self.rate = Some(Rate::PerSecond(n));
+        self.rate = Some(Rate::Second(n));
         self
     }
 
     /// `n` cells per minute (one every `60 s / n`); the burst defaults to `n`.
     pub fn per_minute(mut self, n: u32) -> Self {
-        self.rate = Some(Rate::PerMinute(n));
+        self.rate = Some(Rate::Minute(n));
         self
     }
 
     /// One cell every `period`; the burst defaults to 1.
     pub fn per_period(mut self, period: Duration) -> Self {
-        self.rate = Some(Rate::PerPeriod(period));
+        self.rate = Some(Rate::Period(period));
         self
     }
 
@@ -274,9 +268,9 @@ impl<K, M, Byp, C> RateLimitBuilder<K, M, Byp, C> {
             ));
         };
         let quota = match rate {
-            Rate::PerSecond(n) => Quota::per_second(n)?,
-            Rate::PerMinute(n) => Quota::per_minute(n)?,
-            Rate::PerPeriod(period) => Quota::per_period(period)?,
+            Rate::Second(n) => Quota::per_second(n)?,
+            Rate::Minute(n) => Quota::per_minute(n)?,
+            Rate::Period(period) => Quota::per_period(period)?,
         };
         let quota = match self.burst {
             Some(burst) => quota.with_burst(burst)?,

@@ -93,7 +93,10 @@ impl Quota {
         };
         let interval = unit / n.get();
         if interval.is_zero() {
-            return Err(ConfigError::new(field, "is too fast (under one cell per nanosecond)"));
+            return Err(ConfigError::new(
+                field,
+                "is too fast (under one cell per nanosecond)",
+            ));
         }
         Self::checked(interval, n, field)
     }

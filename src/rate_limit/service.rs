@@ -32,14 +32,7 @@ use crate::{
 /// inner service into its [`ResponseFuture`] (leaving a clone here), because the inner
 /// call happens only once the request is admitted. Bypassed requests call the inner
 /// service at once.
-pub struct RateLimit<
-    S,
-    K = Global,
-    M = Wait,
-    St = GovernorStore,
-    Byp = NoBypass,
-    C = UnitCost,
-> {
+pub struct RateLimit<S, K = Global, M = Wait, St = GovernorStore, Byp = NoBypass, C = UnitCost> {
     inner: S,
     policy: Arc<Policy<K, Byp, C>>,
     limiter: RateLimiter<St>,

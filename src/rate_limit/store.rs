@@ -133,12 +133,8 @@ impl Error for StoreError {
     }
 }
 
-type Limiter = governor::RateLimiter<
-    Key,
-    DashMapStateStore<Key>,
-    TokioClock,
-    StateInformationMiddleware,
->;
+type Limiter =
+    governor::RateLimiter<Key, DashMapStateStore<Key>, TokioClock, StateInformationMiddleware>;
 
 /// The fewest acquisitions between two sweeps of idle keys.
 const SWEEP_FLOOR: u64 = 1024;
