@@ -620,3 +620,82 @@ async fn newcomers_queue_behind_waiters_instead_of_taking_their_cells() {
     assert_eq!(ids(&hits), vec![100, 101, 1]);
     assert_eq!(times(&hits), vec![Duration::ZERO, 500 * MS, 600 * MS]);
 }
+
+/// Records every tracing event as "LEVEL field=value ...".
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={:?}", field.name(), value));
+            }
+        }
+        let mut line = Line(event.metadata().level().to_string());
+        event.record(&mut line);
+        self.0.lock().unwrap().push(line.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_and_refusals_are_traced_with_key_and_wait() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let _guard = tracing::subscriber::set_default(Capture(events.clone()));
+    let (_, up) = upstream(Instant::now());
+    let limit = RateLimitLayer::builder()
+        .per_second(1)
+        .key(|r: &Request<u32>| format!("bot{}", r.body() / 10))
+        .max_wait(1500 * MS)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(limit).service(up.clone());
+
+    svc.clone().oneshot(req(10)).await.unwrap();
+    let waiter = spawn_in_order(&svc, [11]).await;
+    svc.clone().oneshot(req(12)).await.unwrap_err(); // needs 2 s
+    for w in waiter {
+        w.await.unwrap().unwrap();
+    }
+    let rejecting = RateLimitLayer::builder()
+        .per_second(1)
+        .reject()
+        .build()
+        .unwrap();
+    let server = ServiceBuilder::new().layer(rejecting).service(up);
+    server.clone().oneshot(req(20)).await.unwrap();
+    server.oneshot(req(21)).await.unwrap();
+
+    let events = events.lock().unwrap().clone();
+    let has = |level: &str, parts: &[&str]| {
+        events
+            .iter()
+            .any(|e| e.starts_with(level) && parts.iter().all(|p| e.contains(p)))
+    };
+    assert!(
+        has("DEBUG", &["key=bot1", "wait=1s", "waiting"]),
+        "{events:#?}"
+    );
+    assert!(
+        has("DEBUG", &["key=bot1", "waited=1s", "admitted"]),
+        "{events:#?}"
+    );
+    assert!(
+        has("INFO", &["key=bot1", "wait=2s", "max_wait=1.5s"]),
+        "{events:#?}"
+    );
+    assert!(
+        has("INFO", &["key=*", "retry_after=1s", "429"]),
+        "{events:#?}"
+    );
+}

@@ -144,7 +144,8 @@ where
             match state.as_mut().project() {
                 StateProj::Start => {
                     let now = Instant::now();
-                    adm.arrived = Some(now);
+                    // Waiting (and max_wait) count from the first poll.
+                    let arrived = *adm.arrived.get_or_insert(now);
                     let cost = adm.cost.get();
                     if cost > quota.burst() {
                         let err = CostExceedsBurst::new(adm.key.clone(), cost, quota.burst());
@@ -152,7 +153,7 @@ where
                     }
                     let queues = adm.limiter.queues().clone();
                     if waits {
-                        adm.deadline = adm.max_wait.and_then(|max| now.checked_add(max));
+                        adm.deadline = adm.max_wait.and_then(|max| arrived.checked_add(max));
                         // Waiters for this key go first: queue behind them.
                         match queues.join(
                             &adm.key,
