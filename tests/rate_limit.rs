@@ -728,3 +728,27 @@ async fn concurrent_waiters_on_threads_are_all_admitted_once() {
     assert_eq!(limit.stats().admitted(), 300);
     assert_eq!(limit.limiter().waiting(), 0);
 }
+
+/// Reject mode is an axum layer as is: no HandleErrorLayer, 429 straight from the
+/// router.
+#[tokio::test(start_paused = true)]
+async fn reject_mode_layers_an_axum_router_directly() {
+    use axum::{body::Body, routing::get, Router};
+
+    let limit = RateLimitLayer::builder()
+        .per_second(1)
+        .reject()
+        .build()
+        .unwrap();
+    let app: Router = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .layer(limit.clone());
+
+    let get_root = || Request::get("/").body(Body::empty()).unwrap();
+    let ok = app.clone().oneshot(get_root()).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let limited = app.clone().oneshot(get_root()).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_eq!(limit.stats().rejected(), 1);
+}

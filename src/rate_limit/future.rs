@@ -6,6 +6,7 @@ use std::{
     marker::PhantomData,
     num::NonZeroU32,
     pin::Pin,
+    sync::Arc,
     task::{ready, Context, Poll},
     time::Duration,
 };
@@ -13,7 +14,7 @@ use std::{
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::{
-    sync::{AcquireError, OwnedSemaphorePermit},
+    sync::{AcquireError, OwnedSemaphorePermit, Semaphore},
     time::{sleep_until, Instant, Sleep},
 };
 use tower::Service;
@@ -306,12 +307,7 @@ impl<S, B, St> Admission<S, B, St>
 where
     S: Service<Request<B>>,
 {
-    fn enqueue(
-        &mut self,
-        ticket: Ticket,
-        turn: std::sync::Arc<tokio::sync::Semaphore>,
-        estimate: Duration,
-    ) {
+    fn enqueue(&mut self, ticket: Ticket, turn: Arc<Semaphore>, estimate: Duration) {
         tracing::debug!(key = %self.key, wait = ?estimate, "rate limit: waiting for a cell");
         self.ticket = Some(ticket);
         self.turn = Some(Box::pin(turn.acquire_owned()));
