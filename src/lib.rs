@@ -15,7 +15,7 @@
 //!
 //! # Example
 //!
-//! ```ignore
+//! ```
 //! use std::time::Duration;
 //! use ratewise::{ClassifyLayer, RateLimitLayer, classify::presets};
 //! use tower::ServiceBuilder;

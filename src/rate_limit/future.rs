@@ -1,0 +1,472 @@
+//! The response future: admission (queue, sleep, take cells), then the inner call.
+
+use std::{
+    fmt,
+    future::Future,
+    marker::PhantomData,
+    num::NonZeroU32,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::{
+    sync::{AcquireError, OwnedSemaphorePermit, Semaphore},
+    time::{sleep_until, Instant, Sleep},
+};
+use tower::Service;
+
+use super::{
+    error::{CostExceedsBurst, MaxWaitExceeded},
+    headers,
+    limiter::{Join, RateLimiter, Ticket},
+    policy::{Reject, Wait},
+    store::{Decision, RateLimitStore, StoreError},
+};
+use crate::{key::Key, BoxError};
+
+type Turn = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+pin_project! {
+    /// Response future of [`RateLimit`](super::RateLimit).
+    ///
+    /// It waits for admission (wait mode) or decides at once (reject mode), takes the
+    /// cells at the moment of admission and calls the inner service in that same poll.
+    /// Dropping it before admission takes no cell and leaves its key's queue.
+    pub struct ResponseFuture<S, B, St, M>
+    where
+        S: Service<Request<B>>,
+        St: RateLimitStore,
+    {
+        #[pin]
+        state: State<St::Future, S::Future>,
+        admission: Option<Admission<S, B, St>>,
+        mode: PhantomData<fn() -> M>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<SF, F> {
+        // Not polled yet.
+        Start,
+        // Asking the store for cells.
+        Acquire { #[pin] fut: SF },
+        // Queued behind other waiters for the key (waiting for the line's permit).
+        Queued,
+        // Head of the line, sleeping until the cells replenish.
+        Sleeping,
+        // Admitted (or bypassed): the inner service's future.
+        Called { #[pin] fut: F },
+        // Refused.
+        Done,
+    }
+}
+
+/// Everything a limited request needs until it is admitted. Field order matters: the
+/// ticket must leave the line before the permit wakes the next waiter.
+struct Admission<S, B, St> {
+    limiter: RateLimiter<St>,
+    key: Key,
+    cost: NonZeroU32,
+    max_wait: Option<Duration>,
+    arrived: Option<Instant>,
+    deadline: Option<Instant>,
+    known_earliest: Option<Instant>,
+    ticket: Option<Ticket>,
+    permit: Option<OwnedSemaphorePermit>,
+    turn: Option<Turn>,
+    timer: Option<Pin<Box<Sleep>>>,
+    pending: Option<(S, Request<B>)>,
+}
+
+/// Why a request was not admitted.
+enum Refusal {
+    Denied { key: Key, wait: Duration },
+    TooCostly(CostExceedsBurst),
+    Store(StoreError),
+}
+
+impl<S, B, St, M> ResponseFuture<S, B, St, M>
+where
+    S: Service<Request<B>>,
+    St: RateLimitStore,
+{
+    pub(super) fn called(fut: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Called { fut },
+            admission: None,
+            mode: PhantomData,
+        }
+    }
+
+    pub(super) fn limited(
+        limiter: RateLimiter<St>,
+        key: Key,
+        cost: NonZeroU32,
+        max_wait: Option<Duration>,
+        inner: S,
+        request: Request<B>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Start,
+            admission: Some(Admission {
+                limiter,
+                key,
+                cost,
+                max_wait,
+                arrived: None,
+                deadline: None,
+                known_earliest: None,
+                ticket: None,
+                permit: None,
+                turn: None,
+                timer: None,
+                pending: Some((inner, request)),
+            }),
+            mode: PhantomData,
+        }
+    }
+
+    /// Drives admission until the inner service has been called (`Ok`, state
+    /// `Called`) or the request is refused.
+    fn poll_admit(
+        mut state: Pin<&mut State<St::Future, S::Future>>,
+        adm: &mut Admission<S, B, St>,
+        waits: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Refusal>> {
+        let quota = adm.limiter.quota();
+        let interval = quota.replenish_interval();
+        loop {
+            match state.as_mut().project() {
+                StateProj::Start => {
+                    let now = Instant::now();
+                    // Waiting (and max_wait) count from the first poll.
+                    let arrived = *adm.arrived.get_or_insert(now);
+                    let cost = adm.cost.get();
+                    if cost > quota.burst() {
+                        let err = CostExceedsBurst::new(adm.key.clone(), cost, quota.burst());
+                        return Poll::Ready(Err(Refusal::TooCostly(err)));
+                    }
+                    let queues = adm.limiter.queues().clone();
+                    if waits {
+                        adm.deadline = adm.max_wait.and_then(|max| arrived.checked_add(max));
+                        // Waiters for this key go first: queue behind them.
+                        match queues.join(
+                            &adm.key,
+                            cost,
+                            now,
+                            interval,
+                            Duration::ZERO,
+                            adm.deadline,
+                            true,
+                        ) {
+                            Join::NotQueued => {}
+                            Join::TooLong { estimate } => {
+                                return Poll::Ready(Err(adm.denied(estimate)))
+                            }
+                            Join::Joined {
+                                ticket,
+                                turn,
+                                estimate,
+                            } => {
+                                adm.enqueue(ticket, turn, estimate);
+                                state.set(State::Queued);
+                                continue;
+                            }
+                        }
+                    } else if let Some(wait) = queues.estimate(&adm.key, cost, now, interval) {
+                        // Cells that replenish are promised to the waiters.
+                        return Poll::Ready(Err(adm.denied(wait)));
+                    }
+                    let fut = adm.limiter.store().acquire(&adm.key, adm.cost);
+                    state.set(State::Acquire { fut });
+                }
+                StateProj::Acquire { fut } => {
+                    let decision = ready!(fut.poll(cx));
+                    let now = Instant::now();
+                    match decision {
+                        Ok(Decision::Admitted { .. }) => {
+                            let fut = adm.admit(now);
+                            state.set(State::Called { fut });
+                            return Poll::Ready(Ok(()));
+                        }
+                        Ok(Decision::Denied { wait }) => {
+                            if !waits {
+                                return Poll::Ready(Err(adm.denied(wait)));
+                            }
+                            let earliest = match (now.checked_add(wait), adm.deadline) {
+                                (Some(earliest), Some(deadline)) if earliest <= deadline => {
+                                    earliest
+                                }
+                                (Some(earliest), None) => earliest,
+                                _ => return Poll::Ready(Err(adm.denied(wait))),
+                            };
+                            if let Some(ticket) = &adm.ticket {
+                                // Head of the line: sleep until the cells are back.
+                                ticket.set_earliest(earliest);
+                                adm.sleep_until(earliest);
+                                state.set(State::Sleeping);
+                                continue;
+                            }
+                            // A newcomer that found no line: start one, or join the one
+                            // that formed meanwhile.
+                            adm.known_earliest = Some(earliest);
+                            let queues = adm.limiter.queues().clone();
+                            match queues.join(
+                                &adm.key,
+                                adm.cost.get(),
+                                now,
+                                interval,
+                                wait,
+                                adm.deadline,
+                                false,
+                            ) {
+                                Join::Joined {
+                                    ticket,
+                                    turn,
+                                    estimate,
+                                } => {
+                                    adm.enqueue(ticket, turn, estimate);
+                                    state.set(State::Queued);
+                                }
+                                Join::TooLong { estimate } => {
+                                    return Poll::Ready(Err(adm.denied(estimate)))
+                                }
+                                Join::NotQueued => state.set(State::Start),
+                            }
+                        }
+                        Err(err) => {
+                            return Poll::Ready(Err(Refusal::Store(err.with_key(adm.key.clone()))))
+                        }
+                    }
+                }
+                StateProj::Queued => {
+                    let turn = match adm.turn.as_mut() {
+                        Some(turn) => turn.as_mut().poll(cx).map(Result::ok),
+                        None => Poll::Ready(None),
+                    };
+                    match turn {
+                        Poll::Ready(result) => {
+                            adm.turn = None;
+                            // The line's semaphore is never closed; should it be, go
+                            // ahead as head anyway.
+                            adm.permit = result;
+                            let now = Instant::now();
+                            let sleep_to = adm.known_earliest.filter(|e| *e > now);
+                            if let Some(ticket) = adm.ticket.as_mut() {
+                                ticket.become_head(sleep_to);
+                            }
+                            match sleep_to {
+                                Some(earliest) => {
+                                    adm.sleep_until(earliest);
+                                    state.set(State::Sleeping);
+                                }
+                                None => {
+                                    let fut = adm.limiter.store().acquire(&adm.key, adm.cost);
+                                    state.set(State::Acquire { fut });
+                                }
+                            }
+                        }
+                        Poll::Pending => {
+                            // Still queued: give up at the deadline.
+                            if let Some(timer) = adm.timer.as_mut() {
+                                if timer.as_mut().poll(cx).is_ready() {
+                                    let now = Instant::now();
+                                    let wait = adm
+                                        .limiter
+                                        .queues()
+                                        .estimate(&adm.key, 0, now, interval)
+                                        .unwrap_or(interval);
+                                    return Poll::Ready(Err(adm.denied(wait)));
+                                }
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                StateProj::Sleeping => {
+                    if let Some(timer) = adm.timer.as_mut() {
+                        ready!(timer.as_mut().poll(cx));
+                    }
+                    let fut = adm.limiter.store().acquire(&adm.key, adm.cost);
+                    state.set(State::Acquire { fut });
+                }
+                StateProj::Called { .. } => return Poll::Ready(Ok(())),
+                StateProj::Done => panic!("rate limit ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+impl<S, B, St> Admission<S, B, St>
+where
+    S: Service<Request<B>>,
+{
+    fn enqueue(&mut self, ticket: Ticket, turn: Arc<Semaphore>, estimate: Duration) {
+        tracing::debug!(key = %self.key, wait = ?estimate, "rate limit: waiting for a cell");
+        self.ticket = Some(ticket);
+        self.turn = Some(Box::pin(turn.acquire_owned()));
+        if let Some(deadline) = self.deadline {
+            self.sleep_until(deadline);
+        }
+    }
+
+    fn sleep_until(&mut self, when: Instant) {
+        match self.timer.as_mut() {
+            Some(timer) => timer.as_mut().reset(when),
+            None => self.timer = Some(Box::pin(sleep_until(when))),
+        }
+    }
+
+    /// Admission: leave the line (ticket first, then the permit, which wakes the next
+    /// waiter), count it, and call the inner service.
+    fn admit(&mut self, now: Instant) -> S::Future {
+        self.ticket = None;
+        self.permit = None;
+        self.turn = None;
+        self.timer = None;
+        let waited = self.arrived.map_or(Duration::ZERO, |arrived| {
+            now.saturating_duration_since(arrived)
+        });
+        self.limiter.stats().record_admitted(waited);
+        if !waited.is_zero() {
+            tracing::debug!(key = %self.key, waited = ?waited, "rate limit: admitted after waiting");
+        }
+        let (mut inner, request) = self
+            .pending
+            .take()
+            .expect("rate limit ResponseFuture admitted twice");
+        inner.call(request)
+    }
+
+    fn denied(&self, wait: Duration) -> Refusal {
+        Refusal::Denied {
+            key: self.key.clone(),
+            wait,
+        }
+    }
+}
+
+impl<S, B, St> Future for ResponseFuture<S, B, St, Wait>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+    St: RateLimitStore,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let StateProj::Called { fut } = this.state.as_mut().project() {
+            return fut.poll(cx).map_err(Into::into);
+        }
+        let Some(adm) = this.admission.as_mut() else {
+            panic!("rate limit ResponseFuture polled after completion");
+        };
+        match ready!(Self::poll_admit(this.state.as_mut(), adm, true, cx)) {
+            Ok(()) => {
+                *this.admission = None;
+                match this.state.project() {
+                    StateProj::Called { fut } => fut.poll(cx).map_err(Into::into),
+                    _ => panic!("rate limit ResponseFuture admitted without a call"),
+                }
+            }
+            Err(refusal) => {
+                let max_wait = adm.max_wait.unwrap_or(Duration::MAX);
+                let stats = adm.limiter.stats();
+                // Leave the line before reporting.
+                *this.admission = None;
+                this.state.set(State::Done);
+                Poll::Ready(Err(match refusal {
+                    Refusal::Denied { key, wait } => {
+                        stats.record_rejected();
+                        let now = Instant::now();
+                        let earliest = now.checked_add(wait).unwrap_or(now);
+                        tracing::info!(key = %key, wait = ?wait, max_wait = ?max_wait, "rate limit: wait exceeds max_wait, refusing");
+                        Box::new(MaxWaitExceeded::new(key, wait, earliest, max_wait))
+                    }
+                    Refusal::TooCostly(err) => {
+                        stats.record_rejected();
+                        tracing::info!(key = %err.key(), cost = err.cost(), burst = err.burst(), "rate limit: cost exceeds burst, refusing");
+                        Box::new(err)
+                    }
+                    Refusal::Store(err) => {
+                        stats.record_store_error();
+                        tracing::warn!(error = %err, "rate limit: store failed");
+                        Box::new(err)
+                    }
+                }))
+            }
+        }
+    }
+}
+
+impl<S, B, St, ResBody> Future for ResponseFuture<S, B, St, Reject>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+    St: RateLimitStore,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let StateProj::Called { fut } = this.state.as_mut().project() {
+            return fut.poll(cx);
+        }
+        let Some(adm) = this.admission.as_mut() else {
+            panic!("rate limit ResponseFuture polled after completion");
+        };
+        match ready!(Self::poll_admit(this.state.as_mut(), adm, false, cx)) {
+            Ok(()) => {
+                *this.admission = None;
+                match this.state.project() {
+                    StateProj::Called { fut } => fut.poll(cx),
+                    _ => panic!("rate limit ResponseFuture admitted without a call"),
+                }
+            }
+            Err(refusal) => {
+                let quota = adm.limiter.quota();
+                let stats = adm.limiter.stats();
+                *this.admission = None;
+                this.state.set(State::Done);
+                Poll::Ready(Ok(match refusal {
+                    Refusal::Denied { key, wait } => {
+                        stats.record_rejected();
+                        tracing::info!(key = %key, retry_after = ?wait, "rate limit: rejected with 429");
+                        headers::too_many_requests(quota, Some(wait))
+                    }
+                    Refusal::TooCostly(err) => {
+                        stats.record_rejected();
+                        tracing::info!(key = %err.key(), cost = err.cost(), burst = err.burst(), "rate limit: cost exceeds burst, rejected with 429");
+                        headers::too_many_requests(quota, None)
+                    }
+                    Refusal::Store(err) => {
+                        stats.record_store_error();
+                        tracing::warn!(error = %err, "rate limit: store failed, answering 503");
+                        headers::unavailable()
+                    }
+                }))
+            }
+        }
+    }
+}
+
+impl<S, B, St, M> fmt::Debug for ResponseFuture<S, B, St, M>
+where
+    S: Service<Request<B>>,
+    St: RateLimitStore,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ResponseFuture");
+        if let Some(adm) = &self.admission {
+            d.field("key", &adm.key).field("cost", &adm.cost);
+        }
+        d.finish_non_exhaustive()
+    }
+}

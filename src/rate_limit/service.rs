@@ -1,0 +1,166 @@
+//! [`RateLimit`], the service made by [`RateLimitLayer`](super::RateLimitLayer).
+
+use std::{
+    fmt,
+    marker::PhantomData,
+    mem,
+    num::NonZeroU32,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use tower::Service;
+
+use super::{
+    future::ResponseFuture,
+    layer::Policy,
+    limiter::RateLimiter,
+    policy::{Bypass, Cost, Mode, NoBypass, Reject, UnitCost, Wait},
+    stats::Stats,
+    store::{GovernorStore, RateLimitStore},
+};
+use crate::{
+    key::{Global, KeyExtractor},
+    BoxError,
+};
+
+/// Keyed GCRA rate limiting around `inner`. Made by
+/// [`RateLimitLayer`](super::RateLimitLayer); clones share its limiter.
+///
+/// `poll_ready` is the inner service's. In `call`, a limited request takes the ready
+/// inner service into its [`ResponseFuture`] (leaving a clone here), because the inner
+/// call happens only once the request is admitted. Bypassed requests call the inner
+/// service at once.
+pub struct RateLimit<S, K = Global, M = Wait, St = GovernorStore, Byp = NoBypass, C = UnitCost> {
+    inner: S,
+    policy: Arc<Policy<K, Byp, C>>,
+    limiter: RateLimiter<St>,
+    mode: PhantomData<fn() -> M>,
+}
+
+impl<S, K, M, St, Byp, C> RateLimit<S, K, M, St, Byp, C> {
+    pub(crate) fn new(inner: S, policy: Arc<Policy<K, Byp, C>>, limiter: RateLimiter<St>) -> Self {
+        RateLimit {
+            inner,
+            policy,
+            limiter,
+            mode: PhantomData,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The shared limiter handle.
+    pub fn limiter(&self) -> RateLimiter<St> {
+        self.limiter.clone()
+    }
+
+    /// The limiter's counters.
+    pub fn stats(&self) -> Stats {
+        self.limiter.stats()
+    }
+
+    fn start<B>(&mut self, request: Request<B>) -> ResponseFuture<S, B, St, M>
+    where
+        S: Service<Request<B>> + Clone,
+        K: KeyExtractor<B>,
+        Byp: Bypass<B>,
+        C: Cost<B>,
+        St: RateLimitStore,
+        M: Mode,
+    {
+        let cost = if self.policy.bypass.bypass(&request) {
+            None
+        } else {
+            NonZeroU32::new(self.policy.cost.cost(&request))
+        };
+        let Some(cost) = cost else {
+            self.limiter.stats().record_bypassed();
+            return ResponseFuture::called(self.inner.call(request));
+        };
+        let key = self.policy.key.key(&request);
+        let clone = self.inner.clone();
+        let inner = mem::replace(&mut self.inner, clone);
+        let max_wait = if M::WAITS { self.policy.max_wait } else { None };
+        ResponseFuture::limited(self.limiter.clone(), key, cost, max_wait, inner, request)
+    }
+}
+
+impl<S, B, K, St, Byp, C> Service<Request<B>> for RateLimit<S, K, Wait, St, Byp, C>
+where
+    S: Service<Request<B>> + Clone,
+    S::Error: Into<BoxError>,
+    K: KeyExtractor<B>,
+    Byp: Bypass<B>,
+    C: Cost<B>,
+    St: RateLimitStore,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B, St, Wait>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        self.start(request)
+    }
+}
+
+impl<S, B, ResBody, K, St, Byp, C> Service<Request<B>> for RateLimit<S, K, Reject, St, Byp, C>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    ResBody: Default,
+    K: KeyExtractor<B>,
+    Byp: Bypass<B>,
+    C: Cost<B>,
+    St: RateLimitStore,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B, St, Reject>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        self.start(request)
+    }
+}
+
+impl<S: Clone, K, M, St, Byp, C> Clone for RateLimit<S, K, M, St, Byp, C> {
+    fn clone(&self) -> Self {
+        RateLimit {
+            inner: self.inner.clone(),
+            policy: self.policy.clone(),
+            limiter: self.limiter.clone(),
+            mode: PhantomData,
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, M, St: fmt::Debug, Byp, C> fmt::Debug for RateLimit<S, K, M, St, Byp, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("max_wait", &self.policy.max_wait)
+            .field("limiter", &self.limiter)
+            .finish()
+    }
+}

@@ -1,0 +1,357 @@
+//! Where the limiter's state lives: the [`RateLimitStore`] trait and the in-memory
+//! [`GovernorStore`].
+//!
+//! The layer never touches limiter state directly; it asks a store to take cells for a
+//! key. [`GovernorStore`] (the default) keeps the state in this process with governor's
+//! GCRA; a store shared between processes (Redis) plugs into the same layer through the
+//! same trait.
+
+use std::{
+    error::Error,
+    fmt,
+    future::{ready, Future, Ready},
+    num::NonZeroU32,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use governor::{
+    clock::Clock, middleware::StateInformationMiddleware, state::keyed::DashMapStateStore,
+};
+
+use super::{clock::TokioClock, quota::Quota};
+use crate::{key::Key, BoxError};
+
+/// The answer of a store to "take `cost` cells for this key now".
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The cells were taken: the request may go now.
+    Admitted {
+        /// How many more cells the key could take right now (0 when the bucket is
+        /// empty), as far as the store knows.
+        remaining: u32,
+    },
+    /// Nothing was taken: the cells will not be available before `wait` has passed
+    /// (counted from the decision).
+    Denied {
+        /// The least time until the cells could be taken, if nobody else takes any.
+        wait: Duration,
+    },
+}
+
+/// The contract between the rate limit layer and the place its state lives.
+///
+/// # Contract
+///
+/// - [`acquire`](RateLimitStore::acquire) is one atomic test-and-take for `cost` cells of
+///   `key`'s bucket:
+///   - `Ok(Decision::Admitted { .. })`: exactly `cost` cells were taken, now;
+///   - `Ok(Decision::Denied { wait })`: **nothing** was taken; `wait` (> 0) is the least
+///     time from the decision until `cost` cells could be taken;
+///   - `Err(StoreError)`: the store could not decide (connection lost...). The layer
+///     fails that request (wait mode: the error; reject mode: `503`), it does not retry.
+/// - The layer never asks for more cells than [`quota`](RateLimitStore::quota)'s burst
+///   (it refuses such requests itself with
+///   [`CostExceedsBurst`](super::CostExceedsBurst)), and never for zero cells.
+/// - The layer calls the inner service in the same poll in which the future resolves
+///   to `Admitted`, so no cell is taken for a request that is not sent. A future that is
+///   dropped before it resolves must take nothing, or accept that the cells are lost:
+///   [`GovernorStore`]'s future is [`std::future::Ready`], so it never has that window;
+///   a remote store should take the cells in one round trip (a Lua script) and document
+///   what a dropped call costs.
+/// - [`quota`](RateLimitStore::quota) is constant for the store's life. The layer uses it
+///   for the `RateLimit-Policy` header and for queue wait estimates.
+/// - Clones share one state: cloning the store clones a handle, not the buckets.
+/// - Anything time-dependent that is measured in this process must use `tokio::time`,
+///   so that paused-clock tests work.
+pub trait RateLimitStore: Clone + Send + Sync + 'static {
+    /// The future of one [`acquire`](RateLimitStore::acquire).
+    type Future: Future<Output = Result<Decision, StoreError>> + Send + 'static;
+
+    /// Takes `cost` cells from `key`'s bucket if they are all available now; otherwise
+    /// takes nothing and says how long until they would be.
+    fn acquire(&self, key: &Key, cost: NonZeroU32) -> Self::Future;
+
+    /// The quota every key's bucket follows.
+    fn quota(&self) -> Quota;
+
+    /// How many keys the store holds state for, if it can tell cheaply.
+    fn key_count(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A store failed to decide. Returned (boxed) by the layer in wait mode.
+#[derive(Debug)]
+pub struct StoreError {
+    key: Option<Key>,
+    source: BoxError,
+}
+
+impl StoreError {
+    /// A store error caused by `source`.
+    pub fn new(source: impl Into<BoxError>) -> Self {
+        StoreError {
+            key: None,
+            source: source.into(),
+        }
+    }
+
+    /// The key whose cells were asked for, once the layer has seen the error.
+    pub fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    pub(crate) fn with_key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("rate limit store failed")?;
+        if let Some(key) = &self.key {
+            write!(f, " for key \"{key}\"")?;
+        }
+        let cause = self.source.to_string();
+        if cause.is_empty() {
+            f.write_str(" (no details)")
+        } else {
+            write!(f, ": {cause}")
+        }
+    }
+}
+
+impl Error for StoreError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+type Limiter =
+    governor::RateLimiter<Key, DashMapStateStore<Key>, TokioClock, StateInformationMiddleware>;
+
+/// The fewest acquisitions between two sweeps of idle keys.
+const SWEEP_FLOOR: u64 = 1024;
+
+/// The in-memory store: governor's keyed GCRA in a concurrent map, on tokio time.
+///
+/// # Memory
+///
+/// A key's state is only a theoretical arrival time. Once a key has fully replenished
+/// (it has been idle for a whole replenish interval past its last admission's window)
+/// its state is indistinguishable from a fresh key's, so dropping it never changes a
+/// decision. The store drops such keys (governor's `retain_recent`, then
+/// `shrink_to_fit` when the sweep halved the map) during an `acquire`, amortised: a
+/// sweep runs once the number of acquisitions since the previous sweep reaches the
+/// number of keys that sweep kept (at least 1,024). A sweep costs O(keys) and runs at
+/// most once per that many acquisitions, so the cost per acquisition is O(1), and the
+/// map never holds more than about twice the keys that were active within one window,
+/// plus 1,024, however many distinct keys pass through.
+/// [`evict_idle`](GovernorStore::evict_idle) runs a sweep on demand.
+///
+/// Cloning the store shares the buckets.
+#[derive(Clone)]
+pub struct GovernorStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    limiter: Limiter,
+    clock: TokioClock,
+    quota: Quota,
+    acquisitions: AtomicU64,
+    next_sweep: AtomicU64,
+    sweeping: AtomicBool,
+}
+
+impl GovernorStore {
+    /// An empty store following `quota`.
+    pub fn new(quota: Quota) -> Self {
+        let clock = TokioClock::new();
+        let limiter = Limiter::new(quota.to_governor(), DashMapStateStore::default(), clock);
+        GovernorStore {
+            inner: Arc::new(Inner {
+                limiter,
+                clock,
+                quota,
+                acquisitions: AtomicU64::new(0),
+                next_sweep: AtomicU64::new(SWEEP_FLOOR),
+                sweeping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// How many keys hold state right now.
+    pub fn len(&self) -> usize {
+        self.inner.limiter.len()
+    }
+
+    /// Whether no key holds state.
+    pub fn is_empty(&self) -> bool {
+        self.inner.limiter.is_empty()
+    }
+
+    /// Drops the state of every key that has fully replenished, now. Never changes a
+    /// decision (see [Memory](GovernorStore#memory)).
+    pub fn evict_idle(&self) {
+        self.inner.sweep();
+    }
+
+    fn decide(&self, key: &Key, cost: NonZeroU32) -> Result<Decision, StoreError> {
+        let inner = &*self.inner;
+        let decision = match inner.limiter.check_key_n(key, cost) {
+            Ok(Ok(state)) => Decision::Admitted {
+                remaining: state.remaining_burst_capacity(),
+            },
+            Ok(Err(not_until)) => Decision::Denied {
+                wait: not_until.wait_time_from(inner.clock.now()),
+            },
+            Err(insufficient) => {
+                return Err(StoreError::new(format!(
+                    "{} cells asked for, but at most {} fit in the bucket",
+                    cost, insufficient.0
+                )))
+            }
+        };
+        let done = inner.acquisitions.fetch_add(1, Ordering::Relaxed) + 1;
+        if done >= inner.next_sweep.load(Ordering::Relaxed) {
+            inner.sweep();
+        }
+        Ok(decision)
+    }
+}
+
+impl Inner {
+    fn sweep(&self) {
+        if self.sweeping.swap(true, Ordering::Acquire) {
+            return; // another caller is sweeping
+        }
+        let before = self.limiter.len();
+        self.limiter.retain_recent();
+        let kept = self.limiter.len();
+        if kept <= before / 2 {
+            self.limiter.shrink_to_fit();
+        }
+        let done = self.acquisitions.load(Ordering::Relaxed);
+        self.next_sweep
+            .store(done + SWEEP_FLOOR.max(kept as u64), Ordering::Relaxed);
+        self.sweeping.store(false, Ordering::Release);
+    }
+}
+
+impl RateLimitStore for GovernorStore {
+    type Future = Ready<Result<Decision, StoreError>>;
+
+    fn acquire(&self, key: &Key, cost: NonZeroU32) -> Self::Future {
+        ready(self.decide(key, cost))
+    }
+
+    fn quota(&self) -> Quota {
+        self.inner.quota
+    }
+
+    fn key_count(&self) -> Option<usize> {
+        Some(self.len())
+    }
+}
+
+impl fmt::Debug for GovernorStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GovernorStore")
+            .field("quota", &self.inner.quota)
+            .field("keys", &self.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one() -> NonZeroU32 {
+        NonZeroU32::MIN
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admits_the_burst_then_says_how_long_to_wait() {
+        let store = GovernorStore::new(Quota::per_second(10).unwrap().with_burst(3).unwrap());
+        let k = Key::from("k");
+        for left in [2, 1, 0] {
+            assert_eq!(
+                store.acquire(&k, one()).await.unwrap(),
+                Decision::Admitted { remaining: left }
+            );
+        }
+        assert_eq!(
+            store.acquire(&k, one()).await.unwrap(),
+            Decision::Denied {
+                wait: Duration::from_millis(100)
+            }
+        );
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert_eq!(
+            store.acquire(&k, one()).await.unwrap(),
+            Decision::Denied {
+                wait: Duration::from_millis(60)
+            }
+        );
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert!(matches!(
+            store.acquire(&k, one()).await.unwrap(),
+            Decision::Admitted { .. }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn n_cells_at_once_and_too_many_is_an_error() {
+        let store = GovernorStore::new(Quota::per_second(10).unwrap().with_burst(5).unwrap());
+        let k = Key::from("k");
+        let three = NonZeroU32::new(3).unwrap();
+        assert_eq!(
+            store.acquire(&k, three).await.unwrap(),
+            Decision::Admitted { remaining: 2 }
+        );
+        // 2 left, 3 needed: one more cell, 100 ms.
+        assert_eq!(
+            store.acquire(&k, three).await.unwrap(),
+            Decision::Denied {
+                wait: Duration::from_millis(100)
+            }
+        );
+        let err = store
+            .acquire(&k, NonZeroU32::new(6).unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("at most 5"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_keeps_busy_keys_and_drops_rested_ones() {
+        let store = GovernorStore::new(Quota::per_second(1).unwrap().with_burst(2).unwrap());
+        let busy = Key::from("busy");
+        let idle = Key::from("idle");
+        store.acquire(&busy, one()).await.unwrap();
+        store.acquire(&idle, one()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        store.acquire(&busy, one()).await.unwrap();
+        store.acquire(&busy, one()).await.unwrap();
+        store.evict_idle();
+        assert_eq!(store.len(), 1);
+        // The busy key kept its state: its bucket is still empty.
+        assert!(matches!(
+            store.acquire(&busy, one()).await.unwrap(),
+            Decision::Denied { .. }
+        ));
+        // The idle key's fresh state gives the same answer its old state would have.
+        assert_eq!(
+            store.acquire(&idle, one()).await.unwrap(),
+            Decision::Admitted { remaining: 1 }
+        );
+    }
+}

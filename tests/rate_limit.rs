@@ -1,0 +1,754 @@
+//! Behaviour of `RateLimitLayer`, on tokio's paused clock: what reached the upstream,
+//! when, and what the caller got.
+
+use std::{
+    convert::Infallible,
+    future::poll_fn,
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    task::Poll,
+    time::Duration,
+};
+
+use http::{Request, Response, StatusCode};
+use ratewise::{
+    classify::{verdict_of_error, Verdict},
+    key::Key,
+    rate_limit::{
+        CostExceedsBurst, Decision, GovernorStore, MaxWaitExceeded, Quota, RateLimitLayer,
+        RateLimitStore, RateLimiter,
+    },
+    BoxError,
+};
+use tokio::time::{advance, Instant};
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// What reached the upstream: (request id, time since the test's start).
+type Hits = Arc<Mutex<Vec<(u32, Duration)>>>;
+
+/// An upstream that records the id (the body) of every request and when it was called.
+fn upstream(
+    start: Instant,
+) -> (
+    Hits,
+    impl Service<Request<u32>, Response = Response<String>, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static,
+) {
+    let hits: Hits = Arc::default();
+    let log = hits.clone();
+    let svc = service_fn(move |req: Request<u32>| {
+        log.lock().unwrap().push((*req.body(), start.elapsed()));
+        async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
+    });
+    (hits, svc)
+}
+
+fn req(id: u32) -> Request<u32> {
+    Request::new(id)
+}
+
+fn keyed(path: &str, id: u32) -> Request<u32> {
+    Request::builder().uri(path).body(id).unwrap()
+}
+
+fn times(hits: &Hits) -> Vec<Duration> {
+    hits.lock().unwrap().iter().map(|(_, t)| *t).collect()
+}
+
+fn ids(hits: &Hits) -> Vec<u32> {
+    hits.lock().unwrap().iter().map(|(id, _)| *id).collect()
+}
+
+/// Spawns one call per id, in order, letting each reach its first poll (and so its
+/// place in line) before the next is spawned.
+async fn spawn_in_order<S>(
+    svc: &S,
+    ids: impl IntoIterator<Item = u32>,
+) -> Vec<tokio::task::JoinHandle<Result<Response<String>, BoxError>>>
+where
+    S: Service<Request<u32>, Response = Response<String>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let mut handles = Vec::new();
+    for id in ids {
+        handles.push(tokio::spawn(svc.clone().oneshot(req(id))));
+        tokio::task::yield_now().await;
+    }
+    handles
+}
+
+#[tokio::test(start_paused = true)]
+async fn admits_the_burst_then_the_rate_over_a_window() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let limit = RateLimitLayer::builder()
+        .per_second(10)
+        .burst(5)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+
+    let handles = spawn_in_order(&svc, 0..30).await;
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+
+    let t = times(&hits);
+    assert_eq!(t.len(), 30);
+    // 5 at once, then one every 100 ms.
+    let expected: Vec<Duration> = (0..30u32)
+        .map(|i| {
+            if i < 5 {
+                Duration::ZERO
+            } else {
+                100 * MS * (i - 4)
+            }
+        })
+        .collect();
+    assert_eq!(t, expected);
+    // Over the first second (t = 0 ..= 1 s): exactly burst + rate = 5 + 10.
+    assert_eq!(
+        t.iter().filter(|t| **t <= Duration::from_secs(1)).count(),
+        15
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(2500));
+
+    let stats = limit.stats();
+    assert_eq!(stats.admitted(), 30);
+    assert_eq!(stats.waited(), 25);
+    assert_eq!(stats.max_wait(), Duration::from_millis(2500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_have_independent_buckets() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let limit = RateLimitLayer::builder()
+        .per_second(1)
+        .key(|r: &Request<u32>| r.uri().path().to_owned())
+        .max_wait(Duration::ZERO)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(limit).service(up);
+
+    svc.clone().oneshot(keyed("/a", 1)).await.unwrap();
+    let err = svc.clone().oneshot(keyed("/a", 2)).await.unwrap_err();
+    let err = err
+        .downcast_ref::<MaxWaitExceeded>()
+        .expect("a max-wait refusal");
+    assert_eq!(err.key(), &Key::from("/a"));
+    // Key "/a" is spent; "/b" is not.
+    svc.clone().oneshot(keyed("/b", 3)).await.unwrap();
+    assert_eq!(ids(&hits), vec![1, 3]);
+    assert_eq!(times(&hits), vec![Duration::ZERO; 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_of_the_layer_in_two_stacks_share_one_bucket() {
+    let start = Instant::now();
+    let (hits_a, up_a) = upstream(start);
+    let (hits_b, up_b) = upstream(start);
+    let shared = RateLimitLayer::builder().per_second(2).build().unwrap();
+    let stack_a = ServiceBuilder::new().layer(shared.clone()).service(up_a);
+    let stack_b = ServiceBuilder::new().layer(shared.clone()).service(up_b);
+
+    stack_a.clone().oneshot(req(1)).await.unwrap();
+    stack_b.clone().oneshot(req(2)).await.unwrap();
+    // The burst of 2 is spent across both stacks: the next call, on either, waits.
+    stack_b.clone().oneshot(req(3)).await.unwrap();
+    stack_a.clone().oneshot(req(4)).await.unwrap();
+
+    assert_eq!(times(&hits_a), vec![Duration::ZERO, 1000 * MS]);
+    assert_eq!(times(&hits_b), vec![Duration::ZERO, 500 * MS]);
+    assert_eq!(shared.stats().admitted(), 4);
+    assert_eq!(stack_a.stats().waited(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limiter_handle_shares_the_bucket_across_different_layers() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    // A client stack in wait mode...
+    let client = RateLimitLayer::builder().per_second(1).build().unwrap();
+    let client_svc = ServiceBuilder::new().layer(client.clone()).service(up);
+    // ...and a server stack, another body type and mode, on the same bucket.
+    let server = RateLimitLayer::builder()
+        .reject()
+        .build_with_limiter(client.limiter())
+        .unwrap();
+    assert!(server.limiter().same_as(&client.limiter()));
+    let server_hits = Arc::new(Mutex::new(0u32));
+    let counter = server_hits.clone();
+    let server_svc = ServiceBuilder::new()
+        .layer(server.clone())
+        .service(service_fn(move |_req: Request<String>| {
+            *counter.lock().unwrap() += 1;
+            async { Ok::<_, Infallible>(Response::new(String::new())) }
+        }));
+
+    client_svc.clone().oneshot(req(1)).await.unwrap();
+    let res = server_svc
+        .clone()
+        .oneshot(Request::new(String::new()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // While a client request waits for the next cell, the server does not take it.
+    let waiting = tokio::spawn(client_svc.clone().oneshot(req(2)));
+    tokio::task::yield_now().await;
+    advance(999 * MS).await;
+    assert_eq!(client.limiter().waiting(), 1);
+    let res = server_svc
+        .clone()
+        .oneshot(Request::new(String::new()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["retry-after"], "2");
+    waiting.await.unwrap().unwrap();
+
+    assert_eq!(times(&hits), vec![Duration::ZERO, 1000 * MS]);
+    assert_eq!(*server_hits.lock().unwrap(), 0);
+    assert_eq!(client.stats().rejected(), 2);
+    assert_eq!(server.stats().admitted(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_wait_fails_at_once_without_sleeping() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let limit = RateLimitLayer::builder()
+        .per_second(1)
+        .max_wait(500 * MS)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+
+    svc.clone().oneshot(req(1)).await.unwrap();
+    advance(200 * MS).await;
+    let before = Instant::now();
+    let err = svc.clone().oneshot(req(2)).await.unwrap_err();
+    assert_eq!(Instant::now(), before, "the refusal must not sleep");
+
+    let refusal = err
+        .downcast_ref::<MaxWaitExceeded>()
+        .expect("a MaxWaitExceeded");
+    assert_eq!(refusal.key(), &Key::from("*"));
+    assert_eq!(refusal.wait(), 800 * MS);
+    assert_eq!(refusal.earliest(), start + 1000 * MS);
+    assert_eq!(refusal.max_wait(), 500 * MS);
+    let shown = refusal.to_string();
+    assert!(
+        shown.contains("\"*\"") && shown.contains("800ms"),
+        "{shown}"
+    );
+    assert_eq!(
+        verdict_of_error(&*err),
+        Verdict::rate_limited(Some(800 * MS))
+    );
+
+    assert_eq!(ids(&hits), vec![1]);
+    assert_eq!(limit.stats().rejected(), 1);
+    // At the earliest time it said, the request goes.
+    tokio::time::sleep_until(refusal.earliest()).await;
+    svc.oneshot(req(3)).await.unwrap();
+    assert_eq!(times(&hits), vec![Duration::ZERO, 1000 * MS]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_wait_counts_the_cells_queued_ahead() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let limit = RateLimitLayer::builder()
+        .per_second(10)
+        .burst(1)
+        .max_wait(250 * MS)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+
+    svc.clone().oneshot(req(1)).await.unwrap();
+    // Two waiters: admitted at 100 ms and 200 ms.
+    let waiters = spawn_in_order(&svc, [2, 3]).await;
+    assert_eq!(limit.limiter().waiting(), 2);
+    // A third would go at 300 ms: over max_wait, it fails now, though the bucket alone
+    // would say 100 ms.
+    let err = svc.clone().oneshot(req(4)).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let refusal = err.downcast_ref::<MaxWaitExceeded>().unwrap();
+    assert_eq!(refusal.wait(), 300 * MS);
+    assert_eq!(refusal.earliest(), start + 300 * MS);
+
+    for w in waiters {
+        w.await.unwrap().unwrap();
+    }
+    assert_eq!(ids(&hits), vec![1, 2, 3]);
+    assert_eq!(times(&hits), vec![Duration::ZERO, 100 * MS, 200 * MS]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reject_mode_answers_429_with_rate_limit_headers_and_skips_upstream() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let limit = RateLimitLayer::builder()
+        .per_period(2500 * MS)
+        .burst(2)
+        .reject()
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    // The inner error type is kept: axum can use this service without HandleErrorLayer.
+    fn infallible<S: Service<Request<u32>, Error = Infallible>>(_: &S) {}
+    infallible(&svc);
+
+    for id in [1, 2] {
+        let res = svc.ready().await.unwrap().call(req(id)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let res = svc.ready().await.unwrap().call(req(3)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let h = res.headers();
+    assert_eq!(h["retry-after"], "3"); // 2.5 s, rounded up
+    assert_eq!(h["ratelimit-policy"], r#""ratewise";q=2;w=5"#);
+    assert_eq!(h["ratelimit"], r#""ratewise";r=0;t=3"#);
+    assert_eq!(res.body(), "");
+    assert_eq!(
+        ids(&hits),
+        vec![1, 2],
+        "a rejected request must not reach upstream"
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO);
+
+    advance(1000 * MS).await;
+    let res = svc.ready().await.unwrap().call(req(4)).await.unwrap();
+    assert_eq!(res.headers()["retry-after"], "2"); // 1.5 s left
+    advance(1500 * MS).await;
+    let res = svc.ready().await.unwrap().call(req(5)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(ids(&hits), vec![1, 2, 5]);
+    assert_eq!(limit.stats().rejected(), 2);
+    assert_eq!(limit.stats().admitted(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bypassed_requests_are_never_throttled_and_take_no_cell() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let limit = RateLimitLayer::builder()
+        .per_second(1)
+        .bypass(|r: &Request<u32>| r.headers().contains_key("x-card-final"))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    let final_edit = |id| {
+        Request::builder()
+            .header("x-card-final", "1")
+            .body(id)
+            .unwrap()
+    };
+
+    svc.clone().oneshot(req(1)).await.unwrap(); // spends the only cell
+    for id in 10..15 {
+        svc.clone().oneshot(final_edit(id)).await.unwrap(); // not throttled
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    advance(1000 * MS).await;
+    // The final edits took no cell: the cell that came back at 1 s is there.
+    for id in 20..25 {
+        svc.clone().oneshot(final_edit(id)).await.unwrap();
+    }
+    svc.clone().oneshot(req(2)).await.unwrap();
+    assert_eq!(start.elapsed(), 1000 * MS);
+    assert_eq!(
+        ids(&hits),
+        vec![1, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 2]
+    );
+    assert_eq!(limit.stats().bypassed(), 10);
+    assert_eq!(limit.stats().admitted(), 2);
+    assert_eq!(limit.stats().waited(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_waiter_takes_no_cell() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let limit = RateLimitLayer::builder().per_second(1).build().unwrap();
+    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+
+    svc.clone().oneshot(req(1)).await.unwrap();
+    // Request 2 waits for the cell of t = 1 s, and is dropped at 500 ms.
+    let dropped = tokio::time::timeout(500 * MS, svc.clone().oneshot(req(2))).await;
+    assert!(
+        dropped.is_err(),
+        "request 2 must still be waiting at 500 ms"
+    );
+    assert_eq!(limit.limiter().waiting(), 0);
+    // Request 3 gets that cell at 1 s, as if request 2 had never been.
+    svc.clone().oneshot(req(3)).await.unwrap();
+
+    assert_eq!(ids(&hits), vec![1, 3]);
+    assert_eq!(times(&hits), vec![Duration::ZERO, 1000 * MS]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_dropped_in_the_middle_of_the_line_takes_no_cell() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let limit = RateLimitLayer::builder().per_second(1).build().unwrap();
+    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+
+    svc.clone().oneshot(req(1)).await.unwrap();
+    let head = spawn_in_order(&svc, [2]).await; // goes at 1 s
+                                                // Request 3 queues behind it (would go at 2 s) and is dropped at 500 ms.
+    let dropped = tokio::time::timeout(500 * MS, svc.clone().oneshot(req(3))).await;
+    assert!(dropped.is_err());
+    assert_eq!(limit.limiter().waiting(), 1);
+    // Request 4 takes request 3's place: 2 s, not 3 s.
+    svc.clone().oneshot(req(4)).await.unwrap();
+    for h in head {
+        h.await.unwrap().unwrap();
+    }
+
+    assert_eq!(ids(&hits), vec![1, 2, 4]);
+    assert_eq!(times(&hits), vec![Duration::ZERO, 1000 * MS, 2000 * MS]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_waiters_are_admitted_in_arrival_order_at_the_quota() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let limit = RateLimitLayer::builder()
+        .per_second(100)
+        .burst(10)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+
+    let handles = spawn_in_order(&svc, 0..1000).await;
+    assert_eq!(limit.limiter().waiting(), 990);
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+
+    // Strictly in arrival order...
+    assert_eq!(ids(&hits), (0..1000).collect::<Vec<_>>());
+    // ...each at the first instant the quota allows: 10 at once, then one per 10 ms.
+    let t = times(&hits);
+    for (i, t) in t.iter().enumerate() {
+        let expected = if i < 10 {
+            Duration::ZERO
+        } else {
+            10 * MS * (i as u32 - 9)
+        };
+        assert_eq!(*t, expected, "request {i}");
+    }
+    assert_eq!(start.elapsed(), Duration::from_millis(9900));
+    assert_eq!(limit.limiter().waiting(), 0);
+    let stats = limit.stats();
+    assert_eq!(stats.admitted(), 1000);
+    assert_eq!(stats.waited(), 990);
+    assert_eq!(stats.max_wait(), Duration::from_millis(9900));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cost_takes_that_many_cells_and_more_than_the_burst_fails_at_once() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let cost = |r: &Request<u32>| -> u32 {
+        r.headers()
+            .get("x-cost")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(1)
+    };
+    let with_cost = |id, cost: u32| Request::builder().header("x-cost", cost).body(id).unwrap();
+    let limit = RateLimitLayer::builder()
+        .per_second(10)
+        .burst(5)
+        .cost(cost)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+
+    svc.clone().oneshot(with_cost(1, 5)).await.unwrap(); // the whole burst
+    svc.clone().oneshot(with_cost(2, 2)).await.unwrap(); // two cells: 200 ms
+    svc.clone().oneshot(with_cost(3, 0)).await.unwrap(); // free: at once
+    let err = svc.clone().oneshot(with_cost(4, 6)).await.unwrap_err();
+    assert_eq!(start.elapsed(), 200 * MS, "cost > burst must not wait");
+    let err = err
+        .downcast_ref::<CostExceedsBurst>()
+        .expect("a CostExceedsBurst");
+    assert_eq!((err.cost(), err.burst()), (6, 5));
+    assert!(err.to_string().contains("\"*\""));
+
+    assert_eq!(ids(&hits), vec![1, 2, 3]);
+    assert_eq!(times(&hits), vec![Duration::ZERO, 200 * MS, 200 * MS]);
+
+    // Reject mode answers 429 without Retry-After: waiting would not help.
+    let rejecting = RateLimitLayer::builder()
+        .per_second(10)
+        .burst(5)
+        .cost(cost)
+        .reject()
+        .build()
+        .unwrap();
+    let (_, up) = upstream(start);
+    let res = ServiceBuilder::new()
+        .layer(rejecting)
+        .service(up)
+        .oneshot(with_cost(5, 6))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().get("retry-after").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_is_the_inner_services() {
+    let start = Instant::now();
+    let (_, up) = upstream(start);
+    let limit = RateLimitLayer::builder().per_second(1).build().unwrap();
+    // One call at a time underneath; the first one never finishes.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let inner = ServiceBuilder::new()
+        .concurrency_limit(1)
+        .service(up)
+        .map_future(move |f| {
+            let g = g.clone();
+            async move {
+                let _ = g.acquire().await;
+                f.await
+            }
+        });
+    let mut svc = ServiceBuilder::new().layer(limit).service(inner);
+
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let first = tokio::spawn(svc.call(req(1)));
+    tokio::task::yield_now().await;
+    // The ready inner service (and its concurrency permit) went with the call.
+    assert!(poll_fn(|cx| Poll::Ready(svc.poll_ready(cx).is_pending())).await);
+    gate.add_permits(1);
+    first.await.unwrap().unwrap();
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn config_errors_name_the_field() {
+    let b = RateLimitLayer::builder;
+    let cases = [
+        (b().per_second(0).build().unwrap_err(), "per_second"),
+        (b().per_minute(0).build().unwrap_err(), "per_minute"),
+        (
+            b().per_period(Duration::ZERO).build().unwrap_err(),
+            "per_period",
+        ),
+        (b().per_second(5).burst(0).build().unwrap_err(), "burst"),
+        (b().build().unwrap_err(), "rate"),
+    ];
+    for (err, field) in cases {
+        assert_eq!(err.field(), field);
+        assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
+    }
+    let shared = b().per_second(5).build().unwrap().limiter();
+    let err = b()
+        .per_second(5)
+        .build_with_limiter(shared.clone())
+        .unwrap_err();
+    assert_eq!(err.field(), "per_second");
+    let err = b().burst(5).build_with_limiter(shared).unwrap_err();
+    assert_eq!(err.field(), "burst");
+}
+
+/// One million distinct keys through the in-memory store, with time moving on so that
+/// old keys rest: the store never holds more than a few thousand. (The store is called
+/// directly: through the whole service, a million calls take too long in a debug build.)
+#[tokio::test(start_paused = true)]
+async fn memory_stays_bounded_with_a_million_distinct_keys() {
+    // One cell per 10 ms, burst 1: a key rests 20 ms after its use.
+    let store = GovernorStore::new(Quota::per_second(100).unwrap());
+    let limiter = RateLimiter::new(store.clone());
+    let one = NonZeroU32::MIN;
+    let mut most = 0;
+    for batch in 0..1000u32 {
+        for i in 0..1000u32 {
+            let key = Key::from((batch * 1000 + i).to_string());
+            let decision = store.acquire(&key, one).await.unwrap();
+            assert!(matches!(decision, Decision::Admitted { .. }));
+        }
+        most = most.max(store.len());
+        advance(10 * MS).await;
+    }
+    // Live keys at any time: the last two or three batches. Without eviction: 1,000,000.
+    assert!(most <= 8_000, "the store held {most} keys");
+    assert_eq!(limiter.key_count(), Some(store.len()));
+    advance(Duration::from_secs(1)).await;
+    store.evict_idle();
+    assert_eq!(store.len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn newcomers_queue_behind_waiters_instead_of_taking_their_cells() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let limit = RateLimitLayer::builder()
+        .per_second(10)
+        .burst(5)
+        .cost(|r: &Request<u32>| if *r.body() >= 100 { 5 } else { 1 })
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(limit).service(up);
+
+    svc.clone().oneshot(req(100)).await.unwrap(); // all 5 cells
+                                                  // Request 101 needs 5 cells: it waits until 500 ms.
+    let big = spawn_in_order(&svc, [101]).await;
+    advance(100 * MS).await;
+    // At 100 ms one cell is back. Request 1 needs only that one, but request 101 came
+    // first: taking it would starve request 101, so request 1 queues behind it.
+    let small = spawn_in_order(&svc, [1]).await;
+    for h in big.into_iter().chain(small) {
+        h.await.unwrap().unwrap();
+    }
+
+    assert_eq!(ids(&hits), vec![100, 101, 1]);
+    assert_eq!(times(&hits), vec![Duration::ZERO, 500 * MS, 600 * MS]);
+}
+
+/// Records every tracing event as "LEVEL field=value ...".
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={:?}", field.name(), value));
+            }
+        }
+        let mut line = Line(event.metadata().level().to_string());
+        event.record(&mut line);
+        self.0.lock().unwrap().push(line.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_and_refusals_are_traced_with_key_and_wait() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let _guard = tracing::subscriber::set_default(Capture(events.clone()));
+    let (_, up) = upstream(Instant::now());
+    let limit = RateLimitLayer::builder()
+        .per_second(1)
+        .key(|r: &Request<u32>| format!("bot{}", r.body() / 10))
+        .max_wait(1500 * MS)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(limit).service(up.clone());
+
+    svc.clone().oneshot(req(10)).await.unwrap();
+    let waiter = spawn_in_order(&svc, [11]).await;
+    svc.clone().oneshot(req(12)).await.unwrap_err(); // needs 2 s
+    for w in waiter {
+        w.await.unwrap().unwrap();
+    }
+    let rejecting = RateLimitLayer::builder()
+        .per_second(1)
+        .reject()
+        .build()
+        .unwrap();
+    let server = ServiceBuilder::new().layer(rejecting).service(up);
+    server.clone().oneshot(req(20)).await.unwrap();
+    server.oneshot(req(21)).await.unwrap();
+
+    let events = events.lock().unwrap().clone();
+    let has = |level: &str, parts: &[&str]| {
+        events
+            .iter()
+            .any(|e| e.starts_with(level) && parts.iter().all(|p| e.contains(p)))
+    };
+    assert!(
+        has("DEBUG", &["key=bot1", "wait=1s", "waiting"]),
+        "{events:#?}"
+    );
+    assert!(
+        has("DEBUG", &["key=bot1", "waited=1s", "admitted"]),
+        "{events:#?}"
+    );
+    assert!(
+        has("INFO", &["key=bot1", "wait=2s", "max_wait=1.5s"]),
+        "{events:#?}"
+    );
+    assert!(
+        has("INFO", &["key=*", "retry_after=1s", "429"]),
+        "{events:#?}"
+    );
+}
+
+/// The queue hand-offs on a multi-threaded runtime (real time, so no timing asserts):
+/// every request is admitted exactly once and the lines are empty afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_waiters_on_threads_are_all_admitted_once() {
+    let (hits, up) = upstream(Instant::now());
+    let limit = RateLimitLayer::builder()
+        .per_second(2000)
+        .burst(20)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    let handles: Vec<_> = (0..300)
+        .map(|id| tokio::spawn(svc.clone().oneshot(req(id))))
+        .collect();
+    let all = async {
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .expect("300 requests at 2000/s finish well within 30 s");
+    let mut seen = ids(&hits);
+    seen.sort_unstable();
+    assert_eq!(seen, (0..300).collect::<Vec<_>>());
+    assert_eq!(limit.stats().admitted(), 300);
+    assert_eq!(limit.limiter().waiting(), 0);
+}
+
+/// Reject mode is an axum layer as is: no HandleErrorLayer, 429 straight from the
+/// router.
+#[tokio::test(start_paused = true)]
+async fn reject_mode_layers_an_axum_router_directly() {
+    use axum::{body::Body, routing::get, Router};
+
+    let limit = RateLimitLayer::builder()
+        .per_second(1)
+        .reject()
+        .build()
+        .unwrap();
+    let app: Router = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .layer(limit.clone());
+
+    let get_root = || Request::get("/").body(Body::empty()).unwrap();
+    let ok = app.clone().oneshot(get_root()).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let limited = app.clone().oneshot(get_root()).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_eq!(limit.stats().rejected(), 1);
+}
