@@ -44,6 +44,7 @@ pub mod key;
 pub mod rate_limit;
 pub mod retry;
 pub mod retry_after;
+pub mod stack;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -1,6 +1,8 @@
 //! Behaviour of `RateLimitLayer`, on tokio's paused clock: what reached the upstream,
 //! when, and what the caller got.
 
+mod common;
+
 use std::{
     convert::Infallible,
     future::poll_fn,
@@ -621,37 +623,9 @@ async fn newcomers_queue_behind_waiters_instead_of_taking_their_cells() {
     assert_eq!(times(&hits), vec![Duration::ZERO, 500 * MS, 600 * MS]);
 }
 
-/// Records every tracing event as "LEVEL field=value ...".
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Line(String);
-        impl tracing::field::Visit for Line {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!(" {}={:?}", field.name(), value));
-            }
-        }
-        let mut line = Line(event.metadata().level().to_string());
-        event.record(&mut line);
-        self.0.lock().unwrap().push(line.0);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[tokio::test(start_paused = true)]
 async fn waits_and_refusals_are_traced_with_key_and_wait() {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let _guard = tracing::subscriber::set_default(Capture(events.clone()));
+    common::capture::start();
     let (_, up) = upstream(Instant::now());
     let limit = RateLimitLayer::builder()
         .per_second(1)
@@ -676,7 +650,7 @@ async fn waits_and_refusals_are_traced_with_key_and_wait() {
     server.clone().oneshot(req(20)).await.unwrap();
     server.oneshot(req(21)).await.unwrap();
 
-    let events = events.lock().unwrap().clone();
+    let events = common::capture::events();
     let has = |level: &str, parts: &[&str]| {
         events
             .iter()

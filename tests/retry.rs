@@ -3,6 +3,8 @@
 //! Every test runs on tokio's paused clock: sleeps end as soon as the runtime is idle,
 //! and `Instant`s are exact.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -649,41 +651,9 @@ async fn a_dropped_caller_stops_the_retries() {
     assert_eq!(calls.count(), 1, "no attempt after the caller went away");
 }
 
-/// A minimal subscriber that keeps every event as `LEVEL field=value ...`.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-struct Fields<'a>(&'a mut String);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        use std::fmt::Write;
-        let _ = write!(self.0, " {}={:?}", field.name(), value);
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut line = event.metadata().level().to_string();
-        event.record(&mut Fields(&mut line));
-        self.0.lock().unwrap().push(line);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[tokio::test(start_paused = true)]
 async fn each_retry_and_each_give_up_is_a_tracing_event() {
-    let capture = Capture::default();
-    let _guard = tracing::subscriber::set_default(capture.clone());
+    common::capture::start();
     let layer = RetryLayer::builder()
         .schedule([secs(0.5)])
         .max_attempts(3)
@@ -709,13 +679,9 @@ async fn each_retry_and_each_give_up_is_a_tracing_event() {
         .await
         .unwrap();
 
-    let events: Vec<String> = capture
-        .0
-        .lock()
-        .unwrap()
-        .iter()
+    let events: Vec<String> = common::capture::events()
+        .into_iter()
         .filter(|e| e.contains("retry:"))
-        .cloned()
         .collect();
     assert_eq!(events.len(), 4, "{events:#?}");
     for (i, e) in events[..2].iter().enumerate() {

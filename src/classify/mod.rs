@@ -225,7 +225,9 @@ pub fn verdict_of<B>(response: &Response<B>) -> Verdict {
 ///
 /// ratewise's own errors that carry a wait (a rate limiter's `max_wait` refusal, a
 /// cooldown) are rate-limited with that wait; every other error is taken to be
-/// connection-level and transient. The error's `source()` chain is searched.
+/// connection-level and transient, except the crate's own errors that waiting can never
+/// cure (a request costing more than the rate limiter's burst), which are failures. The
+/// error's `source()` chain is searched.
 pub fn verdict_of_error(err: &(dyn std::error::Error + 'static)) -> Verdict {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
@@ -234,6 +236,9 @@ pub fn verdict_of_error(err: &(dyn std::error::Error + 'static)) -> Verdict {
         }
         if let Some(hint) = crate::cooldown::error::retry_hint(e) {
             return Verdict::rate_limited(Some(hint));
+        }
+        if e.is::<crate::rate_limit::CostExceedsBurst>() {
+            return Verdict::Failure;
         }
         cur = e.source();
     }

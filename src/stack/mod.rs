@@ -1,0 +1,327 @@
+//! The standard client stack, from one config: `Retry → Cooldown → RateLimit →
+//! classification → client`.
+//!
+//! [`ClientStackLayer`] assembles the four layers in the documented order, so that:
+//!
+//! - every response is classified once, innermost ([`ClassifyLayer`] with a
+//!   [`Preset`]), and every outer layer reads that verdict;
+//! - the rate limiter paces what reaches the upstream (wait mode, bounded by its
+//!   `max_wait`);
+//! - the cooldown sits outside the limiter, so a key that the upstream is punishing
+//!   holds its callers back before they take a token, and lets exactly one probe
+//!   through when the penalty ends;
+//! - the retry is outermost: it waits out a server's `Retry-After` (up to its
+//!   `max_delay`) and then goes through the cooldown again, so a retry never reaches
+//!   an upstream that is still penalising the client. A wait longer than `max_delay`
+//!   is not waited: the caller gets the upstream's answer (or the cooldown's
+//!   [`CoolingDown`](crate::cooldown::CoolingDown) error) at once.
+//!
+//! # Presets
+//!
+//! | preset | classifier | rate limit | cooldown | retry |
+//! |---|---|---|---|---|
+//! | [`Platform::Qq`] | [`presets::qq`] (400 + "频率限制") | 5/s, burst 5, max wait 10 s | exponential 1 s..60 s | schedule 0.5, 1.5, 3.0 s; max delay 10 s |
+//! | [`Platform::DingTalk`] | [`presets::dingtalk`] (403/429 QpsLimit) | 20/s, burst 20, max wait 2 s (the per-tenant card QPS) | exponential 2 s..60 s | exponential 2 s..30 s, 4 attempts |
+//! | [`Platform::Telegram`] | [`presets::telegram`] (429 `retry_after`) | 30/s, burst 30, max wait 10 s | exponential 1 s..60 s, the server's `retry_after` wins | exponential 1 s..30 s, 5 attempts, max delay 60 s |
+//! | [`Platform::Glm`] | [`presets::glm`] (429 code 1302) | 50/min, burst 10, max wait 30 s | exponential 1 s..60 s | exponential 1 s..30 s, 4 attempts, max delay 60 s |
+//! | [`Platform::OpenAi`] | [`presets::openai`] (429 `retry-after-ms`) | 60/min, burst 10, max wait 30 s | exponential 1 s..60 s | exponential 0.5 s..20 s, 4 attempts, max delay 60 s |
+//!
+//! The limits are conservative defaults taken from the incidents behind this crate
+//! (DingTalk's 20 QPS per tenant, GLM's 50 calls per 60 s, Telegram's ~30 messages
+//! per second); tune each field with [`ClientStackBuilder::rate_limit`],
+//! [`cooldown`](ClientStackBuilder::cooldown) and [`retry`](ClientStackBuilder::retry),
+//! which hand you that layer's own builder. Keys: the rate limiter has one bucket for
+//! the stack ([`Global`](crate::key::Global): clone the layer into every stack that
+//! must share it), the cooldown is per authority (host and port). For other keys,
+//! stack the layers yourself in the same order.
+//!
+//! # Example
+//!
+//! ```
+//! use std::{convert::Infallible, time::Duration};
+//! use http::{Request, Response};
+//! use ratewise::stack::{ClientStackLayer, Platform};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), ratewise::BoxError> {
+//! let telegram = ClientStackLayer::preset(Platform::Telegram)
+//!     .rate_limit(|rl| rl.per_second(20).burst(20))
+//!     .retry(|r| r.max_delay(Duration::from_secs(30)))
+//!     .build()?;
+//!
+//! // Any client service: hyper-util's `Client`, reqwest wrapped in a Service, a mock...
+//! let client = service_fn(|_req: Request<String>| async {
+//!     Ok::<_, Infallible>(Response::new(String::from(r#"{"ok":true}"#)))
+//! });
+//! let bot = ServiceBuilder::new().layer(telegram.clone()).service(client);
+//!
+//! let res = bot
+//!     .oneshot(Request::post("http://127.0.0.1:1/bot123/sendMessage").body(String::new())?)
+//!     .await?;
+//! assert!(res.status().is_success());
+//! assert_eq!(telegram.stats().rate_limit.admitted(), 1);
+//! # Ok(()) }
+//! ```
+
+use std::{fmt, time::Duration};
+
+use tower::Layer;
+
+use crate::{
+    classify::{presets, presets::Preset, Classify, ClassifyLayer, DEFAULT_BODY_CAP},
+    cooldown::{self, Cooldown, CooldownBuilder, CooldownLayer, CooldownStats},
+    key::{Authority, Global},
+    rate_limit::{self, GovernorStore, NoBypass, RateLimit, RateLimitBuilder, UnitCost, Wait},
+    retry::{self, Retry, RetryBuilder, RetryLayer, RetryStats},
+    RateLimitLayer,
+};
+
+/// The platforms with a preset.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Platform {
+    /// QQ Bot open platform.
+    Qq,
+    /// DingTalk open platform (AI cards, robots).
+    DingTalk,
+    /// Telegram Bot API.
+    Telegram,
+    /// Zhipu GLM (BigModel) API.
+    Glm,
+    /// OpenAI and OpenAI-compatible APIs.
+    OpenAi,
+}
+
+/// The four layers of the standard client stack, in order. See the [module
+/// docs](self).
+#[derive(Clone, Debug)]
+pub struct ClientStackLayer {
+    retry: RetryLayer,
+    cooldown: CooldownLayer,
+    rate_limit: RateLimitLayer,
+    classify: ClassifyLayer<Preset>,
+}
+
+/// The service a [`ClientStackLayer`] makes around a client `S`.
+pub type ClientStack<S> = Retry<
+    Cooldown<
+        RateLimit<Classify<S, Preset>, Global, Wait, GovernorStore, NoBypass, UnitCost>,
+        Authority,
+    >,
+>;
+
+impl ClientStackLayer {
+    /// A builder with general defaults: the [`presets::default`] classifier (every
+    /// platform's rate-limit signals), 10 requests per second with a burst of 10 and a
+    /// 10 s max wait, exponential cooldown 1 s..60 s, exponential retry 0.5 s..20 s with
+    /// 4 attempts and a 60 s max delay.
+    pub fn builder() -> ClientStackBuilder {
+        ClientStackBuilder {
+            classifier: presets::default(),
+            body_cap: DEFAULT_BODY_CAP,
+            rate_limit: RateLimitLayer::builder()
+                .per_second(10)
+                .burst(10)
+                .max_wait(Duration::from_secs(10)),
+            cooldown: CooldownLayer::builder()
+                .exponential(Duration::from_secs(1), Duration::from_secs(60))
+                .wait(Duration::from_secs(10)),
+            retry: RetryLayer::builder()
+                .exponential(Duration::from_millis(500), Duration::from_secs(20))
+                .max_attempts(4)
+                .max_delay(Duration::from_secs(60)),
+        }
+    }
+
+    /// A builder with a platform's preset (see the table in the [module docs](self)).
+    pub fn preset(platform: Platform) -> ClientStackBuilder {
+        let secs = Duration::from_secs;
+        let b = Self::builder();
+        match platform {
+            Platform::Qq => b
+                .classifier(presets::qq())
+                .rate_limit(|rl| rl.per_second(5).burst(5).max_wait(secs(10)))
+                .retry(|r| {
+                    r.schedule([
+                        Duration::from_millis(500),
+                        Duration::from_millis(1500),
+                        secs(3),
+                    ])
+                    .max_attempts(4)
+                    .max_delay(secs(10))
+                }),
+            Platform::DingTalk => b
+                .classifier(presets::dingtalk())
+                .rate_limit(|rl| rl.per_second(20).burst(20).max_wait(secs(2)))
+                .cooldown(|c| c.exponential(secs(2), secs(60)))
+                .retry(|r| r.exponential(secs(2), secs(30)).max_attempts(4)),
+            Platform::Telegram => b
+                .classifier(presets::telegram())
+                .rate_limit(|rl| rl.per_second(30).burst(30).max_wait(secs(10)))
+                .retry(|r| r.exponential(secs(1), secs(30)).max_attempts(5)),
+            Platform::Glm => b
+                .classifier(presets::glm())
+                .rate_limit(|rl| rl.per_minute(50).burst(10).max_wait(secs(30)))
+                .retry(|r| r.exponential(secs(1), secs(30)).max_attempts(4)),
+            Platform::OpenAi => b
+                .classifier(presets::openai())
+                .rate_limit(|rl| rl.per_minute(60).burst(10).max_wait(secs(30))),
+        }
+    }
+
+    /// The retry layer.
+    pub fn retry_layer(&self) -> &RetryLayer {
+        &self.retry
+    }
+
+    /// The cooldown layer (its [`handle`](CooldownLayer::handle) answers per-key state).
+    pub fn cooldown_layer(&self) -> &CooldownLayer {
+        &self.cooldown
+    }
+
+    /// The rate limit layer (its [`limiter`](RateLimitLayer::limiter) is the shared
+    /// bucket).
+    pub fn rate_limit_layer(&self) -> &RateLimitLayer {
+        &self.rate_limit
+    }
+
+    /// The counters of all three layers, shared by every clone of this layer.
+    pub fn stats(&self) -> StackStats {
+        StackStats {
+            rate_limit: self.rate_limit.stats(),
+            cooldown: self.cooldown.handle().stats(),
+            retry: self.retry.stats(),
+        }
+    }
+}
+
+impl<S> Layer<S> for ClientStackLayer {
+    type Service = ClientStack<S>;
+
+    fn layer(&self, client: S) -> Self::Service {
+        self.retry.layer(
+            self.cooldown
+                .layer(self.rate_limit.layer(self.classify.layer(client))),
+        )
+    }
+}
+
+/// The counters of a [`ClientStackLayer`].
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct StackStats {
+    /// Admitted, waited, rejected...
+    pub rate_limit: rate_limit::Stats,
+    /// Cooldowns started, requests that met a cooldown, probes...
+    pub cooldown: CooldownStats,
+    /// Retries and give-ups.
+    pub retry: RetryStats,
+}
+
+/// Builds a [`ClientStackLayer`]; each method changes one thing.
+pub struct ClientStackBuilder {
+    classifier: Preset,
+    body_cap: usize,
+    rate_limit: RateLimitBuilder,
+    cooldown: CooldownBuilder,
+    retry: RetryBuilder,
+}
+
+impl fmt::Debug for ClientStackBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientStackBuilder")
+            .field("classifier", &self.classifier)
+            .field("body_cap", &self.body_cap)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientStackBuilder {
+    /// The classifier (default: the preset's).
+    pub fn classifier(mut self, classifier: Preset) -> Self {
+        self.classifier = classifier;
+        self
+    }
+
+    /// How much of a body the classifier may see (default 64 KiB).
+    pub fn body_cap(mut self, cap: usize) -> Self {
+        self.body_cap = cap;
+        self
+    }
+
+    /// Tune the rate limiter: `f` gets the preset's builder.
+    pub fn rate_limit(mut self, f: impl FnOnce(RateLimitBuilder) -> RateLimitBuilder) -> Self {
+        self.rate_limit = f(self.rate_limit);
+        self
+    }
+
+    /// Tune the cooldown: `f` gets the preset's builder.
+    pub fn cooldown(mut self, f: impl FnOnce(CooldownBuilder) -> CooldownBuilder) -> Self {
+        self.cooldown = f(self.cooldown);
+        self
+    }
+
+    /// Tune the retry: `f` gets the preset's builder.
+    pub fn retry(mut self, f: impl FnOnce(RetryBuilder) -> RetryBuilder) -> Self {
+        self.retry = f(self.retry);
+        self
+    }
+
+    /// The layer; an invalid field of any layer is a [`StackConfigError`] naming the
+    /// layer and the field.
+    pub fn build(self) -> Result<ClientStackLayer, StackConfigError> {
+        if self.body_cap == 0 {
+            return Err(StackConfigError::BodyCap);
+        }
+        Ok(ClientStackLayer {
+            retry: self.retry.build().map_err(StackConfigError::Retry)?,
+            cooldown: self.cooldown.build().map_err(StackConfigError::Cooldown)?,
+            rate_limit: self
+                .rate_limit
+                .build()
+                .map_err(StackConfigError::RateLimit)?,
+            classify: ClassifyLayer::new(self.classifier).body_cap(self.body_cap),
+        })
+    }
+}
+
+/// An invalid field in a [`ClientStackBuilder`]; the message names the layer and the
+/// field, e.g. `invalid client stack: rate_limit: burst ...`.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum StackConfigError {
+    /// The rate limiter's configuration.
+    RateLimit(rate_limit::ConfigError),
+    /// The cooldown's configuration.
+    Cooldown(cooldown::ConfigError),
+    /// The retry's configuration.
+    Retry(retry::ConfigError),
+    /// `body_cap` is zero.
+    BodyCap,
+}
+
+impl fmt::Display for StackConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StackConfigError::RateLimit(e) => write!(f, "invalid client stack: rate_limit: {e}"),
+            StackConfigError::Cooldown(e) => write!(f, "invalid client stack: cooldown: {e}"),
+            StackConfigError::Retry(e) => write!(f, "invalid client stack: retry: {e}"),
+            StackConfigError::BodyCap => {
+                f.write_str("invalid client stack: body_cap must be greater than zero")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StackConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StackConfigError::RateLimit(e) => Some(e),
+            StackConfigError::Cooldown(e) => Some(e),
+            StackConfigError::Retry(e) => Some(e),
+            StackConfigError::BodyCap => None,
+        }
+    }
+}
