@@ -9,6 +9,7 @@
 //! | [`classify`] | one [`Verdict`] per response (success, rate-limited, transient, failure), read from status, headers and, only when asked, a bounded body prefix |
 //! | [`retry_after`] | the one parser for every "wait this long" signal a server sends |
 //! | [`body`] | body peeking that hands the caller back every byte, in order |
+//! | [`cache`] | [`CachedEndpointLayer`]: the last good answer of a discovery endpoint, per key, served while the endpoint is rate-limited, with single-flight refreshes |
 //! | [`rate_limit`] | [`RateLimitLayer`]: keyed GCRA (governor) shared across clones, wait or reject |
 //!
 //! # Example
@@ -35,6 +36,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+pub mod cache;
 pub mod classify;
 pub mod key;
 pub mod rate_limit;
@@ -42,6 +44,7 @@ pub mod retry_after;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use cache::CachedEndpointLayer;
 pub use classify::{Classifier, ClassifyLayer, Verdict};
 pub use rate_limit::RateLimitLayer;
 
