@@ -114,9 +114,7 @@ where
     }
 }
 
-fn done<S, ReqB, ResB>(
-    result: Result<Response<PeekBody<ResB>>, BoxError>,
-) -> State<S, ReqB, ResB>
+fn done<S, ReqB, ResB>(result: Result<Response<PeekBody<ResB>>, BoxError>) -> State<S, ReqB, ResB>
 where
     S: Service<Request<ReqB>>,
     ResB: Body,

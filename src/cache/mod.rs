@@ -61,7 +61,8 @@
 //! includes the method by default. The layer's `poll_ready` is always ready; a request
 //! that calls the upstream waits for a clone of the inner service to be ready, so the
 //! inner service must be `Clone`. Entries live until removed: key by a few endpoints,
-//! not by something unbounded.
+//! not by something unbounded. Not for streams: a 2xx answer is buffered (up to the
+//! cap) before its caller sees it, so an SSE endpoint would be held back.
 //!
 //! # Example
 //!

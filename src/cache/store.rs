@@ -544,7 +544,11 @@ mod tests {
 
     fn snapshot(body: &'static str) -> Arc<Snapshot> {
         let (parts, ()) = Response::new(()).into_parts();
-        Arc::new(Snapshot::new(parts, Bytes::from_static(body.as_bytes()), None))
+        Arc::new(Snapshot::new(
+            parts,
+            Bytes::from_static(body.as_bytes()),
+            None,
+        ))
     }
 
     fn lead(shared: &Arc<Shared>, key: &Key) -> FlightGuard {
