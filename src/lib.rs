@@ -9,7 +9,6 @@
 //! | [`classify`] | one [`Verdict`] per response (success, rate-limited, transient, failure), read from status, headers and, only when asked, a bounded body prefix |
 //! | [`retry_after`] | the one parser for every "wait this long" signal a server sends |
 //! | [`body`] | body peeking that hands the caller back every byte, in order |
-//! | [`cache`] | [`CachedEndpointLayer`]: the last good answer of a discovery endpoint, per key, served while the endpoint is rate-limited, with single-flight refreshes |
 //! | [`rate_limit`] | [`RateLimitLayer`]: keyed GCRA (governor) shared across clones, wait or reject |
 //!
 //! # Example
