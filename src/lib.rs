@@ -37,6 +37,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+pub mod cache;
 pub mod classify;
 pub mod cooldown;
 pub mod fresh;
@@ -48,6 +49,7 @@ pub mod stack;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use cache::CachedEndpointLayer;
 pub use classify::{Classifier, ClassifyLayer, Verdict};
 pub use cooldown::CooldownLayer;
 pub use fresh::FreshClientLayer;

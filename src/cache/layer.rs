@@ -1,0 +1,222 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use tower::Layer;
+
+use super::error::ConfigError;
+use super::store::{Config, Shared};
+use super::{CacheHandle, CachedEndpoint};
+use crate::key::MethodUri;
+
+/// The default cap on a cached body: 64 KiB.
+pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
+
+/// The default cooldown after a rate-limited answer that carries no retry hint: 10 s
+/// (the length of QQ's `/gateway` window).
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Keeps the last good answer of an endpoint per key and serves it while the endpoint
+/// is rate-limited or failing; see the [module docs](super) for the rules.
+///
+/// Made by [`new`](Self::new) (defaults) or [`builder`](Self::builder). The layer
+/// creates the shared state: every clone of the layer, every service it makes and
+/// every [`CacheHandle`] share one cache.
+pub struct CachedEndpointLayer<K = MethodUri> {
+    shared: Arc<Shared>,
+    key: Arc<K>,
+}
+
+impl CachedEndpointLayer<MethodUri> {
+    /// A layer with the defaults: key [`MethodUri`], no TTL (an entry stays fresh until
+    /// invalidated), [`DEFAULT_BODY_CAP`], [`DEFAULT_BACKOFF`], no status header.
+    pub fn new() -> Self {
+        CachedEndpointLayer::from_parts(MethodUri, defaults())
+    }
+
+    /// A builder starting from the defaults of [`new`](Self::new).
+    pub fn builder() -> CacheBuilder<MethodUri> {
+        CacheBuilder {
+            key: MethodUri,
+            config: defaults(),
+        }
+    }
+}
+
+impl Default for CachedEndpointLayer<MethodUri> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn defaults() -> Config {
+    Config {
+        ttl: None,
+        body_cap: DEFAULT_BODY_CAP,
+        default_backoff: DEFAULT_BACKOFF,
+        status_header: None,
+    }
+}
+
+impl<K> CachedEndpointLayer<K> {
+    fn from_parts(key: K, config: Config) -> Self {
+        CachedEndpointLayer {
+            shared: Shared::new(config),
+            key: Arc::new(key),
+        }
+    }
+
+    /// A handle on this layer's cache: invalidate entries, read the counters.
+    pub fn handle(&self) -> CacheHandle {
+        CacheHandle::new(Arc::clone(&self.shared))
+    }
+}
+
+impl<K> Clone for CachedEndpointLayer<K> {
+    fn clone(&self) -> Self {
+        CachedEndpointLayer {
+            shared: Arc::clone(&self.shared),
+            key: Arc::clone(&self.key),
+        }
+    }
+}
+
+impl<K> fmt::Debug for CachedEndpointLayer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedEndpointLayer")
+            .field("key", &std::any::type_name::<K>())
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl<S, K> Layer<S> for CachedEndpointLayer<K> {
+    type Service = CachedEndpoint<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CachedEndpoint::new(inner, Arc::clone(&self.key), Arc::clone(&self.shared))
+    }
+}
+
+/// Configures a [`CachedEndpointLayer`]; [`build`](Self::build) checks the settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::HeaderName;
+/// use ratewise::cache::{CachedEndpointLayer, ConfigError};
+///
+/// let layer = CachedEndpointLayer::builder()
+///     .key(|req: &http::Request<()>| req.uri().path().to_owned())
+///     .ttl(Duration::from_secs(3600))
+///     .body_cap(8 * 1024)
+///     .default_backoff(Duration::from_secs(10))
+///     .status_header(HeaderName::from_static("x-cache"))
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+///
+/// let err = CachedEndpointLayer::builder().ttl(Duration::ZERO).build().unwrap_err();
+/// assert_eq!(err, ConfigError::ZeroTtl);
+/// assert_eq!(err.field(), "ttl");
+/// ```
+pub struct CacheBuilder<K = MethodUri> {
+    key: K,
+    config: Config,
+}
+
+impl<K> CacheBuilder<K> {
+    /// How requests map to entries (default [`MethodUri`]): any
+    /// [`KeyExtractor`](crate::key::KeyExtractor), closures included.
+    pub fn key<K2>(self, key: K2) -> CacheBuilder<K2> {
+        CacheBuilder {
+            key,
+            config: self.config,
+        }
+    }
+
+    /// How long an entry stays fresh (served without calling the upstream). Without a
+    /// TTL (the default) an entry stays fresh until it is
+    /// [invalidated](CacheHandle::invalidate). Must not be zero.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.config.ttl = Some(ttl);
+        self
+    }
+
+    /// The largest body kept (default [`DEFAULT_BODY_CAP`]). A good answer with a
+    /// larger body is passed through whole and not cached. Must not be zero.
+    pub fn body_cap(mut self, cap: usize) -> Self {
+        self.config.body_cap = cap;
+        self
+    }
+
+    /// The cooldown after a rate-limited answer that gave no retry hint (default
+    /// [`DEFAULT_BACKOFF`]). A hint from the server is used as given. Must not be zero.
+    pub fn default_backoff(mut self, backoff: Duration) -> Self {
+        self.config.default_backoff = backoff;
+        self
+    }
+
+    /// Also mark each response in this header (`hit`, `miss` or `stale`), e.g.
+    /// `x-cache`. Off by default: the mark is always in the response's extensions
+    /// ([`CacheStatus`](super::CacheStatus)), and without this setting the upstream's
+    /// headers are left exactly as sent.
+    pub fn status_header(mut self, name: HeaderName) -> Self {
+        self.config.status_header = Some(name);
+        self
+    }
+
+    /// The layer, or the first setting that is wrong.
+    pub fn build(self) -> Result<CachedEndpointLayer<K>, ConfigError> {
+        if self.config.body_cap == 0 {
+            return Err(ConfigError::ZeroBodyCap);
+        }
+        if self.config.ttl == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroTtl);
+        }
+        if self.config.default_backoff.is_zero() {
+            return Err(ConfigError::ZeroBackoff);
+        }
+        Ok(CachedEndpointLayer::from_parts(self.key, self.config))
+    }
+}
+
+impl<K> fmt::Debug for CacheBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("key", &std::any::type_name::<K>())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_zero_setting_is_an_error_naming_its_field() {
+        let cap = CachedEndpointLayer::builder().body_cap(0).build();
+        assert_eq!(cap.unwrap_err().field(), "body_cap");
+        let ttl = CachedEndpointLayer::builder().ttl(Duration::ZERO).build();
+        assert_eq!(ttl.unwrap_err().field(), "ttl");
+        let backoff = CachedEndpointLayer::builder()
+            .default_backoff(Duration::ZERO)
+            .build();
+        assert_eq!(backoff.unwrap_err().field(), "default_backoff");
+        assert!(CachedEndpointLayer::builder()
+            .ttl(Duration::from_nanos(1))
+            .body_cap(1)
+            .build()
+            .is_ok());
+    }
+
+    #[test]
+    fn clones_and_handles_share_one_state() {
+        let layer = CachedEndpointLayer::new();
+        let clone = layer.clone();
+        assert!(Arc::ptr_eq(&layer.shared, &clone.shared));
+        let svc = clone.layer(());
+        assert!(Arc::ptr_eq(&layer.shared, &svc.shared));
+    }
+}
