@@ -94,6 +94,12 @@ impl fmt::Display for EndpointLimited {
 
 impl Error for EndpointLimited {}
 
+/// The wait carried by [`EndpointLimited`], for [`crate::classify::verdict_of_error`].
+pub(crate) fn retry_hint(err: &(dyn Error + 'static)) -> Option<Duration> {
+    err.downcast_ref::<EndpointLimited>()
+        .map(EndpointLimited::remaining)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +115,17 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("GET /gateway"), "{text}");
         assert!(text.contains("7s"), "{text}");
+    }
+
+    #[test]
+    fn endpoint_limited_is_a_rate_limited_verdict_with_its_remaining_wait() {
+        let err: crate::BoxError = Box::new(EndpointLimited::new(
+            Key::from("GET /gateway"),
+            Duration::from_secs(7),
+        ));
+        assert_eq!(
+            crate::classify::verdict_of_error(&*err),
+            crate::Verdict::rate_limited(Some(Duration::from_secs(7)))
+        );
     }
 }

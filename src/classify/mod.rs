@@ -237,6 +237,9 @@ pub fn verdict_of_error(err: &(dyn std::error::Error + 'static)) -> Verdict {
         if let Some(hint) = crate::cooldown::error::retry_hint(e) {
             return Verdict::rate_limited(Some(hint));
         }
+        if let Some(hint) = crate::cache::error::retry_hint(e) {
+            return Verdict::rate_limited(Some(hint));
+        }
         if e.is::<crate::rate_limit::CostExceedsBurst>() {
             return Verdict::Failure;
         }

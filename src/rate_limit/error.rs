@@ -187,6 +187,15 @@ mod tests {
     }
 
     #[test]
+    fn cost_exceeds_burst_is_a_failure_not_worth_a_retry() {
+        let err: crate::BoxError = Box::new(CostExceedsBurst::new(Key::from("*"), 9, 5));
+        assert_eq!(
+            crate::classify::verdict_of_error(&*err),
+            crate::Verdict::Failure
+        );
+    }
+
+    #[test]
     fn other_errors_carry_no_hint() {
         let err = CostExceedsBurst::new(Key::from("k"), 9, 5);
         assert_eq!(retry_hint(&err), None);
