@@ -224,7 +224,9 @@ pub fn verdict_of<B>(response: &Response<B>) -> Verdict {
 /// The verdict of an error returned instead of a response.
 ///
 /// ratewise's own errors that carry a wait (a rate limiter's `max_wait` refusal, a
-/// cooldown) are rate-limited with that wait; every other error is taken to be
+/// cooldown, a pool whose backends are all cooling) are rate-limited with that wait; a
+/// pool with no backend ready within its `max_wait` is rate-limited without a hint; a
+/// pool with no route for the request is a failure; every other error is taken to be
 /// connection-level and transient. The error's `source()` chain is searched.
 pub fn verdict_of_error(err: &(dyn std::error::Error + 'static)) -> Verdict {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -234,6 +236,9 @@ pub fn verdict_of_error(err: &(dyn std::error::Error + 'static)) -> Verdict {
         }
         if let Some(hint) = crate::cooldown::error::retry_hint(e) {
             return Verdict::rate_limited(Some(hint));
+        }
+        if let Some(verdict) = crate::pool::error::verdict(e) {
+            return verdict;
         }
         cur = e.source();
     }
