@@ -36,6 +36,7 @@ use tower::{service_fn, util::MapRequest, ServiceBuilder, ServiceExt};
 
 type Req = Full<Bytes>;
 type Res = PeekBody<axum::body::Body>;
+type OpenAiBackend = MapRequest<Classify<axum::Router, Preset>, fn(Request<Req>) -> Request<Req>>;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -55,9 +56,7 @@ fn glm_backend(glm: &GlmApi) -> Classify<axum::Router, Preset> {
 
 /// An OpenAI-compatible backend in-process. The pool's requests carry GLM's path; like
 /// a real client with its own base URL, this backend sends them to its own path.
-fn openai_backend(
-    api: &OpenAiApi,
-) -> MapRequest<Classify<axum::Router, Preset>, fn(Request<Req>) -> Request<Req>> {
+fn openai_backend(api: &OpenAiApi) -> OpenAiBackend {
     fn to_openai(mut req: Request<Req>) -> Request<Req> {
         *req.uri_mut() = http::Uri::from_static(testing::openai::PATH);
         req
@@ -944,5 +943,46 @@ async fn pool_clones_share_state_and_count_calls() -> Result<(), BoxError> {
     assert_eq!(h.totals().calls, 2);
     assert_eq!(h.backend("only").unwrap().successes, 2);
     assert_eq!(h.backends().len(), 1);
+    Ok(())
+}
+
+/// A request body that counts how often it was copied.
+#[derive(Debug)]
+struct CountingBody(Arc<AtomicUsize>);
+
+impl ratewise::retry::TryCloneBody for CountingBody {
+    fn try_clone_body(&self) -> Option<Self> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Some(CountingBody(self.0.clone()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_is_copied_only_while_another_candidate_remains() -> Result<(), BoxError> {
+    let ok = || {
+        service_fn(|_req: Request<CountingBody>| {
+            std::future::ready(Ok::<_, Infallible>(Response::new(())))
+        })
+    };
+    let copies = Arc::new(AtomicUsize::new(0));
+    let single = Pool::builder().primary("a", ok()).build()?;
+    single
+        .oneshot(Request::new(CountingBody(copies.clone())))
+        .await?;
+    assert_eq!(copies.load(Ordering::SeqCst), 0, "one candidate: no copy");
+
+    let double = Pool::builder()
+        .primary("a", ok())
+        .fallback("b", ok())
+        .build()?;
+    let res = double
+        .oneshot(Request::new(CountingBody(copies.clone())))
+        .await?;
+    assert_eq!(served_by(&res), "a");
+    assert_eq!(
+        copies.load(Ordering::SeqCst),
+        1,
+        "one copy kept for the fallback"
+    );
     Ok(())
 }
