@@ -986,3 +986,114 @@ async fn a_request_is_copied_only_while_another_candidate_remains() -> Result<()
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------
+// Tracing and auto traits
+
+/// Captures every event as (target, fields) on the current thread.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>);
+
+struct Fields(Vec<(String, String)>);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push((field.name().to_owned(), format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.push((field.name().to_owned(), value.to_owned()));
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields(Vec::new());
+        event.record(&mut fields);
+        self.0
+            .lock()
+            .unwrap()
+            .push((event.metadata().target().to_owned(), fields.0));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+impl Capture {
+    /// The pool's events, as maps of field name to value.
+    fn pool_events(&self) -> Vec<std::collections::HashMap<String, String>> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(target, _)| target == "ratewise::pool")
+            .map(|(_, f)| f.iter().cloned().collect())
+            .collect()
+    }
+
+    fn everything(&self) -> String {
+        format!("{:?}", self.0.lock().unwrap())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failover_and_skip_are_traced_with_backend_reason_and_wait_but_no_uri(
+) -> Result<(), BoxError> {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let with_token = || {
+        let mut req = chat();
+        *req.uri_mut() = format!("{}?api_key=sk-SECRET-TOKEN", testing::glm::PATH)
+            .parse()
+            .unwrap();
+        req
+    };
+    let scenario = || async {
+        let (pool, _glm, _openai) = glm_then_openai(Duration::ZERO);
+        pool.clone().oneshot(with_token()).await?;
+        advance(ms(400)).await;
+        pool.clone().oneshot(with_token()).await?;
+        Ok::<_, BoxError>(())
+    };
+    // Tests on other threads may register the pool's callsites while only the no-op
+    // global subscriber exists. Run the scenario once so every callsite is registered,
+    // make them all look at this thread's subscriber too, then run it for real.
+    scenario().await?;
+    tracing::callsite::rebuild_interest_cache();
+    capture.0.lock().unwrap().clear();
+    scenario().await?;
+
+    let events = capture.pool_events();
+    let failover = events
+        .iter()
+        .find(|e| e.get("message").is_some_and(|m| m.contains("failing over")))
+        .unwrap_or_else(|| panic!("a failover event: {}", capture.everything()));
+    assert_eq!(failover["backend"], "glm");
+    assert!(failover["verdict"].contains("RateLimited"), "{failover:?}");
+    let skip = events
+        .iter()
+        .find(|e| e.get("message").is_some_and(|m| m == "backend skipped"))
+        .unwrap_or_else(|| panic!("a skip event: {}", capture.everything()));
+    assert_eq!(skip["backend"], "glm");
+    assert_eq!(skip["reason"], "cooling");
+    assert_eq!(skip["wait_ms"], "600");
+    let all = capture.everything();
+    assert!(!all.contains("SECRET"), "no URI in any event: {all}");
+    Ok(())
+}
+
+#[test]
+fn pools_are_clone_send_sync_and_their_futures_send() {
+    fn clone_send_sync<T: Clone + Send + Sync + 'static>() {}
+    fn send<T: Send + 'static>() {}
+    clone_send_sync::<Pool<Req, Res>>();
+    send::<ratewise::pool::ResponseFuture<Req, Res>>();
+    clone_send_sync::<ratewise::pool::PoolHandle>();
+}
