@@ -992,7 +992,10 @@ async fn a_request_is_copied_only_while_another_candidate_remains() -> Result<()
 
 /// Captures every event as (target, fields) on the current thread.
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>);
+struct Capture(Arc<Mutex<Vec<CapturedEvent>>>);
+
+/// An event's target and its fields as text.
+type CapturedEvent = (String, Vec<(String, String)>);
 
 struct Fields(Vec<(String, String)>);
 
