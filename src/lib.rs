@@ -12,6 +12,7 @@
 //! | [`cooldown`] | [`CooldownLayer`]: per-key backoff after a rate-limited answer, honouring Retry-After, with a single half-open probe |
 //! | [`fresh`] | [`FreshClientLayer`]: rebuilds the inner client through a `MakeService` after N consecutive connection-level errors |
 //! | [`rate_limit`] | [`RateLimitLayer`]: keyed GCRA (governor) shared across clones, wait or reject |
+//! | [`pool`] | [`Pool`]: ordered backends (primary, fallback) with per-backend cooldown, failover within the call, model routing and stats |
 //!
 //! # Example
 //!
@@ -42,6 +43,7 @@ pub mod classify;
 pub mod cooldown;
 pub mod fresh;
 pub mod key;
+pub mod pool;
 pub mod rate_limit;
 pub mod retry;
 pub mod retry_after;
@@ -53,6 +55,7 @@ pub use cache::CachedEndpointLayer;
 pub use classify::{Classifier, ClassifyLayer, Verdict};
 pub use cooldown::CooldownLayer;
 pub use fresh::FreshClientLayer;
+pub use pool::Pool;
 pub use rate_limit::RateLimitLayer;
 pub use retry::RetryLayer;
 

@@ -94,10 +94,11 @@ impl fmt::Display for EndpointLimited {
 
 impl Error for EndpointLimited {}
 
-/// The wait carried by [`EndpointLimited`], for [`crate::classify::verdict_of_error`].
-pub(crate) fn retry_hint(err: &(dyn Error + 'static)) -> Option<Duration> {
+/// The verdict of an [`EndpointLimited`] for [`crate::classify::verdict_of_error`]:
+/// rate-limited with the time the endpoint's cooldown has left.
+pub(crate) fn verdict(err: &(dyn Error + 'static)) -> Option<crate::classify::Verdict> {
     err.downcast_ref::<EndpointLimited>()
-        .map(EndpointLimited::remaining)
+        .map(|e| crate::classify::Verdict::rate_limited(Some(e.remaining())))
 }
 
 #[cfg(test)]

@@ -224,24 +224,24 @@ pub fn verdict_of<B>(response: &Response<B>) -> Verdict {
 /// The verdict of an error returned instead of a response.
 ///
 /// ratewise's own errors that carry a wait (a rate limiter's `max_wait` refusal, a
-/// cooldown) are rate-limited with that wait; every other error is taken to be
-/// connection-level and transient, except the crate's own errors that waiting can never
-/// cure (a request costing more than the rate limiter's burst), which are failures. The
+/// cooldown, the cache's limited endpoint, a pool whose backends are all cooling) are
+/// rate-limited with that wait; a pool with no backend ready within its `max_wait` is
+/// rate-limited without a hint; errors that waiting can never cure (a request costing
+/// more than the rate limiter's burst, a pool with no route for the request) are
+/// failures; every other error is taken to be connection-level and transient. The
 /// error's `source()` chain is searched.
 pub fn verdict_of_error(err: &(dyn std::error::Error + 'static)) -> Verdict {
+    /// Each module's judgement of its own error types.
+    const OWN_ERRORS: [fn(&(dyn std::error::Error + 'static)) -> Option<Verdict>; 4] = [
+        crate::rate_limit::error::verdict,
+        crate::cooldown::error::verdict,
+        crate::cache::error::verdict,
+        crate::pool::error::verdict,
+    ];
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if let Some(hint) = crate::rate_limit::error::retry_hint(e) {
-            return Verdict::rate_limited(Some(hint));
-        }
-        if let Some(hint) = crate::cooldown::error::retry_hint(e) {
-            return Verdict::rate_limited(Some(hint));
-        }
-        if let Some(hint) = crate::cache::error::retry_hint(e) {
-            return Verdict::rate_limited(Some(hint));
-        }
-        if e.is::<crate::rate_limit::CostExceedsBurst>() {
-            return Verdict::Failure;
+        if let Some(verdict) = OWN_ERRORS.iter().find_map(|judge| judge(e)) {
+            return verdict;
         }
         cur = e.source();
     }

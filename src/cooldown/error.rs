@@ -66,11 +66,11 @@ impl fmt::Display for CoolingDown {
 
 impl Error for CoolingDown {}
 
-/// The wait hint of a [`CoolingDown`] error, for
-/// [`verdict_of_error`](crate::classify::verdict_of_error).
-pub(crate) fn retry_hint(err: &(dyn Error + 'static)) -> Option<Duration> {
+/// The verdict of a [`CoolingDown`] for [`crate::classify::verdict_of_error`]:
+/// rate-limited with the time the cooldown has left.
+pub(crate) fn verdict(err: &(dyn Error + 'static)) -> Option<crate::classify::Verdict> {
     err.downcast_ref::<CoolingDown>()
-        .map(CoolingDown::remaining)
+        .map(|e| crate::classify::Verdict::rate_limited(Some(e.remaining())))
 }
 
 /// A cooldown configuration the builder refused, naming the field.

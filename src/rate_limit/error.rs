@@ -15,13 +15,16 @@ use std::{error::Error, fmt, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::key::Key;
+use crate::{classify::Verdict, key::Key};
 
-/// The wait hint carried by one of the crate's errors, if `err` is one that carries one:
-/// a [`MaxWaitExceeded`] carries the wait it would have needed.
-pub(crate) fn retry_hint(err: &(dyn Error + 'static)) -> Option<Duration> {
-    err.downcast_ref::<MaxWaitExceeded>()
-        .map(MaxWaitExceeded::wait)
+/// The verdict of this module's errors, for [`crate::classify::verdict_of_error`]: a
+/// [`MaxWaitExceeded`] is rate-limited with the wait it would have needed, a
+/// [`CostExceedsBurst`] is a failure (waiting never cures it); other errors are not ours.
+pub(crate) fn verdict(err: &(dyn Error + 'static)) -> Option<Verdict> {
+    if let Some(e) = err.downcast_ref::<MaxWaitExceeded>() {
+        return Some(Verdict::rate_limited(Some(e.wait())));
+    }
+    err.is::<CostExceedsBurst>().then_some(Verdict::Failure)
 }
 
 /// A bad rate limiter configuration, returned by the builder (never a panic).
@@ -176,7 +179,10 @@ mod tests {
             now + Duration::from_millis(1500),
             Duration::from_secs(1),
         ));
-        assert_eq!(retry_hint(&*err), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            verdict(&*err),
+            Some(Verdict::rate_limited(Some(Duration::from_millis(1500))))
+        );
         assert_eq!(
             verdict_of_error(&*err),
             Verdict::rate_limited(Some(Duration::from_millis(1500)))
@@ -196,13 +202,13 @@ mod tests {
     }
 
     #[test]
-    fn other_errors_carry_no_hint() {
+    fn config_errors_are_not_judged_and_cost_errors_carry_no_hint() {
         let err = CostExceedsBurst::new(Key::from("k"), 9, 5);
-        assert_eq!(retry_hint(&err), None);
+        assert_eq!(verdict(&err), Some(Verdict::Failure));
         let shown = err.to_string();
         assert!(shown.contains("\"k\"") && shown.contains('9') && shown.contains('5'));
         let cfg = ConfigError::new("burst", "must be at least 1");
-        assert_eq!(retry_hint(&cfg), None);
+        assert_eq!(verdict(&cfg), None);
         assert!(cfg.to_string().contains("`burst`"));
     }
 }

@@ -1,24 +1,45 @@
-//! Captures `tracing` events per test thread, as `LEVEL field=value ...` lines.
+//! Captures `tracing` events per test thread.
 //!
 //! A scoped subscriber (`set_default`) is not enough when other tests in the same binary
 //! run on other threads: a callsite they register first can be cached as uninterested.
 //! So one global subscriber is installed for the whole binary, always interested, and it
 //! files each event under the thread that emitted it, for the tests that asked.
 
-use std::{cell::RefCell, sync::Once};
+use std::{cell::RefCell, collections::HashMap, sync::Once};
+
+/// One captured event.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    /// `LEVEL field=value ...`, values in `Debug` form (strings quoted).
+    pub line: String,
+    /// The event's target (module path by default).
+    pub target: String,
+    /// Field name to value; strings unquoted.
+    pub fields: HashMap<String, String>,
+}
 
 thread_local! {
-    static CAPTURED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    static CAPTURED: RefCell<Option<Vec<Captured>>> = const { RefCell::new(None) };
 }
 
 struct Capture;
 
-struct Fields<'a>(&'a mut String);
+struct Visit<'a>(&'a mut Captured);
 
-impl tracing::field::Visit for Fields<'_> {
+impl tracing::field::Visit for Visit<'_> {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         use std::fmt::Write;
-        let _ = write!(self.0, " {}={:?}", field.name(), value);
+        let _ = write!(self.0.line, " {}={:?}", field.name(), value);
+        self.0
+            .fields
+            .insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        use std::fmt::Write;
+        let _ = write!(self.0.line, " {}={:?}", field.name(), value);
+        self.0
+            .fields
+            .insert(field.name().to_owned(), value.to_owned());
     }
 }
 
@@ -33,10 +54,14 @@ impl tracing::Subscriber for Capture {
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
         CAPTURED.with(|c| {
-            if let Some(lines) = c.borrow_mut().as_mut() {
-                let mut line = event.metadata().level().to_string();
-                event.record(&mut Fields(&mut line));
-                lines.push(line);
+            if let Some(events) = c.borrow_mut().as_mut() {
+                let mut captured = Captured {
+                    line: event.metadata().level().to_string(),
+                    target: event.metadata().target().to_owned(),
+                    fields: HashMap::new(),
+                };
+                event.record(&mut Visit(&mut captured));
+                events.push(captured);
             }
         });
     }
@@ -54,6 +79,20 @@ pub fn start() {
 }
 
 /// The events captured on this thread since [`start`].
-pub fn events() -> Vec<String> {
+pub fn captured() -> Vec<Captured> {
     CAPTURED.with(|c| c.borrow().clone().unwrap_or_default())
+}
+
+/// The captured events as `LEVEL field=value ...` lines.
+pub fn events() -> Vec<String> {
+    captured().into_iter().map(|c| c.line).collect()
+}
+
+/// The fields of the captured events whose target is `target`.
+pub fn fields_of(target: &str) -> Vec<HashMap<String, String>> {
+    captured()
+        .into_iter()
+        .filter(|c| c.target == target)
+        .map(|c| c.fields)
+        .collect()
 }

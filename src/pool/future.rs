@@ -1,0 +1,587 @@
+//! The [`ResponseFuture`] of [`Pool`](super::Pool).
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::{sleep_until, Instant, Sleep};
+use tower::Service;
+
+use super::{
+    error::{AllBackendsCooling, Candidate, NoBackendReady, Unavailable},
+    route::BackendName,
+    service::{BoxBackend, ServedBy, Shared},
+    stats::bump,
+};
+use crate::{
+    classify::{verdict_of, verdict_of_error},
+    cooldown::KeyState,
+    retry::{try_clone_request, TryCloneBody},
+    BoxError, Verdict,
+};
+
+/// How often a call that waits re-checks a backend whose probe is in flight (the
+/// cooldown table has no notification the pool could wait on).
+pub(crate) const PROBE_RECHECK: Duration = Duration::from_millis(50);
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+type Answer<ResB> = Result<Response<ResB>, BoxError>;
+
+pin_project! {
+    /// The response future of [`Pool`](super::Pool): picks a candidate backend, calls
+    /// it, moves on to the next when the answer is rate-limited, and waits (with
+    /// `tokio::time`) when no candidate is available.
+    pub struct ResponseFuture<ReqB, ResB> {
+        #[pin]
+        state: State<ResB>,
+        shared: Arc<Shared<ReqB, ResB>>,
+        // Backend indices, in the order they are tried.
+        candidates: Arc<[usize]>,
+        // The request, kept while another candidate may still be tried.
+        req: Option<Request<ReqB>>,
+        // One per candidate.
+        slots: Vec<Slot<ReqB, ResB>>,
+        // The latest answer that was failed over, returned if no candidate is left.
+        last: Option<(usize, Answer<ResB>)>,
+        start: Instant,
+        deadline: Instant,
+        waited: bool,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<ResB> {
+        // Look for a candidate that is available now.
+        Scan,
+        // None is: wait until one may be.
+        Wait {
+            #[pin]
+            sleep: Sleep,
+        },
+        // A backend's answer.
+        Call {
+            future: BoxFuture<Answer<ResB>>,
+            pos: usize,
+        },
+        // Refused before any backend was looked at.
+        Failed {
+            error: Option<BoxError>,
+        },
+        Done,
+    }
+}
+
+/// What the pool knows about one candidate during a call.
+struct Slot<ReqB, ResB> {
+    /// A clone of the backend's service, kept between scans so a `Pending` readiness
+    /// keeps its waker registration.
+    service: Option<BoxBackend<ReqB, ResB>>,
+    /// Called (or its readiness failed) during this call.
+    tried: bool,
+    /// Why it was passed over at the latest scan.
+    skip: Option<Unavailable>,
+    /// Whether the skip was counted and traced (once per call).
+    skip_counted: bool,
+}
+
+enum Step<ResB> {
+    /// Call the candidate at this position: its service is ready.
+    Call(usize),
+    /// The candidate at this position failed before being called (readiness error).
+    Answer(usize, Answer<ResB>),
+    /// Nothing is available; look again at this instant (or when woken).
+    Wait(Instant),
+    /// Nothing will be available within the deadline.
+    GiveUp,
+}
+
+impl<ReqB, ResB> ResponseFuture<ReqB, ResB> {
+    pub(crate) fn new(
+        shared: Arc<Shared<ReqB, ResB>>,
+        candidates: Arc<[usize]>,
+        req: Request<ReqB>,
+        start: Instant,
+    ) -> Self {
+        let deadline = start
+            .checked_add(shared.max_wait)
+            .unwrap_or_else(|| far_future(start));
+        let slots = candidates
+            .iter()
+            .map(|_| Slot {
+                service: None,
+                tried: false,
+                skip: None,
+                skip_counted: false,
+            })
+            .collect();
+        ResponseFuture {
+            state: State::Scan,
+            shared,
+            candidates,
+            req: Some(req),
+            slots,
+            last: None,
+            start,
+            deadline,
+            waited: false,
+        }
+    }
+
+    pub(crate) fn failed(shared: Arc<Shared<ReqB, ResB>>, error: BoxError) -> Self {
+        let start = Instant::now();
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+            shared,
+            candidates: Arc::from([]),
+            req: None,
+            slots: Vec::new(),
+            last: None,
+            start,
+            deadline: start,
+            waited: false,
+        }
+    }
+}
+
+fn far_future(now: Instant) -> Instant {
+    const FAR: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+    now.checked_add(FAR).unwrap_or(now)
+}
+
+impl<ReqB, ResB> Future for ResponseFuture<ReqB, ResB>
+where
+    ReqB: TryCloneBody + Send + 'static,
+    ResB: Send + 'static,
+{
+    type Output = Answer<ResB>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let step = match this.state.as_mut().project() {
+                StateProj::Call { future, pos } => {
+                    let pos = *pos;
+                    let answer = ready!(future.as_mut().poll(cx));
+                    match on_answer(
+                        this.shared,
+                        this.candidates,
+                        this.slots,
+                        this.req,
+                        this.last,
+                        pos,
+                        answer,
+                    ) {
+                        Some(out) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(out);
+                        }
+                        None => {
+                            this.state.set(State::Scan);
+                            continue;
+                        }
+                    }
+                }
+                StateProj::Failed { error } => {
+                    let error = error
+                        .take()
+                        .unwrap_or_else(|| "pool ResponseFuture polled after completion".into());
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(error));
+                }
+                StateProj::Done => panic!("pool ResponseFuture polled after completion"),
+                // Scan and Wait both look at every candidate again: a backend without
+                // capacity may have woken this task, or time has passed.
+                StateProj::Scan | StateProj::Wait { .. } => scan(
+                    this.shared,
+                    this.candidates,
+                    this.slots,
+                    this.req.is_some(),
+                    cx,
+                    *this.deadline,
+                ),
+            };
+            match step {
+                Step::Call(pos) => {
+                    match start_call(this.shared, this.candidates, this.slots, this.req, pos) {
+                        Some(future) => this.state.set(State::Call { future, pos }),
+                        None => {
+                            let out = give_up(
+                                this.shared,
+                                this.candidates,
+                                this.slots,
+                                this.last,
+                                *this.start,
+                            );
+                            this.state.set(State::Done);
+                            return Poll::Ready(out);
+                        }
+                    }
+                }
+                Step::Answer(pos, answer) => {
+                    if let Some(out) = on_answer(
+                        this.shared,
+                        this.candidates,
+                        this.slots,
+                        this.req,
+                        this.last,
+                        pos,
+                        answer,
+                    ) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(out);
+                    }
+                    this.state.set(State::Scan);
+                }
+                Step::Wait(at) => {
+                    if !*this.waited {
+                        *this.waited = true;
+                        bump(&this.shared.stats.totals.waited);
+                        tracing::debug!(
+                            target: "ratewise::pool",
+                            wait_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64,
+                            "no candidate backend is available; waiting"
+                        );
+                    }
+                    if !matches!(*this.state, State::Wait { .. }) {
+                        this.state.set(State::Wait {
+                            sleep: sleep_until(at),
+                        });
+                    }
+                    if let StateProj::Wait { mut sleep } = this.state.as_mut().project() {
+                        if sleep.deadline() != at {
+                            sleep.as_mut().reset(at);
+                        }
+                        if sleep.poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                Step::GiveUp => {
+                    let out = give_up(
+                        this.shared,
+                        this.candidates,
+                        this.slots,
+                        this.last,
+                        *this.start,
+                    );
+                    this.state.set(State::Done);
+                    return Poll::Ready(out);
+                }
+            }
+        }
+    }
+}
+
+/// Looks at every untried candidate in order and returns the first that can take the
+/// request now, or what to do instead.
+fn scan<ReqB, ResB>(
+    shared: &Shared<ReqB, ResB>,
+    candidates: &[usize],
+    slots: &mut [Slot<ReqB, ResB>],
+    have_request: bool,
+    cx: &mut Context<'_>,
+    deadline: Instant,
+) -> Step<ResB> {
+    if !have_request {
+        return Step::GiveUp;
+    }
+    let now = Instant::now();
+    let cooldown = &shared.stats.cooldown;
+    let mut earliest: Option<Instant> = None;
+    let mut busy = false;
+    let mut probing = false;
+    let mut untried = false;
+    for (pos, (&idx, slot)) in candidates.iter().zip(slots.iter_mut()).enumerate() {
+        if slot.tried {
+            continue;
+        }
+        untried = true;
+        let Some(backend) = shared.backends.get(idx) else {
+            continue;
+        };
+        let why = match cooldown.state(&backend.name) {
+            KeyState::Cooling { until, .. } => {
+                earliest = Some(earliest.map_or(until, |e| e.min(until)));
+                Some(Unavailable::Cooling {
+                    remaining: until.saturating_duration_since(now),
+                })
+            }
+            KeyState::HalfOpen { probing: true, .. } => {
+                probing = true;
+                Some(Unavailable::Probing)
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            note_skip(shared, idx, slot, why);
+            continue;
+        }
+        let service = slot.service.get_or_insert_with(|| backend.service.clone());
+        match service.poll_ready(cx) {
+            Poll::Ready(Ok(())) => return Step::Call(pos),
+            Poll::Ready(Err(e)) => {
+                slot.service = None;
+                slot.tried = true;
+                tracing::debug!(target: "ratewise::pool", backend = %backend.name, error = %e, "backend readiness failed");
+                return Step::Answer(pos, Err(e));
+            }
+            Poll::Pending => {
+                busy = true;
+                note_skip(shared, idx, slot, Unavailable::Busy);
+            }
+        }
+    }
+    if !untried || now >= deadline {
+        return Step::GiveUp;
+    }
+    if !busy && !probing {
+        // Every untried candidate is cooling: wait for the first to recover, if it
+        // does so in time; otherwise give up now, without sleeping.
+        return match earliest {
+            Some(e) if e <= deadline => Step::Wait(e),
+            _ => Step::GiveUp,
+        };
+    }
+    // Some candidates have no capacity (they wake this task when they do) or a probe
+    // in flight (looked at again shortly): wait, at most until the deadline.
+    let mut wake = deadline;
+    if let Some(e) = earliest {
+        wake = wake.min(e);
+    }
+    if probing {
+        wake = wake.min(now.checked_add(PROBE_RECHECK).unwrap_or(deadline));
+    }
+    Step::Wait(wake)
+}
+
+/// Counts and traces a skip, once per call and candidate; remembers the latest reason.
+fn note_skip<ReqB, ResB>(
+    shared: &Shared<ReqB, ResB>,
+    idx: usize,
+    slot: &mut Slot<ReqB, ResB>,
+    why: Unavailable,
+) {
+    slot.skip = Some(why);
+    if slot.skip_counted {
+        return;
+    }
+    slot.skip_counted = true;
+    let Some(info) = shared.stats.backends.get(idx) else {
+        return;
+    };
+    let (reason, wait_ms) = match why {
+        Unavailable::Cooling { remaining } => {
+            bump(&info.counters.skipped_cooling);
+            ("cooling", Some(remaining.as_millis() as u64))
+        }
+        Unavailable::Probing => {
+            bump(&info.counters.skipped_cooling);
+            ("probe in flight", None)
+        }
+        Unavailable::Busy => {
+            bump(&info.counters.skipped_busy);
+            ("no capacity", None)
+        }
+    };
+    tracing::debug!(target: "ratewise::pool", backend = %info.name, reason, wait_ms, "backend skipped");
+}
+
+/// Sends the request (or a copy, while other candidates remain) to the candidate at
+/// `pos`, whose service was just polled ready.
+fn start_call<ReqB, ResB>(
+    shared: &Shared<ReqB, ResB>,
+    candidates: &[usize],
+    slots: &mut [Slot<ReqB, ResB>],
+    req: &mut Option<Request<ReqB>>,
+    pos: usize,
+) -> Option<BoxFuture<Answer<ResB>>>
+where
+    ReqB: TryCloneBody,
+{
+    let idx = *candidates.get(pos)?;
+    let backend = shared.backends.get(idx)?;
+    let others_left = slots.iter().enumerate().any(|(j, s)| j != pos && !s.tried);
+    let slot = slots.get_mut(pos)?;
+    let mut service = slot.service.take()?;
+    slot.tried = true;
+    let copy = if others_left {
+        req.as_ref().and_then(try_clone_request)
+    } else {
+        None
+    };
+    let mut request = match (others_left, copy) {
+        (true, Some(copy)) => copy,
+        (true, None) => {
+            tracing::debug!(
+                target: "ratewise::pool",
+                backend = %backend.name,
+                "the request body cannot be cloned: it goes to this backend only"
+            );
+            req.take()?
+        }
+        (false, _) => req.take()?,
+    };
+    request
+        .extensions_mut()
+        .insert(BackendName(backend.name.clone()));
+    if let Some(info) = shared.stats.backends.get(idx) {
+        bump(&info.counters.requests);
+    }
+    Some(service.call(request))
+}
+
+/// Records a backend's answer and decides: `Some` is the call's result, `None` means
+/// move on to the next candidate (the answer is kept in `last`).
+fn on_answer<ReqB, ResB>(
+    shared: &Shared<ReqB, ResB>,
+    candidates: &[usize],
+    slots: &[Slot<ReqB, ResB>],
+    req: &Option<Request<ReqB>>,
+    last: &mut Option<(usize, Answer<ResB>)>,
+    pos: usize,
+    answer: Answer<ResB>,
+) -> Option<Answer<ResB>> {
+    let idx = candidates.get(pos).copied().unwrap_or(usize::MAX);
+    let verdict = match &answer {
+        Ok(response) => verdict_of(response),
+        Err(err) => verdict_of_error(&**err),
+    };
+    let info = shared.stats.backends.get(idx);
+    if let Some(info) = info {
+        let c = &info.counters;
+        match verdict {
+            Verdict::Success => bump(&c.successes),
+            Verdict::RateLimited { .. } => bump(&c.rate_limited),
+            _ => bump(&c.failed),
+        }
+    }
+    let eligible = verdict.is_rate_limited()
+        || (shared.failover_on_transient && verdict == Verdict::Transient);
+    let can_move_on = req.is_some() && slots.iter().any(|s| !s.tried);
+    if eligible && can_move_on {
+        bump(&shared.stats.totals.failovers);
+        if let Some(info) = info {
+            bump(&info.counters.failovers);
+            tracing::info!(
+                target: "ratewise::pool",
+                backend = %info.name,
+                verdict = ?verdict,
+                retry_after_ms = verdict.retry_after().map(|d| d.as_millis() as u64),
+                "backend answered rate-limited or failed; failing over to the next candidate"
+            );
+        }
+        *last = Some((pos, answer));
+        return None;
+    }
+    if eligible {
+        if let Some(info) = info {
+            tracing::debug!(
+                target: "ratewise::pool",
+                backend = %info.name,
+                verdict = ?verdict,
+                "no other candidate is left: the backend's answer goes to the caller as it is"
+            );
+        }
+    }
+    Some(finish(shared, candidates, pos, answer))
+}
+
+/// The call's result from one backend's answer: responses carry [`ServedBy`].
+fn finish<ReqB, ResB>(
+    shared: &Shared<ReqB, ResB>,
+    candidates: &[usize],
+    pos: usize,
+    answer: Answer<ResB>,
+) -> Answer<ResB> {
+    let mut response = answer?;
+    if let Some(backend) = candidates.get(pos).and_then(|&i| shared.backends.get(i)) {
+        response
+            .extensions_mut()
+            .insert(ServedBy::new(backend.name.clone()));
+    }
+    Ok(response)
+}
+
+/// No candidate can be reached in time: the last answer a backend gave during this
+/// call, as it is, or else the pool's own error.
+fn give_up<ReqB, ResB>(
+    shared: &Shared<ReqB, ResB>,
+    candidates: &[usize],
+    slots: &[Slot<ReqB, ResB>],
+    last: &mut Option<(usize, Answer<ResB>)>,
+    start: Instant,
+) -> Answer<ResB> {
+    if let Some((pos, answer)) = last.take() {
+        if let Some(backend) = candidates.get(pos).and_then(|&i| shared.backends.get(i)) {
+            tracing::debug!(
+                target: "ratewise::pool",
+                backend = %backend.name,
+                "no other candidate can be reached in time: the last backend's answer goes to the caller as it is"
+            );
+        }
+        return finish(shared, candidates, pos, answer);
+    }
+    let listed: Vec<Candidate> = candidates
+        .iter()
+        .zip(slots)
+        .filter(|(_, s)| !s.tried)
+        .filter_map(|(&i, s)| {
+            Some(Candidate::new(
+                shared.backends.get(i)?.name.clone(),
+                s.skip?,
+            ))
+        })
+        .collect();
+    let earliest = listed
+        .iter()
+        .filter_map(|c| match c.why() {
+            Unavailable::Cooling { remaining } => Some(remaining),
+            _ => None,
+        })
+        .min();
+    let totals = &shared.stats.totals;
+    match earliest {
+        Some(retry_after) => {
+            bump(&totals.all_cooling);
+            let err = AllBackendsCooling::new(retry_after, shared.max_wait, listed);
+            tracing::info!(target: "ratewise::pool", retry_after_ms = retry_after.as_millis() as u64, error = %err, "request refused: all backends cooling");
+            Err(Box::new(err))
+        }
+        None => {
+            bump(&totals.no_backend_ready);
+            let err = NoBackendReady::new(start.elapsed(), listed);
+            tracing::info!(target: "ratewise::pool", error = %err, "request refused: no backend ready");
+            Err(Box::new(err))
+        }
+    }
+}
+
+impl<ReqB, ResB> fmt::Debug for ResponseFuture<ReqB, ResB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Scan => "Scan",
+            State::Wait { .. } => "Wait",
+            State::Call { .. } => "Call",
+            State::Failed { .. } => "Failed",
+            State::Done => "Done",
+        };
+        let names: Vec<&str> = self
+            .candidates
+            .iter()
+            .filter_map(|&i| self.shared.backends.get(i).map(|b| b.name.as_str()))
+            .collect();
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("candidates", &names)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
