@@ -59,3 +59,8 @@ pub use retry::RetryLayer;
 /// The boxed error type the layers return; every error ratewise creates can be
 /// downcast from it to its concrete type.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The README's Rust blocks, compiled and run as doctests so the quick start stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -575,8 +575,12 @@ async fn connection_errors_are_retried_and_the_last_error_returned() {
     let err = svc.oneshot(get()).await.unwrap_err();
 
     assert_eq!(calls.offsets(t0), [secs(0.0), secs(0.5), secs(2.0)]);
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
-    assert_eq!(err.to_string(), "connection refused #3");
+    // The service's error is a BoxError; the client's own error is inside, untouched.
+    let io = err
+        .downcast_ref::<std::io::Error>()
+        .expect("the client's io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(io.to_string(), "connection refused #3");
     assert_eq!(stats.retries(), 2);
     assert_eq!(stats.give_ups_for(GiveUp::Attempts), 1);
 }
@@ -700,4 +704,38 @@ async fn each_retry_and_each_give_up_is_a_tracing_event() {
         events.iter().all(|e| !e.contains("127.0.0.1")),
         "events never carry the URI"
     );
+}
+
+/// `RetryLayer` goes straight over hyper-util's `Client` (whose error type is its own):
+/// connection errors to a closed port on 127.0.0.1 are retried on the schedule, and the
+/// last one comes back as a `BoxError` holding the client's own error.
+#[tokio::test]
+async fn retries_connection_errors_of_a_hyper_util_client() {
+    use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+
+    let layer = RetryLayer::builder()
+        .schedule([Duration::from_millis(10), Duration::from_millis(10)])
+        .build()
+        .unwrap();
+    let stats = layer.stats();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let svc = ServiceBuilder::new().layer(layer).service(client);
+
+    let req = Request::get(format!("http://{addr}/gateway"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(20), svc.oneshot(req))
+        .await
+        .expect("bounded")
+        .unwrap_err();
+    let client_err = err
+        .downcast_ref::<hyper_util::client::legacy::Error>()
+        .expect("the client's own error");
+    assert!(client_err.is_connect(), "{client_err:?}");
+    assert_eq!(stats.retries(), 2);
+    assert_eq!(stats.give_ups_for(GiveUp::Attempts), 1);
 }

@@ -10,14 +10,18 @@ use tower::Layer;
 use super::error::ConfigError;
 use super::policy::{Config, RetryPolicy, Shared};
 use super::schedule::{Jitter, Schedule};
+use super::service::BoxErrors;
 use super::stats::RetryStats;
 
 /// The service [`RetryLayer`] makes: tower's own [`Retry`](tower::retry::Retry) driven by
-/// a [`RetryPolicy`].
+/// a [`RetryPolicy`], over the client with its errors boxed ([`BoxErrors`]).
 ///
-/// Its `get_ref`, `get_mut` and `into_inner` give the wrapped service. Like tower's, it
-/// needs a `Clone` inner service (add `tower::buffer::Buffer` otherwise).
-pub type Retry<S> = tower::retry::Retry<RetryPolicy, S>;
+/// Any client whose error converts into a [`BoxError`](crate::BoxError) works, and the
+/// service's error is a `BoxError` (downcast it to the client's own error type). Its
+/// `get_ref`, `get_mut` and `into_inner` give the [`BoxErrors`] adapter, whose own
+/// accessors give the client. Like tower's, it needs a `Clone` inner service (add
+/// `tower::buffer::Buffer` otherwise).
+pub type Retry<S> = tower::retry::Retry<RetryPolicy, BoxErrors<S>>;
 
 /// Retries rate-limited and transient results as the server asks, or on a schedule,
 /// and never waits longer than configured.
@@ -52,7 +56,7 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        tower::retry::Retry::new(self.policy(), inner)
+        tower::retry::Retry::new(self.policy(), BoxErrors::new(inner))
     }
 }
 

@@ -91,6 +91,7 @@ mod error;
 mod layer;
 mod policy;
 mod schedule;
+mod service;
 mod stats;
 
 pub use self::body::{buffer_request, try_clone_request, RetryBody, TryCloneBody};
@@ -98,4 +99,5 @@ pub use self::error::{BufferError, ConfigError};
 pub use self::layer::{Retry, RetryBuilder, RetryLayer};
 pub use self::policy::{AsError, RetryPolicy};
 pub use self::schedule::Jitter;
+pub use self::service::{BoxErrors, BoxErrorsFuture};
 pub use self::stats::{GiveUp, RetryStats};

@@ -31,7 +31,7 @@
 //! per second); tune each field with [`ClientStackBuilder::rate_limit`],
 //! [`cooldown`](ClientStackBuilder::cooldown) and [`retry`](ClientStackBuilder::retry),
 //! which hand you that layer's own builder. Keys: the rate limiter has one bucket for
-//! the stack ([`Global`](crate::key::Global): clone the layer into every stack that
+//! the stack ([`Global`]: clone the layer into every stack that
 //! must share it), the cooldown is per authority (host and port). For other keys,
 //! stack the layers yourself in the same order.
 //!
