@@ -18,7 +18,6 @@ use http_body_util::{BodyExt, Empty};
 use ratewise::cache::{
     CacheStatus, CachedEndpointLayer, EndpointLimited, StaleReason, DEFAULT_BACKOFF,
 };
-use ratewise::BoxError;
 use tokio::task::JoinSet;
 use tokio::time::{advance, sleep, Instant};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
@@ -34,6 +33,7 @@ mod qq_gateway {
     use http_body_util::Full;
     use ratewise::classify::{presets, ClassifyLayer};
     use ratewise::testing::{body_bytes, client, empty_request, qq, MockServer, QqGateway};
+    use ratewise::BoxError;
 
     /// The running mock, with the URL and cache key of its `GET /gateway`.
     struct Gateway {
