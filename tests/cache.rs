@@ -1,11 +1,10 @@
-//! `CachedEndpointLayer` behaviour: the QQ `/gateway` reconnect storm against a real
-//! HTTP server on 127.0.0.1, and paused-clock tests of freshness, single flight,
+//! `CachedEndpointLayer` behaviour: the QQ `/gateway` reconnect storm against the
+//! crate's QQ mock on 127.0.0.1 (with the `testing` feature), and paused-clock tests of freshness, single flight,
 //! cooldowns, the body cap, errors and cancellation with a `service_fn` upstream.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,304 +12,261 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, Request, Response, StatusCode};
+use http::{HeaderName, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use ratewise::cache::{
     CacheStatus, CachedEndpointLayer, EndpointLimited, StaleReason, DEFAULT_BACKOFF,
 };
-use ratewise::classify::{ClassifyLayer, ResponseView};
-use ratewise::{BoxError, Classifier, Verdict};
 use tokio::task::JoinSet;
 use tokio::time::{advance, sleep, Instant};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
-// ---------------------------------------------------------------------------------
-// A QQ-like gateway endpoint on 127.0.0.1 (to be replaced by the shared mocks of
-// `ratewise::testing`).
+/// The QQ `GET /gateway` reconnect storm over real HTTP on 127.0.0.1, against the
+/// crate's QQ mock (2 calls per 10 s window, then 400 "接口调用超过频率限制") and
+/// classified by the crate's QQ preset.
+#[cfg(feature = "testing")]
+mod qq_gateway {
+    use super::*;
 
-/// The body of QQ's rate-limited answer (the code is illustrative).
-const QQ_LIMITED: &str = r#"{"code":11298,"message":"接口调用超过频率限制"}"#;
+    use http::Method;
+    use http_body_util::Full;
+    use ratewise::classify::{presets, ClassifyLayer};
+    use ratewise::testing::{body_bytes, client, empty_request, qq, MockServer, QqGateway};
+    use ratewise::BoxError;
 
-/// A running QQ-like `GET /gateway`.
-struct QqGateway {
-    addr: SocketAddr,
-    /// Requests the server received.
-    hits: Arc<AtomicUsize>,
-}
-
-impl QqGateway {
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/gateway", self.addr)
-    }
-
-    /// The cache key of `GET /gateway` (the default key, `MethodUri`).
-    fn key(&self) -> String {
-        format!("GET {}", self.url())
-    }
-}
-
-/// Serves `GET /gateway` like QQ: 2 calls per 10 s window answer 200 with a new
-/// gateway URL (`wss://gateway.test/websocket/<n>`, n = 1, 2, ...); the rest of the
-/// window answers 400 with [`QQ_LIMITED`].
-async fn qq_gateway() -> QqGateway {
-    use axum::extract::State;
-    use axum::routing::get;
-
-    const PER_WINDOW: usize = 2;
-    const WINDOW: Duration = Duration::from_secs(10);
-
-    #[derive(Clone)]
+    /// The running mock, with the URL and cache key of its `GET /gateway`.
     struct Gateway {
-        hits: Arc<AtomicUsize>,
-        /// (start of the window, calls in it, URLs handed out so far).
-        window: Arc<Mutex<(Instant, usize, usize)>>,
+        qq: QqGateway,
+        server: MockServer,
     }
 
-    async fn gateway(State(gw): State<Gateway>) -> Response<String> {
-        gw.hits.fetch_add(1, Ordering::SeqCst);
-        let answer = {
-            let mut w = gw.window.lock().unwrap();
-            if w.0.elapsed() >= WINDOW {
-                *w = (Instant::now(), 0, w.2);
-            }
-            w.1 += 1;
-            (w.1 <= PER_WINDOW).then(|| {
-                w.2 += 1;
-                w.2
-            })
-        };
-        let (status, body) = match answer {
-            Some(n) => (
-                StatusCode::OK,
-                format!(r#"{{"url":"wss://gateway.test/websocket/{n}"}}"#),
-            ),
-            None => (StatusCode::BAD_REQUEST, QQ_LIMITED.to_owned()),
-        };
-        Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .unwrap()
-    }
+    impl Gateway {
+        async fn start() -> Gateway {
+            // The mock's defaults are QQ's: 2 calls per 10 s window.
+            let qq = QqGateway::new();
+            assert_eq!((qq::DEFAULT_LIMIT, qq::DEFAULT_WINDOW.as_secs()), (2, 10));
+            let server = MockServer::start(qq.router()).await.unwrap();
+            Gateway { qq, server }
+        }
 
-    let hits = Arc::new(AtomicUsize::new(0));
-    let state = Gateway {
-        hits: hits.clone(),
-        window: Arc::new(Mutex::new((Instant::now(), 0, 0))),
-    };
-    let app = axum::Router::new()
-        .route("/gateway", get(gateway))
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    QqGateway { addr, hits }
-}
+        fn url(&self) -> String {
+            self.server.url("/gateway")
+        }
 
-/// QQ hides its rate limit in a 400 body: 400 + "频率限制" is rate-limited (no hint).
-#[derive(Debug)]
-struct QqRateLimit;
+        /// The cache key of `GET /gateway` (the default key, `MethodUri`).
+        fn key(&self) -> String {
+            format!("GET {}", self.url())
+        }
 
-impl Classifier for QqRateLimit {
-    fn wants_body(&self, status: StatusCode, _: &HeaderMap) -> bool {
-        status == StatusCode::BAD_REQUEST
-    }
+        fn req(&self) -> Request<Full<Bytes>> {
+            empty_request(Method::GET, &self.url()).unwrap()
+        }
 
-    fn classify(&self, view: &ResponseView<'_>) -> Option<Verdict> {
-        let needle = "频率限制".as_bytes();
-        let body = view.body()?;
-        (view.status() == StatusCode::BAD_REQUEST
-            && body.windows(needle.len()).any(|w| w == needle))
-        .then(|| Verdict::rate_limited(None))
-    }
-}
+        /// Requests that reached the mock.
+        fn hits(&self) -> usize {
+            self.qq.hits().count()
+        }
 
-/// Creates `n` calls at once (every one decides before any runs), runs them
-/// concurrently and returns each result with its status and body.
-async fn storm<S, B>(
-    svc: &S,
-    n: usize,
-    req: impl Fn() -> Request<Empty<Bytes>>,
-) -> Vec<Result<(StatusCode, Option<CacheStatus>, Bytes), BoxError>>
-where
-    S: Service<Request<Empty<Bytes>>, Response = Response<B>, Error = BoxError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let mut calls = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut svc = svc.clone();
-        calls.push(svc.ready().await.unwrap().call(req()));
-    }
-    let mut set = JoinSet::new();
-    for (i, fut) in calls.into_iter().enumerate() {
-        set.spawn(async move {
-            let res = fut.await?;
-            let status = res.status();
-            let cache = CacheStatus::of(&res);
-            let body = res.into_body().collect().await.map_err(Into::into)?;
-            Ok::<_, BoxError>((i, status, cache, body.to_bytes()))
-        });
-    }
-    let mut out: Vec<_> = (0..n).map(|_| None).collect();
-    let mut errors = Vec::new();
-    while let Some(joined) = set.join_next().await {
-        match joined.unwrap() {
-            Ok((i, status, cache, body)) => out[i] = Some(Ok((status, cache, body))),
-            Err(e) => errors.push(e),
+        /// Hands out `wss://gateway.test/websocket/<n>` from now on, and returns the
+        /// body the mock will answer with.
+        fn set_url(&self, n: usize) -> Bytes {
+            let url = format!("wss://gateway.test/websocket/{n}");
+            self.qq.set_url(url.clone());
+            Bytes::from(serde_json::json!({ "url": url }).to_string())
         }
     }
-    let mut out: Vec<_> = out.into_iter().flatten().collect();
-    out.extend(errors.into_iter().map(Err));
-    out
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qq_reconnect_storm_is_served_from_the_cache() {
-    let qq = qq_gateway().await;
-    let cache = CachedEndpointLayer::new();
-    let handle = cache.handle();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let svc = ServiceBuilder::new()
-        .layer(cache)
-        .layer(ClassifyLayer::new(QqRateLimit))
-        .service(client);
-    let req = || Request::get(qq.url()).body(Empty::new()).unwrap();
-    let url = |n: usize| Bytes::from(format!(r#"{{"url":"wss://gateway.test/websocket/{n}"}}"#));
-
-    // Warm the cache with one call.
-    let res = svc.clone().oneshot(req()).await.unwrap();
-    assert_eq!(CacheStatus::of(&res), Some(CacheStatus::Miss));
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), url(1));
-    assert_eq!(qq.hits(), 1);
-
-    // A storm of 50 reconnects: no call at all, everyone gets the URL.
-    let got = storm(&svc, 50, req).await;
-    assert_eq!(qq.hits(), 1, "a fresh entry costs no call");
-    for r in &got {
-        let (status, cache, body) = r.as_ref().unwrap();
-        assert_eq!(*status, StatusCode::OK);
-        assert_eq!(*cache, Some(CacheStatus::Hit));
-        assert_eq!(*body, url(1));
+    /// Creates `n` calls at once (every one decides before any runs), runs them
+    /// concurrently and returns each result with its status and body.
+    async fn storm<S, Req, B>(
+        svc: &S,
+        n: usize,
+        req: impl Fn() -> Req,
+    ) -> Vec<Result<(StatusCode, Option<CacheStatus>, Bytes), BoxError>>
+    where
+        S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let mut calls = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut svc = svc.clone();
+            calls.push(svc.ready().await.unwrap().call(req()));
+        }
+        let mut set = JoinSet::new();
+        for (i, fut) in calls.into_iter().enumerate() {
+            set.spawn(async move {
+                let res = fut.await?;
+                let status = res.status();
+                let cache = CacheStatus::of(&res);
+                let body = body_bytes(res.into_body()).await?;
+                Ok::<_, BoxError>((i, status, cache, body))
+            });
+        }
+        let mut out: Vec<_> = (0..n).map(|_| None).collect();
+        let mut errors = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            match joined.unwrap() {
+                Ok((i, status, cache, body)) => out[i] = Some(Ok((status, cache, body))),
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut out: Vec<_> = out.into_iter().flatten().collect();
+        out.extend(errors.into_iter().map(Err));
+        out
     }
 
-    // The URL turned out dead. The next storm refreshes with ONE call (the server
-    // still has quota) and every caller gets the new URL.
-    assert!(handle.invalidate(qq.key()));
-    let got = storm(&svc, 50, req).await;
-    assert_eq!(qq.hits(), 2, "one refresh for 50 callers");
-    let mut statuses = Vec::new();
-    for r in &got {
-        let (status, cache, body) = r.as_ref().unwrap();
-        assert_eq!(*status, StatusCode::OK);
-        assert_eq!(*body, url(2));
-        statuses.push(cache.unwrap());
-    }
-    assert_eq!(
-        statuses.iter().filter(|s| **s == CacheStatus::Miss).count(),
-        1
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == CacheStatus::Hit).count(),
-        49
-    );
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn qq_reconnect_storm_is_served_from_the_cache() {
+        let gw = Gateway::start().await;
+        let cache = CachedEndpointLayer::new();
+        let handle = cache.handle();
+        let svc = ServiceBuilder::new()
+            .layer(cache)
+            .layer(ClassifyLayer::new(presets::qq()))
+            .service(client());
+        let req = || gw.req();
 
-    // Dead again, and now the server's window is spent: the refresh is answered 400
-    // "接口调用超过频率限制", and all 50 get the stale URL, marked stale.
-    assert!(handle.invalidate(qq.key()));
-    let got = storm(&svc, 50, req).await;
-    assert_eq!(qq.hits(), 3, "one refused refresh for 50 callers");
-    for r in &got {
-        let (status, cache, body) = r.as_ref().unwrap();
-        assert_eq!(*status, StatusCode::OK);
-        assert_eq!(*body, url(2));
-        assert_eq!(
-            *cache,
-            Some(CacheStatus::Stale {
-                reason: StaleReason::RateLimited
-            })
-        );
-    }
-
-    // Cooling down (no hint from QQ: the default 10 s): more reconnects cost nothing.
-    let left = handle.cooldown(qq.key()).expect("cooling down");
-    assert!(left <= DEFAULT_BACKOFF);
-    for _ in 0..5 {
+        // Warm the cache with one call.
+        let url1 = gw.set_url(1);
         let res = svc.clone().oneshot(req()).await.unwrap();
-        assert!(matches!(
-            CacheStatus::of(&res),
-            Some(CacheStatus::Stale {
-                reason: StaleReason::CoolingDown { .. }
-            })
-        ));
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), url(2));
+        assert_eq!(CacheStatus::of(&res), Some(CacheStatus::Miss));
+        assert_eq!(body_bytes(res.into_body()).await.unwrap(), url1);
+        assert_eq!(gw.hits(), 1);
+
+        // The gateway would now hand out another URL, but a storm of 50 reconnects
+        // makes no call at all, and everyone gets the cached URL.
+        let url2 = gw.set_url(2);
+        let got = storm(&svc, 50, req).await;
+        assert_eq!(gw.hits(), 1, "a fresh entry costs no call");
+        for r in &got {
+            let (status, cache, body) = r.as_ref().unwrap();
+            assert_eq!(*status, StatusCode::OK);
+            assert_eq!(*cache, Some(CacheStatus::Hit));
+            assert_eq!(*body, url1);
+        }
+
+        // The URL turned out dead. The next storm refreshes with ONE call (the server
+        // still has quota) and every caller gets the new URL.
+        assert!(handle.invalidate(gw.key()));
+        let got = storm(&svc, 50, req).await;
+        assert_eq!(gw.hits(), 2, "one refresh for 50 callers");
+        assert_eq!(gw.qq.hits().served(), 2);
+        let mut statuses = Vec::new();
+        for r in &got {
+            let (status, cache, body) = r.as_ref().unwrap();
+            assert_eq!(*status, StatusCode::OK);
+            assert_eq!(*body, url2);
+            statuses.push(cache.unwrap());
+        }
+        assert_eq!(
+            statuses.iter().filter(|s| **s == CacheStatus::Miss).count(),
+            1
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| **s == CacheStatus::Hit).count(),
+            49
+        );
+
+        // Dead again, and now the server's window is spent: the refresh is answered
+        // 400 "接口调用超过频率限制", and all 50 get the stale URL, marked stale (not the
+        // URL the gateway would hand out next).
+        gw.set_url(3);
+        assert!(handle.invalidate(gw.key()));
+        let got = storm(&svc, 50, req).await;
+        assert_eq!(gw.hits(), 3, "one refused refresh for 50 callers");
+        assert_eq!(gw.qq.hits().rate_limited(), 1);
+        for r in &got {
+            let (status, cache, body) = r.as_ref().unwrap();
+            assert_eq!(*status, StatusCode::OK);
+            assert_eq!(*body, url2);
+            assert_eq!(
+                *cache,
+                Some(CacheStatus::Stale {
+                    reason: StaleReason::RateLimited
+                })
+            );
+        }
+
+        // Cooling down (no hint from QQ: the default 10 s): more reconnects cost
+        // nothing.
+        let left = handle.cooldown(gw.key()).expect("cooling down");
+        assert!(left <= DEFAULT_BACKOFF);
+        for _ in 0..5 {
+            let res = svc.clone().oneshot(req()).await.unwrap();
+            assert!(matches!(
+                CacheStatus::of(&res),
+                Some(CacheStatus::Stale {
+                    reason: StaleReason::CoolingDown { .. }
+                })
+            ));
+            assert_eq!(body_bytes(res.into_body()).await.unwrap(), url2);
+        }
+        assert_eq!(gw.hits(), 3, "no call during the cooldown");
+
+        let stats = handle.stats();
+        assert_eq!(stats.upstream_calls, 3);
+        assert_eq!(
+            stats.hits,
+            50 + 49,
+            "the first storm, then the refresh's waiters"
+        );
+        assert_eq!(stats.misses, 1 + 50 + 50 + 5);
+        assert_eq!(stats.stale_serves, 55);
+        assert_eq!(stats.coalesced, 98);
     }
-    assert_eq!(qq.hits(), 3, "no call during the cooldown");
 
-    let stats = handle.stats();
-    assert_eq!(stats.upstream_calls, 3);
-    assert_eq!(
-        stats.hits,
-        50 + 49,
-        "the first storm, then the refresh's waiters"
-    );
-    assert_eq!(stats.misses, 1 + 50 + 50 + 5);
-    assert_eq!(stats.stale_serves, 55);
-    assert_eq!(stats.coalesced, 98);
-}
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn qq_storm_with_an_empty_cache_returns_the_upstreams_400_unchanged() {
+        let gw = Gateway::start().await;
+        let client = client();
+        let req = || gw.req();
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qq_storm_with_an_empty_cache_returns_the_upstreams_400_unchanged() {
-    let qq = qq_gateway().await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let req = || Request::get(qq.url()).body(Empty::new()).unwrap();
-
-    // Someone else (a previous process) spent the window.
-    for _ in 0..2 {
+        // Someone else (a previous process) spent the window...
+        for _ in 0..2 {
+            let res = client.clone().oneshot(req()).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        // ...and got the 400 whose bytes the storm's callers must get unchanged.
         let res = client.clone().oneshot(req()).await.unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        let limited_body = body_bytes(res.into_body()).await.unwrap();
+        let text = std::str::from_utf8(&limited_body).unwrap();
+        assert!(text.contains(qq::RATE_LIMIT_MESSAGE), "{text}");
+        assert_eq!(gw.hits(), 3);
+
+        let cache = CachedEndpointLayer::new();
+        let handle = cache.handle();
+        let svc = ServiceBuilder::new()
+            .layer(cache)
+            .layer(ClassifyLayer::new(presets::qq()))
+            .service(client);
+
+        let got = storm(&svc, 50, req).await;
+        assert_eq!(gw.hits(), 4, "one call for the whole storm");
+        assert_eq!(gw.qq.hits().rate_limited(), 2);
+        for r in &got {
+            let (status, cache, body) = r.as_ref().unwrap();
+            assert_eq!(*status, StatusCode::BAD_REQUEST);
+            assert_eq!(*cache, Some(CacheStatus::Miss));
+            assert_eq!(*body, limited_body, "the upstream's bytes");
+        }
+        assert!(!handle.contains(gw.key()), "a 400 is not cached");
+
+        // The callers after it, within the cooldown, get a typed error, not a call.
+        let res = svc.clone().oneshot(req()).await;
+        let err = res.expect_err("cooling down with nothing cached");
+        let limited = err
+            .downcast_ref::<EndpointLimited>()
+            .expect("EndpointLimited");
+        assert_eq!(limited.key().as_str(), gw.key());
+        assert!(limited.remaining() > Duration::ZERO && limited.remaining() <= DEFAULT_BACKOFF);
+        assert_eq!(gw.hits(), 4);
+        assert_eq!(handle.stats().refused, 1);
     }
-    assert_eq!(qq.hits(), 2);
-
-    let cache = CachedEndpointLayer::new();
-    let handle = cache.handle();
-    let svc = ServiceBuilder::new()
-        .layer(cache)
-        .layer(ClassifyLayer::new(QqRateLimit))
-        .service(client);
-
-    let got = storm(&svc, 50, req).await;
-    assert_eq!(qq.hits(), 3, "one call for the whole storm");
-    for r in &got {
-        let (status, cache, body) = r.as_ref().unwrap();
-        assert_eq!(*status, StatusCode::BAD_REQUEST);
-        assert_eq!(*cache, Some(CacheStatus::Miss));
-        assert_eq!(&body[..], QQ_LIMITED.as_bytes(), "the upstream's bytes");
-    }
-    assert!(!handle.contains(qq.key()), "a 400 is not cached");
-
-    // The callers after it, within the cooldown, get a typed error, not a call.
-    let res = svc.clone().oneshot(req()).await;
-    let err = res.expect_err("cooling down with nothing cached");
-    let limited = err
-        .downcast_ref::<EndpointLimited>()
-        .expect("EndpointLimited");
-    assert_eq!(limited.key().as_str(), qq.key());
-    assert!(limited.remaining() > Duration::ZERO && limited.remaining() <= DEFAULT_BACKOFF);
-    assert_eq!(qq.hits(), 3);
-    assert_eq!(handle.stats().refused, 1);
 }
 
 // ---------------------------------------------------------------------------------
@@ -532,10 +488,10 @@ async fn no_refresh_attempt_until_the_servers_retry_hint_has_passed() {
     let (inner, seen) = upstream(Duration::from_millis(10), |n| match n {
         0 => answer(200, "v1"),
         1 => {
-            // What a ClassifyLayer stores for "rate-limited, retry in 30 s".
-            let mut res = answer(400, "slow down")?;
-            res.extensions_mut()
-                .insert(Verdict::rate_limited(Some(Duration::from_secs(30))));
+            // "Rate-limited, retry in 30 s", read by the crate's one parser.
+            let mut res = answer(429, "slow down")?;
+            res.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("30"));
             Ok(res)
         }
         _ => answer(200, "v2"),

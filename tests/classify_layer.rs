@@ -1,6 +1,7 @@
 //! `ClassifyLayer` behaviour: streams it was not asked about flow unbuffered (also
-//! over a real hyper server on 127.0.0.1), verdicts are computed once however many
-//! layers are stacked, and errors and readiness pass through.
+//! over a real HTTP server on 127.0.0.1), verdicts are computed once however many
+//! layers are stacked and are what the cooldown and retry layers outside act on, and
+//! errors and readiness pass through.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -15,10 +16,10 @@ use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use ratewise::classify::{verdict_of, ClassifyLayer, ResponseView, ServerErrors, TooManyRequests};
 use ratewise::{Classifier, Verdict};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::time::timeout;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
@@ -109,23 +110,6 @@ impl Classifier for Fixed {
     }
 }
 
-/// A body fed from a channel: each message is one data frame, sent when it arrives.
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
-    }
-}
-
 /// Yields one frame, then is pending forever (never wakes). Counts its polls.
 struct FirstThenHang {
     first: Option<Bytes>,
@@ -148,222 +132,222 @@ impl Body for FirstThenHang {
     }
 }
 
-/// Reads data frames until `want` bytes have arrived.
-async fn read_exactly<B>(body: &mut B, want: usize) -> Vec<u8>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: fmt::Debug,
-{
-    let mut got = Vec::new();
-    while got.len() < want {
-        let frame = body
-            .frame()
-            .await
-            .expect("body ended early")
-            .expect("body error");
-        if let Ok(data) = frame.into_data() {
-            got.extend_from_slice(&data);
+// ---------------------------------------------------------------------------------
+// Over a real HTTP server on 127.0.0.1 (the crate's `MockServer`)
+
+#[cfg(feature = "testing")]
+mod real_server {
+    use super::*;
+    use http::Method;
+    use ratewise::testing::{client, empty_request, MockServer};
+    use tokio::sync::mpsc;
+
+    /// A body fed from a channel: each message is one data frame, sent when it arrives.
+    struct ChannelBody(mpsc::Receiver<Bytes>);
+
+    impl Body for ChannelBody {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
         }
     }
-    got
-}
 
-// ---------------------------------------------------------------------------------
-// A real hyper server on 127.0.0.1
+    /// Reads data frames until `want` bytes have arrived.
+    async fn read_exactly<B>(body: &mut B, want: usize) -> Vec<u8>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: fmt::Debug,
+    {
+        let mut got = Vec::new();
+        while got.len() < want {
+            let frame = body
+                .frame()
+                .await
+                .expect("body ended early")
+                .expect("body error");
+            if let Ok(data) = frame.into_data() {
+                got.extend_from_slice(&data);
+            }
+        }
+        got
+    }
 
-/// Serves one connection on 127.0.0.1:0 with `respond` and returns the base URL.
-async fn serve<F>(respond: F) -> String
-where
-    F: Fn() -> Response<ChannelBody> + Send + Sync + 'static,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let respond = Arc::new(respond);
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+    /// Serves every request on 127.0.0.1 with `respond()`, whatever its body type.
+    async fn serve<F, B>(respond: F) -> MockServer
+    where
+        F: Fn() -> Response<B> + Clone + Send + Sync + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<ratewise::BoxError>,
+    {
+        let router = axum::Router::new().fallback(move || {
             let respond = respond.clone();
-            async move { Ok::<_, Infallible>(respond()) }
+            async move { respond().map(axum::body::Body::new) }
         });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), svc)
-            .await;
-    });
-    format!("http://{addr}")
-}
+        MockServer::start(router).await.unwrap()
+    }
 
-const EVENTS: [&str; 3] = ["data: one\n\n", "data: two\n\n", "data: three\n\n"];
+    const EVENTS: [&str; 3] = ["data: one\n\n", "data: two\n\n", "data: three\n\n"];
 
-/// A 200 `text/event-stream` through `ClassifyLayer` (whose classifier wants bodies of
-/// non-2xx only) reaches the caller chunk by chunk: the server sends its second and
-/// last events only after the client has received the first one. If the layer
-/// buffered the stream, the client would never see the first event and the test
-/// would time out.
-#[tokio::test]
-async fn sse_200_streams_chunk_by_chunk_through_classify_layer_over_real_hyper() {
-    let first_received = Arc::new(Notify::new());
-    let sent_rest = Arc::new(AtomicUsize::new(0));
-    let url = {
-        let first_received = first_received.clone();
-        let sent_rest = sent_rest.clone();
-        serve(move || {
-            let (tx, rx) = mpsc::channel(4);
+    /// A 200 `text/event-stream` through `ClassifyLayer` (whose classifier wants bodies of
+    /// non-2xx only) reaches the caller chunk by chunk: the server sends its second and
+    /// last events only after the client has received the first one. If the layer
+    /// buffered the stream, the client would never see the first event and the test
+    /// would time out.
+    #[tokio::test]
+    async fn sse_200_streams_chunk_by_chunk_through_classify_layer_over_real_hyper() {
+        let first_received = Arc::new(Notify::new());
+        let sent_rest = Arc::new(AtomicUsize::new(0));
+        let server = {
             let first_received = first_received.clone();
             let sent_rest = sent_rest.clone();
-            tokio::spawn(async move {
-                tx.send(Bytes::from_static(EVENTS[0].as_bytes()))
-                    .await
-                    .unwrap();
-                // The rest only once the client has the first event.
-                first_received.notified().await;
-                for event in &EVENTS[1..] {
-                    tx.send(Bytes::from_static(event.as_bytes())).await.unwrap();
-                    sent_rest.fetch_add(1, Ordering::SeqCst);
-                }
-            });
+            serve(move || {
+                let (tx, rx) = mpsc::channel(4);
+                let first_received = first_received.clone();
+                let sent_rest = sent_rest.clone();
+                tokio::spawn(async move {
+                    tx.send(Bytes::from_static(EVENTS[0].as_bytes()))
+                        .await
+                        .unwrap();
+                    // The rest only once the client has the first event.
+                    first_received.notified().await;
+                    for event in &EVENTS[1..] {
+                        tx.send(Bytes::from_static(event.as_bytes())).await.unwrap();
+                        sent_rest.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "text/event-stream")
+                    .header(header::CACHE_CONTROL, "no-cache")
+                    .body(ChannelBody(rx))
+                    .unwrap()
+            })
+            .await
+        };
+
+        let (classifier, counts) = Non2xxBody::new("rate limit");
+        let svc = ServiceBuilder::new()
+            .layer(ClassifyLayer::new(classifier))
+            .service(client());
+
+        let test = async {
+            let req = empty_request(Method::GET, &server.url("/events")).unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
+            assert_eq!(verdict_of(&res), Verdict::Success);
+            assert!(res.body().is_pass_through(), "a 200 must not be buffered");
+            let mut body = res.into_body();
+
+            let first = read_exactly(&mut body, EVENTS[0].len()).await;
+            assert_eq!(first, EVENTS[0].as_bytes());
+            assert_eq!(
+                sent_rest.load(Ordering::SeqCst),
+                0,
+                "the first event arrived before the server sent the others"
+            );
+            first_received.notify_one();
+
+            let rest = body.collect().await.unwrap().to_bytes();
+            assert_eq!(&rest[..], EVENTS[1..].concat().as_bytes());
+            assert_eq!(sent_rest.load(Ordering::SeqCst), 2);
+        };
+        timeout(Duration::from_secs(20), test)
+            .await
+            .expect("the SSE stream stalled: was the 200 body buffered?");
+
+        assert_eq!(counts.wants_body(), 1);
+        assert_eq!(counts.classify(), 1);
+        assert_eq!(counts.seen(), vec![None], "the classifier saw no body");
+    }
+
+    /// A rate-limit answer whose body arrives over a real socket in several chunks, longer
+    /// than the cap: the classifier sees the prefix and the caller the whole body.
+    #[tokio::test]
+    async fn chunked_error_body_over_real_hyper_is_classified_and_delivered_whole() {
+        const NEEDLE: &str = "接口调用超过频率限制";
+        let head = format!("{{\"code\":40054,\"message\":\"{NEEDLE}\",\"pad\":\"");
+        let padding = "x".repeat(96 * 1024);
+        let whole = format!("{head}{padding}\"}}");
+        let chunks: Vec<Bytes> = whole
+            .as_bytes()
+            .chunks(10_000)
+            .map(Bytes::copy_from_slice)
+            .collect();
+
+        let server = serve(move || {
+            let (tx, rx) = mpsc::channel(chunks.len());
+            for chunk in &chunks {
+                tx.try_send(chunk.clone()).unwrap();
+            }
             Response::builder()
-                .header(header::CONTENT_TYPE, "text/event-stream")
-                .header(header::CACHE_CONTROL, "no-cache")
+                .status(StatusCode::BAD_REQUEST)
                 .body(ChannelBody(rx))
                 .unwrap()
         })
-        .await
-    };
+        .await;
 
-    let (classifier, counts) = Non2xxBody::new("rate limit");
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let svc = ServiceBuilder::new()
-        .layer(ClassifyLayer::new(classifier))
-        .service(client);
+        let (classifier, counts) = Non2xxBody::new(NEEDLE);
+        let svc = ServiceBuilder::new()
+            .layer(ClassifyLayer::new(classifier).body_cap(1024))
+            .service(client());
 
-    let test = async {
-        let req = Request::get(format!("{url}/events"))
-            .body(Empty::new())
-            .unwrap();
-        let res = svc.oneshot(req).await.unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
-        assert_eq!(verdict_of(&res), Verdict::Success);
-        assert!(res.body().is_pass_through(), "a 200 must not be buffered");
-        let mut body = res.into_body();
-
-        let first = read_exactly(&mut body, EVENTS[0].len()).await;
-        assert_eq!(first, EVENTS[0].as_bytes());
-        assert_eq!(
-            sent_rest.load(Ordering::SeqCst),
-            0,
-            "the first event arrived before the server sent the others"
+        let test = async {
+            let req = empty_request(Method::GET, &server.url("/send")).unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(
+                verdict_of(&res),
+                Verdict::rate_limited(Some(Duration::from_secs(7)))
+            );
+            assert!(!res.body().is_pass_through());
+            res.into_body().collect().await.unwrap().to_bytes()
+        };
+        let got = timeout(Duration::from_secs(20), test).await.unwrap();
+        assert_eq!(got.len(), whole.len());
+        assert!(
+            got == whole.as_bytes(),
+            "the caller got every byte, in order"
         );
-        first_received.notify_one();
 
-        let rest = body.collect().await.unwrap().to_bytes();
-        assert_eq!(&rest[..], EVENTS[1..].concat().as_bytes());
-        assert_eq!(sent_rest.load(Ordering::SeqCst), 2);
-    };
-    timeout(Duration::from_secs(20), test)
-        .await
-        .expect("the SSE stream stalled: was the 200 body buffered?");
+        let seen = counts.seen();
+        assert_eq!(seen.len(), 1);
+        let prefix = seen[0].as_ref().expect("the classifier saw the body");
+        assert_eq!(&prefix[..], &whole.as_bytes()[..1024], "exactly the cap");
+    }
 
-    assert_eq!(counts.wants_body(), 1);
-    assert_eq!(counts.classify(), 1);
-    assert_eq!(counts.seen(), vec![None], "the classifier saw no body");
-}
+    /// A small `content-length` body read whole while peeking keeps an exact size hint
+    /// (what a proxy re-serving it would send as `content-length`).
+    #[tokio::test]
+    async fn peeked_hyper_body_keeps_its_exact_size_hint() {
+        let server = serve(|| {
+            Response::builder()
+                .status(StatusCode::TOO_MANY_REQUESTS)
+                .body(Full::new(Bytes::from_static(b"{\"error\":\"slow down\"}")))
+                .unwrap()
+        })
+        .await;
 
-/// A rate-limit answer whose body arrives over a real socket in several chunks, longer
-/// than the cap: the classifier sees the prefix and the caller the whole body.
-#[tokio::test]
-async fn chunked_error_body_over_real_hyper_is_classified_and_delivered_whole() {
-    const NEEDLE: &str = "接口调用超过频率限制";
-    let head = format!("{{\"code\":40054,\"message\":\"{NEEDLE}\",\"pad\":\"");
-    let padding = "x".repeat(96 * 1024);
-    let whole = format!("{head}{padding}\"}}");
-    let chunks: Vec<Bytes> = whole
-        .as_bytes()
-        .chunks(10_000)
-        .map(Bytes::copy_from_slice)
-        .collect();
-
-    let url = serve(move || {
-        let (tx, rx) = mpsc::channel(chunks.len());
-        for chunk in &chunks {
-            tx.try_send(chunk.clone()).unwrap();
-        }
-        Response::builder()
-            .status(StatusCode::BAD_REQUEST)
-            .body(ChannelBody(rx))
-            .unwrap()
-    })
-    .await;
-
-    let (classifier, counts) = Non2xxBody::new(NEEDLE);
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let svc = ServiceBuilder::new()
-        .layer(ClassifyLayer::new(classifier).body_cap(1024))
-        .service(client);
-
-    let test = async {
-        let req = Request::get(format!("{url}/send"))
-            .body(Empty::new())
-            .unwrap();
-        let res = svc.oneshot(req).await.unwrap();
-        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(
-            verdict_of(&res),
-            Verdict::rate_limited(Some(Duration::from_secs(7)))
-        );
-        assert!(!res.body().is_pass_through());
-        res.into_body().collect().await.unwrap().to_bytes()
-    };
-    let got = timeout(Duration::from_secs(20), test).await.unwrap();
-    assert_eq!(got.len(), whole.len());
-    assert!(
-        got == whole.as_bytes(),
-        "the caller got every byte, in order"
-    );
-
-    let seen = counts.seen();
-    assert_eq!(seen.len(), 1);
-    let prefix = seen[0].as_ref().expect("the classifier saw the body");
-    assert_eq!(&prefix[..], &whole.as_bytes()[..1024], "exactly the cap");
-}
-
-/// A small `content-length` body read whole while peeking keeps an exact size hint
-/// (what a proxy re-serving it would send as `content-length`).
-#[tokio::test]
-async fn peeked_hyper_body_keeps_its_exact_size_hint() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .status(StatusCode::TOO_MANY_REQUESTS)
-                    .body(Full::new(Bytes::from_static(b"{\"error\":\"slow down\"}")))
-                    .unwrap(),
-            )
-        });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), svc)
-            .await;
-    });
-
-    let (classifier, _counts) = Non2xxBody::new("slow down");
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let svc = ServiceBuilder::new()
-        .layer(ClassifyLayer::new(classifier))
-        .service(client);
-    let test = async {
-        let req = Request::get(format!("http://{addr}/"))
-            .body(Empty::new())
-            .unwrap();
-        let res = svc.oneshot(req).await.unwrap();
-        assert!(verdict_of(&res).is_rate_limited());
-        assert_eq!(res.body().size_hint().exact(), Some(21));
-        res.into_body().collect().await.unwrap().to_bytes()
-    };
-    let got = timeout(Duration::from_secs(20), test).await.unwrap();
-    assert_eq!(&got[..], b"{\"error\":\"slow down\"}");
+        let (classifier, _counts) = Non2xxBody::new("slow down");
+        let svc = ServiceBuilder::new()
+            .layer(ClassifyLayer::new(classifier))
+            .service(client());
+        let test = async {
+            let req = empty_request(Method::GET, &server.url("/")).unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            assert!(verdict_of(&res).is_rate_limited());
+            assert_eq!(res.body().size_hint().exact(), Some(21));
+            res.into_body().collect().await.unwrap().to_bytes()
+        };
+        let got = timeout(Duration::from_secs(20), test).await.unwrap();
+        assert_eq!(&got[..], b"{\"error\":\"slow down\"}");
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -691,4 +675,118 @@ async fn future_and_body_are_send() {
     assert_send_sync::<ratewise::body::Peeked<hyper::body::Incoming>>();
     assert_send(&ratewise::body::peek(Full::new(Bytes::new()), 1));
     drop(fut);
+}
+
+// ---------------------------------------------------------------------------------
+// The verdict reaches the layers stacked outside
+
+/// GLM's rate limit, as seed 004 shows it: 429 with business code 1302.
+const GLM_1302: &str =
+    r#"{"error":{"code":"1302","message":"您的账户已达到速率限制,请您控制请求频率"}}"#;
+/// GLM's account in arrears: a 429 too, but waiting does not cure it.
+const GLM_1113: &str = r#"{"error":{"code":"1113","message":"您的账户已欠费,请充值后重试。"}}"#;
+
+/// An upstream answering every call with a 429 carrying `body` (and no `Retry-After`),
+/// recording when each call reached it.
+fn glm_429(
+    body: &'static str,
+    calls: Arc<Mutex<Vec<tokio::time::Instant>>>,
+) -> impl Service<
+    Request<()>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(move |_req: Request<()>| {
+        calls.lock().unwrap().push(tokio::time::Instant::now());
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(StatusCode::TOO_MANY_REQUESTS)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from_static(body.as_bytes())))
+                    .unwrap(),
+            )
+        }
+    })
+}
+
+fn glm_request() -> Request<()> {
+    Request::post("http://open.bigmodel.cn/api/paas/v4/chat/completions")
+        .body(())
+        .unwrap()
+}
+
+/// `Retry → Cooldown → Classify(glm) → upstream`: the GLM 429 1302 classified once,
+/// innermost, is rate-limited for the cooldown (it cools the key and holds the retries
+/// back until the cooldown ends) and for the retry (it retries, then gives up on its
+/// attempts), and the caller gets the upstream's body byte for byte. The control, a
+/// GLM 429 with an account code, is a failure for the same preset: neither layer treats
+/// it as a rate limit, which a 429 judged by status alone would be. So the outer layers
+/// act on the `ClassifyLayer`'s verdict.
+#[tokio::test(start_paused = true)]
+async fn glm_1302_classified_inside_is_rate_limited_for_cooldown_and_retry_outside() {
+    use ratewise::classify::presets;
+    use ratewise::retry::GiveUp;
+    use ratewise::{CooldownLayer, RetryLayer};
+
+    let stack = |body: &'static str| {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let retry = RetryLayer::builder()
+            .exponential(Duration::from_secs(1), Duration::from_secs(8))
+            .max_attempts(3)
+            .build()
+            .unwrap();
+        let cooldown = CooldownLayer::builder()
+            .exponential(Duration::from_secs(2), Duration::from_secs(60))
+            .wait(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let (retry_stats, cooldown_handle) = (retry.stats(), cooldown.handle());
+        let svc = ServiceBuilder::new()
+            .layer(retry)
+            .layer(cooldown)
+            .layer(ClassifyLayer::new(presets::glm()))
+            .service(glm_429(body, calls.clone()));
+        (svc, calls, retry_stats, cooldown_handle)
+    };
+    const HOST: &str = "open.bigmodel.cn";
+
+    // GLM 429 1302.
+    let (svc, calls, retry_stats, cooldown) = stack(GLM_1302);
+    let t0 = tokio::time::Instant::now();
+    let res = svc.oneshot(glm_request()).await.unwrap();
+    // Call 1 at 0 s cools the key for 2 s; the retry after 1 s waits for the cooldown
+    // and probes at 2 s, which cools it for 4 s (n = 2); the retry after 2 more
+    // seconds waits again and probes at 6 s: the last attempt.
+    let offsets: Vec<_> = calls.lock().unwrap().iter().map(|t| *t - t0).collect();
+    assert_eq!(offsets, [0, 2, 6].map(Duration::from_secs));
+    assert_eq!(tokio::time::Instant::now() - t0, Duration::from_secs(6));
+    assert_eq!(retry_stats.retries(), 2);
+    assert_eq!(retry_stats.give_ups_for(GiveUp::Attempts), 1);
+    let stats = cooldown.stats();
+    assert_eq!((stats.cooldowns_started, stats.waited), (3, 2));
+    assert_eq!(
+        cooldown.cooling_until(HOST),
+        Some(t0 + Duration::from_secs(6 + 8)),
+        "n = 3: 2 s doubled twice"
+    );
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(verdict_of(&res), Verdict::rate_limited(None));
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, GLM_1302.as_bytes(), "the caller gets every byte");
+
+    // Control: GLM 429 1113 (arrears).
+    let (svc, calls, retry_stats, cooldown) = stack(GLM_1113);
+    let t0 = tokio::time::Instant::now();
+    let res = svc.oneshot(glm_request()).await.unwrap();
+    assert_eq!(calls.lock().unwrap().len(), 1, "not retried");
+    assert_eq!(tokio::time::Instant::now(), t0);
+    assert_eq!(retry_stats.retries(), 0);
+    assert_eq!(cooldown.cooling_until(HOST), None, "not cooled");
+    assert_eq!(cooldown.stats().cooldowns_started, 0);
+    assert_eq!(verdict_of(&res), Verdict::Failure);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, GLM_1113.as_bytes());
 }

@@ -2,8 +2,9 @@
 //!
 //! The inner service is a scripted upstream that records when each call reached it
 //! (time since the test's start) and answers from a script. Rate-limited answers are
-//! 429s with a `Retry-After` header and, so they do not depend on any header parser,
-//! the `Verdict` a `ClassifyLayer` would have stored in their extensions.
+//! plain 429s with a `Retry-After` header: the cooldown judges them itself (through
+//! `verdict_of`, whose hint comes from the crate's one `Retry-After` parser), with no
+//! `ClassifyLayer` and no verdict in their extensions.
 
 use std::{
     collections::VecDeque,
@@ -144,12 +145,7 @@ impl Upstream {
                 if let Some(ra) = retry_after {
                     res = res.header("retry-after", ra.to_string());
                 }
-                let mut res = res.body(())?;
-                if status == 429 {
-                    res.extensions_mut()
-                        .insert(Verdict::rate_limited(retry_after.map(Duration::from_secs)));
-                }
-                Ok(res)
+                Ok(res.body(())?)
             }
         }
     }
@@ -1026,4 +1022,123 @@ async fn success_to_a_request_sent_before_the_cooldown_does_not_reset_n() {
     drive_sequentially(&mut svc, 2).await; // probe 429 at 5 (n=3, 4 s), then 200 at 9
     assert_eq!(up.times(), [0.0, 0.0, 1.0, 5.0, 9.0].map(s));
     assert_eq!(started(&events), [(1, s(1.0)), (2, s(2.0)), (3, s(4.0))]);
+}
+
+/// The cooldown takes its length from the crate's one Retry-After parser, whichever way
+/// the server says it: a bare `Retry-After` header on a 429 (judged by the cooldown
+/// itself, with no `ClassifyLayer` and no verdict in the extensions), or Telegram's
+/// `parameters.retry_after` in the body, read through `ClassifyLayer` with the Telegram
+/// preset. The control shows the body's hint reaches the cooldown only through the
+/// classifier: without it, the same 429 cools for the backoff alone.
+#[tokio::test(start_paused = true)]
+async fn cooldown_length_comes_from_the_parser_for_a_header_and_a_telegram_body() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use ratewise::{classify::presets, ClassifyLayer};
+
+    const TELEGRAM_429: &str = r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 4310","parameters":{"retry_after":4310}}"#;
+
+    /// An upstream answering every call with `status`, `headers` and `body`.
+    fn upstream(
+        status: u16,
+        headers: &'static [(&'static str, &'static str)],
+        body: &'static str,
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<Full<Bytes>>,
+        Error = http::Error,
+        Future = impl Send,
+    > + Clone {
+        tower::service_fn(move |_req: Request<()>| async move {
+            let mut res = Response::builder().status(status);
+            for (name, value) in headers {
+                res = res.header(*name, *value);
+            }
+            res.body(Full::new(Bytes::from_static(body.as_bytes())))
+        })
+    }
+    let layer = || {
+        let (events, on_event) = recorder();
+        let layer = CooldownLayer::builder()
+            .exponential(s(1.0), s(60.0))
+            .fail_fast()
+            .on_event(on_event)
+            .build()
+            .unwrap();
+        (layer, events)
+    };
+
+    // 1. A bare `Retry-After: 7`: no classifier, no extension.
+    let (cooldown, events) = layer();
+    let handle = cooldown.handle();
+    let svc = ServiceBuilder::new().layer(cooldown).service(upstream(
+        429,
+        &[("retry-after", "7")],
+        "slow down",
+    ));
+    let start = Instant::now();
+    let res = svc.clone().oneshot(req("a.test")).await.unwrap();
+    assert!(res.extensions().get::<Verdict>().is_none());
+    assert_eq!(handle.cooling_until("a.test"), Some(start + s(7.0)));
+    assert_eq!(
+        started(&events),
+        [(1, s(7.0))],
+        "max(Retry-After 7 s, backoff 1 s)"
+    );
+    let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
+    assert_eq!(cooling(&err).remaining(), s(7.0));
+
+    // 2. Telegram: the wait is only in the body, read by the Telegram preset.
+    let (cooldown, events) = layer();
+    let handle = cooldown.handle();
+    let calls = Arc::new(Mutex::new(0));
+    let counted = {
+        let calls = calls.clone();
+        upstream(429, &[], TELEGRAM_429).map_request(move |req| {
+            *calls.lock().unwrap() += 1;
+            req
+        })
+    };
+    let svc = ServiceBuilder::new()
+        .layer(cooldown)
+        .layer(ClassifyLayer::new(presets::telegram()))
+        .service(counted);
+    let start = Instant::now();
+    let res = svc.clone().oneshot(req("api.telegram.org")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, TELEGRAM_429.as_bytes(), "the caller gets every byte");
+    assert_eq!(
+        handle.cooling_until("api.telegram.org"),
+        Some(start + s(4310.0))
+    );
+    let events_now = events.lock().unwrap().clone();
+    let Some(CooldownEvent::Started(e)) = events_now.first() else {
+        panic!("expected Started, got {events_now:?}");
+    };
+    assert_eq!(e.reason, CooldownReason::RetryAfter);
+    assert_eq!(e.retry_after, Some(s(4310.0)));
+    sleep(s(4309.0)).await;
+    let err = svc
+        .clone()
+        .oneshot(req("api.telegram.org"))
+        .await
+        .unwrap_err();
+    assert_eq!(cooling(&err).remaining(), s(1.0));
+    assert_eq!(*calls.lock().unwrap(), 1, "no call during the 4310 s");
+
+    // 3. Control: the same Telegram 429 without the classifier carries no hint the
+    //    cooldown can see (no header), so only the 1 s backoff applies.
+    let (cooldown, events) = layer();
+    let handle = cooldown.handle();
+    let svc = ServiceBuilder::new()
+        .layer(cooldown)
+        .service(upstream(429, &[], TELEGRAM_429));
+    let start = Instant::now();
+    svc.oneshot(req("api.telegram.org")).await.unwrap();
+    assert_eq!(
+        handle.cooling_until("api.telegram.org"),
+        Some(start + s(1.0))
+    );
+    assert_eq!(started(&events), [(1, s(1.0))]);
 }

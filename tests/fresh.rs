@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
+use ratewise::classify::verdict_of_error;
+use ratewise::cooldown::CoolingDown;
 use ratewise::fresh::{ClientError, ConfigError, FreshClientLayer, MakeClientError};
-use ratewise::BoxError;
+use ratewise::rate_limit::MaxWaitExceeded;
+use ratewise::{BoxError, CooldownLayer, RateLimitLayer};
 use tokio::sync::watch;
-use tower::util::BoxCloneService;
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower::util::{BoxCloneService, MapRequest};
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 
 /// A connection-level error whose `Display` writes nothing, like the stale-pool
 /// exceptions of the QQ Bot incident.
@@ -40,6 +43,14 @@ enum Act {
 type MockClient = BoxCloneService<u32, Response<usize>, Silent>;
 /// The `MakeService` of mock clients.
 type MakeClient = BoxCloneService<(), MockClient, Infallible>;
+
+/// A client of the mock upstream taking `http::Request`s (whose body is the request's
+/// number), with ratewise layers inside it.
+type HttpClient = BoxCloneService<Request<u32>, Response<usize>, BoxError>;
+/// The `MakeService` of such clients.
+type MakeHttpClient = BoxCloneService<(), HttpClient, Infallible>;
+/// A mock client that takes `http::Request`s.
+type MockHttpClient = MapRequest<MockClient, fn(Request<u32>) -> u32>;
 
 /// Records which client (by the order the `MakeService` made it) saw which request.
 #[derive(Clone, Default)]
@@ -89,6 +100,30 @@ impl Upstream {
             }
         }))
     }
+}
+
+impl Upstream {
+    /// Like [`make_service`](Self::make_service), but every client is `layer` around
+    /// the mock client, and takes `http::Request`s (ratewise's own layers key on them).
+    fn make_layered<L, P>(&self, layer: L, plan: P) -> MakeHttpClient
+    where
+        L: Layer<MockHttpClient> + Clone + Send + Sync + 'static,
+        L::Service: Service<Request<u32>, Response = Response<usize>> + Clone + Send + 'static,
+        <L::Service as Service<Request<u32>>>::Error: Into<BoxError>,
+        <L::Service as Service<Request<u32>>>::Future: Send + 'static,
+        P: Fn(usize, u32) -> (Act, Option<watch::Receiver<bool>>) + Clone + Send + Sync + 'static,
+    {
+        let by_number: fn(Request<u32>) -> u32 = Request::into_body;
+        BoxCloneService::new(self.make_service(plan).map_response(move |client| {
+            let client = layer.layer(client.map_request(by_number));
+            BoxCloneService::new(client.map_err(Into::<BoxError>::into))
+        }))
+    }
+}
+
+/// Request number `n` to the mock upstream's host.
+fn http_req(n: u32) -> Request<u32> {
+    Request::get("http://api.test/gateway").body(n).unwrap()
 }
 
 fn fresh_layer(threshold: u32) -> FreshClientLayer {
@@ -265,6 +300,165 @@ async fn http_500_is_not_a_connection_error() {
             assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         }
         assert_eq!(up.made(), 1);
+    })
+    .await
+    .expect("bounded");
+}
+
+/// What one request through the layered client came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    /// Served by client #n.
+    Served(usize),
+    /// A `ClientError` with this run of errors.
+    Counted(u32),
+    /// The rate limiter's own `MaxWaitExceeded` (with its wait), not wrapped.
+    MaxWait(Duration),
+    /// The cooldown's own `CoolingDown` (with its remaining wait), not wrapped.
+    Cooling(Duration),
+}
+
+type FreshHttp = ratewise::fresh::FreshClient<MakeHttpClient, ()>;
+
+async fn send_http(svc: &mut FreshHttp, n: u32) -> Got {
+    let result = match svc.ready().await {
+        Ok(ready) => ready.call(http_req(n)).await,
+        Err(err) => Err(err),
+    };
+    let err = match result {
+        Ok(res) => return Got::Served(*res.body()),
+        Err(err) => err,
+    };
+    if let Some(e) = err.downcast_ref::<ClientError>() {
+        return Got::Counted(e.consecutive());
+    }
+    // Passed through as itself: the layers outside still read it as rate-limited.
+    assert!(verdict_of_error(&*err).is_rate_limited(), "{err}");
+    if let Some(e) = err.downcast_ref::<MaxWaitExceeded>() {
+        Got::MaxWait(e.wait())
+    } else if let Some(e) = err.downcast_ref::<CoolingDown>() {
+        Got::Cooling(e.remaining())
+    } else {
+        panic!("unexpected error: {err:?}")
+    }
+}
+
+/// A real `RateLimitLayer` (1/s, `max_wait` 10 ms) inside the client: its
+/// `MaxWaitExceeded` comes back as itself, not as a `ClientError`, and it neither
+/// counts towards a rebuild nor ends the run of connection errors around it.
+#[tokio::test(start_paused = true)]
+async fn rate_limiter_refusals_inside_the_client_neither_count_nor_reset_the_run() {
+    let up = Upstream::default();
+    let limit = RateLimitLayer::builder()
+        .per_second(1)
+        .burst(1)
+        .max_wait(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let layer = fresh_layer(3);
+    let stats = layer.stats();
+    let make = up.make_layered(limit, |client, _| match client {
+        1 => (Act::Fail, None),
+        _ => (Act::Status(200), None),
+    });
+    let mut svc: FreshHttp = ServiceBuilder::new().layer(layer).service(make);
+
+    tokio::time::timeout(BOUND, async {
+        let mut got = Vec::new();
+        for n in 1..=6 {
+            // Odd requests wait for the limiter's next cell; even ones come right
+            // after and would have to wait 1 s.
+            if n % 2 == 1 && n > 1 {
+                tokio::time::advance(Duration::from_secs(1)).await;
+            }
+            got.push(send_http(&mut svc, n).await);
+            if n == 2 {
+                assert_eq!(stats.consecutive_errors(), 1, "the run is untouched");
+            }
+        }
+        // If a refusal counted, request 3 would have retired client #1; if it ended
+        // the run, request 5 would not.
+        assert_eq!(
+            got,
+            [
+                Got::Counted(1),
+                Got::MaxWait(Duration::from_secs(1)),
+                Got::Counted(2),
+                Got::MaxWait(Duration::from_secs(1)),
+                Got::Counted(3),
+                Got::MaxWait(Duration::from_secs(1)),
+            ]
+        );
+        assert_eq!((up.made(), stats.rebuilds()), (2, 1));
+        assert_eq!(
+            up.seen(),
+            [(1, 1), (1, 3), (1, 5)],
+            "refused requests never reach the upstream"
+        );
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(send_http(&mut svc, 7).await, Got::Served(2));
+        assert_eq!(up.seen().last(), Some(&(2, 7)));
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A real `CooldownLayer` (fail fast) inside the client, cooling because a stack that
+/// shares it got a 429 `Retry-After: 5`: its `CoolingDown` comes back as itself and
+/// changes nothing in the run; the probe after the cooldown continues the run.
+#[tokio::test(start_paused = true)]
+async fn cooldown_refusals_inside_the_client_neither_count_nor_reset_the_run() {
+    let up = Upstream::default();
+    let cooldown = CooldownLayer::builder()
+        .exponential(Duration::from_secs(1), Duration::from_secs(60))
+        .fail_fast()
+        .build()
+        .unwrap();
+    let handle = cooldown.handle();
+    let layer = fresh_layer(2);
+    let stats = layer.stats();
+    let make = up.make_layered(cooldown.clone(), |client, _| match client {
+        1 => (Act::Fail, None),
+        _ => (Act::Status(200), None),
+    });
+    let mut svc: FreshHttp = ServiceBuilder::new().layer(layer).service(make);
+    // Another stack on the same cooldown table, whose upstream says 429.
+    let other =
+        ServiceBuilder::new()
+            .layer(cooldown)
+            .service(service_fn(|_: Request<u32>| async {
+                Response::builder()
+                    .status(429)
+                    .header("retry-after", "5")
+                    .body(())
+            }));
+
+    tokio::time::timeout(BOUND, async {
+        assert_eq!(send_http(&mut svc, 1).await, Got::Counted(1));
+
+        let res = other.oneshot(http_req(100)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        let until = handle.cooling_until("api.test").expect("cooling");
+        assert_eq!(until - tokio::time::Instant::now(), Duration::from_secs(5));
+
+        for n in 2..=3 {
+            assert_eq!(
+                send_http(&mut svc, n).await,
+                Got::Cooling(Duration::from_secs(5))
+            );
+        }
+        assert_eq!(stats.consecutive_errors(), 1, "the run is untouched");
+        assert_eq!(up.made(), 1);
+
+        // The probe after the cooldown fails too: the second error in a row, so the
+        // client is retired (had the refusals counted, it would have been already;
+        // had they ended the run, it would not be now).
+        tokio::time::sleep_until(until).await;
+        assert_eq!(send_http(&mut svc, 4).await, Got::Counted(2));
+        assert_eq!(send_http(&mut svc, 5).await, Got::Served(2));
+        assert_eq!((up.made(), stats.rebuilds()), (2, 1));
+        assert_eq!(up.seen(), [(1, 1), (1, 4), (2, 5)]);
     })
     .await
     .expect("bounded");
@@ -519,37 +713,13 @@ fn zero_threshold_is_refused_by_the_builder() {
     assert!(err.to_string().contains("threshold"));
 }
 
+/// Against a real server: the crate's QQ gateway mock on 127.0.0.1.
+#[cfg(feature = "testing")]
 mod real_server {
     use super::*;
-    use bytes::Bytes;
-    use http::{Request, Uri};
-    use http_body_util::{BodyExt, Empty, Full};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use http::Method;
+    use ratewise::testing::{body_json, client, empty_request, qq, MockServer, QqGateway};
     use tokio::net::TcpListener;
-
-    /// A hyper HTTP/1 server on 127.0.0.1 answering every request with 200 "live".
-    async fn live_server() -> (String, tokio::task::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            // Bounded: the test makes a handful of connections, then aborts the task.
-            for _ in 0..16 {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("live"))))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        (format!("http://{addr}"), task)
-    }
 
     /// A base URL on 127.0.0.1 where nothing listens.
     async fn dead_url() -> String {
@@ -562,7 +732,9 @@ mod real_server {
     #[tokio::test]
     async fn hyper_client_on_a_dead_port_is_rebuilt_for_the_live_server() {
         const N: u32 = 2;
-        let (live, server) = live_server().await;
+        let gateway = QqGateway::new();
+        let server = MockServer::start(gateway.router()).await.unwrap();
+        let live = server.url("");
         let target = Arc::new(Mutex::new(dead_url().await));
         let made = Arc::new(AtomicUsize::new(0));
 
@@ -574,13 +746,12 @@ mod real_server {
                 made.fetch_add(1, Ordering::SeqCst);
                 let base = target.lock().unwrap().clone();
                 async move {
-                    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+                    let client = client();
                     Ok::<_, Infallible>(service_fn(move |path: &'static str| {
                         let client = client.clone();
                         let uri = format!("{base}{path}");
                         async move {
-                            let uri: Uri = uri.parse()?;
-                            let req = Request::get(uri).body(Empty::new())?;
+                            let req = empty_request(Method::GET, &uri)?;
                             let res = client.request(req).await?;
                             Ok::<_, BoxError>(res)
                         }
@@ -629,13 +800,18 @@ mod real_server {
                 .await
                 .expect("the rebuilt client reaches the live server");
             assert_eq!(res.status(), StatusCode::OK);
-            let body = res.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(&body[..], b"live");
+            let body = body_json(res.into_body()).await.unwrap();
+            assert_eq!(body["url"], qq::DEFAULT_URL);
+            assert_eq!(
+                gateway.hits().count(),
+                1,
+                "only the rebuilt client got through"
+            );
             assert_eq!(made.load(Ordering::SeqCst), 2);
             assert_eq!((stats.generation(), stats.rebuilds()), (2, 1));
         })
         .await
         .expect("bounded");
-        server.abort();
+        server.shutdown().await;
     }
 }

@@ -321,6 +321,11 @@ async fn reject_mode_answers_429_with_rate_limit_headers_and_skips_upstream() {
     assert_eq!(h["retry-after"], "3"); // 2.5 s, rounded up
     assert_eq!(h["ratelimit-policy"], r#""ratewise";q=2;w=5"#);
     assert_eq!(h["ratelimit"], r#""ratewise";r=0;t=3"#);
+    // A client reads the wait back with the crate's one parser.
+    assert_eq!(
+        ratewise::retry_after::parse(h, None),
+        Some(Duration::from_secs(3))
+    );
     assert_eq!(res.body(), "");
     assert_eq!(
         ids(&hits),

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use ratewise::classify::Verdict;
+use ratewise::classify::{presets, ClassifyLayer};
 use ratewise::retry::{buffer_request, GiveUp, RetryBody, RetryLayer};
 use ratewise::BoxError;
 use tokio::time::Instant;
@@ -77,9 +77,10 @@ fn response(status: u16, body: &'static str) -> Res {
         .unwrap()
 }
 
-/// A response carrying the verdict a `ClassifyLayer` would have stored.
-fn classified(mut res: Res, verdict: Verdict) -> Res {
-    res.extensions_mut().insert(verdict);
+/// The response with a `Retry-After` header, read by the crate's one parser.
+fn with_retry_after(mut res: Res, value: &'static str) -> Res {
+    res.headers_mut()
+        .insert("retry-after", HeaderValue::from_static(value));
     res
 }
 
@@ -89,7 +90,11 @@ fn get() -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-async fn body_bytes(res: Res) -> Bytes {
+async fn body_bytes<B>(res: Response<B>) -> Bytes
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
     res.into_body().collect().await.unwrap().to_bytes()
 }
 
@@ -112,10 +117,13 @@ async fn telegram_4310_retry_after_is_returned_at_once_without_sleeping() {
         let mut res = response(429, TELEGRAM_429);
         res.headers_mut()
             .insert("retry-after", HeaderValue::from_static("4310"));
-        // As the Telegram classifier stores it: the wait read from header and body.
-        Ok::<_, BoxError>(classified(res, Verdict::rate_limited(Some(secs(4310.0)))))
+        Ok::<_, BoxError>(res)
     });
-    let svc = ServiceBuilder::new().layer(layer).service(inner);
+    // The Telegram classifier reads the wait from header and body.
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .layer(ClassifyLayer::new(presets::telegram()))
+        .service(inner);
 
     let before = Instant::now();
     let res = svc.oneshot(get()).await.unwrap();
@@ -163,9 +171,12 @@ async fn qq_schedule_is_followed_exactly_then_the_last_response_returned() {
     let (inner, calls) = upstream(|n| {
         let mut res = response(400, QQ_400);
         res.headers_mut().insert("x-call", n.into());
-        Ok::<_, BoxError>(classified(res, Verdict::rate_limited(None)))
+        Ok::<_, BoxError>(res)
     });
-    let svc = ServiceBuilder::new().layer(layer).service(inner);
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .layer(ClassifyLayer::new(presets::qq()))
+        .service(inner);
 
     let t0 = Instant::now();
     let res = svc.oneshot(get()).await.unwrap();
@@ -189,26 +200,25 @@ async fn qq_schedule_is_followed_exactly_then_the_last_response_returned() {
 
 #[tokio::test(start_paused = true)]
 async fn glm_1302_and_dingtalk_403_are_retried_with_backoff_plain_400_is_not() {
-    let cases: [(u16, &'static str, Option<Verdict>, usize); 3] = [
-        (429, GLM_1302, Some(Verdict::rate_limited(None)), 3),
-        (403, DINGTALK_403, Some(Verdict::rate_limited(None)), 3),
-        (400, r#"{"error":"bad field"}"#, None, 1),
+    // Judged by the presets: GLM's 1302 and DingTalk's QpsLimit are rate limits, a
+    // plain 400 is not.
+    let cases: [(u16, &'static str, usize); 3] = [
+        (429, GLM_1302, 3),
+        (403, DINGTALK_403, 3),
+        (400, r#"{"error":"bad field"}"#, 1),
     ];
-    for (status, body, verdict, expected_calls) in cases {
+    for (status, body, expected_calls) in cases {
         let layer = RetryLayer::builder()
             .exponential(secs(1.0), secs(8.0))
             .max_attempts(3)
             .build()
             .unwrap();
         let stats = layer.stats();
-        let (inner, calls) = upstream(move |_| {
-            let res = response(status, body);
-            Ok::<_, BoxError>(match verdict {
-                Some(v) => classified(res, v),
-                None => res,
-            })
-        });
-        let svc = ServiceBuilder::new().layer(layer).service(inner);
+        let (inner, calls) = upstream(move |_| Ok::<_, BoxError>(response(status, body)));
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .layer(ClassifyLayer::new(presets::default()))
+            .service(inner);
 
         let t0 = Instant::now();
         let res = svc.oneshot(get()).await.unwrap();
@@ -262,14 +272,8 @@ async fn server_retry_after_within_max_delay_is_honoured() {
     let stats = layer.stats();
     let (inner, calls) = upstream(|n| {
         let res = match n {
-            1 => classified(
-                response(429, "wait"),
-                Verdict::rate_limited(Some(secs(2.0))),
-            ),
-            2 => classified(
-                response(429, "wait"),
-                Verdict::rate_limited(Some(secs(7.0))),
-            ),
+            1 => with_retry_after(response(429, "wait"), "2"),
+            2 => with_retry_after(response(429, "wait"), "7"),
             _ => response(200, "done"),
         };
         Ok::<_, BoxError>(res)
@@ -323,12 +327,8 @@ async fn total_deadline_stops_a_retry_storm() {
 async fn deadline_also_refuses_a_server_wait_that_would_pass_it() {
     let layer = RetryLayer::builder().deadline(secs(5.0)).build().unwrap();
     let stats = layer.stats();
-    let (inner, calls) = upstream(|_| {
-        Ok::<_, BoxError>(classified(
-            response(429, "wait"),
-            Verdict::rate_limited(Some(secs(30.0))),
-        ))
-    });
+    let (inner, calls) =
+        upstream(|_| Ok::<_, BoxError>(with_retry_after(response(429, "wait"), "30")));
     let svc = ServiceBuilder::new().layer(layer).service(inner);
     let t0 = Instant::now();
     let res = svc.oneshot(get()).await.unwrap();
@@ -670,14 +670,11 @@ async fn each_retry_and_each_give_up_is_a_tracing_event() {
         .oneshot(get())
         .await
         .unwrap();
-    let (inner, _) = upstream(|_| {
-        Ok::<_, BoxError>(classified(
-            response(429, TELEGRAM_429),
-            Verdict::rate_limited(Some(secs(4310.0))),
-        ))
-    });
+    // The wait is only in Telegram's body, read through the Telegram preset.
+    let (inner, _) = upstream(|_| Ok::<_, BoxError>(response(429, TELEGRAM_429)));
     ServiceBuilder::new()
         .layer(layer)
+        .layer(ClassifyLayer::new(presets::telegram()))
         .service(inner)
         .oneshot(get())
         .await
