@@ -15,6 +15,10 @@
 //! cargo run --example demo --features testing
 //! ```
 
+// Each scenario file is also an example of its own, so each one brings its own copy of
+// `support/mod.rs`.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "dingtalk_cards.rs"]
 mod dingtalk_cards;
 #[path = "llm_gateway.rs"]
@@ -62,6 +66,8 @@ macro_rules! scenario {
 #[tokio::main]
 async fn main() -> ExitCode {
     let started = Instant::now();
+    println!("ratewise demo: four rate-limit incidents against mock upstreams on 127.0.0.1");
+    println!();
     let mut rows = Vec::new();
     rows.push(scenario!("QQ gateway", qq_gateway));
     println!();
@@ -76,11 +82,19 @@ async fn main() -> ExitCode {
         "== summary ({:.1} s; every number read from the mocks and the layers' counters)",
         started.elapsed().as_secs_f64()
     );
-    println!("{:<15} {:>6}  reached the upstream / what the callers got", "scenario", "checks");
+    println!(
+        "{:<15} {:>6}  reached the upstream / what the callers got",
+        "scenario", "checks"
+    );
     let mut failed = Vec::new();
     for row in &rows {
         let passed = row.checks - row.failed.len();
-        println!("{:<15} {:>6}  {}", row.name, format!("{passed}/{}", row.checks), row.upstream);
+        println!(
+            "{:<15} {:>6}  {}",
+            row.name,
+            format!("{passed}/{}", row.checks),
+            row.upstream
+        );
         println!("{:<15} {:>6}  {}", "", "", row.callers);
         failed.extend(row.failed.iter().map(|f| format!("{}: {f}", row.name)));
     }

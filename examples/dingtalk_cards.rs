@@ -146,7 +146,14 @@ pub async fn run() -> Result<Report, BoxError> {
         let url = server.url("/v1.0/card/streaming");
         set.spawn(converse(adapter, url, card.clone(), start, chunks, false));
         let url = control_server.url("/v1.0/card/streaming");
-        set.spawn(converse(unthrottled.clone(), url, card, start, chunks, true));
+        set.spawn(converse(
+            unthrottled.clone(),
+            url,
+            card,
+            start,
+            chunks,
+            true,
+        ));
     }
     let mut ours = Vec::new();
     bounded("the conversations", Duration::from_secs(30), async {
@@ -163,7 +170,9 @@ pub async fn run() -> Result<Report, BoxError> {
     let limited = |c: &DingTalkCards| {
         c.edits()
             .iter()
-            .filter(|e| e.status == StatusCode::FORBIDDEN || e.status == StatusCode::TOO_MANY_REQUESTS)
+            .filter(|e| {
+                e.status == StatusCode::FORBIDDEN || e.status == StatusCode::TOO_MANY_REQUESTS
+            })
             .count()
     };
     let control_finals = control.finals_delivered().len();
@@ -201,7 +210,8 @@ pub async fn run() -> Result<Report, BoxError> {
             t.sent,
             t.bucket_full,
             gap.map_or_else(|| "-".to_owned(), secs),
-            t.final_status.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+            t.final_status
+                .map_or_else(|| "none".to_owned(), |s| s.to_string()),
         );
     }
     let stats = tenant_bucket.stats();
@@ -218,14 +228,21 @@ pub async fn run() -> Result<Report, BoxError> {
 
     report.check(
         limited(&cards) == 0,
-        format!("zero 403/429 with ratewise ({} calls)", cards.hits().count()),
+        format!(
+            "zero 403/429 with ratewise ({} calls)",
+            cards.hits().count()
+        ),
     );
     let mut finals = cards.finals_delivered();
     finals.sort();
     finals.dedup();
     report.check(
-        finals.len() == CONVERSATIONS && ours.iter().all(|t| t.final_status == Some(StatusCode::OK)),
-        format!("every final edit delivered ({} of {CONVERSATIONS})", finals.len()),
+        finals.len() == CONVERSATIONS
+            && ours.iter().all(|t| t.final_status == Some(StatusCode::OK)),
+        format!(
+            "every final edit delivered ({} of {CONVERSATIONS})",
+            finals.len()
+        ),
     );
     report.check(
         min_gap >= CARD_INTERVAL - JITTER_ALLOWANCE,
@@ -236,7 +253,10 @@ pub async fn run() -> Result<Report, BoxError> {
     );
     report.check(
         stats.waited() > 0,
-        format!("the shared bucket is wired in: it held back {} edits", stats.waited()),
+        format!(
+            "the shared bucket is wired in: it held back {} edits",
+            stats.waited()
+        ),
     );
 
     let sent: usize = ours.iter().map(|t| t.sent).sum();
@@ -285,7 +305,9 @@ where
     let end = start + CHUNK_EVERY * chunks;
     let text = |now: Instant| {
         let n = (now.saturating_duration_since(start).as_millis() / CHUNK_EVERY.as_millis()) as u32;
-        (0..n.min(chunks)).map(|j| format!("token{j} ")).collect::<String>()
+        (0..n.min(chunks))
+            .map(|j| format!("token{j} "))
+            .collect::<String>()
     };
     let edit = |content: String, is_final: bool| -> Result<Edit, BoxError> {
         let mut req = json_request(
@@ -295,7 +317,8 @@ where
         )?;
         req.headers_mut()
             .insert(dingtalk::TENANT_HEADER, "tenant-token".parse()?); // never printed
-        req.extensions_mut().insert(CardId(Key::from(card.as_str())));
+        req.extensions_mut()
+            .insert(CardId(Key::from(card.as_str())));
         if is_final {
             req.extensions_mut().insert(FinalEdit);
         }

@@ -72,14 +72,21 @@ pub async fn run() -> Result<Report, BoxError> {
     let stack = ClientStackLayer::preset(Platform::Glm)
         .rate_limit(|rl| rl.per_second(10).burst(10).max_wait(ms(2000)))
         .cooldown(|c| c.exponential(ms(250), ms(2000)).wait(DEADLINE))
-        .retry(|r| r.exponential(ms(250), ms(2000)).max_attempts(6).deadline(DEADLINE))
+        .retry(|r| {
+            r.exponential(ms(250), ms(2000))
+                .max_attempts(6)
+                .deadline(DEADLINE)
+        })
         .build()?;
     let gateway = ServiceBuilder::new().layer(stack.clone()).service(client());
 
     // --- 1. A burst of questions past the account's limit. ---------------------------
     let got = ask_all(&gateway, &url, CALLERS).await?;
     let answers: Vec<&String> = got.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let degraded = got.iter().filter(|r| matches!(r, Err(GlmError::RateLimited { .. }))).count();
+    let degraded = got
+        .iter()
+        .filter(|r| matches!(r, Err(GlmError::RateLimited { .. })))
+        .count();
     let other: Vec<String> = got
         .iter()
         .filter_map(|r| match r {
@@ -88,7 +95,10 @@ pub async fn run() -> Result<Report, BoxError> {
         })
         .collect();
     let hits = glm.hits();
-    println!("-- what reached {} (time since the mock started):", glm::PATH);
+    println!(
+        "-- what reached {} (time since the mock started):",
+        glm::PATH
+    );
     print_hits(&hits);
     let stats = stack.stats();
     println!(

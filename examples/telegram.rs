@@ -207,7 +207,9 @@ pub async fn run() -> Result<Report, BoxError> {
         asked.map_or_else(|| "nothing".to_owned(), secs)
     );
     report.check(
-        status == StatusCode::TOO_MANY_REQUESTS && asked == Some(BAN) && first < Duration::from_secs(5),
+        status == StatusCode::TOO_MANY_REQUESTS
+            && asked == Some(BAN)
+            && first < Duration::from_secs(5),
         format!(
             "a {} s retry_after comes back to the caller at once ({}), not after 72 minutes",
             BAN.as_secs(),
@@ -237,7 +239,8 @@ pub async fn run() -> Result<Report, BoxError> {
         secs(took)
     );
     report.check(
-        cooling.is_some_and(|left| left > BAN - Duration::from_secs(60)) && took < Duration::from_secs(5),
+        cooling.is_some_and(|left| left > BAN - Duration::from_secs(60))
+            && took < Duration::from_secs(5),
         "the next call fails at once with a typed CoolingDown error naming the wait",
     );
     report.check(
