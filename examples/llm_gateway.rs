@@ -44,8 +44,12 @@ use support::{bounded, hits_summary, print_hits, secs, Report};
 const CALLERS: usize = 12;
 /// What the account has left: calls per second.
 const ACCOUNT_LIMIT: u32 = 5;
-/// The longest a call may take, retries and waits included.
+/// The retry deadline: no retry wait ends past it. A call can overrun it by one attempt,
+/// that is by at most `HOLD` (nothing waits in the rate limiter here).
 const DEADLINE: Duration = Duration::from_secs(3);
+/// The longest one attempt waits for a cooldown to end before failing with a typed
+/// `CoolingDown` error (which the retry layer then waits out, within the deadline).
+const HOLD: Duration = Duration::from_secs(1);
 /// The API key: sent in every request, never printed.
 const API_KEY: &str = "demo-key.not-a-secret";
 /// What a caller shows when GLM stays limited (the seed's degraded answer).
@@ -71,7 +75,7 @@ pub async fn run() -> Result<Report, BoxError> {
     let ms = Duration::from_millis;
     let stack = ClientStackLayer::preset(Platform::Glm)
         .rate_limit(|rl| rl.per_second(10).burst(10).max_wait(ms(2000)))
-        .cooldown(|c| c.exponential(ms(250), ms(2000)).wait(DEADLINE))
+        .cooldown(|c| c.exponential(ms(250), ms(2000)).wait(HOLD))
         .retry(|r| {
             r.exponential(ms(250), ms(2000))
                 .max_attempts(6)
@@ -109,8 +113,13 @@ pub async fn run() -> Result<Report, BoxError> {
         stats.retry.retries()
     );
     println!(
-        "-- the callers got {} answers and {degraded} typed rate-limit errors (answered with \"{DEGRADED}\")",
-        answers.len()
+        "-- the callers got {} answers and {degraded} typed rate-limit errors{}",
+        answers.len(),
+        if degraded > 0 {
+            format!(" (each shown as \"{DEGRADED}\")")
+        } else {
+            String::new()
+        }
     );
     report.check(
         hits.rate_limited() > 0,
@@ -166,8 +175,12 @@ pub async fn run() -> Result<Report, BoxError> {
         ),
     );
     report.check(
-        took < DEADLINE + Duration::from_secs(2),
-        "no caller waited much past the deadline",
+        took < DEADLINE + HOLD + Duration::from_millis(500),
+        format!(
+            "no caller waited past the deadline plus one cooldown hold ({} + {})",
+            secs(DEADLINE),
+            secs(HOLD)
+        ),
     );
 
     pool_failover(&mut report).await?;

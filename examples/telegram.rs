@@ -16,8 +16,10 @@
 //!
 //! Why one call at a time: Telegram stamps a penalty when it sends the 429. A call
 //! already on the wire by then arrives during the penalty, whatever the client does
-//! next, and doubles it. With several senders in flight at once, the calls that were
-//! racing the 429 land in the penalty; with one in flight, none do.
+//! next, and doubles it; so does a call that was already waiting inside the stack's
+//! rate limiter, past the cooldown check. With several senders in flight at once, the
+//! calls racing the 429 land in the penalty (6 senders without the limit: the penalty
+//! went from 2 s to 64 s); with one in flight, none do.
 //!
 //! Two parts: 24 messages from 6 senders sharing the bot (each 429 waited out, every
 //! message delivered, zero calls during a penalty), then a bot that starts while banned
