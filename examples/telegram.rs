@@ -18,8 +18,9 @@
 //! already on the wire by then arrives during the penalty, whatever the client does
 //! next, and doubles it; so does a call that was already waiting inside the stack's
 //! rate limiter, past the cooldown check. With several senders in flight at once, the
-//! calls racing the 429 land in the penalty (6 senders without the limit: the penalty
-//! went from 2 s to 64 s); with one in flight, none do.
+//! calls racing the 429 land in the penalty (remove the `concurrency_limit(1)` line
+//! below and the checks on calls during a penalty usually fail); with one in flight,
+//! none do.
 //!
 //! Two parts: 24 messages from 6 senders sharing the bot (each 429 waited out, every
 //! message delivered, zero calls during a penalty), then a bot that starts while banned
