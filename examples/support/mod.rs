@@ -90,7 +90,7 @@ pub fn print_hits(hits: &Hits) {
             .take_while(|h| h.status == *status && h.path == *path && h.method == *method)
             .count();
         let last = all[i + run - 1].at;
-        let when = if run == 1 {
+        let when = if last == *at {
             format!("+{}", secs(*at))
         } else {
             format!("+{} .. +{}", secs(*at), secs(last))
