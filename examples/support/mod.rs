@@ -89,11 +89,11 @@ pub fn print_hits(hits: &Hits) {
             .iter()
             .take_while(|h| h.status == *status && h.path == *path && h.method == *method)
             .count();
-        let last = all[i + run - 1].at;
-        let when = if last == *at {
-            format!("+{}", secs(*at))
+        let (first, last) = (secs(*at), secs(all[i + run - 1].at));
+        let when = if first == last {
+            format!("+{first}")
         } else {
-            format!("+{} .. +{}", secs(*at), secs(last))
+            format!("+{first} .. +{last}")
         };
         let note = match outcome {
             Outcome::RateLimited => "  <- over the limit",
