@@ -89,7 +89,13 @@ pub fn print_hits(hits: &Hits) {
             .iter()
             .take_while(|h| h.status == *status && h.path == *path && h.method == *method)
             .count();
-        let (first, last) = (secs(*at), secs(all[i + run - 1].at));
+        // The log is in the order the answers were recorded; arrival times within a run
+        // of concurrent requests can be out of order.
+        let times = all[i..i + run].iter().map(|h| h.at);
+        let (first, last) = (
+            secs(times.clone().min().unwrap_or(*at)),
+            secs(times.max().unwrap_or(*at)),
+        );
         let when = if first == last {
             format!("+{first}")
         } else {
