@@ -178,3 +178,56 @@ fn stack_config_errors_name_the_layer_and_the_field() {
             .expect("every preset builds");
     }
 }
+
+/// The presets fit the platforms' fixed windows: GCRA lets `burst + rate × window`
+/// through in any window, so a burst equal to the cap would let twice the cap through in
+/// the first second. 60 concurrent card edits through the DingTalk preset against a
+/// 20-per-second tenant cap, and 90 messages through the Telegram preset against a
+/// 30-per-second bot, meet no rate limit at all.
+#[tokio::test(start_paused = true)]
+async fn windowed_presets_stay_under_the_platform_cap() {
+    use ratewise::testing::{DingTalkCards, Outcome};
+
+    let cards = DingTalkCards::new();
+    let stack = ClientStackLayer::preset(Platform::DingTalk)
+        .rate_limit(|rl| rl.max_wait(Duration::from_secs(10)))
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new().layer(stack).service(cards.router());
+    let mut edits = Vec::new();
+    for i in 0..60 {
+        let req = json_request(
+            Method::PUT,
+            "http://api.dingtalk.test/v1.0/card/streaming",
+            &json!({"outTrackId": format!("card-{}", i % 8), "content": "…", "isFinalize": false}),
+        )
+        .unwrap();
+        edits.push(tokio::spawn(client.clone().oneshot(req)));
+    }
+    for e in edits {
+        assert_eq!(e.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(cards.hits().count_of(Outcome::RateLimited), 0);
+    assert_eq!(cards.hits().served(), 60);
+
+    let bot = TelegramBot::new();
+    let stack = ClientStackLayer::preset(Platform::Telegram)
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new().layer(stack).service(bot.router());
+    let mut sends = Vec::new();
+    for i in 0..90 {
+        let req = json_request(
+            Method::POST,
+            "http://api.telegram.test/bot123:secret/sendMessage",
+            &json!({"chat_id": i, "text": "hi"}),
+        )
+        .unwrap();
+        sends.push(tokio::spawn(client.clone().oneshot(req)));
+    }
+    for s in sends {
+        assert_eq!(s.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(bot.hits().rate_limited(), 0);
+    assert_eq!(bot.delivered().len(), 90);
+}

@@ -20,15 +20,18 @@
 //!
 //! | preset | classifier | rate limit | cooldown | retry |
 //! |---|---|---|---|---|
-//! | [`Platform::Qq`] | [`presets::qq`] (400 + "频率限制") | 5/s, burst 5, max wait 10 s | exponential 1 s..60 s | schedule 0.5, 1.5, 3.0 s; max delay 10 s |
-//! | [`Platform::DingTalk`] | [`presets::dingtalk`] (403/429 QpsLimit) | 20/s, burst 20, max wait 2 s (the per-tenant card QPS) | exponential 2 s..60 s | exponential 2 s..30 s, 4 attempts |
-//! | [`Platform::Telegram`] | [`presets::telegram`] (429 `retry_after`) | 30/s, burst 30, max wait 10 s | exponential 1 s..60 s, the server's `retry_after` wins | exponential 1 s..30 s, 5 attempts, max delay 60 s |
-//! | [`Platform::Glm`] | [`presets::glm`] (429 code 1302) | 50/min, burst 10, max wait 30 s | exponential 1 s..60 s | exponential 1 s..30 s, 4 attempts, max delay 60 s |
-//! | [`Platform::OpenAi`] | [`presets::openai`] (429 `retry-after-ms`) | 60/min, burst 10, max wait 30 s | exponential 1 s..60 s | exponential 0.5 s..20 s, 4 attempts, max delay 60 s |
+//! | [`Platform::Qq`] | [`presets::qq`] (400 + "频率限制") | 4/s, burst 1, max wait 10 s | exponential 1 s..60 s | schedule 0.5, 1.5, 3.0 s; max delay 10 s |
+//! | [`Platform::DingTalk`] | [`presets::dingtalk`] (403/429 QpsLimit) | 18/s, burst 2, max wait 2 s (the per-tenant card cap of 20 per second) | exponential 2 s..60 s | exponential 2 s..30 s, 4 attempts |
+//! | [`Platform::Telegram`] | [`presets::telegram`] (429 `retry_after`) | 28/s, burst 2, max wait 10 s (about 30 messages per second) | exponential 1 s..60 s, the server's `retry_after` wins | exponential 1 s..30 s, 5 attempts, max delay 60 s |
+//! | [`Platform::Glm`] | [`presets::glm`] (429 code 1302) | 45/min, burst 5, max wait 30 s (50 calls per 60 s) | exponential 1 s..60 s | exponential 1 s..30 s, 4 attempts, max delay 60 s |
+//! | [`Platform::OpenAi`] | [`presets::openai`] (429 `retry-after-ms`) | 50/min, burst 10, max wait 30 s (60 requests per minute) | exponential 1 s..60 s | exponential 0.5 s..20 s, 4 attempts, max delay 60 s |
 //!
 //! The limits are conservative defaults taken from the incidents behind this crate
 //! (DingTalk's 20 QPS per tenant, GLM's 50 calls per 60 s, Telegram's ~30 messages
-//! per second); tune each field with [`ClientStackBuilder::rate_limit`],
+//! per second). Platforms count calls in fixed windows, and GCRA admits at most
+//! `burst + rate × window` calls in any window, so each preset keeps that sum at the
+//! platform's cap (DingTalk: 2 + 18/s × 1 s = 20) rather than setting the burst to the
+//! cap, which would let twice the cap through in the first window. Tune each field with [`ClientStackBuilder::rate_limit`],
 //! [`cooldown`](ClientStackBuilder::cooldown) and [`retry`](ClientStackBuilder::retry),
 //! which hand you that layer's own builder. Keys: the rate limiter has one bucket for
 //! the stack ([`Global`]: clone the layer into every stack that
@@ -141,7 +144,7 @@ impl ClientStackLayer {
         match platform {
             Platform::Qq => b
                 .classifier(presets::qq())
-                .rate_limit(|rl| rl.per_second(5).burst(5).max_wait(secs(10)))
+                .rate_limit(|rl| rl.per_second(4).burst(1).max_wait(secs(10)))
                 .retry(|r| {
                     r.schedule([
                         Duration::from_millis(500),
@@ -153,20 +156,20 @@ impl ClientStackLayer {
                 }),
             Platform::DingTalk => b
                 .classifier(presets::dingtalk())
-                .rate_limit(|rl| rl.per_second(20).burst(20).max_wait(secs(2)))
+                .rate_limit(|rl| rl.per_second(18).burst(2).max_wait(secs(2)))
                 .cooldown(|c| c.exponential(secs(2), secs(60)))
                 .retry(|r| r.exponential(secs(2), secs(30)).max_attempts(4)),
             Platform::Telegram => b
                 .classifier(presets::telegram())
-                .rate_limit(|rl| rl.per_second(30).burst(30).max_wait(secs(10)))
+                .rate_limit(|rl| rl.per_second(28).burst(2).max_wait(secs(10)))
                 .retry(|r| r.exponential(secs(1), secs(30)).max_attempts(5)),
             Platform::Glm => b
                 .classifier(presets::glm())
-                .rate_limit(|rl| rl.per_minute(50).burst(10).max_wait(secs(30)))
+                .rate_limit(|rl| rl.per_minute(45).burst(5).max_wait(secs(30)))
                 .retry(|r| r.exponential(secs(1), secs(30)).max_attempts(4)),
             Platform::OpenAi => b
                 .classifier(presets::openai())
-                .rate_limit(|rl| rl.per_minute(60).burst(10).max_wait(secs(30))),
+                .rate_limit(|rl| rl.per_minute(50).burst(10).max_wait(secs(30))),
         }
     }
 
