@@ -60,13 +60,16 @@ impl DingTalkQpsLimit {
         status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS
     }
 
-    fn is_qps_limit(body: &[u8]) -> bool {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(json) => json
+    /// Whether the view's body carries the marker: in its JSON `code` when the body
+    /// is JSON (the view's shared parse), else anywhere in its raw bytes.
+    fn is_qps_limit(response: &ResponseView<'_>) -> bool {
+        match (response.json(), response.body()) {
+            (Some(json), _) => json
                 .get("code")
                 .and_then(Value::as_str)
                 .is_some_and(|code| code.contains(MARKER)),
-            Err(_) => contains(body, MARKER.as_bytes()),
+            (None, Some(body)) => contains(body, MARKER.as_bytes()),
+            (None, None) => false,
         }
     }
 }
@@ -80,8 +83,7 @@ impl Classifier for DingTalkQpsLimit {
         if !Self::applies(response.status()) {
             return None;
         }
-        let body = response.body()?;
-        Self::is_qps_limit(body).then(|| Verdict::rate_limited(response.retry_after()))
+        Self::is_qps_limit(response).then(|| Verdict::rate_limited(response.retry_after()))
     }
 }
 
@@ -89,19 +91,26 @@ impl Classifier for DingTalkQpsLimit {
 mod tests {
     use super::*;
 
+    fn is_qps_limit(body: &[u8]) -> bool {
+        let h = HeaderMap::new();
+        DingTalkQpsLimit::is_qps_limit(
+            &ResponseView::new(StatusCode::FORBIDDEN, &h).with_body(body),
+        )
+    }
+
     #[test]
     fn codes() {
-        assert!(DingTalkQpsLimit::is_qps_limit(
+        assert!(is_qps_limit(
             br#"{"code":"Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"}"#
         ));
-        assert!(!DingTalkQpsLimit::is_qps_limit(
+        assert!(!is_qps_limit(
             br#"{"code":"Forbidden","message":"QpsLimit mentioned in passing"}"#
         ));
-        assert!(!DingTalkQpsLimit::is_qps_limit(br#"{"code":42}"#));
+        assert!(!is_qps_limit(br#"{"code":42}"#));
         // Truncated JSON: the raw bytes are searched.
-        assert!(DingTalkQpsLimit::is_qps_limit(
+        assert!(is_qps_limit(
             br#"{"requestid":"1","code":"Forbidden.AccessDenied.QpsLimitFor"#
         ));
-        assert!(!DingTalkQpsLimit::is_qps_limit(b"<html>Forbidden"));
+        assert!(!is_qps_limit(b"<html>Forbidden"));
     }
 }

@@ -138,9 +138,7 @@ impl Classifier for JsonFieldIn {
         if !self.statuses.contains(response.status()) {
             return None;
         }
-        let body = response.body()?;
-        let json: Value = serde_json::from_slice(body).ok()?;
-        let field = json.pointer(&self.pointer)?;
+        let field = response.json()?.pointer(&self.pointer)?;
         if !self.matches(field) {
             return None;
         }

@@ -26,9 +26,12 @@
 //! assert!(matches!(glm.classify(&view), Some(Verdict::RateLimited { .. })));
 //! ```
 
+use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::{HeaderMap, Response, StatusCode};
+use serde_json::Value;
 
 mod combinators;
 mod future;
@@ -115,11 +118,21 @@ impl Verdict {
 ///
 /// The body is present only when the classifier asked for it through
 /// [`Classifier::wants_body`], and is at most the layer's body cap long.
-#[derive(Debug, Clone, Copy)]
+///
+/// The body is parsed as JSON at most once per view, on first use, and the result
+/// ([`json`](Self::json)) is shared by every classifier in an [`or`](Classifier::or)
+/// chain and by [`retry_after`](Self::retry_after). Pass the view by reference, as
+/// [`Classifier::classify`] does, to keep that sharing: a clone carries a copy of
+/// whatever was parsed so far.
+#[derive(Clone)]
 pub struct ResponseView<'a> {
     status: StatusCode,
     headers: &'a HeaderMap,
     body: Option<&'a [u8]>,
+    /// The body parsed as JSON: unset until [`json`](Self::json) is first called,
+    /// then `None` when there is no body or it is not complete JSON. A `OnceLock`
+    /// rather than a `OnceCell` keeps the view `Send + Sync`, as it was before.
+    json: OnceLock<Option<Value>>,
 }
 
 impl<'a> ResponseView<'a> {
@@ -129,12 +142,15 @@ impl<'a> ResponseView<'a> {
             status,
             headers,
             body: None,
+            json: OnceLock::new(),
         }
     }
 
     /// The same view with a body prefix.
     pub fn with_body(mut self, body: &'a [u8]) -> Self {
         self.body = Some(body);
+        // Whatever was parsed belonged to the previous body.
+        self.json = OnceLock::new();
         self
     }
 
@@ -153,10 +169,58 @@ impl<'a> ResponseView<'a> {
         self.body
     }
 
+    /// The body prefix parsed as JSON, or `None` when there is no body or it is not
+    /// complete JSON (a body cut off by the layer's cap, HTML, plain text).
+    ///
+    /// The body is parsed on the first call only; later calls, from this classifier
+    /// or the next ones in a chain, get the same value.
+    ///
+    /// ```
+    /// use http::{HeaderMap, StatusCode};
+    /// use ratewise::classify::ResponseView;
+    ///
+    /// let headers = HeaderMap::new();
+    /// let body = br#"{"error":{"code":"1302"}}"#;
+    /// let view = ResponseView::new(StatusCode::TOO_MANY_REQUESTS, &headers).with_body(body);
+    /// let code = view.json().and_then(|j| j.pointer("/error/code"));
+    /// assert_eq!(code.and_then(|c| c.as_str()), Some("1302"));
+    ///
+    /// let cut = ResponseView::new(StatusCode::TOO_MANY_REQUESTS, &headers).with_body(&body[..10]);
+    /// assert!(cut.json().is_none());
+    /// ```
+    pub fn json(&self) -> Option<&Value> {
+        self.json
+            .get_or_init(|| self.body.and_then(crate::retry_after::parse_json))
+            .as_ref()
+    }
+
     /// The server's retry hint, read by the crate's one parser
-    /// ([`crate::retry_after::parse`]) from the headers and the body prefix.
+    /// ([`crate::retry_after::parse`]) from the headers and the body prefix, reusing
+    /// the body's [`json`](Self::json) parse.
     pub fn retry_after(&self) -> Option<Duration> {
-        crate::retry_after::parse(self.headers, self.body)
+        crate::retry_after::parse_view(self)
+    }
+
+    /// Whether the body has been parsed as JSON yet (for tests).
+    #[cfg(test)]
+    pub(crate) fn json_parsed(&self) -> bool {
+        self.json.get().is_some()
+    }
+}
+
+impl fmt::Debug for ResponseView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let json = match self.json.get() {
+            None => "not parsed yet",
+            Some(None) => "not JSON",
+            Some(Some(_)) => "parsed",
+        };
+        f.debug_struct("ResponseView")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &self.body)
+            .field("json", &json)
+            .finish()
     }
 }
 

@@ -231,3 +231,132 @@ pub fn default() -> Preset {
             .or(ServerErrors::new()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::HeaderValue;
+
+    use super::*;
+    use crate::retry_after::parses;
+
+    const GLM_429: &str =
+        r#"{"error":{"code":"1302","message":"您的账户已达到速率限制,请您控制请求频率"}}"#;
+    const TELEGRAM_429: &str = r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 4310","parameters":{"retry_after":4310}}"#;
+    const DINGTALK_403: &str =
+        r#"{"code":"Forbidden.AccessDenied.QpsLimitForApi","requestid":"x","message":"qps"}"#;
+    const OPENAI_QUOTA: &str = r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+    const QQ_400: &str = r#"{"code":11241,"message":"接口调用超过频率限制"}"#;
+
+    /// The verdict of `preset` and how many times the body was parsed as JSON
+    /// while judging it.
+    fn judge_counting(
+        preset: &Preset,
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> (Option<Verdict>, usize) {
+        let status = StatusCode::from_u16(status).expect("test status");
+        let view = ResponseView::new(status, headers).with_body(body);
+        let before = parses::so_far();
+        let verdict = preset.classify(&view);
+        (verdict, parses::so_far() - before)
+    }
+
+    #[test]
+    fn default_preset_parses_a_glm_429_body_once() {
+        let h = HeaderMap::new();
+        // Four JSON rules run before GLM's rate-limit codes match, then the parser
+        // looks for a hint in the body: one parse for all of them.
+        let (verdict, parses) = judge_counting(&default(), 429, &h, GLM_429.as_bytes());
+        assert_eq!(verdict, Some(Verdict::rate_limited(None)));
+        assert_eq!(parses, 1);
+    }
+
+    #[test]
+    fn default_preset_reads_telegrams_hint_from_the_one_parse() {
+        let h = HeaderMap::new();
+        let (verdict, parses) = judge_counting(&default(), 429, &h, TELEGRAM_429.as_bytes());
+        assert_eq!(
+            verdict,
+            Some(Verdict::rate_limited(Some(Duration::from_secs(4310))))
+        );
+        assert_eq!(parses, 1);
+    }
+
+    #[test]
+    fn every_preset_parses_each_body_at_most_once() {
+        let mut with_header = HeaderMap::new();
+        with_header.insert("retry-after", HeaderValue::from_static("7"));
+        let bodies: [(u16, &[u8]); 8] = [
+            (429, GLM_429.as_bytes()),
+            (503, GLM_429.as_bytes()),
+            (429, TELEGRAM_429.as_bytes()),
+            (403, DINGTALK_403.as_bytes()),
+            (429, DINGTALK_403.as_bytes()),
+            (429, OPENAI_QUOTA.as_bytes()),
+            (400, QQ_400.as_bytes()),
+            // Not JSON: the failed parse is remembered too.
+            (
+                429,
+                b"<html>Too Many Requests. Please retry after 3 seconds</html>",
+            ),
+        ];
+        let presets = [qq(), dingtalk(), telegram(), glm(), openai(), default()];
+        for preset in &presets {
+            for headers in [HeaderMap::new(), with_header.clone()] {
+                for (status, body) in bodies {
+                    let (verdict, parses) = judge_counting(preset, status, &headers, body);
+                    assert!(
+                        parses <= 1,
+                        "{}: {status} {} parsed {parses} times ({verdict:?})",
+                        preset.name(),
+                        String::from_utf8_lossy(body)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_parse_is_shared_through_the_view() {
+        let h = HeaderMap::new();
+        let view =
+            ResponseView::new(StatusCode::TOO_MANY_REQUESTS, &h).with_body(GLM_429.as_bytes());
+        assert!(!view.json_parsed());
+        assert_eq!(default().classify(&view), Some(Verdict::rate_limited(None)));
+        assert!(view.json_parsed());
+        // A later reader gets the stored value, and nothing is parsed again.
+        let before = parses::so_far();
+        let code = view.json().and_then(|j| j.pointer("/error/code"));
+        assert_eq!(code.and_then(serde_json::Value::as_str), Some("1302"));
+        assert_eq!(view.retry_after(), None);
+        assert_eq!(parses::so_far(), before);
+    }
+
+    #[test]
+    fn bodies_are_parsed_only_when_read() {
+        let h = HeaderMap::new();
+        // QQ's 400 rule searches bytes; only the hint parser reads the JSON (QQ
+        // sends no hint), once.
+        let (verdict, parses) = judge_counting(&qq(), 400, &h, QQ_400.as_bytes());
+        assert_eq!(verdict, Some(Verdict::rate_limited(None)));
+        assert_eq!(parses, 1);
+        // No rule of the default preset reads a 2xx body.
+        let (verdict, parses) = judge_counting(&default(), 200, &h, GLM_429.as_bytes());
+        assert_eq!(verdict, None);
+        assert_eq!(parses, 0);
+    }
+
+    #[test]
+    fn a_new_body_drops_the_old_parse() {
+        let h = HeaderMap::new();
+        let view =
+            ResponseView::new(StatusCode::TOO_MANY_REQUESTS, &h).with_body(GLM_429.as_bytes());
+        assert!(view.json().is_some());
+        let view = view.with_body(b"not json");
+        assert!(!view.json_parsed());
+        assert!(view.json().is_none());
+    }
+}

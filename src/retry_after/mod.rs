@@ -66,11 +66,17 @@
 use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderMap, HeaderName, RETRY_AFTER};
+use serde_json::Value;
+
+use crate::classify::ResponseView;
 
 mod body;
 mod number;
 mod ratelimit;
 
+pub(crate) use self::body::parse_json;
+#[cfg(test)]
+pub(crate) use self::body::parses;
 use self::number::Invalid;
 
 /// `retry-after-ms`: milliseconds (OpenAI, Azure OpenAI).
@@ -112,6 +118,22 @@ pub fn parse(headers: &HeaderMap, body: Option<&[u8]>) -> Option<Duration> {
 /// assert_eq!(parse_at(&headers, None, now), Some(Duration::from_secs(120)));
 /// ```
 pub fn parse_at(headers: &HeaderMap, body: Option<&[u8]>, now: SystemTime) -> Option<Duration> {
+    from_headers(headers, now)
+        .or_else(|| body.and_then(parse_json).as_ref().and_then(body_json))
+        .or_else(|| body.and_then(body_text))
+}
+
+/// [`parse`] for a classifier's view: the same sources in the same order, with the
+/// body's JSON taken from the view's one shared parse ([`ResponseView::json`]), so a
+/// classified body is parsed at most once.
+pub(crate) fn parse_view(view: &ResponseView<'_>) -> Option<Duration> {
+    from_headers(view.headers(), SystemTime::now())
+        .or_else(|| view.json().and_then(body_json))
+        .or_else(|| view.body().and_then(body_text))
+}
+
+/// Sources 1 to 5: the headers.
+fn from_headers(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     first_valid(headers, &RETRY_AFTER_MS, number::millis)
         .or_else(|| first_valid(headers, &RETRY_AFTER, |v| retry_after_value(v, now)))
         .or_else(|| first_valid(headers, &X_RATELIMIT_RESET_AFTER, number::seconds))
@@ -119,8 +141,6 @@ pub fn parse_at(headers: &HeaderMap, body: Option<&[u8]>, now: SystemTime) -> Op
         .or_else(|| openai_reset(headers))
         .or_else(|| ietf_ratelimit(headers, now))
         .or_else(|| first_valid(headers, &RATELIMIT_RESET, |v| number::reset(v, now)))
-        .or_else(|| body.and_then(body_json))
-        .or_else(|| body.and_then(body_text))
 }
 
 /// A `Retry-After` value: seconds, or an HTTP-date (past dates mean zero).
@@ -196,8 +216,8 @@ fn ietf_ratelimit(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     }
 }
 
-fn body_json(body: &[u8]) -> Option<Duration> {
-    match body::json(body)? {
+fn body_json(json: &Value) -> Option<Duration> {
+    match body::json_value(json)? {
         Ok(d) => Some(d),
         Err((field, why)) => {
             tracing::warn!(body_field = field, reason = %why, "ignoring unusable retry hint");
