@@ -376,6 +376,15 @@ pub async fn run_pool() -> Result<Report, BoxError> {
             fallback.hits().served()
         ),
     );
+    // The fallback echoes the request's `model`: it got the whole buffered body, a
+    // copy made before the primary consumed its own.
+    report.check(
+        first.body["model"] == POOL_MODEL,
+        format!(
+            "the fallback got the caller's whole request body (its answer echoes model {})",
+            first.body["model"]
+        ),
+    );
     report.check(
         g.requests == 1
             && g.rate_limited == 1
@@ -602,6 +611,8 @@ fn backend(
 > {
     let mut auth = HeaderValue::try_from(format!("Bearer {api_key}"))?;
     auth.set_sensitive(true);
+    // `testing::client()` is this client built for `Full<Bytes>` bodies; built for the
+    // gateway's `RetryBody`, it sends the buffered bytes without another copy.
     let client: Client<HttpConnector, GatewayBody> =
         Client::builder(TokioExecutor::new()).build_http();
     Ok(ServiceBuilder::new()
