@@ -359,8 +359,11 @@ pub async fn run_pool() -> Result<Report, BoxError> {
     println!(
         "-- 1. one call: the primary answers 429 code 1302, the same call goes on to the fallback"
     );
+    // What each call got, in a few words, for the summary.
+    let mut got: Vec<String> = Vec::new();
     let first = ask(&client, &url, &chat_body(POOL_MODEL, false)).await?;
     println!("   {first}");
+    got.push(first.label());
     let g = backend_stats(&handle, "glm")?;
     report.check(
         first.status == StatusCode::OK
@@ -406,6 +409,7 @@ pub async fn run_pool() -> Result<Report, BoxError> {
     for _ in 0..WHILE_COOLING {
         let answer = ask(&client, &url, &chat_body(POOL_MODEL, false)).await?;
         println!("   {answer}");
+        got.push(answer.label());
         if answer.status == StatusCode::OK && answer.served_by.as_deref() == Some("fallback") {
             by_fallback += 1;
         }
@@ -434,6 +438,11 @@ pub async fn run_pool() -> Result<Report, BoxError> {
     // --- 3. Streaming through the gateway. -------------------------------------------
     println!("-- 3. a `\"stream\": true` call: the SSE events as they reached the client (since the request was sent)");
     let stream = ask_stream(&client, &url, &chat_body(POOL_MODEL, true)).await?;
+    got.push(format!(
+        "{} stream from {}",
+        stream.status.as_u16(),
+        source(stream.served_by.as_deref())
+    ));
     println!(
         "   {} {} from `{}`",
         stream.status,
@@ -484,6 +493,7 @@ pub async fn run_pool() -> Result<Report, BoxError> {
     println!("-- 4. the fallback's quota is spent: every backend ends up cooling");
     let limited = ask(&client, &url, &chat_body(POOL_MODEL, false)).await?;
     println!("   {limited}");
+    got.push(limited.label());
     report.check(
         limited.status == StatusCode::TOO_MANY_REQUESTS
             && limited.served_by.as_deref() == Some("fallback")
@@ -502,6 +512,7 @@ pub async fn run_pool() -> Result<Report, BoxError> {
     let hits_before = (glm.hits().count(), fallback.hits().count());
     let refused = ask(&client, &url, &chat_body(POOL_MODEL, false)).await?;
     println!("   {refused}");
+    got.push(refused.label());
     let glm_left = match handle.cooldown().state("glm") {
         KeyState::Cooling { until, .. } => until.saturating_duration_since(Instant::now()),
         _ => Duration::ZERO,
@@ -533,6 +544,7 @@ pub async fn run_pool() -> Result<Report, BoxError> {
     // --- 5. A model with no route. ---------------------------------------------------
     let hits_before = (glm.hits().count(), fallback.hits().count());
     let unrouted = ask(&client, &url, &chat_body("no-such-model", false)).await?;
+    got.push(unrouted.label());
     println!("-- 5. a model with no route\n   {unrouted}");
     report.check(
         unrouted.status == StatusCode::NOT_FOUND
@@ -578,11 +590,7 @@ pub async fn run_pool() -> Result<Report, BoxError> {
         hits_summary(&glm.hits()),
         hits_summary(&fallback.hits())
     );
-    report.callers = format!(
-        "{} × 200 from the fallback (1 streamed), its real 429 once, the gateway's 503 Retry-After {} s once, 404 once",
-        1 + by_fallback + usize::from(stream.status == StatusCode::OK),
-        refused.retry_after.as_deref().unwrap_or("-")
-    );
+    report.callers = tally(&got);
     gateway.shutdown().await;
     glm_server.shutdown().await;
     fallback_server.shutdown().await;
@@ -806,6 +814,42 @@ impl fmt::Display for Answer {
             Ok(())
         }
     }
+}
+
+impl Answer {
+    /// The answer in a few words: status, source, and the gateway's `Retry-After`.
+    fn label(&self) -> String {
+        let mut label = format!(
+            "{} from {}",
+            self.status.as_u16(),
+            source(self.served_by.as_deref())
+        );
+        if let (None, Some(ra)) = (&self.served_by, &self.retry_after) {
+            label.push_str(&format!(" (Retry-After {ra} s)"));
+        }
+        label
+    }
+}
+
+/// Who answered: the backend named by `x-served-by`, else the gateway itself.
+fn source(served_by: Option<&str>) -> String {
+    served_by.map_or_else(|| "the gateway".to_owned(), |by| format!("`{by}`"))
+}
+
+/// Equal labels counted, in the order they first came: "4 × 200 from \`fallback\`,
+/// 1 × 404 from the gateway".
+fn tally(labels: &[String]) -> String {
+    let mut runs: Vec<(&str, usize)> = Vec::new();
+    for label in labels {
+        match runs.iter_mut().find(|(l, _)| *l == label.as_str()) {
+            Some((_, n)) => *n += 1,
+            None => runs.push((label, 1)),
+        }
+    }
+    runs.iter()
+        .map(|(label, n)| format!("{n} × {label}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A response header as text.
