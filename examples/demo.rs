@@ -6,6 +6,9 @@
 //! 2. DingTalk: AI cards streamed from concurrent conversations (403 QpsLimit).
 //! 3. Telegram: messages past the limit (429 retry_after), and a 4310 s ban.
 //! 4. GLM: a burst over the account's limit (429 code 1302).
+//! 5. LLM pool: an OpenAI-compatible gateway failing over from a GLM primary (1302) to
+//!    an OpenAI-compatible fallback, streaming SSE through, and answering at once when
+//!    every backend cools.
 //!
 //! Every number printed is read from the mocks' recorders or the layers' counters. The
 //! process exits non-zero if an expectation fails, so the demo is also a smoke test.
@@ -40,11 +43,12 @@ struct Row {
     failed: Vec<String>,
 }
 
-/// Runs one scenario module's `run()` and keeps what the summary needs (each module has
-/// its own copy of the `support` types, hence a macro rather than a function).
+/// Runs one scenario function (a module's `run()`, or `llm_gateway::run_pool()`) and
+/// keeps what the summary needs (each module has its own copy of the `support` types,
+/// hence a macro rather than a function).
 macro_rules! scenario {
-    ($name:literal, $module:ident) => {
-        match $module::run().await {
+    ($name:literal, $run:path) => {
+        match $run().await {
             Ok(r) => Row {
                 name: r.name,
                 failed: r.failures().into_iter().map(String::from).collect(),
@@ -66,16 +70,18 @@ macro_rules! scenario {
 #[tokio::main]
 async fn main() -> ExitCode {
     let started = Instant::now();
-    println!("ratewise demo: four rate-limit incidents against mock upstreams on 127.0.0.1");
+    println!("ratewise demo: five rate-limit scenarios against mock upstreams on 127.0.0.1");
     println!();
     let mut rows = Vec::new();
-    rows.push(scenario!("QQ gateway", qq_gateway));
+    rows.push(scenario!("QQ gateway", qq_gateway::run));
     println!();
-    rows.push(scenario!("DingTalk cards", dingtalk_cards));
+    rows.push(scenario!("DingTalk cards", dingtalk_cards::run));
     println!();
-    rows.push(scenario!("Telegram", telegram));
+    rows.push(scenario!("Telegram", telegram::run));
     println!();
-    rows.push(scenario!("GLM gateway", llm_gateway));
+    rows.push(scenario!("GLM gateway", llm_gateway::run));
+    println!();
+    rows.push(scenario!("LLM pool", llm_gateway::run_pool));
 
     println!();
     println!(
