@@ -326,6 +326,10 @@ async fn the_last_candidates_real_429_reaches_the_caller_unchanged() -> Result<(
         (glm.hits().rate_limited(), openai.hits().rate_limited()),
         (1, 1)
     );
+    // One failover (glm → openai); openai's 429 went to the caller, no failover from it.
+    assert_eq!(handle.backend("glm").unwrap().failovers, 1);
+    assert_eq!(handle.backend("openai").unwrap().failovers, 0);
+    assert_eq!(handle.totals().failovers, 1);
     // Both now cool (GLM 1 s by backoff, OpenAI 60 s by its retry-after-ms).
     assert!(matches!(handle.backend("openai").unwrap().state,
         KeyState::Cooling { until, .. } if until == Instant::now() + secs(60)));
@@ -364,6 +368,11 @@ async fn a_429_is_returned_when_the_remaining_candidate_recovers_too_late() -> R
     assert_eq!(served_by(&res), "primary");
     assert_eq!(body_json(res.into_body()).await?["error"]["code"], "1302");
     assert_eq!((primary.hits().count(), fallback.hits().count()), (1, 1));
+    // No other backend was called, so this was no failover (a regression: it used to be
+    // counted when the primary's answer was set aside, before the fallback was found
+    // cooling).
+    assert_eq!(pool.handle().backend("primary").unwrap().failovers, 0);
+    assert_eq!(pool.handle().totals().failovers, 0);
     Ok(())
 }
 

@@ -50,6 +50,8 @@ pin_project! {
         slots: Vec<Slot<ReqB, ResB>>,
         // The latest answer that was failed over, returned if no candidate is left.
         last: Option<(usize, Answer<ResB>)>,
+        // The candidate whose answer was failed over, until another backend is called.
+        pending_failover: Option<usize>,
         start: Instant,
         deadline: Instant,
         waited: bool,
@@ -129,6 +131,7 @@ impl<ReqB, ResB> ResponseFuture<ReqB, ResB> {
             req: Some(req),
             slots,
             last: None,
+            pending_failover: None,
             start,
             deadline,
             waited: false,
@@ -144,6 +147,7 @@ impl<ReqB, ResB> ResponseFuture<ReqB, ResB> {
             req: None,
             slots: Vec::new(),
             last: None,
+            pending_failover: None,
             start,
             deadline: start,
             waited: false,
@@ -184,6 +188,7 @@ where
                             return Poll::Ready(out);
                         }
                         None => {
+                            *this.pending_failover = Some(pos);
                             this.state.set(State::Scan);
                             continue;
                         }
@@ -211,7 +216,14 @@ where
             match step {
                 Step::Call(pos) => {
                     match start_call(this.shared, this.candidates, this.slots, this.req, pos) {
-                        Some(future) => this.state.set(State::Call { future, pos }),
+                        Some(future) => {
+                            // A failover is counted when the call really reaches another
+                            // backend, not when a backend's answer is set aside.
+                            if let Some(prev) = this.pending_failover.take() {
+                                count_failover(this.shared, this.candidates, prev);
+                            }
+                            this.state.set(State::Call { future, pos });
+                        }
                         None => {
                             let out = give_up(
                                 this.shared,
@@ -238,6 +250,7 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(out);
                     }
+                    *this.pending_failover = Some(pos);
                     this.state.set(State::Scan);
                 }
                 Step::Wait(at) => {
@@ -467,9 +480,7 @@ fn on_answer<ReqB, ResB>(
         || (shared.failover_on_transient && verdict == Verdict::Transient);
     let can_move_on = req.is_some() && slots.iter().any(|s| !s.tried);
     if eligible && can_move_on {
-        bump(&shared.stats.totals.failovers);
         if let Some(info) = info {
-            bump(&info.counters.failovers);
             tracing::info!(
                 target: "ratewise::pool",
                 backend = %info.name,
@@ -492,6 +503,18 @@ fn on_answer<ReqB, ResB>(
         }
     }
     Some(finish(shared, candidates, pos, answer))
+}
+
+/// Counts a failover from the candidate at `pos`: its answer was set aside and the call
+/// has just gone to another backend.
+fn count_failover<ReqB, ResB>(shared: &Shared<ReqB, ResB>, candidates: &[usize], pos: usize) {
+    bump(&shared.stats.totals.failovers);
+    if let Some(info) = candidates
+        .get(pos)
+        .and_then(|&i| shared.stats.backends.get(i))
+    {
+        bump(&info.counters.failovers);
+    }
 }
 
 /// The call's result from one backend's answer: responses carry [`ServedBy`].

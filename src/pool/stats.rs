@@ -33,7 +33,8 @@ pub struct BackendStats {
     pub rate_limited: u64,
     /// Of those, every other answer or error (transient, failure).
     pub failed: u64,
-    /// Calls that moved on to another backend after this one's answer.
+    /// Calls that went on to another backend after this one's answer was set aside
+    /// (counted when the next backend is called, not when no other could be reached).
     pub failovers: u64,
     /// Calls that passed this backend over because it was cooling or half-open with a
     /// probe in flight (each call counted once).
@@ -49,7 +50,8 @@ pub struct BackendStats {
 pub struct PoolStats {
     /// Calls made to the pool.
     pub calls: u64,
-    /// Calls that moved on from one backend to the next (a call can count several).
+    /// Times a call went on from one backend to another (a call can count several;
+    /// counted when the next backend is called).
     pub failovers: u64,
     /// Calls that waited because no candidate was available.
     pub waited: u64,
