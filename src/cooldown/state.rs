@@ -347,7 +347,7 @@ impl Shared {
                     } else if let Some(ra) = retry_after {
                         let d = self.config.max_cooldown.map_or(ra, |m| ra.min(m));
                         let new_until = add(add(now, d), self.config.precheck);
-                        if entry.until.map_or(true, |u| new_until > u) {
+                        if entry.until.is_none_or(|u| new_until > u) {
                             entry.until = Some(new_until);
                             entry.half_open = true;
                             Counters::bump(&self.stats.extended);
