@@ -40,7 +40,7 @@ fn glm_body(len: usize) -> Bytes {
     assert!(len > head.len(), "{len} is too short for GLM's body");
     let mut body = String::with_capacity(len);
     body.push_str(head);
-    body.extend(std::iter::repeat(' ').take(len - head.len() - 1));
+    body.extend(std::iter::repeat_n(' ', len - head.len() - 1));
     body.push('}');
     assert_eq!(body.len(), len);
     Bytes::from(body)
