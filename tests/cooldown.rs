@@ -520,7 +520,7 @@ async fn half_open_lets_one_probe_go_then_the_rest() {
     }
 
     let mut expected = vec![s(0.0), s(10.0)];
-    expected.extend(std::iter::repeat(s(11.0)).take(100));
+    expected.extend(std::iter::repeat_n(s(11.0), 100));
     assert_eq!(
         up.times(),
         expected,
@@ -571,7 +571,7 @@ async fn probe_rate_limited_again_keeps_the_others_out() {
     assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 200, 200, 429]);
 
     let mut expected = vec![s(0.0), s(10.0), s(21.0)];
-    expected.extend(std::iter::repeat(s(22.0)).take(8));
+    expected.extend(std::iter::repeat_n(s(22.0), 8));
     assert_eq!(up.times(), expected);
     assert_eq!(handle.stats().probes, 2);
 }
