@@ -85,9 +85,10 @@ pub async fn run() -> Result<Report, BoxError> {
         .window(Duration::from_secs(1))
         .penalty(PENALTY);
     let server = MockServer::start(tg.router()).await?;
-    let stack = ClientStackLayer::preset(Platform::Telegram).build()?;
+    let stack = ClientStackLayer::preset(Platform::Telegram)
+        .rate_limit(|rl| rl.per_second(20).burst(1))
+        .build()?;
     let bot = ServiceBuilder::new()
-        .concurrency_limit(1)
         .layer(stack.clone())
         .service(client());
     let url = server.url(&format!("/bot{TOKEN}/sendMessage"));

@@ -98,6 +98,7 @@
 pub mod error;
 mod events;
 mod future;
+pub(crate) mod gate;
 mod layer;
 mod service;
 mod state;
