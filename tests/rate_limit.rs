@@ -759,8 +759,7 @@ impl RateLimitStore for RoundTripStore {
 /// between two clock reads, and with a remote store for its round trip. Only a request
 /// that was held back (denied a cell, or queued behind waiters) has waited.
 #[tokio::test(start_paused = true)]
-async fn waited_counts_only_requests_that_were_held_back_not_a_first_attempt_that_took_time()
-{
+async fn waited_counts_only_requests_that_were_held_back_not_a_first_attempt_that_took_time() {
     let start = Instant::now();
     let (hits, up) = upstream(start);
     let quota = Quota::per_second(1).unwrap().with_burst(2).unwrap();

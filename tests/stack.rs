@@ -259,9 +259,7 @@ async fn requests_queued_in_the_rate_limiter_do_not_go_out_during_a_cooldown() {
         .cooldown(|c| c.wait(secs(30.0)))
         .build()
         .unwrap();
-    let client = ServiceBuilder::new()
-        .layer(stack.clone())
-        .service(upstream);
+    let client = ServiceBuilder::new().layer(stack.clone()).service(upstream);
 
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -342,14 +340,19 @@ async fn a_request_held_back_in_the_rate_limiter_fails_with_cooling_down_and_tak
 
     // The first gets the 429 itself.
     let (first, at) = &results[0];
-    assert_eq!(first.as_ref().unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        first.as_ref().unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
     assert_eq!(*at, secs(0.1));
     // The three queued for the cooling key fail together at 1 s, when the first of them
     // reached the head of the line: the cooldown's typed error, naming the key and the
     // time left.
     for (res, at) in &results[1..4] {
         let err = res.as_ref().unwrap_err();
-        let cooling = err.downcast_ref::<CoolingDown>().expect("a CoolingDown error");
+        let cooling = err
+            .downcast_ref::<CoolingDown>()
+            .expect("a CoolingDown error");
         assert_eq!(cooling.key().as_str(), "a.test");
         assert_eq!(cooling.remaining(), secs(9.1));
         assert!(err.to_string().contains("not sent"), "{err}");
@@ -361,7 +364,10 @@ async fn a_request_held_back_in_the_rate_limiter_fails_with_cooling_down_and_tak
     assert_eq!(*at, secs(1.0));
     assert_eq!(
         *calls.lock().unwrap(),
-        [("a.test".to_owned(), secs(0.0)), ("b.test".to_owned(), secs(1.0))]
+        [
+            ("a.test".to_owned(), secs(0.0)),
+            ("b.test".to_owned(), secs(1.0))
+        ]
     );
     assert_eq!(limit.stats().admitted(), 2);
     assert_eq!(limit.stats().rejected(), 0);
@@ -379,7 +385,10 @@ async fn a_request_held_back_in_the_rate_limiter_fails_with_cooling_down_and_tak
     let stats = handle.stats();
     assert_eq!(stats.cooldowns_started, 1);
     assert_eq!(stats.cooldowns_extended, 0);
-    assert_eq!((stats.met_cooldown, stats.rejected, stats.waited), (3, 3, 0));
+    assert_eq!(
+        (stats.met_cooldown, stats.rejected, stats.waited),
+        (3, 3, 0)
+    );
 
     // At expiry, the next request is the probe and goes at once.
     tokio::time::sleep_until(start + secs(10.1)).await;
@@ -441,8 +450,13 @@ async fn the_half_open_probe_queued_in_the_rate_limiter_passes_its_own_gate() {
     let calls = calls.lock().unwrap().clone();
     assert_eq!(
         calls,
-        [("a.test", 0.0), ("b.test", 4.5), ("a.test", 5.5), ("a.test", 6.5)]
-            .map(|(h, t)| (h.to_owned(), secs(t)))
+        [
+            ("a.test", 0.0),
+            ("b.test", 4.5),
+            ("a.test", 5.5),
+            ("a.test", 6.5)
+        ]
+        .map(|(h, t)| (h.to_owned(), secs(t)))
     );
     let stats = handle.stats();
     assert_eq!(stats.probes, 1, "exactly one probe");

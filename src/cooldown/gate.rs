@@ -115,7 +115,12 @@ mod tests {
         // Another request's 429 cools `a` for 10 s: `a`'s gate closes, `b`'s does not.
         let ticket = admitted(&cd, &a);
         let now = Instant::now();
-        cd.report(&a, ticket, Verdict::rate_limited(Some(Duration::from_secs(10))), now);
+        cd.report(
+            &a,
+            ticket,
+            Verdict::rate_limited(Some(Duration::from_secs(10))),
+            now,
+        );
         let err = Gates::check(&ext, now).unwrap_err();
         assert_eq!(err.key().as_str(), "a");
         assert_eq!(err.remaining(), Duration::from_secs(10));
@@ -154,7 +159,10 @@ mod tests {
             .collect();
         assert_eq!(
             seen,
-            [(one.id, "c".to_owned(), Some(7)), (two.id, "b".to_owned(), None)]
+            [
+                (one.id, "c".to_owned(), Some(7)),
+                (two.id, "b".to_owned(), None)
+            ]
         );
     }
 }

@@ -92,7 +92,10 @@ struct Admission<S, B, St> {
 
 /// Why a request was not admitted.
 enum Refusal {
-    Denied { key: Key, wait: Duration },
+    Denied {
+        key: Key,
+        wait: Duration,
+    },
     TooCostly(CostExceedsBurst),
     Store(StoreError),
     /// A cooldown above began cooling the request's key while it waited.
@@ -490,7 +493,9 @@ where
                     }
                     // Reject mode never holds a request back, so it never checks a
                     // cooldown's gate; answer like any refusal should it happen.
-                    Refusal::Cooling(err) => headers::too_many_requests(quota, Some(err.remaining())),
+                    Refusal::Cooling(err) => {
+                        headers::too_many_requests(quota, Some(err.remaining()))
+                    }
                 }))
             }
         }

@@ -175,13 +175,7 @@ mod tests {
         let t0 = hits.start();
         let ms = Duration::from_millis;
         let rec = |at: Duration, path: &str, outcome: Outcome| {
-            hits.record(
-                t0 + at,
-                Method::POST,
-                path.into(),
-                StatusCode::OK,
-                outcome,
-            )
+            hits.record(t0 + at, Method::POST, path.into(), StatusCode::OK, outcome)
         };
         // Recorded in the order the handlers finished.
         rec(ms(30), "/c", Outcome::Served);
