@@ -40,7 +40,7 @@ impl CoolingDown {
     }
 
     /// The same refusal, made by the gate of the cooldown `id` below that cooldown.
-    pub(crate) fn from_gate(mut self, id: u64) -> Self {
+    pub(crate) fn by_gate(mut self, id: u64) -> Self {
         self.gate = Some(id);
         self
     }

@@ -350,11 +350,11 @@ impl Shared {
             return Ok(());
         };
         if let Some(until) = entry.cooling(now) {
-            return Err(CoolingDown::new(key.clone(), until - now, false).from_gate(self.id));
+            return Err(CoolingDown::new(key.clone(), until - now, false).by_gate(self.id));
         }
         if entry.half_open && (probe.is_none() || entry.probe != probe) {
             let probing = entry.probe.is_some();
-            return Err(CoolingDown::new(key.clone(), Duration::ZERO, probing).from_gate(self.id));
+            return Err(CoolingDown::new(key.clone(), Duration::ZERO, probing).by_gate(self.id));
         }
         Ok(())
     }
