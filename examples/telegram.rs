@@ -6,21 +6,19 @@
 //! [`ClientStackLayer::preset(Platform::Telegram)`](ratewise::stack::ClientStackLayer):
 //!
 //! ```text
-//! ConcurrencyLimitLayer(1)    one call of this bot on the wire at a time (see below)
-//!   RetryLayer                waits out the server's retry_after, up to max_delay (60 s)
-//!     CooldownLayer           no call to a key while it is penalised; one probe after
-//!       RateLimitLayer        30/s, burst 30: looser than this mock (10 per second)
-//!         ClassifyLayer       429 + retry_after (header or body) is a rate limit
-//!           hyper-util client
+//! RetryLayer                waits out the server's retry_after, up to max_delay (60 s)
+//!   CooldownLayer           no call to a key while it is penalised; one probe after
+//!     RateLimitLayer        20/s, burst 1: looser than this mock (10 per second)
+//!       ClassifyLayer       429 + retry_after (header or body) is a rate limit
+//!         hyper-util client
 //! ```
 //!
-//! Why one call at a time: Telegram stamps a penalty when it sends the 429. A call
-//! already on the wire by then arrives during the penalty, whatever the client does
-//! next, and doubles it; so does a call that was already waiting inside the stack's
-//! rate limiter, past the cooldown check. With several senders in flight at once, the
-//! calls racing the 429 land in the penalty (remove the `concurrency_limit(1)` line
-//! below and the checks on calls during a penalty usually fail); with one in flight,
-//! none do.
+//! The rate limit has a burst of 1, so the senders' calls go one every 50 ms and the
+//! others wait in the limiter's queue. When a call comes back 429, the calls waiting
+//! there passed the cooldown before the penalty began; the cooldown's gate stops them in
+//! the limiter (no cell taken, nothing sent) and the retry waits the penalty out. Only a
+//! call already on the wire when Telegram sends its 429 could still land in the
+//! penalty; pacing keeps calls from overlapping on the wire.
 //!
 //! Two parts: 24 messages from 6 senders sharing the bot (each 429 waited out, every
 //! message delivered, zero calls during a penalty), then a bot that starts while banned
@@ -85,11 +83,11 @@ pub async fn run() -> Result<Report, BoxError> {
         .window(Duration::from_secs(1))
         .penalty(PENALTY);
     let server = MockServer::start(tg.router()).await?;
-    let stack = ClientStackLayer::preset(Platform::Telegram).build()?;
-    let bot = ServiceBuilder::new()
-        .concurrency_limit(1)
-        .layer(stack.clone())
-        .service(client());
+    // One call every 50 ms at most: the rest wait in the limiter, behind the cooldown.
+    let stack = ClientStackLayer::preset(Platform::Telegram)
+        .rate_limit(|rl| rl.per_second(20).burst(1))
+        .build()?;
+    let bot = ServiceBuilder::new().layer(stack.clone()).service(client());
     let url = server.url(&format!("/bot{TOKEN}/sendMessage"));
 
     let started = tokio::time::Instant::now();
@@ -130,10 +128,11 @@ pub async fn run() -> Result<Report, BoxError> {
     print_hits(&hits);
     let stats = stack.stats();
     println!(
-        "-- in {}: {}; the stack cooled down {} time(s), retried {} time(s)",
+        "-- in {}: {}; the stack cooled down {} time(s), stopped {} call(s) waiting in the rate limiter when a penalty began, retried {} time(s)",
         secs(elapsed),
         hits_summary(&hits),
         stats.cooldown.cooldowns_started,
+        stats.cooldown.rejected,
         stats.retry.retries()
     );
     println!("-- what the senders got: {statuses:?}");

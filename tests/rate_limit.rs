@@ -5,8 +5,9 @@ mod common;
 
 use std::{
     convert::Infallible,
-    future::poll_fn,
+    future::{poll_fn, Future},
     num::NonZeroU32,
+    pin::Pin,
     sync::{Arc, Mutex},
     task::Poll,
     time::Duration,
@@ -18,7 +19,7 @@ use ratewise::{
     key::Key,
     rate_limit::{
         CostExceedsBurst, Decision, GovernorStore, MaxWaitExceeded, Quota, RateLimitLayer,
-        RateLimitStore, RateLimiter,
+        RateLimitStore, RateLimiter, StoreError,
     },
     BoxError,
 };
@@ -730,4 +731,53 @@ async fn reject_mode_layers_an_axum_router_directly() {
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(limited.headers()["retry-after"], "1");
     assert_eq!(limit.stats().rejected(), 1);
+}
+
+/// A store whose every answer takes 5 ms (a remote store's round trip), deciding on the
+/// in-memory buckets once the time has passed.
+#[derive(Clone)]
+struct RoundTripStore(GovernorStore);
+
+impl RateLimitStore for RoundTripStore {
+    type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
+
+    fn acquire(&self, key: &Key, cost: NonZeroU32) -> Self::Future {
+        let (store, key) = (self.0.clone(), key.clone());
+        Box::pin(async move {
+            tokio::time::sleep(5 * MS).await;
+            store.acquire(&key, cost).await
+        })
+    }
+
+    fn quota(&self) -> Quota {
+        self.0.quota()
+    }
+}
+
+/// `Stats::waited` used to count every request whose admission took any time at all: on
+/// a real clock, a request admitted at its first poll was "waited" for the microseconds
+/// between two clock reads, and with a remote store for its round trip. Only a request
+/// that was held back (denied a cell, or queued behind waiters) has waited.
+#[tokio::test(start_paused = true)]
+async fn waited_counts_only_requests_that_were_held_back_not_a_first_attempt_that_took_time() {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let quota = Quota::per_second(1).unwrap().with_burst(2).unwrap();
+    let limit = RateLimitLayer::builder()
+        .build_with_limiter(RateLimiter::new(RoundTripStore(GovernorStore::new(quota))))
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+
+    for h in spawn_in_order(&svc, 0..3).await {
+        h.await.unwrap().unwrap();
+    }
+
+    // Two go after one round trip; the third is denied (next cell at 1.005 s), sleeps,
+    // and goes after a second round trip.
+    assert_eq!(times(&hits), [5 * MS, 5 * MS, 1010 * MS]);
+    let stats = limit.stats();
+    assert_eq!(stats.admitted(), 3);
+    assert_eq!(stats.waited(), 1, "only the denied request waited");
+    assert_eq!(stats.total_wait(), 1010 * MS);
+    assert_eq!(stats.max_wait(), 1010 * MS);
 }

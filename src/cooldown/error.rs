@@ -8,15 +8,25 @@ use crate::key::Key;
 /// A request was refused because its key is cooling down after a rate-limited answer.
 ///
 /// Returned (boxed in [`BoxError`](crate::BoxError)) in fail-fast mode, and in wait mode
-/// when the cooldown outlasts `max_wait`. No request that fails with this error has
-/// reached the inner service. [`verdict_of_error`](crate::classify::verdict_of_error)
-/// reads it as rate-limited with [`remaining`](CoolingDown::remaining) as the hint, so a
-/// retry layer above knows how long to wait.
+/// when the cooldown outlasts `max_wait`. Also returned by a ratewise
+/// [`RateLimitLayer`](crate::RateLimitLayer) below the cooldown for a request that
+/// passed the cooldown while its key was open, then waited in the limiter's queue and
+/// found the key cooling (or half-open, with another request as the probe) when its
+/// turn came: that request took no cell and was not sent (see the
+/// [module docs](super#requests-held-back-below-the-cooldown)).
+///
+/// No request that fails with this error has reached the inner service.
+/// [`verdict_of_error`](crate::classify::verdict_of_error) reads it as rate-limited with
+/// [`remaining`](CoolingDown::remaining) as the hint, so a retry layer above knows how
+/// long to wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoolingDown {
     key: Key,
     remaining: Duration,
     probing: bool,
+    /// The id of the cooldown whose gate refused the request below the cooldown;
+    /// `None` when the cooldown refused it itself.
+    gate: Option<u64>,
 }
 
 impl CoolingDown {
@@ -25,7 +35,19 @@ impl CoolingDown {
             key,
             remaining,
             probing,
+            gate: None,
         }
+    }
+
+    /// The same refusal, made by the gate of the cooldown `id` below that cooldown.
+    pub(crate) fn by_gate(mut self, id: u64) -> Self {
+        self.gate = Some(id);
+        self
+    }
+
+    /// The id of the cooldown whose gate refused the request, when a gate did.
+    pub(crate) fn gate(&self) -> Option<u64> {
+        self.gate
     }
 
     /// The key that is cooling down.
@@ -47,6 +69,19 @@ impl CoolingDown {
 
 impl fmt::Display for CoolingDown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.gate.is_some() {
+            write!(
+                f,
+                "key `{}` began cooling down after a rate-limited answer while this request waited to be sent, so it was not sent: {:.3} s remaining",
+                self.key,
+                self.remaining.as_secs_f64()
+            )?;
+            return if self.probing {
+                f.write_str(", then a probe request in flight decides")
+            } else {
+                Ok(())
+            };
+        }
         if self.probing {
             write!(
                 f,
@@ -71,6 +106,22 @@ impl Error for CoolingDown {}
 pub(crate) fn verdict(err: &(dyn Error + 'static)) -> Option<crate::classify::Verdict> {
     err.downcast_ref::<CoolingDown>()
         .map(|e| crate::classify::Verdict::rate_limited(Some(e.remaining())))
+}
+
+/// The [`CoolingDown`] a cooldown's gate returned below it, found in `err` or its
+/// `source()` chain: a request that never reached the upstream, so never a new
+/// rate-limit signal.
+pub(crate) fn held_back<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a CoolingDown> {
+    let mut cur: Option<&'a (dyn Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(cooling) = e.downcast_ref::<CoolingDown>() {
+            if cooling.gate.is_some() {
+                return Some(cooling);
+            }
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// A cooldown configuration the builder refused, naming the field.

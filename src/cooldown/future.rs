@@ -8,7 +8,7 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use http::Response;
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::{
     sync::futures::OwnedNotified,
@@ -17,6 +17,8 @@ use tokio::{
 use tower::Service;
 
 use super::{
+    error::held_back,
+    gate::Gates,
     state::{Admission, Shared, Ticket},
     stats::Counters,
 };
@@ -87,9 +89,9 @@ where
     }
 }
 
-impl<S, Req, B> Future for ResponseFuture<S, Req>
+impl<S, ReqBody, B> Future for ResponseFuture<S, Request<ReqBody>>
 where
-    S: Service<Req, Response = Response<B>>,
+    S: Service<Request<ReqBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
 {
     type Output = Result<Response<B>, BoxError>;
@@ -102,16 +104,21 @@ where
                     let stats = &this.shared.stats;
                     match this.shared.admit(this.key, Instant::now(), *this.deadline) {
                         Admission::Go(ticket) => {
-                            if *this.met {
-                                Counters::bump(&stats.waited);
-                            }
-                            let (mut inner, req) = this
+                            let (mut inner, mut req) = this
                                 .call
                                 .take()
                                 .expect("cooldown ResponseFuture admitted twice");
                             if ticket.is_probe() {
                                 tracing::debug!(target: "ratewise::cooldown", key = %this.key, "probe request after cooldown");
                             }
+                            // Layers below that hold the request back re-check the key
+                            // through this gate before sending it.
+                            Gates::attach(
+                                req.extensions_mut(),
+                                this.shared,
+                                this.key,
+                                ticket.probe_id(),
+                            );
                             *this.ticket = Some(ticket);
                             let future = inner.call(req);
                             this.state.set(State::Call { future });
@@ -147,6 +154,25 @@ where
                 StateProj::Call { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
                     this.state.set(State::Done);
+                    let stats = &this.shared.stats;
+                    let gate = result.as_ref().err().and_then(|err| held_back(&**err));
+                    if let Some(refusal) = gate {
+                        // A gate below refused the request: it never reached the
+                        // upstream, so its answer is no signal. Dropping the ticket
+                        // frees a probe's slot for the next request.
+                        if refusal.gate() == Some(this.shared.id) {
+                            if !*this.met {
+                                Counters::bump(&stats.met);
+                            }
+                            Counters::bump(&stats.rejected);
+                            tracing::debug!(target: "ratewise::cooldown", key = %this.key, remaining_ms = refusal.remaining().as_millis() as u64, "request held back below the cooldown: the key began cooling while it waited");
+                        }
+                        this.ticket.take();
+                        return Poll::Ready(result);
+                    }
+                    if *this.met {
+                        Counters::bump(&stats.waited);
+                    }
                     if let Some(ticket) = this.ticket.take() {
                         let verdict = match &result {
                             Ok(response) => verdict_of(response),

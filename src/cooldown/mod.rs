@@ -7,7 +7,9 @@
 //! GLM's code 1302; a plain 429 is judged without one). When an answer is
 //! rate-limited, its key (by default the request's authority; any
 //! [`KeyExtractor`](crate::key::KeyExtractor)) cools down, and no request for that key
-//! reaches the upstream until the cooldown is over.
+//! reaches the upstream until the cooldown is over: neither new requests nor those that
+//! passed the cooldown earlier and are still waiting in a rate limiter below it (see
+//! [below](#requests-held-back-below-the-cooldown)).
 //!
 //! # How long a key cools
 //!
@@ -47,6 +49,41 @@
 //!
 //! In fail-fast mode, requests that meet a probe in flight get [`CoolingDown`] with a
 //! zero wait ([`CoolingDown::is_probing`]).
+//!
+//! # Requests held back below the cooldown
+//!
+//! In the standard stack the cooldown sits above a
+//! [`RateLimitLayer`](crate::RateLimitLayer) (so that after a cooldown the released
+//! requests are paced by the limiter, not sent as a burst). A request can then pass the
+//! cooldown while its key is open and wait in the limiter's queue while another
+//! request's rate-limited answer starts a cooldown. Such a request must not go out when
+//! its cell comes: it would land inside the server's penalty (Telegram doubles the
+//! penalty on every such call).
+//!
+//! So the cooldown attaches a gate (its table, the key, and whether the request is the
+//! probe) to every request it lets through, and the rate limiter, in wait mode,
+//! re-checks every gate a request carries right before a request it held back (denied
+//! a cell, or queued) asks for its cells. If a key is cooling by then, or half-open with
+//! another request as the probe, the request takes no cell, is not sent, and fails with
+//! [`CoolingDown`] (the remaining wait, or zero when half-open). The cooldown recognises
+//! that error as coming from a gate: it counts the request in
+//! [`rejected`](CooldownStats::rejected), not as a rate-limited answer (no `n + 1`, no
+//! extension), and a probe refused that way frees its slot. The probe passes its own
+//! gate.
+//!
+//! The cooldown no longer holds that request, so it cannot wait on its behalf even in
+//! [`Mode::Wait`]: the caller gets [`CoolingDown`]. A [`RetryLayer`](crate::RetryLayer)
+//! above (as in [`ClientStackLayer`](crate::ClientStackLayer)) reads it as rate-limited
+//! with the remaining wait, waits, and sends the request again through the cooldown,
+//! which then lines it up behind the probe.
+//!
+//! The guarantee: once a rate-limited answer has reached the cooldown, no request for
+//! its key reaches the upstream through ratewise's layers until the cooldown is over
+//! and the probe has been answered. The one exception no client can avoid: requests
+//! already sent when the upstream sent that answer (on the wire, or handed to the inner
+//! client in the same instant). Their answers may extend the cooldown with their own
+//! retry hints but do not count as new signals; keeping few requests in flight (a
+//! limiter with a small burst) keeps them few.
 //!
 //! # Observing it
 //!
@@ -98,6 +135,7 @@
 pub mod error;
 mod events;
 mod future;
+pub(crate) mod gate;
 mod layer;
 mod service;
 mod state;

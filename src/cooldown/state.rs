@@ -16,7 +16,10 @@ use std::{
     collections::HashMap,
     fmt,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
     time::Duration,
 };
 
@@ -125,6 +128,8 @@ impl fmt::Debug for CooldownHandle {
 
 /// State shared by a layer, its clones and every service and future they make.
 pub(crate) struct Shared {
+    /// Unique per table: names the cooldown whose gate refused a request.
+    pub(crate) id: u64,
     pub(crate) config: Config,
     pub(crate) stats: Counters,
     table: Mutex<Table>,
@@ -219,6 +224,11 @@ impl Ticket {
     pub(crate) fn is_probe(&self) -> bool {
         self.probe.is_some()
     }
+
+    /// The probe's id, when this request is the half-open probe.
+    pub(crate) fn probe_id(&self) -> Option<u64> {
+        self.probe.as_ref().map(|p| p.id)
+    }
 }
 
 /// The half-open probe slot: released on drop unless the answer was reported, so a
@@ -248,7 +258,9 @@ pub(crate) fn add(now: Instant, d: Duration) -> Instant {
 
 impl Shared {
     pub(crate) fn new(config: Config, on_event: Arc<dyn OnCooldownEvent>) -> Arc<Self> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Arc::new(Shared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             config,
             stats: Counters::default(),
             table: Mutex::new(Table::default()),
@@ -322,6 +334,29 @@ impl Shared {
             table.map.remove(key);
         }
         Admission::Go(Ticket { seq, probe: None })
+    }
+
+    /// Whether a request admitted earlier for `key` (as the probe `probe`, or not) may
+    /// still be sent at `now`: no when the key is cooling, or half-open and this request
+    /// is not its probe. The refusal is the [`CoolingDown`] to finish the request with.
+    pub(crate) fn check_gate(
+        &self,
+        key: &Key,
+        probe: Option<u64>,
+        now: Instant,
+    ) -> Result<(), CoolingDown> {
+        let table = self.lock();
+        let Some(entry) = table.map.get(key) else {
+            return Ok(());
+        };
+        if let Some(until) = entry.cooling(now) {
+            return Err(CoolingDown::new(key.clone(), until - now, false).by_gate(self.id));
+        }
+        if entry.half_open && (probe.is_none() || entry.probe != probe) {
+            let probing = entry.probe.is_some();
+            return Err(CoolingDown::new(key.clone(), Duration::ZERO, probing).by_gate(self.id));
+        }
+        Ok(())
     }
 
     /// Records the verdict of an admitted request's answer.

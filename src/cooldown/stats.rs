@@ -15,11 +15,16 @@ pub struct CooldownStats {
     /// the cooldown began.
     pub cooldowns_extended: u64,
     /// Requests that met a cooldown or a half-open key (each request counted once,
-    /// whether it then waited or was rejected).
+    /// whether it then waited or was rejected), here or, while they waited to be sent,
+    /// in a rate limiter below.
     pub met_cooldown: u64,
-    /// Of those, requests that waited and were then sent upstream.
+    /// Of those, requests that waited and were then sent upstream (counted when their
+    /// answer comes back).
     pub waited: u64,
-    /// Of those, requests refused with [`CoolingDown`](super::CoolingDown).
+    /// Of those, requests refused with [`CoolingDown`](super::CoolingDown): by the
+    /// cooldown itself, or by its gate in a rate limiter below (requests that passed
+    /// the cooldown while the key was open and were still waiting to be sent when it
+    /// began cooling).
     pub rejected: u64,
     /// Probe requests sent after a cooldown ended.
     pub probes: u64,

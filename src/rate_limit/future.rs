@@ -26,7 +26,11 @@ use super::{
     policy::{Reject, Wait},
     store::{Decision, RateLimitStore, StoreError},
 };
-use crate::{key::Key, BoxError};
+use crate::{
+    cooldown::{gate::Gates, CoolingDown},
+    key::Key,
+    BoxError,
+};
 
 type Turn = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
@@ -76,6 +80,9 @@ struct Admission<S, B, St> {
     arrived: Option<Instant>,
     deadline: Option<Instant>,
     known_earliest: Option<Instant>,
+    /// Held back: denied cells or queued behind other waiters at least once. Only such
+    /// a request counts as having waited, and only it re-checks cooldown gates.
+    held: bool,
     ticket: Option<Ticket>,
     permit: Option<OwnedSemaphorePermit>,
     turn: Option<Turn>,
@@ -85,9 +92,14 @@ struct Admission<S, B, St> {
 
 /// Why a request was not admitted.
 enum Refusal {
-    Denied { key: Key, wait: Duration },
+    Denied {
+        key: Key,
+        wait: Duration,
+    },
     TooCostly(CostExceedsBurst),
     Store(StoreError),
+    /// A cooldown above began cooling the request's key while it waited.
+    Cooling(CoolingDown),
 }
 
 impl<S, B, St, M> ResponseFuture<S, B, St, M>
@@ -121,6 +133,7 @@ where
                 arrived: None,
                 deadline: None,
                 known_earliest: None,
+                held: false,
                 ticket: None,
                 permit: None,
                 turn: None,
@@ -183,7 +196,7 @@ where
                         // Cells that replenish are promised to the waiters.
                         return Poll::Ready(Err(adm.denied(wait)));
                     }
-                    let fut = adm.limiter.store().acquire(&adm.key, adm.cost);
+                    let fut = adm.acquire()?;
                     state.set(State::Acquire { fut });
                 }
                 StateProj::Acquire { fut } => {
@@ -267,7 +280,7 @@ where
                                     state.set(State::Sleeping);
                                 }
                                 None => {
-                                    let fut = adm.limiter.store().acquire(&adm.key, adm.cost);
+                                    let fut = adm.acquire()?;
                                     state.set(State::Acquire { fut });
                                 }
                             }
@@ -293,7 +306,7 @@ where
                     if let Some(timer) = adm.timer.as_mut() {
                         ready!(timer.as_mut().poll(cx));
                     }
-                    let fut = adm.limiter.store().acquire(&adm.key, adm.cost);
+                    let fut = adm.acquire()?;
                     state.set(State::Acquire { fut });
                 }
                 StateProj::Called { .. } => return Poll::Ready(Ok(())),
@@ -306,9 +319,28 @@ where
 impl<S, B, St> Admission<S, B, St>
 where
     S: Service<Request<B>>,
+    St: RateLimitStore,
+{
+    /// Asks the store for the request's cells. A request that was held back first
+    /// re-checks the gates of the cooldowns it passed: if one of its keys began cooling
+    /// meanwhile, it takes no cell and is not sent.
+    fn acquire(&self) -> Result<St::Future, Refusal> {
+        if self.held {
+            if let Some((_, request)) = &self.pending {
+                Gates::check(request.extensions(), Instant::now()).map_err(Refusal::Cooling)?;
+            }
+        }
+        Ok(self.limiter.store().acquire(&self.key, self.cost))
+    }
+}
+
+impl<S, B, St> Admission<S, B, St>
+where
+    S: Service<Request<B>>,
 {
     fn enqueue(&mut self, ticket: Ticket, turn: Arc<Semaphore>, estimate: Duration) {
         tracing::debug!(key = %self.key, wait = ?estimate, "rate limit: waiting for a cell");
+        self.held = true;
         self.ticket = Some(ticket);
         self.turn = Some(Box::pin(turn.acquire_owned()));
         if let Some(deadline) = self.deadline {
@@ -330,11 +362,14 @@ where
         self.permit = None;
         self.turn = None;
         self.timer = None;
-        let waited = self.arrived.map_or(Duration::ZERO, |arrived| {
-            now.saturating_duration_since(arrived)
-        });
+        // Only a request that was held back waited; the time a first-poll admission
+        // takes (a store's round trip, or microseconds on a real clock) is no wait.
+        let waited = self
+            .arrived
+            .filter(|_| self.held)
+            .map(|arrived| now.saturating_duration_since(arrived));
         self.limiter.stats().record_admitted(waited);
-        if !waited.is_zero() {
+        if let Some(waited) = waited {
             tracing::debug!(key = %self.key, waited = ?waited, "rate limit: admitted after waiting");
         }
         let (mut inner, request) = self
@@ -400,6 +435,11 @@ where
                         tracing::warn!(error = %err, "rate limit: store failed");
                         Box::new(err)
                     }
+                    Refusal::Cooling(err) => {
+                        // The cooldown above counts it; the limiter took no cell.
+                        tracing::debug!(key = %err.key(), remaining = ?err.remaining(), "rate limit: the key began cooling down while the request waited; not sending it");
+                        Box::new(err)
+                    }
                 }))
             }
         }
@@ -450,6 +490,11 @@ where
                         stats.record_store_error();
                         tracing::warn!(error = %err, "rate limit: store failed, answering 503");
                         headers::unavailable()
+                    }
+                    // Reject mode never holds a request back, so it never checks a
+                    // cooldown's gate; answer like any refusal should it happen.
+                    Refusal::Cooling(err) => {
+                        headers::too_many_requests(quota, Some(err.remaining()))
                     }
                 }))
             }

@@ -33,7 +33,16 @@
 //! [`max_wait`](RateLimitBuilder::max_wait), the call fails **at once**, without
 //! sleeping, with [`MaxWaitExceeded`] (its key, the wait and the earliest admission
 //! time). The service's error type is [`BoxError`](crate::BoxError); every error is a
-//! typed one from this module, downcastable from it.
+//! typed one (from this module, or the cooldown's below), downcastable from it.
+//!
+//! Under a [`CooldownLayer`](crate::CooldownLayer): a request that was held back (denied
+//! cells, or queued behind other waiters) re-checks the cooldowns it passed right before
+//! it asks for its cells. If its key began cooling while it waited, it takes no cell, is
+//! not sent, and fails with the cooldown's
+//! [`CoolingDown`](crate::cooldown::CoolingDown) (see
+//! [the cooldown's docs](crate::cooldown#requests-held-back-below-the-cooldown)). A
+//! request admitted at its first attempt is not re-checked: nothing held it back since
+//! the cooldown let it through.
 //!
 //! Waiters are admitted in arrival order, without starvation: each key with waiters has
 //! a FIFO line (a fair `Semaphore(1)`, held only by waiting requests, dropped with the

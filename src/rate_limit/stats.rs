@@ -41,17 +41,20 @@ impl Stats {
         self.inner.bypassed.load(Ordering::Relaxed)
     }
 
-    /// Admitted requests that had to wait first.
+    /// Admitted requests that were held back first: denied cells, or queued behind
+    /// other waiters for their key. A request admitted at its first attempt is not
+    /// counted, however long its store's answer took.
     pub fn waited(&self) -> u64 {
         self.inner.waited.load(Ordering::Relaxed)
     }
 
-    /// The sum of the waits of admitted requests.
+    /// The sum of the waits of the admitted requests counted by [`waited`](Stats::waited),
+    /// each from its first poll to its admission.
     pub fn total_wait(&self) -> Duration {
         Duration::from_nanos(self.inner.wait_total_nanos.load(Ordering::Relaxed))
     }
 
-    /// The longest wait of an admitted request.
+    /// The longest wait of a request counted by [`waited`](Stats::waited).
     pub fn max_wait(&self) -> Duration {
         Duration::from_nanos(self.inner.wait_max_nanos.load(Ordering::Relaxed))
     }
@@ -67,10 +70,12 @@ impl Stats {
         self.inner.store_errors.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn record_admitted(&self, waited: Duration) {
+    /// Counts an admission; `waited` is the wait of a request that was held back first,
+    /// `None` for one admitted at its first attempt.
+    pub(crate) fn record_admitted(&self, waited: Option<Duration>) {
         let c = &*self.inner;
         c.admitted.fetch_add(1, Ordering::Relaxed);
-        if !waited.is_zero() {
+        if let Some(waited) = waited {
             let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
             c.waited.fetch_add(1, Ordering::Relaxed);
             c.wait_total_nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -113,9 +118,9 @@ mod tests {
     fn clones_share_counters() {
         let a = Stats::default();
         let b = a.clone();
-        a.record_admitted(Duration::ZERO);
-        b.record_admitted(Duration::from_millis(30));
-        a.record_admitted(Duration::from_millis(10));
+        a.record_admitted(None);
+        b.record_admitted(Some(Duration::from_millis(30)));
+        a.record_admitted(Some(Duration::from_millis(10)));
         b.record_bypassed();
         a.record_rejected();
         assert_eq!(b.admitted(), 3);

@@ -9,7 +9,13 @@
 //!   `max_wait`);
 //! - the cooldown sits outside the limiter, so a key that the upstream is punishing
 //!   holds its callers back before they take a token, and lets exactly one probe
-//!   through when the penalty ends;
+//!   through when the penalty ends, after which the limiter paces the rest. Requests
+//!   that were already waiting in the limiter when the penalty began are stopped there
+//!   by the cooldown's gate, take no token, and go back to the retry with the
+//!   cooldown's [`CoolingDown`](crate::cooldown::CoolingDown), which it waits out. Only
+//!   requests already sent when the upstream sent its rate-limited answer can land in
+//!   the penalty (see [the cooldown's
+//!   docs](crate::cooldown#requests-held-back-below-the-cooldown));
 //! - the retry is outermost: it waits out a server's `Retry-After` (up to its
 //!   `max_delay`) and then goes through the cooldown again, so a retry never reaches
 //!   an upstream that is still penalising the client. A wait longer than `max_delay`

@@ -45,6 +45,9 @@ pub struct Hit {
 /// A shared, cloneable record of every request that reached one mock.
 ///
 /// Every mock owns one; get it with the mock's `hits()` method. Clones share the record.
+/// The record is in arrival order (by [`Hit::instant`]; requests that arrived at the same
+/// instant stay in the order they were recorded), whatever order the mock's handlers
+/// finished in.
 #[derive(Clone)]
 pub struct Hits {
     inner: Arc<HitsInner>,
@@ -92,7 +95,11 @@ impl Hits {
             status,
             outcome,
         };
-        lock(&self.inner.hits).push(hit);
+        // Handlers record when they answer, not when the request arrived: keep the
+        // record in arrival order (stable: equal instants stay in recording order).
+        let mut hits = lock(&self.inner.hits);
+        let at = hits.partition_point(|h| h.instant <= instant);
+        hits.insert(at, hit);
     }
 
     /// The instant the mock was created; [`Hit::at`] and [`Hits::times`] count from it.
@@ -129,7 +136,7 @@ impl Hits {
         lock(&self.inner.hits).iter().map(|h| h.at).collect()
     }
 
-    /// Arrival times of the requests that got the given outcome.
+    /// Arrival times of the requests that got the given outcome, in arrival order.
     pub fn times_of(&self, outcome: Outcome) -> Vec<Duration> {
         lock(&self.inner.hits)
             .iter()
@@ -143,7 +150,8 @@ impl Hits {
         lock(&self.inner.hits).clone()
     }
 
-    /// The most recent request, if any.
+    /// The request that arrived last (of those that arrived together, the last
+    /// recorded), if any.
     pub fn last(&self) -> Option<Hit> {
         lock(&self.inner.hits).last().cloned()
     }
@@ -158,6 +166,31 @@ impl Hits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mock records a request when its handler answers; a slow answer is recorded
+    /// after a later request's quick one. The record is still in arrival order.
+    #[tokio::test(start_paused = true)]
+    async fn hits_are_in_arrival_order_not_recording_order() {
+        let hits = Hits::new();
+        let t0 = hits.start();
+        let ms = Duration::from_millis;
+        let rec = |at: Duration, path: &str, outcome: Outcome| {
+            hits.record(t0 + at, Method::POST, path.into(), StatusCode::OK, outcome)
+        };
+        // Recorded in the order the handlers finished.
+        rec(ms(30), "/c", Outcome::Served);
+        rec(ms(10), "/a", Outcome::RateLimited);
+        rec(ms(30), "/d", Outcome::Served);
+        rec(ms(20), "/b", Outcome::Served);
+        rec(ms(10), "/a2", Outcome::Served);
+
+        let paths: Vec<_> = hits.all().into_iter().map(|h| h.path).collect();
+        assert_eq!(paths, ["/a", "/a2", "/b", "/c", "/d"], "stable by instant");
+        assert_eq!(hits.times(), [10, 10, 20, 30, 30].map(ms));
+        assert_eq!(hits.times_of(Outcome::Served), [10, 20, 30, 30].map(ms));
+        assert_eq!(hits.last().map(|h| h.path), Some("/d".to_owned()));
+        assert_eq!(hits.count(), 5);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn times_count_from_start_and_clear_keeps_start() {
