@@ -1142,3 +1142,51 @@ async fn cooldown_length_comes_from_the_parser_for_a_header_and_a_telegram_body(
     );
     assert_eq!(started(&events), [(1, s(1.0))]);
 }
+
+/// A bug: a rate limiter's `MaxWaitExceeded` below the cooldown (a local refusal: the
+/// request never reached the upstream) was read as a rate-limited answer and started an
+/// exponential cooldown, although the upstream had said nothing.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limiters_max_wait_refusal_below_does_not_start_a_cooldown() {
+    let cooldown = CooldownLayer::new();
+    let handle = cooldown.handle();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let upstream = tower::service_fn({
+        let calls = calls.clone();
+        move |_req: Request<()>| {
+            calls.lock().unwrap().push(start.elapsed());
+            async { Ok::<_, ratewise::BoxError>(Response::new(())) }
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(cooldown)
+        .layer(
+            ratewise::RateLimitLayer::builder()
+                .per_second(1)
+                .burst(1)
+                .max_wait(Duration::from_millis(100))
+                .build()
+                .unwrap(),
+        )
+        .service(upstream);
+    let req = || Request::get("http://api.test/x").body(()).unwrap();
+
+    svc.clone().oneshot(req()).await.unwrap();
+    let err = svc.clone().oneshot(req()).await.unwrap_err();
+    assert!(err.is::<ratewise::rate_limit::MaxWaitExceeded>(), "{err}");
+
+    // No cooldown: the key is open, nothing started, nothing met.
+    assert_eq!(handle.state("api.test"), KeyState::Ok);
+    assert_eq!(handle.stats().cooldowns_started, 0);
+    assert_eq!(handle.tracked_keys(), 0);
+
+    // The next request goes when the limiter has a cell, with no probe or backoff.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    svc.clone().oneshot(req()).await.unwrap();
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [Duration::ZERO, Duration::from_secs(1)]
+    );
+    assert_eq!(handle.stats().probes, 0);
+}

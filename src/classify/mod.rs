@@ -285,6 +285,36 @@ pub fn verdict_of<B>(response: &Response<B>) -> Verdict {
         .unwrap_or_else(|| Verdict::from_status(response.status()))
 }
 
+/// Whether `err` (or an error in its `source()` chain) is one of ratewise's own
+/// refusals: the request was never sent upstream. Those are a rate limiter's
+/// [`MaxWaitExceeded`](crate::rate_limit::MaxWaitExceeded) and
+/// [`CostExceedsBurst`](crate::rate_limit::CostExceedsBurst), a cooldown's
+/// [`CoolingDown`](crate::cooldown::CoolingDown), the cache's
+/// [`EndpointLimited`](crate::cache::error::EndpointLimited) and the pool's
+/// [`AllBackendsCooling`](crate::pool::AllBackendsCooling),
+/// [`NoBackendReady`](crate::pool::NoBackendReady) and [`NoRoute`](crate::pool::NoRoute).
+///
+/// Layers that learn from the upstream's answers (the cooldown) ignore these: they say
+/// nothing about the upstream. A retry still waits them out: their
+/// [`verdict_of_error`] carries the wait.
+pub fn is_local_refusal(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<crate::rate_limit::MaxWaitExceeded>()
+            || e.is::<crate::rate_limit::CostExceedsBurst>()
+            || e.is::<crate::cooldown::CoolingDown>()
+            || e.is::<crate::cache::error::EndpointLimited>()
+            || e.is::<crate::pool::AllBackendsCooling>()
+            || e.is::<crate::pool::NoBackendReady>()
+            || e.is::<crate::pool::NoRoute>()
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// The verdict of an error returned instead of a response.
 ///
 /// ratewise's own errors that carry a wait (a rate limiter's `max_wait` refusal, a

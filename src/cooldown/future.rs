@@ -23,7 +23,7 @@ use super::{
     stats::Counters,
 };
 use crate::{
-    classify::{verdict_of, verdict_of_error},
+    classify::{is_local_refusal, verdict_of, verdict_of_error},
     key::Key,
     BoxError,
 };
@@ -172,6 +172,19 @@ where
                     }
                     if *this.met {
                         Counters::bump(&stats.waited);
+                    }
+                    if !this.shared.config.learn_from_local_refusals
+                        && result
+                            .as_ref()
+                            .err()
+                            .is_some_and(|err| is_local_refusal(&**err))
+                    {
+                        // Another ratewise layer below refused the request (a rate
+                        // limiter's max wait, a pool with every backend cooling...): it
+                        // never reached the upstream, so it is no signal either way.
+                        // Dropping the ticket frees a probe's slot.
+                        this.ticket.take();
+                        return Poll::Ready(result);
                     }
                     if let Some(ticket) = this.ticket.take() {
                         let verdict = match &result {

@@ -111,6 +111,11 @@ pub(crate) struct Config {
     pub(crate) max_cooldown: Option<Duration>,
     pub(crate) precheck: Duration,
     pub(crate) mode: Mode,
+    /// Whether other ratewise layers' refusals below (see
+    /// [`is_local_refusal`](crate::classify::is_local_refusal)) count as signals. Off:
+    /// they never reached the upstream. On for the pool, whose cooldown watches whole
+    /// backend stacks: a backend whose own cooldown refuses for 30 s is cooling.
+    pub(crate) learn_from_local_refusals: bool,
 }
 
 impl Default for Config {
@@ -120,6 +125,7 @@ impl Default for Config {
             max_cooldown: None,
             precheck: Duration::ZERO,
             mode: Mode::default(),
+            learn_from_local_refusals: false,
         }
     }
 }
@@ -257,6 +263,13 @@ impl<K> CooldownBuilder<K> {
     /// Wait mode (the default, with 10 s): see [`Mode::Wait`].
     pub fn wait(self, max_wait: Duration) -> Self {
         self.mode(Mode::Wait { max_wait })
+    }
+
+    /// Count other ratewise layers' refusals below as rate-limited signals (for the
+    /// pool, whose cooldown wraps whole backend stacks).
+    pub(crate) fn learn_from_local_refusals(mut self) -> Self {
+        self.config.learn_from_local_refusals = true;
+        self
     }
 
     /// Fail-fast mode: see [`Mode::FailFast`].

@@ -25,6 +25,10 @@
 //!   extend the cooldown with their own `Retry-After`).
 //! - A success resets `n` to zero. Transient answers (5xx, 408, connection errors) and
 //!   other failures leave `n` alone.
+//! - Refusals by other ratewise layers below (a rate limiter's `max_wait`, a pool with
+//!   every backend cooling: see [`is_local_refusal`](crate::classify::is_local_refusal))
+//!   never reached the upstream, so they are no signal: they pass through and change
+//!   nothing.
 //!
 //! # While a key cools
 //!

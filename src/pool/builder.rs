@@ -309,9 +309,14 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
             }
         };
 
-        let cooldown = self.cooldown.fail_fast().build().map_err(|e| {
-            ConfigError::new("cooldown", format!("field `{}` {}", e.field(), e.reason()))
-        })?;
+        let cooldown = self
+            .cooldown
+            .fail_fast()
+            .learn_from_local_refusals()
+            .build()
+            .map_err(|e| {
+                ConfigError::new("cooldown", format!("field `{}` {}", e.field(), e.reason()))
+            })?;
         let mut infos = Vec::with_capacity(self.backends.len());
         let mut backends = Vec::with_capacity(self.backends.len());
         for b in self.backends {
