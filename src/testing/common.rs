@@ -1,11 +1,16 @@
-//! Plumbing shared by the mocks: fixed windows, request reading, JSON answers.
+//! Plumbing shared by the mocks: their core (state, hits, router, handler outline),
+//! fixed windows, request reading, JSON answers.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
+use axum::routing::{any, MethodRouter};
+use axum::Router;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
@@ -99,6 +104,130 @@ impl FixedWindow {
         self.start = None;
         self.used = 0;
     }
+}
+
+/// A quota and the fixed window that counts calls against it: a mock's rate limit.
+#[derive(Debug, Clone)]
+pub(crate) struct RateLimit {
+    pub(crate) quota: Quota,
+    window: FixedWindow,
+}
+
+impl RateLimit {
+    /// `limit` calls per `window`, no window open yet.
+    pub(crate) fn new(limit: u32, window: Duration) -> Self {
+        RateLimit {
+            quota: Quota { limit, window },
+            window: FixedWindow::default(),
+        }
+    }
+
+    /// [`FixedWindow::admit`] against this quota.
+    pub(crate) fn admit(&mut self, now: Instant) -> Result<(u32, Duration), Duration> {
+        self.window.admit(now, self.quota)
+    }
+
+    /// Closes the window.
+    pub(crate) fn reset(&mut self) {
+        self.window.reset();
+    }
+}
+
+/// What every mock is made of: its state behind one lock (shared by every clone and
+/// router of the mock) and the record of every request it got.
+pub(crate) struct Core<S> {
+    state: Arc<Mutex<S>>,
+    hits: Hits,
+}
+
+impl<S> Clone for Core<S> {
+    fn clone(&self) -> Self {
+        Core {
+            state: Arc::clone(&self.state),
+            hits: self.hits.clone(),
+        }
+    }
+}
+
+impl<S> Core<S> {
+    /// A core holding `state`, with an empty record starting now.
+    pub(crate) fn new(state: S) -> Self {
+        Core {
+            state: Arc::new(Mutex::new(state)),
+            hits: Hits::new(),
+        }
+    }
+
+    /// Locks the state.
+    pub(crate) fn state(&self) -> MutexGuard<'_, S> {
+        lock(&self.state)
+    }
+
+    /// The record of every request that reached the mock.
+    pub(crate) fn hits(&self) -> &Hits {
+        &self.hits
+    }
+
+    /// The mock's `Debug`: `name { <what fields writes from the state>, hits: … }`.
+    pub(crate) fn debug(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        name: &str,
+        fields: impl FnOnce(&mut fmt::DebugStruct<'_, '_>, &S),
+    ) -> fmt::Result {
+        let state = self.state();
+        let mut out = f.debug_struct(name);
+        fields(&mut out, &state);
+        out.field("hits", &self.hits).finish()
+    }
+
+    /// A router serving `routes` and answering every other path with [`unrouted`].
+    pub(crate) fn router(
+        &self,
+        routes: impl IntoIterator<Item = (&'static str, MethodRouter)>,
+    ) -> Router {
+        let hits = self.hits.clone();
+        routes
+            .into_iter()
+            .fold(Router::new(), |router, (path, route)| {
+                router.route(path, route)
+            })
+            .fallback(move |req: Request| unrouted(hits.clone(), req))
+    }
+
+    /// The outline of a routed handler: reads the request, answers a method not in
+    /// `methods` with [`wrong_method`] and any other with `answer`, and records the hit.
+    pub(crate) async fn serve(
+        &self,
+        req: Request,
+        methods: &[Method],
+        answer: impl FnOnce(&Incoming) -> (Outcome, Response),
+    ) -> Response {
+        let inc = Incoming::read(req).await;
+        let (outcome, resp) = if methods.contains(&inc.method) {
+            answer(&inc)
+        } else {
+            let allowed = methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            (Outcome::Rejected, wrong_method(&allowed))
+        };
+        let path = inc.path.clone();
+        finish(&self.hits, &inc, path, outcome, resp)
+    }
+}
+
+/// An axum route (any method) handing each request to `handle`, with a clone of `mock`.
+pub(crate) fn handler<M, F, Fut>(mock: &M, handle: F) -> MethodRouter
+where
+    M: Clone + Send + Sync + 'static,
+    F: Fn(M, Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    let mock = mock.clone();
+    any(move |req: Request| handle(mock.clone(), req))
 }
 
 /// A request as a mock handler sees it: read in full, never failing.
@@ -200,7 +329,7 @@ pub(crate) fn finish(
 }
 
 /// The 404/405 answer every mock gives to what it does not route, recorded.
-pub(crate) async fn unrouted(hits: Hits, req: Request) -> Response {
+async fn unrouted(hits: Hits, req: Request) -> Response {
     let inc = Incoming::read(req).await;
     let resp = json(
         StatusCode::NOT_FOUND,
@@ -211,7 +340,7 @@ pub(crate) async fn unrouted(hits: Hits, req: Request) -> Response {
 }
 
 /// The 405 answer for a routed path called with the wrong method.
-pub(crate) fn wrong_method(allowed: &str) -> Response {
+fn wrong_method(allowed: &str) -> Response {
     let mut resp = json(
         StatusCode::METHOD_NOT_ALLOWED,
         &serde_json::json!({ "error": format!("method not allowed; use {allowed}") }),

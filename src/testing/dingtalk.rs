@@ -43,18 +43,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::Response;
-use axum::routing::any;
 use axum::Router;
 use http::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::common::{finish, json, lock, unrouted, wrong_method, FixedWindow, Incoming, Quota};
+use super::common::{handler, json, Core, FixedWindow, Incoming, Quota};
 use super::recorder::{Hits, Outcome};
 
 /// Default QPS per tenant: 20 (seed 001).
@@ -100,8 +98,7 @@ impl CardEdit {
 /// The DingTalk AI-card mock. Clones share state.
 #[derive(Clone)]
 pub struct DingTalkCards {
-    state: Arc<Mutex<State>>,
-    hits: Hits,
+    core: Core<State>,
 }
 
 #[derive(Debug)]
@@ -116,13 +113,11 @@ struct State {
 
 impl fmt::Debug for DingTalkCards {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = lock(&self.state);
-        f.debug_struct("DingTalkCards")
-            .field("tenant", &state.tenant)
-            .field("robot", &state.robot)
-            .field("edits", &state.edits.len())
-            .field("hits", &self.hits)
-            .finish()
+        self.core.debug(f, "DingTalkCards", |out, state| {
+            out.field("tenant", &state.tenant)
+                .field("robot", &state.robot)
+                .field("edits", &state.edits.len());
+        })
     }
 }
 
@@ -142,7 +137,7 @@ impl DingTalkCards {
     /// [`DEFAULT_ROBOT_QPS`] per robot, each per [`DEFAULT_WINDOW`].
     pub fn new() -> Self {
         DingTalkCards {
-            state: Arc::new(Mutex::new(State {
+            core: Core::new(State {
                 tenant: Quota {
                     limit: DEFAULT_TENANT_QPS,
                     window: DEFAULT_WINDOW,
@@ -155,27 +150,26 @@ impl DingTalkCards {
                 robots: HashMap::new(),
                 edits: Vec::new(),
                 requests: 0,
-            })),
-            hits: Hits::new(),
+            }),
         }
     }
 
     /// Calls per window per tenant, beyond which the answer is 403.
     pub fn tenant_qps(self, calls: u32) -> Self {
-        lock(&self.state).tenant.limit = calls;
+        self.core.state().tenant.limit = calls;
         self
     }
 
     /// Calls per window per robot, beyond which the answer is 429.
     pub fn robot_qps(self, calls: u32) -> Self {
-        lock(&self.state).robot.limit = calls;
+        self.core.state().robot.limit = calls;
         self
     }
 
     /// The window both caps count over (default 1 s).
     pub fn window(self, window: Duration) -> Self {
         {
-            let mut state = lock(&self.state);
+            let mut state = self.core.state();
             state.tenant.window = window;
             state.robot.window = window;
         }
@@ -184,17 +178,18 @@ impl DingTalkCards {
 
     /// Every request that reached the mock.
     pub fn hits(&self) -> Hits {
-        self.hits.clone()
+        self.core.hits().clone()
     }
 
     /// Every call to a card endpoint, in arrival order, whatever it got.
     pub fn edits(&self) -> Vec<CardEdit> {
-        lock(&self.state).edits.clone()
+        self.core.state().edits.clone()
     }
 
     /// The calls for one card, in arrival order, whatever they got.
     pub fn edits_for(&self, card_id: &str) -> Vec<CardEdit> {
-        lock(&self.state)
+        self.core
+            .state()
             .edits
             .iter()
             .filter(|e| e.card_id.as_deref() == Some(card_id))
@@ -205,7 +200,8 @@ impl DingTalkCards {
     /// The cards whose final edit was delivered, in delivery order (a card appears once
     /// per delivered final edit).
     pub fn finals_delivered(&self) -> Vec<String> {
-        lock(&self.state)
+        self.core
+            .state()
             .edits
             .iter()
             .filter(|e| e.is_final && e.delivered())
@@ -215,50 +211,33 @@ impl DingTalkCards {
 
     /// Forgets the edit log and the hits; quotas and windows are unchanged.
     pub fn clear(&self) {
-        lock(&self.state).edits.clear();
-        self.hits.clear();
+        self.core.state().edits.clear();
+        self.core.hits().clear();
     }
 
     /// The axum router serving the card endpoints; unknown paths answer 404.
     pub fn router(&self) -> Router {
-        let instances = self.clone();
-        let streaming = self.clone();
-        let hits = self.hits.clone();
-        Router::new()
-            .route(
+        self.core.router([
+            (
                 "/v1.0/card/instances",
-                any(move |req: Request| {
-                    let me = instances.clone();
-                    async move { me.handle(req, &[Method::PUT, Method::POST]).await }
+                handler(self, |me: Self, req| async move {
+                    me.handle(req, &[Method::PUT, Method::POST]).await
                 }),
-            )
-            .route(
+            ),
+            (
                 "/v1.0/card/streaming",
-                any(move |req: Request| {
-                    let me = streaming.clone();
-                    async move { me.handle(req, &[Method::PUT]).await }
+                handler(self, |me: Self, req| async move {
+                    me.handle(req, &[Method::PUT]).await
                 }),
-            )
-            .fallback(move |req: Request| unrouted(hits.clone(), req))
+            ),
+        ])
     }
 
-    async fn handle(&self, req: Request, methods: &[Method]) -> Response {
-        let inc = Incoming::read(req).await;
-        let path = inc.path.clone();
-        if !methods.contains(&inc.method) {
-            let allowed = methods
-                .iter()
-                .map(Method::as_str)
-                .collect::<Vec<_>>()
-                .join(", ");
-            return finish(
-                &self.hits,
-                &inc,
-                path,
-                Outcome::Rejected,
-                wrong_method(&allowed),
-            );
-        }
+    async fn handle(self, req: Request, methods: &[Method]) -> Response {
+        self.core.serve(req, methods, |inc| self.answer(inc)).await
+    }
+
+    fn answer(&self, inc: &Incoming) -> (Outcome, Response) {
         let body = inc.json_object();
         let fields = body.as_ref().ok();
         let text =
@@ -275,7 +254,7 @@ impl DingTalkCards {
             .and_then(|m| text(m, "robotCode"))
             .unwrap_or_else(|| "default".to_owned());
 
-        let mut state = lock(&self.state);
+        let mut state = self.core.state();
         state.requests += 1;
         let request_id = format!("mock-{:08}", state.requests);
         let admitted = state.admit(inc.now, tenant, robot);
@@ -314,15 +293,14 @@ impl DingTalkCards {
         };
         state.edits.push(CardEdit {
             instant: inc.now,
-            at: inc.now.saturating_duration_since(self.hits.start()),
-            path: path.clone(),
+            at: inc.now.saturating_duration_since(self.core.hits().start()),
+            path: inc.path.clone(),
             card_id,
             is_final,
             content,
             status: resp.status(),
         });
-        drop(state);
-        finish(&self.hits, &inc, path, outcome, resp)
+        (outcome, resp)
     }
 }
 

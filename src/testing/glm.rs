@@ -34,17 +34,15 @@
 //! ```
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::Response;
-use axum::routing::any;
 use axum::Router;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::common::{finish, json, lock, unrouted, wrong_method, FixedWindow, Incoming, Quota};
+use super::common::{handler, json, Core, Incoming, RateLimit};
 use super::recorder::{Hits, Outcome};
 
 /// Default calls per window: 50 (seed 004).
@@ -61,26 +59,22 @@ pub const RATE_LIMIT_MESSAGE: &str = "您的账户已达到速率限制,请您�
 /// The GLM mock. Clones share state.
 #[derive(Clone)]
 pub struct GlmApi {
-    state: Arc<Mutex<State>>,
-    hits: Hits,
+    core: Core<State>,
 }
 
 #[derive(Debug)]
 struct State {
-    quota: Quota,
-    window: FixedWindow,
+    rate: RateLimit,
     always_limited: bool,
     served: u64,
 }
 
 impl fmt::Debug for GlmApi {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = lock(&self.state);
-        f.debug_struct("GlmApi")
-            .field("quota", &state.quota)
-            .field("always_rate_limited", &state.always_limited)
-            .field("hits", &self.hits)
-            .finish()
+        self.core.debug(f, "GlmApi", |out, state| {
+            out.field("quota", &state.rate.quota)
+                .field("always_rate_limited", &state.always_limited);
+        })
     }
 }
 
@@ -94,28 +88,23 @@ impl GlmApi {
     /// A mock with the defaults: [`DEFAULT_LIMIT`] calls per [`DEFAULT_WINDOW`].
     pub fn new() -> Self {
         GlmApi {
-            state: Arc::new(Mutex::new(State {
-                quota: Quota {
-                    limit: DEFAULT_LIMIT,
-                    window: DEFAULT_WINDOW,
-                },
-                window: FixedWindow::default(),
+            core: Core::new(State {
+                rate: RateLimit::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
                 always_limited: false,
                 served: 0,
-            })),
-            hits: Hits::new(),
+            }),
         }
     }
 
     /// Calls admitted per window.
     pub fn limit(self, calls: u32) -> Self {
-        lock(&self.state).quota.limit = calls;
+        self.core.state().rate.quota.limit = calls;
         self
     }
 
     /// The window length.
     pub fn window(self, window: Duration) -> Self {
-        lock(&self.state).quota.window = window;
+        self.core.state().rate.quota.window = window;
         self
     }
 
@@ -127,46 +116,30 @@ impl GlmApi {
 
     /// Switches "always 1302" on or off from now on (shared by every clone).
     pub fn set_always_rate_limited(&self, on: bool) {
-        lock(&self.state).always_limited = on;
+        self.core.state().always_limited = on;
     }
 
     /// Every request that reached the mock.
     pub fn hits(&self) -> Hits {
-        self.hits.clone()
+        self.core.hits().clone()
     }
 
     /// The axum router serving [`PATH`]; unknown paths answer 404.
     pub fn router(&self) -> Router {
-        let me = self.clone();
-        let hits = self.hits.clone();
-        Router::new()
-            .route(
-                PATH,
-                any(move |req: Request| {
-                    let me = me.clone();
-                    async move { me.handle(req).await }
-                }),
-            )
-            .fallback(move |req: Request| unrouted(hits.clone(), req))
+        self.core.router([(PATH, handler(self, Self::handle))])
     }
 
-    async fn handle(&self, req: Request) -> Response {
-        let inc = Incoming::read(req).await;
-        let path = inc.path.clone();
-        if inc.method != Method::POST {
-            return finish(
-                &self.hits,
-                &inc,
-                path,
-                Outcome::Rejected,
-                wrong_method("POST"),
-            );
-        }
+    async fn handle(self, req: Request) -> Response {
+        self.core
+            .serve(req, &[Method::POST], |inc| self.answer(inc))
+            .await
+    }
+
+    fn answer(&self, inc: &Incoming) -> (Outcome, Response) {
         let body = inc.json_object();
         let admitted = {
-            let mut state = lock(&self.state);
-            let quota = state.quota;
-            if state.always_limited || state.window.admit(inc.now, quota).is_err() {
+            let mut state = self.core.state();
+            if state.always_limited || state.rate.admit(inc.now).is_err() {
                 None
             } else if body.is_ok() {
                 state.served += 1;
@@ -175,7 +148,7 @@ impl GlmApi {
                 Some(0)
             }
         };
-        let (outcome, resp) = match (admitted, body) {
+        match (admitted, body) {
             (None, _) => (
                 Outcome::RateLimited,
                 json(
@@ -197,8 +170,7 @@ impl GlmApi {
                     json(StatusCode::OK, &completion(n, &model)),
                 )
             }
-        };
-        finish(&self.hits, &inc, path, outcome, resp)
+        }
     }
 }
 

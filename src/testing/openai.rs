@@ -55,14 +55,12 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use axum::routing::any;
 use axum::Router;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
@@ -70,10 +68,7 @@ use http_body::Frame;
 use serde_json::{json, Value};
 use tokio::time::Sleep;
 
-use super::common::{
-    ceil_millis, finish, json, lock, set_header, unrouted, wrong_method, FixedWindow, Incoming,
-    Quota,
-};
+use super::common::{ceil_millis, handler, json, set_header, Core, Incoming, RateLimit};
 use super::recorder::{Hits, Outcome};
 
 /// Default calls per window: 60.
@@ -92,14 +87,12 @@ pub const BACKEND_HEADER: &str = "x-mock-backend";
 /// The OpenAI-compatible mock. Clones share state.
 #[derive(Clone)]
 pub struct OpenAiApi {
-    state: Arc<Mutex<State>>,
-    hits: Hits,
+    core: Core<State>,
 }
 
 #[derive(Debug)]
 struct State {
-    quota: Quota,
-    window: FixedWindow,
+    rate: RateLimit,
     name: String,
     reply: Option<String>,
     gap: Duration,
@@ -108,13 +101,11 @@ struct State {
 
 impl fmt::Debug for OpenAiApi {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = lock(&self.state);
-        f.debug_struct("OpenAiApi")
-            .field("name", &state.name)
-            .field("quota", &state.quota)
-            .field("stream_gap", &state.gap)
-            .field("hits", &self.hits)
-            .finish()
+        self.core.debug(f, "OpenAiApi", |out, state| {
+            out.field("name", &state.name)
+                .field("quota", &state.rate.quota)
+                .field("stream_gap", &state.gap);
+        })
     }
 }
 
@@ -129,142 +120,128 @@ impl OpenAiApi {
     /// [`DEFAULT_NAME`], streaming events [`DEFAULT_STREAM_GAP`] apart.
     pub fn new() -> Self {
         OpenAiApi {
-            state: Arc::new(Mutex::new(State {
-                quota: Quota {
-                    limit: DEFAULT_LIMIT,
-                    window: DEFAULT_WINDOW,
-                },
-                window: FixedWindow::default(),
+            core: Core::new(State {
+                rate: RateLimit::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
                 name: DEFAULT_NAME.to_owned(),
                 reply: None,
                 gap: DEFAULT_STREAM_GAP,
                 served: 0,
-            })),
-            hits: Hits::new(),
+            }),
         }
     }
 
     /// Calls admitted per window.
     pub fn limit(self, calls: u32) -> Self {
-        lock(&self.state).quota.limit = calls;
+        self.core.state().rate.quota.limit = calls;
         self
     }
 
     /// The window length.
     pub fn window(self, window: Duration) -> Self {
-        lock(&self.state).quota.window = window;
+        self.core.state().rate.quota.window = window;
         self
     }
 
     /// The backend's name, sent in `x-mock-backend` and in the default reply, so a pool
     /// test can tell which backend served.
     pub fn name(self, name: impl Into<String>) -> Self {
-        lock(&self.state).name = name.into();
+        self.core.state().name = name.into();
         self
     }
 
     /// The reply text (streamed one word per event).
     pub fn reply(self, text: impl Into<String>) -> Self {
-        lock(&self.state).reply = Some(text.into());
+        self.core.state().reply = Some(text.into());
         self
     }
 
     /// The gap between SSE events.
     pub fn stream_gap(self, gap: Duration) -> Self {
-        lock(&self.state).gap = gap;
+        self.core.state().gap = gap;
         self
     }
 
     /// Every request that reached the mock.
     pub fn hits(&self) -> Hits {
-        self.hits.clone()
+        self.core.hits().clone()
     }
 
     /// The axum router serving [`PATH`]; unknown paths answer 404.
     pub fn router(&self) -> Router {
-        let me = self.clone();
-        let hits = self.hits.clone();
-        Router::new()
-            .route(
-                PATH,
-                any(move |req: Request| {
-                    let me = me.clone();
-                    async move { me.handle(req).await }
-                }),
-            )
-            .fallback(move |req: Request| unrouted(hits.clone(), req))
+        self.core.router([(PATH, handler(self, Self::handle))])
     }
 
-    async fn handle(&self, req: Request) -> Response {
-        let inc = Incoming::read(req).await;
-        let path = inc.path.clone();
-        let body = inc.json_object();
-        let mut state = lock(&self.state);
-        let name = state.name.clone();
-        let (outcome, mut resp) = if inc.method != Method::POST {
-            (Outcome::Rejected, wrong_method("POST"))
-        } else {
-            let quota = state.quota;
-            match (state.window.admit(inc.now, quota), body) {
-                (Err(reset_in), _) => {
-                    let mut resp = json(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        &json!({
-                            "error": {
-                                "message": "Rate limit reached for requests",
-                                "type": "requests",
-                                "param": null,
-                                "code": "rate_limit_exceeded",
-                            }
-                        }),
-                    );
-                    rate_headers(&mut resp, quota.limit, 0, reset_in);
-                    set_header(
-                        &mut resp,
-                        "retry-after-ms",
-                        ceil_millis(reset_in).to_string(),
-                    );
-                    (Outcome::RateLimited, resp)
-                }
-                (Ok(_), Err(why)) => (
-                    Outcome::Rejected,
-                    json(
-                        StatusCode::BAD_REQUEST,
-                        &json!({
-                            "error": {
-                                "message": format!("We could not parse the JSON body of your request: {why}"),
-                                "type": "invalid_request_error",
-                                "param": null,
-                                "code": null,
-                            }
-                        }),
-                    ),
-                ),
-                (Ok((remaining, reset_in)), Ok(body)) => {
-                    state.served += 1;
-                    let n = state.served;
-                    let reply = state
-                        .reply
-                        .clone()
-                        .unwrap_or_else(|| format!("mock reply from {name}"));
-                    let model = body
-                        .get("model")
-                        .cloned()
-                        .unwrap_or_else(|| json!("gpt-mock"));
-                    let id = format!("chatcmpl-{name}-{n}");
-                    let mut resp = if body.get("stream").and_then(Value::as_bool) == Some(true) {
-                        stream(&id, &model, &reply, state.gap)
-                    } else {
-                        json(StatusCode::OK, &completion(&id, &model, &reply))
-                    };
-                    rate_headers(&mut resp, quota.limit, remaining, reset_in);
-                    (Outcome::Served, resp)
-                }
-            }
-        };
-        drop(state);
+    async fn handle(self, req: Request) -> Response {
+        let mut resp = self
+            .core
+            .serve(req, &[Method::POST], |inc| self.answer(inc))
+            .await;
+        let name = self.core.state().name.clone();
         set_header(&mut resp, BACKEND_HEADER, name);
-        finish(&self.hits, &inc, path, outcome, resp)
+        resp
+    }
+
+    fn answer(&self, inc: &Incoming) -> (Outcome, Response) {
+        let body = inc.json_object();
+        let mut state = self.core.state();
+        let quota = state.rate.quota;
+        match (state.rate.admit(inc.now), body) {
+            (Err(reset_in), _) => {
+                let mut resp = json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &json!({
+                        "error": {
+                            "message": "Rate limit reached for requests",
+                            "type": "requests",
+                            "param": null,
+                            "code": "rate_limit_exceeded",
+                        }
+                    }),
+                );
+                rate_headers(&mut resp, quota.limit, 0, reset_in);
+                set_header(
+                    &mut resp,
+                    "retry-after-ms",
+                    ceil_millis(reset_in).to_string(),
+                );
+                (Outcome::RateLimited, resp)
+            }
+            (Ok(_), Err(why)) => (
+                Outcome::Rejected,
+                json(
+                    StatusCode::BAD_REQUEST,
+                    &json!({
+                        "error": {
+                            "message": format!("We could not parse the JSON body of your request: {why}"),
+                            "type": "invalid_request_error",
+                            "param": null,
+                            "code": null,
+                        }
+                    }),
+                ),
+            ),
+            (Ok((remaining, reset_in)), Ok(body)) => {
+                state.served += 1;
+                let n = state.served;
+                let name = &state.name;
+                let reply = state
+                    .reply
+                    .clone()
+                    .unwrap_or_else(|| format!("mock reply from {name}"));
+                let model = body
+                    .get("model")
+                    .cloned()
+                    .unwrap_or_else(|| json!("gpt-mock"));
+                let id = format!("chatcmpl-{name}-{n}");
+                let mut resp = if body.get("stream").and_then(Value::as_bool) == Some(true) {
+                    stream(&id, &model, &reply, state.gap)
+                } else {
+                    json(StatusCode::OK, &completion(&id, &model, &reply))
+                };
+                rate_headers(&mut resp, quota.limit, remaining, reset_in);
+                (Outcome::Served, resp)
+            }
+        }
     }
 }
 

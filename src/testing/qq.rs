@@ -38,19 +38,15 @@
 //! ```
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::Response;
-use axum::routing::any;
 use axum::Router;
 use http::{Method, StatusCode};
 use serde_json::json;
 
-use super::common::{
-    finish, json, lock, outcome_of, unrouted, wrong_method, FixedWindow, Incoming, Quota,
-};
+use super::common::{handler, json, outcome_of, Core, Incoming, RateLimit};
 use super::recorder::{Hits, Outcome};
 
 /// Default calls per window: 2 (seed 000, "confirmed via live API testing").
@@ -67,26 +63,22 @@ pub const RATE_LIMIT_MESSAGE: &str = "接口调用超过频率限制";
 /// The QQ gateway mock. Clones share state.
 #[derive(Clone)]
 pub struct QqGateway {
-    state: Arc<Mutex<State>>,
-    hits: Hits,
+    core: Core<State>,
 }
 
 #[derive(Debug)]
 struct State {
-    quota: Quota,
-    window: FixedWindow,
+    rate: RateLimit,
     url: String,
 }
 
 impl fmt::Debug for QqGateway {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = lock(&self.state);
-        f.debug_struct("QqGateway")
-            .field("limit", &state.quota.limit)
-            .field("window", &state.quota.window)
-            .field("url", &state.url)
-            .field("hits", &self.hits)
-            .finish()
+        self.core.debug(f, "QqGateway", |out, state| {
+            out.field("limit", &state.rate.quota.limit)
+                .field("window", &state.rate.quota.window)
+                .field("url", &state.url);
+        })
     }
 }
 
@@ -101,27 +93,22 @@ impl QqGateway {
     /// handing out [`DEFAULT_URL`].
     pub fn new() -> Self {
         QqGateway {
-            state: Arc::new(Mutex::new(State {
-                quota: Quota {
-                    limit: DEFAULT_LIMIT,
-                    window: DEFAULT_WINDOW,
-                },
-                window: FixedWindow::default(),
+            core: Core::new(State {
+                rate: RateLimit::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
                 url: DEFAULT_URL.to_owned(),
-            })),
-            hits: Hits::new(),
+            }),
         }
     }
 
     /// Calls admitted per window (0: every call is over the limit).
     pub fn limit(self, calls: u32) -> Self {
-        lock(&self.state).quota.limit = calls;
+        self.core.state().rate.quota.limit = calls;
         self
     }
 
     /// The window length.
     pub fn window(self, window: Duration) -> Self {
-        lock(&self.state).quota.window = window;
+        self.core.state().rate.quota.window = window;
         self
     }
 
@@ -133,62 +120,40 @@ impl QqGateway {
 
     /// Changes the URL handed out from now on (shared by every clone and router).
     pub fn set_url(&self, url: impl Into<String>) {
-        lock(&self.state).url = url.into();
+        self.core.state().url = url.into();
     }
 
     /// Every request that reached this gateway.
     pub fn hits(&self) -> Hits {
-        self.hits.clone()
+        self.core.hits().clone()
     }
 
     /// The axum router serving `GET /gateway`; unknown paths answer 404.
     pub fn router(&self) -> Router {
-        let me = self.clone();
-        let hits = self.hits.clone();
-        Router::new()
-            .route(
-                "/gateway",
-                any(move |req: Request| {
-                    let me = me.clone();
-                    async move { me.handle(req).await }
-                }),
-            )
-            .fallback(move |req: Request| unrouted(hits.clone(), req))
+        self.core
+            .router([("/gateway", handler(self, Self::handle))])
     }
 
-    async fn handle(&self, req: Request) -> Response {
-        let inc = Incoming::read(req).await;
-        let path = inc.path.clone();
-        if inc.method != Method::GET {
-            return finish(
-                &self.hits,
-                &inc,
-                path,
-                Outcome::Rejected,
-                wrong_method("GET"),
-            );
-        }
-        let admitted = {
-            let mut state = lock(&self.state);
-            let quota = state.quota;
-            match state.window.admit(inc.now, quota) {
-                Ok(_) => Ok(state.url.clone()),
-                Err(_) => Err(()),
-            }
-        };
-        let (outcome, resp) = match admitted {
-            Ok(url) => {
-                let resp = json(StatusCode::OK, &json!({ "url": url }));
+    async fn handle(self, req: Request) -> Response {
+        self.core
+            .serve(req, &[Method::GET], |inc| self.answer(inc))
+            .await
+    }
+
+    fn answer(&self, inc: &Incoming) -> (Outcome, Response) {
+        let mut state = self.core.state();
+        match state.rate.admit(inc.now) {
+            Ok(_) => {
+                let resp = json(StatusCode::OK, &json!({ "url": state.url }));
                 (outcome_of(resp.status()), resp)
             }
-            Err(()) => (
+            Err(_) => (
                 Outcome::RateLimited,
                 json(
                     StatusCode::BAD_REQUEST,
                     &json!({ "code": RATE_LIMIT_CODE, "message": RATE_LIMIT_MESSAGE }),
                 ),
             ),
-        };
-        finish(&self.hits, &inc, path, outcome, resp)
+        }
     }
 }

@@ -50,7 +50,6 @@
 //! ```
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -60,7 +59,7 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::common::{ceil_secs, finish, json, lock, set_header, FixedWindow, Incoming, Quota};
+use super::common::{ceil_secs, finish, json, outcome_of, set_header, Core, Incoming, RateLimit};
 use super::recorder::{Hits, Outcome};
 
 /// Default calls per window: 30 (Telegram's documented bulk limit, per second).
@@ -87,14 +86,12 @@ pub struct Delivered {
 /// The Telegram Bot API mock. Clones share state.
 #[derive(Clone)]
 pub struct TelegramBot {
-    state: Arc<Mutex<State>>,
-    hits: Hits,
+    core: Core<State>,
 }
 
 #[derive(Debug)]
 struct State {
-    quota: Quota,
-    window: FixedWindow,
+    rate: RateLimit,
     first_penalty: Duration,
     max_penalty: Duration,
     penalty_until: Option<Instant>,
@@ -105,15 +102,13 @@ struct State {
 
 impl fmt::Debug for TelegramBot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = lock(&self.state);
-        f.debug_struct("TelegramBot")
-            .field("quota", &state.quota)
-            .field("first_penalty", &state.first_penalty)
-            .field("max_penalty", &state.max_penalty)
-            .field("penalised", &state.penalty_until.is_some())
-            .field("calls_during_penalty", &state.calls_during_penalty)
-            .field("hits", &self.hits)
-            .finish()
+        self.core.debug(f, "TelegramBot", |out, state| {
+            out.field("quota", &state.rate.quota)
+                .field("first_penalty", &state.first_penalty)
+                .field("max_penalty", &state.max_penalty)
+                .field("penalised", &state.penalty_until.is_some())
+                .field("calls_during_penalty", &state.calls_during_penalty);
+        })
     }
 }
 
@@ -128,61 +123,57 @@ impl TelegramBot {
     /// penalty of [`DEFAULT_PENALTY`], capped at [`MAX_PENALTY`].
     pub fn new() -> Self {
         TelegramBot {
-            state: Arc::new(Mutex::new(State {
-                quota: Quota {
-                    limit: DEFAULT_LIMIT,
-                    window: DEFAULT_WINDOW,
-                },
-                window: FixedWindow::default(),
+            core: Core::new(State {
+                rate: RateLimit::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
                 first_penalty: DEFAULT_PENALTY,
                 max_penalty: MAX_PENALTY,
                 penalty_until: None,
                 calls_during_penalty: 0,
                 delivered: Vec::new(),
                 next_message_id: 1,
-            })),
-            hits: Hits::new(),
+            }),
         }
     }
 
     /// Calls admitted per window.
     pub fn limit(self, calls: u32) -> Self {
-        lock(&self.state).quota.limit = calls;
+        self.core.state().rate.quota.limit = calls;
         self
     }
 
     /// The window length.
     pub fn window(self, window: Duration) -> Self {
-        lock(&self.state).quota.window = window;
+        self.core.state().rate.quota.window = window;
         self
     }
 
     /// The penalty the first over-quota call starts (capped by `max_penalty`).
     pub fn penalty(self, penalty: Duration) -> Self {
-        lock(&self.state).first_penalty = penalty;
+        self.core.state().first_penalty = penalty;
         self
     }
 
     /// The cap on the penalty after doubling (default [`MAX_PENALTY`]).
     pub fn max_penalty(self, cap: Duration) -> Self {
-        lock(&self.state).max_penalty = cap;
+        self.core.state().max_penalty = cap;
         self
     }
 
     /// Every request that reached the mock (paths redacted to `/bot***/<method>`).
     pub fn hits(&self) -> Hits {
-        self.hits.clone()
+        self.core.hits().clone()
     }
 
     /// How many calls arrived while a penalty was running (each doubled it).
     pub fn calls_during_penalty(&self) -> u64 {
-        lock(&self.state).calls_during_penalty
+        self.core.state().calls_during_penalty
     }
 
     /// What is left of the running penalty, if one is running now.
     pub fn penalty_remaining(&self) -> Option<Duration> {
         let now = Instant::now();
-        lock(&self.state)
+        self.core
+            .state()
             .penalty_until
             .filter(|until| *until > now)
             .map(|until| until - now)
@@ -190,47 +181,44 @@ impl TelegramBot {
 
     /// Accepted `sendMessage` calls, in order.
     pub fn delivered(&self) -> Vec<Delivered> {
-        lock(&self.state).delivered.clone()
+        self.core.state().delivered.clone()
     }
 
     /// Forgets delivered messages, the penalty-call counter and the hits; the quota
     /// window and any running penalty are unchanged.
     pub fn clear(&self) {
         {
-            let mut state = lock(&self.state);
+            let mut state = self.core.state();
             state.delivered.clear();
             state.calls_during_penalty = 0;
         }
-        self.hits.clear();
+        self.core.hits().clear();
     }
 
     /// The axum router: every path; `/bot<token>/<method>` is served, anything else
     /// answers 404 like Telegram.
     pub fn router(&self) -> Router {
         let me = self.clone();
-        Router::new().fallback(move |req: Request| {
-            let me = me.clone();
-            async move { me.handle(req).await }
-        })
+        Router::new().fallback(move |req: Request| Self::handle(me.clone(), req))
     }
 
-    async fn handle(&self, req: Request) -> Response {
+    async fn handle(self, req: Request) -> Response {
         let inc = Incoming::read(req).await;
         let (redacted, api_method) = split_path(&inc.path);
         let Some(api_method) = api_method else {
             let resp = error(StatusCode::NOT_FOUND, "Not Found");
-            return finish(&self.hits, &inc, redacted, Outcome::Rejected, resp);
+            return finish(self.core.hits(), &inc, redacted, Outcome::Rejected, resp);
         };
         if inc.method != Method::POST && inc.method != Method::GET {
             let resp = error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-            return finish(&self.hits, &inc, redacted, Outcome::Rejected, resp);
+            return finish(self.core.hits(), &inc, redacted, Outcome::Rejected, resp);
         }
 
-        let mut state = lock(&self.state);
+        let mut state = self.core.state();
         if let Err(wait) = state.admit(inc.now) {
             drop(state);
             let resp = too_many_requests(wait);
-            return finish(&self.hits, &inc, redacted, Outcome::RateLimited, resp);
+            return finish(self.core.hits(), &inc, redacted, Outcome::RateLimited, resp);
         }
 
         let resp = if api_method.eq_ignore_ascii_case("sendMessage") {
@@ -239,7 +227,7 @@ impl TelegramBot {
                     let id = state.next_message_id;
                     state.next_message_id += 1;
                     state.delivered.push(Delivered {
-                        at: inc.now.saturating_duration_since(self.hits.start()),
+                        at: inc.now.saturating_duration_since(self.core.hits().start()),
                         chat_id,
                         text: text.clone(),
                     });
@@ -271,12 +259,8 @@ impl TelegramBot {
             }
         };
         drop(state);
-        let outcome = if resp.status().is_success() {
-            Outcome::Served
-        } else {
-            Outcome::Rejected
-        };
-        finish(&self.hits, &inc, redacted, outcome, resp)
+        let outcome = outcome_of(resp.status());
+        finish(self.core.hits(), &inc, redacted, outcome, resp)
     }
 }
 
@@ -291,9 +275,9 @@ impl State {
                 return Err(doubled);
             }
             self.penalty_until = None;
-            self.window.reset();
+            self.rate.reset();
         }
-        match self.window.admit(now, self.quota) {
+        match self.rate.admit(now) {
             Ok(_) => Ok(()),
             Err(_) => {
                 let penalty = self.first_penalty.min(self.max_penalty);
