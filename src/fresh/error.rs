@@ -51,8 +51,7 @@ pub struct ClientError {
     consecutive: u32,
     threshold: u32,
     standing: Standing,
-    source: BoxError,
-    source_type: &'static str,
+    source: Original,
 }
 
 impl ClientError {
@@ -69,8 +68,7 @@ impl ClientError {
             consecutive,
             threshold,
             standing,
-            source,
-            source_type,
+            source: Original::new(source, source_type),
         }
     }
 
@@ -107,12 +105,12 @@ impl ClientError {
 
     /// The type name of the original error.
     pub fn source_type(&self) -> &'static str {
-        self.source_type
+        self.source.type_name
     }
 
     /// The original error.
     pub fn into_source(self) -> BoxError {
-        self.source
+        self.source.error
     }
 }
 
@@ -138,26 +136,25 @@ impl fmt::Display for ClientError {
                 "error from client generation {g} (not connection-level; {c} of {t} in a row so far)"
             )?,
         }
-        write!(f, ": {}", describe(&*self.source, self.source_type))
+        write!(f, ": {}", self.source)
     }
 }
 
 impl fmt::Debug for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientError")
-            .field("generation", &self.generation)
-            .field("consecutive", &self.consecutive)
-            .field("threshold", &self.threshold)
-            .field("standing", &self.standing)
-            .field("source_type", &self.source_type)
-            .field("source", &self.source)
-            .finish()
+        self.source.end_debug(
+            f.debug_struct("ClientError")
+                .field("generation", &self.generation)
+                .field("consecutive", &self.consecutive)
+                .field("threshold", &self.threshold)
+                .field("standing", &self.standing),
+        )
     }
 }
 
 impl Error for ClientError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.source)
+        Some(&*self.source.error)
     }
 }
 
@@ -170,8 +167,7 @@ impl Error for ClientError {
 pub struct MakeClientError {
     target: std::sync::Arc<str>,
     generation: u64,
-    source: BoxError,
-    source_type: &'static str,
+    source: Original,
 }
 
 impl MakeClientError {
@@ -184,8 +180,7 @@ impl MakeClientError {
         MakeClientError {
             target,
             generation,
-            source,
-            source_type,
+            source: Original::new(source, source_type),
         }
     }
 
@@ -203,7 +198,7 @@ impl MakeClientError {
 
     /// The original error.
     pub fn into_source(self) -> BoxError {
-        self.source
+        self.source.error
     }
 }
 
@@ -212,27 +207,51 @@ impl fmt::Display for MakeClientError {
         write!(
             f,
             "could not build client generation {} for target {}: {}",
-            self.generation,
-            self.target,
-            describe(&*self.source, self.source_type)
+            self.generation, self.target, self.source
         )
     }
 }
 
 impl fmt::Debug for MakeClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MakeClientError")
-            .field("target", &self.target)
-            .field("generation", &self.generation)
-            .field("source_type", &self.source_type)
-            .field("source", &self.source)
-            .finish()
+        self.source.end_debug(
+            f.debug_struct("MakeClientError")
+                .field("target", &self.target)
+                .field("generation", &self.generation),
+        )
     }
 }
 
 impl Error for MakeClientError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.source)
+        Some(&*self.source.error)
+    }
+}
+
+/// The wrapped client's original error and its type name: what [`ClientError`] and
+/// [`MakeClientError`] both carry, show and hand back.
+struct Original {
+    error: BoxError,
+    type_name: &'static str,
+}
+
+impl Original {
+    fn new(error: BoxError, type_name: &'static str) -> Self {
+        Original { error, type_name }
+    }
+
+    /// Ends an error's `Debug` with the fields both errors end with.
+    fn end_debug(&self, out: &mut fmt::DebugStruct<'_, '_>) -> fmt::Result {
+        out.field("source_type", &self.type_name)
+            .field("source", &self.error)
+            .finish()
+    }
+}
+
+/// [`describe`]: never empty, URLs redacted.
+impl fmt::Display for Original {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&describe(&*self.error, self.type_name))
     }
 }
 
