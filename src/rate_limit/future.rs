@@ -165,34 +165,16 @@ where
                         let err = CostExceedsBurst::new(adm.key.clone(), cost, quota.burst());
                         return Poll::Ready(Err(Refusal::TooCostly(err)));
                     }
-                    let queues = adm.limiter.queues().clone();
                     if waits {
                         adm.deadline = adm.max_wait.and_then(|max| arrived.checked_add(max));
                         // Waiters for this key go first: queue behind them.
-                        match queues.join(
-                            &adm.key,
-                            cost,
-                            now,
-                            interval,
-                            Duration::ZERO,
-                            adm.deadline,
-                            true,
-                        ) {
-                            Join::NotQueued => {}
-                            Join::TooLong { estimate } => {
-                                return Poll::Ready(Err(adm.denied(estimate)))
-                            }
-                            Join::Joined {
-                                ticket,
-                                turn,
-                                estimate,
-                            } => {
-                                adm.enqueue(ticket, turn, estimate);
-                                state.set(State::Queued);
-                                continue;
-                            }
+                        if adm.join_line(now, interval, Duration::ZERO, true)? {
+                            state.set(State::Queued);
+                            continue;
                         }
-                    } else if let Some(wait) = queues.estimate(&adm.key, cost, now, interval) {
+                    } else if let Some(wait) =
+                        adm.limiter.queues().estimate(&adm.key, cost, now, interval)
+                    {
                         // Cells that replenish are promised to the waiters.
                         return Poll::Ready(Err(adm.denied(wait)));
                     }
@@ -229,28 +211,10 @@ where
                             // A newcomer that found no line: start one, or join the one
                             // that formed meanwhile.
                             adm.known_earliest = Some(earliest);
-                            let queues = adm.limiter.queues().clone();
-                            match queues.join(
-                                &adm.key,
-                                adm.cost.get(),
-                                now,
-                                interval,
-                                wait,
-                                adm.deadline,
-                                false,
-                            ) {
-                                Join::Joined {
-                                    ticket,
-                                    turn,
-                                    estimate,
-                                } => {
-                                    adm.enqueue(ticket, turn, estimate);
-                                    state.set(State::Queued);
-                                }
-                                Join::TooLong { estimate } => {
-                                    return Poll::Ready(Err(adm.denied(estimate)))
-                                }
-                                Join::NotQueued => state.set(State::Start),
+                            if adm.join_line(now, interval, wait, false)? {
+                                state.set(State::Queued);
+                            } else {
+                                state.set(State::Start);
                             }
                         }
                         Err(err) => {
@@ -331,6 +295,39 @@ where
             }
         }
         Ok(self.limiter.store().acquire(&self.key, self.cost))
+    }
+
+    /// Joins the key's line with an estimated wait of at least `at_least` (when
+    /// `only_if_queued`, only if someone already waits there). `Ok(true)`: queued, wait
+    /// for the turn; `Ok(false)`: not queued; `Err`: the wait would pass the deadline.
+    fn join_line(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+        at_least: Duration,
+        only_if_queued: bool,
+    ) -> Result<bool, Refusal> {
+        let join = self.limiter.queues().join(
+            &self.key,
+            self.cost.get(),
+            now,
+            interval,
+            at_least,
+            self.deadline,
+            only_if_queued,
+        );
+        match join {
+            Join::Joined {
+                ticket,
+                turn,
+                estimate,
+            } => {
+                self.enqueue(ticket, turn, estimate);
+                Ok(true)
+            }
+            Join::TooLong { estimate } => Err(self.denied(estimate)),
+            Join::NotQueued => Ok(false),
+        }
     }
 }
 
