@@ -196,61 +196,43 @@ impl<K, M, Byp, C> RateLimitBuilder<K, M, Byp, C> {
     /// How requests are keyed (default [`Global`]: one bucket for all): any
     /// [`KeyExtractor`](crate::key::KeyExtractor), e.g. a closure.
     pub fn key<K2>(self, key: K2) -> RateLimitBuilder<K2, M, Byp, C> {
+        self.map(|_, bypass, cost| (key, bypass, cost))
+    }
+
+    /// Requests for which `bypass` returns true are never throttled and take no cell.
+    pub fn bypass<Byp2>(self, bypass: Byp2) -> RateLimitBuilder<K, M, Byp2, C> {
+        self.map(|key, _, cost| (key, bypass, cost))
+    }
+
+    /// How many cells each request takes (default 1).
+    pub fn cost<C2>(self, cost: C2) -> RateLimitBuilder<K, M, Byp, C2> {
+        self.map(|key, bypass, _| (key, bypass, cost))
+    }
+
+    /// Reject mode (servers): over the limit, answer `429` at once.
+    pub fn reject(self) -> RateLimitBuilder<K, Reject, Byp, C> {
+        self.map(|key, bypass, cost| (key, bypass, cost))
+    }
+
+    /// Wait mode (clients, the default): over the limit, wait to be admitted.
+    pub fn wait(self) -> RateLimitBuilder<K, Wait, Byp, C> {
+        self.map(|key, bypass, cost| (key, bypass, cost))
+    }
+
+    /// The builder with its key, bypass and cost passed through `f` and its mode set to
+    /// `M2` (inferred): every call that changes a type parameter is one of these.
+    fn map<K2, M2, Byp2, C2>(
+        self,
+        f: impl FnOnce(K, Byp, C) -> (K2, Byp2, C2),
+    ) -> RateLimitBuilder<K2, M2, Byp2, C2> {
+        let (key, bypass, cost) = f(self.key, self.bypass, self.cost);
         RateLimitBuilder {
             rate: self.rate,
             burst: self.burst,
             max_wait: self.max_wait,
             key,
-            bypass: self.bypass,
-            cost: self.cost,
-            mode: PhantomData,
-        }
-    }
-
-    /// Requests for which `bypass` returns true are never throttled and take no cell.
-    pub fn bypass<Byp2>(self, bypass: Byp2) -> RateLimitBuilder<K, M, Byp2, C> {
-        RateLimitBuilder {
-            rate: self.rate,
-            burst: self.burst,
-            max_wait: self.max_wait,
-            key: self.key,
             bypass,
-            cost: self.cost,
-            mode: PhantomData,
-        }
-    }
-
-    /// How many cells each request takes (default 1).
-    pub fn cost<C2>(self, cost: C2) -> RateLimitBuilder<K, M, Byp, C2> {
-        RateLimitBuilder {
-            rate: self.rate,
-            burst: self.burst,
-            max_wait: self.max_wait,
-            key: self.key,
-            bypass: self.bypass,
             cost,
-            mode: PhantomData,
-        }
-    }
-
-    /// Reject mode (servers): over the limit, answer `429` at once.
-    pub fn reject(self) -> RateLimitBuilder<K, Reject, Byp, C> {
-        self.mode()
-    }
-
-    /// Wait mode (clients, the default): over the limit, wait to be admitted.
-    pub fn wait(self) -> RateLimitBuilder<K, Wait, Byp, C> {
-        self.mode()
-    }
-
-    fn mode<M2>(self) -> RateLimitBuilder<K, M2, Byp, C> {
-        RateLimitBuilder {
-            rate: self.rate,
-            burst: self.burst,
-            max_wait: self.max_wait,
-            key: self.key,
-            bypass: self.bypass,
-            cost: self.cost,
             mode: PhantomData,
         }
     }
