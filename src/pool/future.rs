@@ -97,7 +97,8 @@ struct Slot<ReqB, ResB> {
 enum Step<ResB> {
     /// Call the candidate at this position: its service is ready.
     Call(usize),
-    /// The candidate at this position failed before being called (readiness error).
+    /// The candidate at this position answered: its call's answer, or its readiness
+    /// error when it failed before being called.
     Answer(usize, Answer<ResB>),
     /// Nothing is available; look again at this instant (or when woken).
     Wait(Instant),
@@ -172,27 +173,7 @@ where
         loop {
             let step = match this.state.as_mut().project() {
                 StateProj::Call { future, pos } => {
-                    let pos = *pos;
-                    let answer = ready!(future.as_mut().poll(cx));
-                    match on_answer(
-                        this.shared,
-                        this.candidates,
-                        this.slots,
-                        this.req,
-                        this.last,
-                        pos,
-                        answer,
-                    ) {
-                        Some(out) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(out);
-                        }
-                        None => {
-                            *this.pending_failover = Some(pos);
-                            this.state.set(State::Scan);
-                            continue;
-                        }
-                    }
+                    Step::Answer(*pos, ready!(future.as_mut().poll(cx)))
                 }
                 StateProj::Failed { error } => {
                     let error = error
@@ -215,27 +196,18 @@ where
             };
             match step {
                 Step::Call(pos) => {
-                    match start_call(this.shared, this.candidates, this.slots, this.req, pos) {
-                        Some(future) => {
-                            // A failover is counted when the call really reaches another
-                            // backend, not when a backend's answer is set aside.
-                            if let Some(prev) = this.pending_failover.take() {
-                                count_failover(this.shared, this.candidates, prev);
-                            }
-                            this.state.set(State::Call { future, pos });
+                    if let Some(future) =
+                        start_call(this.shared, this.candidates, this.slots, this.req, pos)
+                    {
+                        // A failover is counted when the call really reaches another
+                        // backend, not when a backend's answer is set aside.
+                        if let Some(prev) = this.pending_failover.take() {
+                            count_failover(this.shared, this.candidates, prev);
                         }
-                        None => {
-                            let out = give_up(
-                                this.shared,
-                                this.candidates,
-                                this.slots,
-                                this.last,
-                                *this.start,
-                            );
-                            this.state.set(State::Done);
-                            return Poll::Ready(out);
-                        }
+                        this.state.set(State::Call { future, pos });
+                        continue;
                     }
+                    // The call could not start: give up, below.
                 }
                 Step::Answer(pos, answer) => {
                     if let Some(out) = on_answer(
@@ -252,6 +224,7 @@ where
                     }
                     *this.pending_failover = Some(pos);
                     this.state.set(State::Scan);
+                    continue;
                 }
                 Step::Wait(at) => {
                     if !*this.waited {
@@ -276,19 +249,20 @@ where
                             return Poll::Pending;
                         }
                     }
+                    continue;
                 }
-                Step::GiveUp => {
-                    let out = give_up(
-                        this.shared,
-                        this.candidates,
-                        this.slots,
-                        this.last,
-                        *this.start,
-                    );
-                    this.state.set(State::Done);
-                    return Poll::Ready(out);
-                }
+                Step::GiveUp => {}
             }
+            // Step::GiveUp, or a call that could not start.
+            let out = give_up(
+                this.shared,
+                this.candidates,
+                this.slots,
+                this.last,
+                *this.start,
+            );
+            this.state.set(State::Done);
+            return Poll::Ready(out);
         }
     }
 }
