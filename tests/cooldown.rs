@@ -8,14 +8,16 @@
 
 use std::{
     collections::VecDeque,
-    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use http::{Request, Response, StatusCode};
 use ratewise::{
-    cooldown::{CooldownEvent, CooldownReason, CoolingDown, KeyState},
+    cooldown::{
+        Cooldown, CooldownBuilder, CooldownEvent, CooldownHandle, CooldownReason, CoolingDown,
+        KeyState,
+    },
     BoxError, CooldownLayer, Verdict,
 };
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -74,6 +76,23 @@ fn after(delay: Duration, reply: Reply) -> Reply {
     }
 }
 
+/// What [`Upstream::service`] is: a cloneable service answering from the script.
+trait UpstreamService:
+    Service<Request<()>, Response = Response<()>, Error = BoxError, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> UpstreamService for S where
+    S: Service<Request<()>, Response = Response<()>, Error = BoxError, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 #[derive(Clone)]
 struct Upstream {
     start: Instant,
@@ -101,16 +120,17 @@ impl Upstream {
         self.calls.lock().unwrap().len()
     }
 
-    fn service(
+    /// The stack under test: `layer` over this upstream, and the layer's handle.
+    fn stack<K>(
         &self,
-    ) -> impl Service<
-        Request<()>,
-        Response = Response<()>,
-        Error = BoxError,
-        Future = impl Future<Output = Result<Response<()>, BoxError>> + Send,
-    > + Clone
-           + Send
-           + 'static {
+        layer: CooldownLayer<K>,
+    ) -> (CooldownHandle, Cooldown<impl UpstreamService, K>) {
+        let handle = layer.handle();
+        let svc = ServiceBuilder::new().layer(layer).service(self.service());
+        (handle, svc)
+    }
+
+    fn service(&self) -> impl UpstreamService {
         let up = self.clone();
         tower::service_fn(move |req: Request<()>| {
             let up = up.clone();
@@ -164,12 +184,15 @@ fn cooling(err: &BoxError) -> &CoolingDown {
 
 type Events = Arc<Mutex<Vec<CooldownEvent>>>;
 
-fn recorder() -> (Events, impl Fn(&CooldownEvent) + Send + Sync + 'static) {
+/// The cooldown `configure` sets up, recording every event it emits.
+fn recorded(configure: impl FnOnce(CooldownBuilder) -> CooldownBuilder) -> (Events, CooldownLayer) {
     let events: Events = Arc::default();
     let sink = events.clone();
-    (events, move |e: &CooldownEvent| {
-        sink.lock().unwrap().push(e.clone())
-    })
+    let layer = configure(CooldownLayer::builder())
+        .on_event(move |e: &CooldownEvent| sink.lock().unwrap().push(e.clone()))
+        .build()
+        .unwrap();
+    (events, layer)
 }
 
 /// `(n, duration)` of every `Started` event.
@@ -191,8 +214,7 @@ async fn cooldown_is_extended_never_shortened() {
     // 100" at t=0. The short signal arrives second, from a request already in flight.
     let up = Upstream::new([after(s(2.0), rl(Some(5))), rl(Some(100))], ok());
     let layer = CooldownLayer::builder().fail_fast().build().unwrap();
-    let handle = layer.handle();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (handle, svc) = up.stack(layer);
     let start = up.start;
 
     let slow = tokio::spawn(svc.clone().oneshot(req("a.test")));
@@ -234,14 +256,8 @@ async fn cooldown_is_extended_never_shortened() {
 #[tokio::test(start_paused = true)]
 async fn in_flight_answer_with_longer_retry_after_extends() {
     let up = Upstream::new([after(s(2.0), rl(Some(200))), rl(Some(100))], ok());
-    let (events, on_event) = recorder();
-    let layer = CooldownLayer::builder()
-        .fail_fast()
-        .on_event(on_event)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (events, layer) = recorded(|b| b.fail_fast());
+    let (handle, svc) = up.stack(layer);
     let start = up.start;
 
     let slow = tokio::spawn(svc.clone().oneshot(req("a.test")));
@@ -275,8 +291,7 @@ async fn in_flight_answer_with_longer_retry_after_extends() {
 async fn concurrent_rate_limited_answers_count_once() {
     let up = Upstream::new([], after(s(1.0), rl(None)));
     let layer = CooldownLayer::builder().fail_fast().build().unwrap();
-    let handle = layer.handle();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (handle, svc) = up.stack(layer);
 
     let tasks: Vec<_> = (0..5)
         .map(|_| tokio::spawn(svc.clone().oneshot(req("a.test"))))
@@ -325,15 +340,8 @@ async fn exponential_backoff_doubles_caps_and_success_resets_n() {
         ok(),
     ];
     let up = Upstream::new(script, ok());
-    let (events, on_event) = recorder();
-    let layer = CooldownLayer::builder()
-        .exponential(s(1.0), s(4.0))
-        .wait(s(60.0))
-        .on_event(on_event)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let mut svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (events, layer) = recorded(|b| b.exponential(s(1.0), s(4.0)).wait(s(60.0)));
+    let (handle, mut svc) = up.stack(layer);
 
     drive_sequentially(&mut svc, 8).await;
 
@@ -359,14 +367,8 @@ async fn exponential_backoff_doubles_caps_and_success_resets_n() {
 #[tokio::test(start_paused = true)]
 async fn linear_backoff_grows_by_base_and_caps() {
     let up = Upstream::new([rl(None), rl(None), rl(None), rl(None)], ok());
-    let (events, on_event) = recorder();
-    let layer = CooldownLayer::builder()
-        .linear(s(2.0), s(5.0))
-        .wait(s(60.0))
-        .on_event(on_event)
-        .build()
-        .unwrap();
-    let mut svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (events, layer) = recorded(|b| b.linear(s(2.0), s(5.0)).wait(s(60.0)));
+    let (_, mut svc) = up.stack(layer);
 
     drive_sequentially(&mut svc, 5).await;
 
@@ -380,14 +382,8 @@ async fn linear_backoff_grows_by_base_and_caps() {
 #[tokio::test(start_paused = true)]
 async fn server_retry_after_wins_when_longer() {
     let up = Upstream::new([rl(Some(30)), rl(Some(1)), rl(Some(10))], ok());
-    let (events, on_event) = recorder();
-    let layer = CooldownLayer::builder()
-        .exponential(s(1.0), s(60.0))
-        .wait(s(60.0))
-        .on_event(on_event)
-        .build()
-        .unwrap();
-    let mut svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (events, layer) = recorded(|b| b.exponential(s(1.0), s(60.0)).wait(s(60.0)));
+    let (_, mut svc) = up.stack(layer);
 
     drive_sequentially(&mut svc, 4).await;
 
@@ -415,15 +411,8 @@ async fn server_retry_after_wins_when_longer() {
 #[tokio::test(start_paused = true)]
 async fn max_cooldown_caps_telegram_4310_second_ban_and_says_so() {
     let up = Upstream::new([rl(Some(4310)), rl(Some(3710))], ok());
-    let (events, on_event) = recorder();
-    let layer = CooldownLayer::builder()
-        .max_cooldown(s(600.0))
-        .fail_fast()
-        .on_event(on_event)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (events, layer) = recorded(|b| b.max_cooldown(s(600.0)).fail_fast());
+    let (handle, svc) = up.stack(layer);
     let start = up.start;
 
     svc.clone().oneshot(req("api.telegram.org")).await.unwrap();
@@ -468,7 +457,7 @@ async fn max_cooldown_caps_telegram_4310_second_ban_and_says_so() {
 async fn no_call_reaches_upstream_during_cooldown() {
     let up = Upstream::new([rl(Some(60))], ok());
     let layer = CooldownLayer::builder().fail_fast().build().unwrap();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (_, svc) = up.stack(layer);
     let start = up.start;
 
     svc.clone().oneshot(req("a.test")).await.unwrap();
@@ -494,8 +483,7 @@ async fn half_open_lets_one_probe_go_then_the_rest() {
     // After the first 429, every answer takes 1 s.
     let up = Upstream::new([rl(Some(10))], after(s(1.0), ok()));
     let layer = CooldownLayer::builder().wait(s(60.0)).build().unwrap();
-    let handle = layer.handle();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (handle, svc) = up.stack(layer);
     let start = up.start;
 
     svc.clone().oneshot(req("a.test")).await.unwrap();
@@ -546,8 +534,7 @@ async fn probe_rate_limited_again_keeps_the_others_out() {
         after(s(1.0), ok()),
     );
     let layer = CooldownLayer::builder().wait(s(60.0)).build().unwrap();
-    let handle = layer.handle();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (handle, svc) = up.stack(layer);
     let start = up.start;
 
     svc.clone().oneshot(req("a.test")).await.unwrap();
@@ -580,7 +567,7 @@ async fn probe_rate_limited_again_keeps_the_others_out() {
 async fn waiters_fail_at_once_when_probe_recools_past_max_wait() {
     let up = Upstream::new([rl(Some(10)), after(s(1.0), rl(Some(10)))], ok());
     let layer = CooldownLayer::builder().wait(s(15.0)).build().unwrap();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (_, svc) = up.stack(layer);
     let start = up.start;
 
     svc.clone().oneshot(req("a.test")).await.unwrap();
@@ -617,7 +604,7 @@ async fn dropped_probe_frees_the_slot() {
     // The probe hangs for 100 s; its caller gives up at 10.5.
     let up = Upstream::new([rl(Some(10)), after(s(100.0), ok())], ok());
     let layer = CooldownLayer::builder().wait(s(60.0)).build().unwrap();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (_, svc) = up.stack(layer);
     let start = up.start;
 
     svc.clone().oneshot(req("a.test")).await.unwrap();
@@ -643,8 +630,7 @@ async fn dropped_probe_frees_the_slot() {
 async fn probe_connection_error_frees_the_slot() {
     let up = Upstream::new([rl(Some(10)), Reply::ConnError { delay: s(1.0) }], ok());
     let layer = CooldownLayer::builder().wait(s(60.0)).build().unwrap();
-    let handle = layer.handle();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (handle, svc) = up.stack(layer);
     let start = up.start;
 
     svc.clone().oneshot(req("a.test")).await.unwrap();
@@ -667,7 +653,7 @@ async fn probe_connection_error_frees_the_slot() {
 async fn fail_fast_returns_cooling_down_without_calling_or_waiting() {
     let up = Upstream::new([rl(Some(30)), after(s(1.0), ok())], ok());
     let layer = CooldownLayer::builder().fail_fast().build().unwrap();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (_, svc) = up.stack(layer);
     let start = up.start;
 
     svc.clone().oneshot(req("a.test")).await.unwrap();
@@ -706,7 +692,7 @@ async fn fail_fast_returns_cooling_down_without_calling_or_waiting() {
 async fn wait_longer_than_max_wait_fails_at_once_shorter_waits() {
     let up = Upstream::new([rl(Some(30)), rl(Some(3))], ok());
     let layer = CooldownLayer::builder().wait(s(5.0)).build().unwrap();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (_, svc) = up.stack(layer);
     let start = up.start;
 
     svc.clone().oneshot(req("long.test")).await.unwrap();
@@ -769,14 +755,8 @@ async fn precheck_threshold_keeps_a_nearly_over_cooldown_cooling() {
 #[tokio::test(start_paused = true)]
 async fn events_callback_sees_started_and_ended() {
     let up = Upstream::new([rl(Some(20))], after(s(1.0), ok()));
-    let (events, on_event) = recorder();
-    let layer = CooldownLayer::builder()
-        .exponential(s(1.0), s(60.0))
-        .wait(s(60.0))
-        .on_event(on_event)
-        .build()
-        .unwrap();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (events, layer) = recorded(|b| b.exponential(s(1.0), s(60.0)).wait(s(60.0)));
+    let (_, svc) = up.stack(layer);
     let start = up.start;
 
     svc.clone().oneshot(req("a.test")).await.unwrap();
@@ -810,8 +790,7 @@ async fn events_callback_sees_started_and_ended() {
 async fn stats_count_cooldowns_meetings_waits_rejections_and_probes() {
     let up = Upstream::new([rl(Some(10)), rl(Some(100))], ok());
     let layer = CooldownLayer::builder().wait(s(20.0)).build().unwrap();
-    let handle = layer.handle();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (handle, svc) = up.stack(layer);
 
     svc.clone().oneshot(req("a.test")).await.unwrap();
     svc.clone().oneshot(req("b.test")).await.unwrap();
@@ -841,15 +820,8 @@ async fn transient_and_failure_leave_n_alone() {
     // probe gets 400 (key open, n stays 2), next 429 is n=3 (4 s), probe succeeds.
     let script = [rl(None), status(503), rl(None), status(400), rl(None), ok()];
     let up = Upstream::new(script, ok());
-    let (events, on_event) = recorder();
-    let layer = CooldownLayer::builder()
-        .exponential(s(1.0), s(60.0))
-        .wait(s(60.0))
-        .on_event(on_event)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let mut svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (events, layer) = recorded(|b| b.exponential(s(1.0), s(60.0)).wait(s(60.0)));
+    let (handle, mut svc) = up.stack(layer);
 
     drive_sequentially(&mut svc, 2).await;
     assert_eq!(
@@ -877,8 +849,7 @@ async fn keys_are_independent_with_any_extractor() {
         .fail_fast()
         .build()
         .unwrap();
-    let handle = layer.handle();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (handle, svc) = up.stack(layer);
     let bot = |b: &str| {
         Request::get(format!("http://api.telegram.org/{b}/getMe"))
             .body(())
@@ -962,8 +933,7 @@ async fn probe_answer_never_shortens_a_cooldown_extended_meanwhile() {
     ];
     let up = Upstream::new(script, ok());
     let layer = CooldownLayer::builder().fail_fast().build().unwrap();
-    let handle = layer.handle();
-    let svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (handle, svc) = up.stack(layer);
     let start = up.start;
 
     let stale = tokio::spawn(svc.clone().oneshot(req("a.test")));
@@ -997,15 +967,8 @@ async fn success_to_a_request_sent_before_the_cooldown_does_not_reset_n() {
     // call 0 answers 200 at t=5 but was sent at t=0, before the 429s that followed.
     let script = [after(s(5.0), ok()), rl(None), rl(None), rl(None)];
     let up = Upstream::new(script, ok());
-    let (events, on_event) = recorder();
-    let layer = CooldownLayer::builder()
-        .exponential(s(1.0), s(60.0))
-        .wait(s(60.0))
-        .on_event(on_event)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let mut svc = ServiceBuilder::new().layer(layer).service(up.service());
+    let (events, layer) = recorded(|b| b.exponential(s(1.0), s(60.0)).wait(s(60.0)));
+    let (handle, mut svc) = up.stack(layer);
 
     let old = tokio::spawn(svc.clone().oneshot(req("a.test")));
     tokio::task::yield_now().await;
@@ -1057,19 +1020,10 @@ async fn cooldown_length_comes_from_the_parser_for_a_header_and_a_telegram_body(
             res.body(Full::new(Bytes::from_static(body.as_bytes())))
         })
     }
-    let layer = || {
-        let (events, on_event) = recorder();
-        let layer = CooldownLayer::builder()
-            .exponential(s(1.0), s(60.0))
-            .fail_fast()
-            .on_event(on_event)
-            .build()
-            .unwrap();
-        (layer, events)
-    };
+    let layer = || recorded(|b| b.exponential(s(1.0), s(60.0)).fail_fast());
 
     // 1. A bare `Retry-After: 7`: no classifier, no extension.
-    let (cooldown, events) = layer();
+    let (events, cooldown) = layer();
     let handle = cooldown.handle();
     let svc = ServiceBuilder::new().layer(cooldown).service(upstream(
         429,
@@ -1089,7 +1043,7 @@ async fn cooldown_length_comes_from_the_parser_for_a_header_and_a_telegram_body(
     assert_eq!(cooling(&err).remaining(), s(7.0));
 
     // 2. Telegram: the wait is only in the body, read by the Telegram preset.
-    let (cooldown, events) = layer();
+    let (events, cooldown) = layer();
     let handle = cooldown.handle();
     let calls = Arc::new(Mutex::new(0));
     let counted = {
@@ -1129,7 +1083,7 @@ async fn cooldown_length_comes_from_the_parser_for_a_header_and_a_telegram_body(
 
     // 3. Control: the same Telegram 429 without the classifier carries no hint the
     //    cooldown can see (no header), so only the 1 s backoff applies.
-    let (cooldown, events) = layer();
+    let (events, cooldown) = layer();
     let handle = cooldown.handle();
     let svc = ServiceBuilder::new()
         .layer(cooldown)

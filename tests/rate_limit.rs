@@ -18,8 +18,8 @@ use ratewise::{
     classify::{verdict_of_error, Verdict},
     key::Key,
     rate_limit::{
-        CostExceedsBurst, Decision, GovernorStore, MaxWaitExceeded, Quota, RateLimitLayer,
-        RateLimitStore, RateLimiter, StoreError,
+        CostExceedsBurst, Decision, GovernorStore, MaxWaitExceeded, Quota, RateLimit,
+        RateLimitLayer, RateLimitStore, RateLimiter, StoreError,
     },
     BoxError,
 };
@@ -31,16 +31,25 @@ const MS: Duration = Duration::from_millis(1);
 /// What reached the upstream: (request id, time since the test's start).
 type Hits = Arc<Mutex<Vec<(u32, Duration)>>>;
 
-/// An upstream that records the id (the body) of every request and when it was called.
-fn upstream(
-    start: Instant,
-) -> (
-    Hits,
-    impl Service<Request<u32>, Response = Response<String>, Error = Infallible, Future: Send>
+/// What [`upstream`] is: a cloneable service that never fails.
+trait Upstream:
+    Service<Request<u32>, Response = Response<String>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Upstream for S where
+    S: Service<Request<u32>, Response = Response<String>, Error = Infallible, Future: Send>
         + Clone
         + Send
-        + 'static,
-) {
+        + 'static
+{
+}
+
+/// An upstream that records the id (the body) of every request and when it was called.
+fn upstream(start: Instant) -> (Hits, impl Upstream) {
     let hits: Hits = Arc::default();
     let log = hits.clone();
     let svc = service_fn(move |req: Request<u32>| {
@@ -48,6 +57,16 @@ fn upstream(
         async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
     });
     (hits, svc)
+}
+
+/// The stack under test: `limit` over a recording [`upstream`] whose clock starts now.
+fn limited<K, M, St, Byp, C>(
+    limit: &RateLimitLayer<K, M, St, Byp, C>,
+) -> (Instant, Hits, RateLimit<impl Upstream, K, M, St, Byp, C>) {
+    let start = Instant::now();
+    let (hits, up) = upstream(start);
+    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    (start, hits, svc)
 }
 
 fn req(id: u32) -> Request<u32> {
@@ -89,14 +108,12 @@ where
 
 #[tokio::test(start_paused = true)]
 async fn admits_the_burst_then_the_rate_over_a_window() {
-    let start = Instant::now();
-    let (hits, up) = upstream(start);
     let limit = RateLimitLayer::builder()
         .per_second(10)
         .burst(5)
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    let (start, hits, svc) = limited(&limit);
 
     let handles = spawn_in_order(&svc, 0..30).await;
     for h in handles {
@@ -131,15 +148,13 @@ async fn admits_the_burst_then_the_rate_over_a_window() {
 
 #[tokio::test(start_paused = true)]
 async fn keys_have_independent_buckets() {
-    let start = Instant::now();
-    let (hits, up) = upstream(start);
     let limit = RateLimitLayer::builder()
         .per_second(1)
         .key(|r: &Request<u32>| r.uri().path().to_owned())
         .max_wait(Duration::ZERO)
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(limit).service(up);
+    let (_, hits, svc) = limited(&limit);
 
     svc.clone().oneshot(keyed("/a", 1)).await.unwrap();
     let err = svc.clone().oneshot(keyed("/a", 2)).await.unwrap_err();
@@ -226,14 +241,12 @@ async fn a_limiter_handle_shares_the_bucket_across_different_layers() {
 
 #[tokio::test(start_paused = true)]
 async fn max_wait_fails_at_once_without_sleeping() {
-    let start = Instant::now();
-    let (hits, up) = upstream(start);
     let limit = RateLimitLayer::builder()
         .per_second(1)
         .max_wait(500 * MS)
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    let (start, hits, svc) = limited(&limit);
 
     svc.clone().oneshot(req(1)).await.unwrap();
     advance(200 * MS).await;
@@ -268,15 +281,13 @@ async fn max_wait_fails_at_once_without_sleeping() {
 
 #[tokio::test(start_paused = true)]
 async fn max_wait_counts_the_cells_queued_ahead() {
-    let start = Instant::now();
-    let (hits, up) = upstream(start);
     let limit = RateLimitLayer::builder()
         .per_second(10)
         .burst(1)
         .max_wait(250 * MS)
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    let (start, hits, svc) = limited(&limit);
 
     svc.clone().oneshot(req(1)).await.unwrap();
     // Two waiters: admitted at 100 ms and 200 ms.
@@ -299,15 +310,13 @@ async fn max_wait_counts_the_cells_queued_ahead() {
 
 #[tokio::test(start_paused = true)]
 async fn reject_mode_answers_429_with_rate_limit_headers_and_skips_upstream() {
-    let start = Instant::now();
-    let (hits, up) = upstream(start);
     let limit = RateLimitLayer::builder()
         .per_period(2500 * MS)
         .burst(2)
         .reject()
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    let (start, hits, mut svc) = limited(&limit);
     // The inner error type is kept: axum can use this service without HandleErrorLayer.
     fn infallible<S: Service<Request<u32>, Error = Infallible>>(_: &S) {}
     infallible(&svc);
@@ -348,14 +357,12 @@ async fn reject_mode_answers_429_with_rate_limit_headers_and_skips_upstream() {
 
 #[tokio::test(start_paused = true)]
 async fn bypassed_requests_are_never_throttled_and_take_no_cell() {
-    let start = Instant::now();
-    let (hits, up) = upstream(start);
     let limit = RateLimitLayer::builder()
         .per_second(1)
         .bypass(|r: &Request<u32>| r.headers().contains_key("x-card-final"))
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    let (start, hits, svc) = limited(&limit);
     let final_edit = |id| {
         Request::builder()
             .header("x-card-final", "1")
@@ -386,10 +393,8 @@ async fn bypassed_requests_are_never_throttled_and_take_no_cell() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_waiter_takes_no_cell() {
-    let start = Instant::now();
-    let (hits, up) = upstream(start);
     let limit = RateLimitLayer::builder().per_second(1).build().unwrap();
-    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    let (_, hits, svc) = limited(&limit);
 
     svc.clone().oneshot(req(1)).await.unwrap();
     // Request 2 waits for the cell of t = 1 s, and is dropped at 500 ms.
@@ -408,14 +413,13 @@ async fn a_dropped_waiter_takes_no_cell() {
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_dropped_in_the_middle_of_the_line_takes_no_cell() {
-    let start = Instant::now();
-    let (hits, up) = upstream(start);
     let limit = RateLimitLayer::builder().per_second(1).build().unwrap();
-    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    let (_, hits, svc) = limited(&limit);
 
     svc.clone().oneshot(req(1)).await.unwrap();
-    let head = spawn_in_order(&svc, [2]).await; // goes at 1 s
-                                                // Request 3 queues behind it (would go at 2 s) and is dropped at 500 ms.
+    // Request 2 goes at 1 s.
+    let head = spawn_in_order(&svc, [2]).await;
+    // Request 3 queues behind it (would go at 2 s) and is dropped at 500 ms.
     let dropped = tokio::time::timeout(500 * MS, svc.clone().oneshot(req(3))).await;
     assert!(dropped.is_err());
     assert_eq!(limit.limiter().waiting(), 1);
@@ -431,14 +435,12 @@ async fn a_waiter_dropped_in_the_middle_of_the_line_takes_no_cell() {
 
 #[tokio::test(start_paused = true)]
 async fn a_thousand_waiters_are_admitted_in_arrival_order_at_the_quota() {
-    let start = Instant::now();
-    let (hits, up) = upstream(start);
     let limit = RateLimitLayer::builder()
         .per_second(100)
         .burst(10)
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    let (start, hits, svc) = limited(&limit);
 
     let handles = spawn_in_order(&svc, 0..1000).await;
     assert_eq!(limit.limiter().waiting(), 990);
@@ -468,8 +470,6 @@ async fn a_thousand_waiters_are_admitted_in_arrival_order_at_the_quota() {
 
 #[tokio::test(start_paused = true)]
 async fn cost_takes_that_many_cells_and_more_than_the_burst_fails_at_once() {
-    let start = Instant::now();
-    let (hits, up) = upstream(start);
     let cost = |r: &Request<u32>| -> u32 {
         r.headers()
             .get("x-cost")
@@ -483,7 +483,7 @@ async fn cost_takes_that_many_cells_and_more_than_the_burst_fails_at_once() {
         .cost(cost)
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    let (start, hits, svc) = limited(&limit);
 
     svc.clone().oneshot(with_cost(1, 5)).await.unwrap(); // the whole burst
     svc.clone().oneshot(with_cost(2, 2)).await.unwrap(); // two cells: 200 ms
@@ -604,18 +604,17 @@ async fn memory_stays_bounded_with_a_million_distinct_keys() {
 
 #[tokio::test(start_paused = true)]
 async fn newcomers_queue_behind_waiters_instead_of_taking_their_cells() {
-    let start = Instant::now();
-    let (hits, up) = upstream(start);
     let limit = RateLimitLayer::builder()
         .per_second(10)
         .burst(5)
         .cost(|r: &Request<u32>| if *r.body() >= 100 { 5 } else { 1 })
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(limit).service(up);
+    let (_, hits, svc) = limited(&limit);
 
-    svc.clone().oneshot(req(100)).await.unwrap(); // all 5 cells
-                                                  // Request 101 needs 5 cells: it waits until 500 ms.
+    // Request 100 takes all 5 cells.
+    svc.clone().oneshot(req(100)).await.unwrap();
+    // Request 101 needs 5 cells: it waits until 500 ms.
     let big = spawn_in_order(&svc, [101]).await;
     advance(100 * MS).await;
     // At 100 ms one cell is back. Request 1 needs only that one, but request 101 came
@@ -760,13 +759,11 @@ impl RateLimitStore for RoundTripStore {
 /// that was held back (denied a cell, or queued behind waiters) has waited.
 #[tokio::test(start_paused = true)]
 async fn waited_counts_only_requests_that_were_held_back_not_a_first_attempt_that_took_time() {
-    let start = Instant::now();
-    let (hits, up) = upstream(start);
     let quota = Quota::per_second(1).unwrap().with_burst(2).unwrap();
     let limit = RateLimitLayer::builder()
         .build_with_limiter(RateLimiter::new(RoundTripStore(GovernorStore::new(quota))))
         .unwrap();
-    let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
+    let (_, hits, svc) = limited(&limit);
 
     for h in spawn_in_order(&svc, 0..3).await {
         h.await.unwrap().unwrap();
