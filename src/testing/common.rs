@@ -108,15 +108,15 @@ impl FixedWindow {
 
 /// A quota and the fixed window that counts calls against it: a mock's rate limit.
 #[derive(Debug, Clone)]
-pub(crate) struct RateLimit {
+pub(crate) struct QuotaWindow {
     pub(crate) quota: Quota,
     window: FixedWindow,
 }
 
-impl RateLimit {
+impl QuotaWindow {
     /// `limit` calls per `window`, no window open yet.
     pub(crate) fn new(limit: u32, window: Duration) -> Self {
-        RateLimit {
+        QuotaWindow {
             quota: Quota { limit, window },
             window: FixedWindow::default(),
         }

@@ -42,7 +42,7 @@ use axum::Router;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::common::{handler, json, Core, Incoming, RateLimit};
+use super::common::{handler, json, Core, Incoming, QuotaWindow};
 use super::recorder::{Hits, Outcome};
 
 /// Default calls per window: 50 (seed 004).
@@ -64,7 +64,7 @@ pub struct GlmApi {
 
 #[derive(Debug)]
 struct State {
-    rate: RateLimit,
+    rate: QuotaWindow,
     always_limited: bool,
     served: u64,
 }
@@ -89,7 +89,7 @@ impl GlmApi {
     pub fn new() -> Self {
         GlmApi {
             core: Core::new(State {
-                rate: RateLimit::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
+                rate: QuotaWindow::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
                 always_limited: false,
                 served: 0,
             }),

@@ -68,7 +68,7 @@ use http_body::Frame;
 use serde_json::{json, Value};
 use tokio::time::Sleep;
 
-use super::common::{ceil_millis, handler, json, set_header, Core, Incoming, RateLimit};
+use super::common::{ceil_millis, handler, json, set_header, Core, Incoming, QuotaWindow};
 use super::recorder::{Hits, Outcome};
 
 /// Default calls per window: 60.
@@ -92,7 +92,7 @@ pub struct OpenAiApi {
 
 #[derive(Debug)]
 struct State {
-    rate: RateLimit,
+    rate: QuotaWindow,
     name: String,
     reply: Option<String>,
     gap: Duration,
@@ -121,7 +121,7 @@ impl OpenAiApi {
     pub fn new() -> Self {
         OpenAiApi {
             core: Core::new(State {
-                rate: RateLimit::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
+                rate: QuotaWindow::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
                 name: DEFAULT_NAME.to_owned(),
                 reply: None,
                 gap: DEFAULT_STREAM_GAP,

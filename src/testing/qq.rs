@@ -46,7 +46,7 @@ use axum::Router;
 use http::{Method, StatusCode};
 use serde_json::json;
 
-use super::common::{handler, json, outcome_of, Core, Incoming, RateLimit};
+use super::common::{handler, json, outcome_of, Core, Incoming, QuotaWindow};
 use super::recorder::{Hits, Outcome};
 
 /// Default calls per window: 2 (seed 000, "confirmed via live API testing").
@@ -68,7 +68,7 @@ pub struct QqGateway {
 
 #[derive(Debug)]
 struct State {
-    rate: RateLimit,
+    rate: QuotaWindow,
     url: String,
 }
 
@@ -94,7 +94,7 @@ impl QqGateway {
     pub fn new() -> Self {
         QqGateway {
             core: Core::new(State {
-                rate: RateLimit::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
+                rate: QuotaWindow::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
                 url: DEFAULT_URL.to_owned(),
             }),
         }

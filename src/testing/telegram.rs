@@ -59,7 +59,7 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::common::{ceil_secs, finish, json, outcome_of, set_header, Core, Incoming, RateLimit};
+use super::common::{ceil_secs, finish, json, outcome_of, set_header, Core, Incoming, QuotaWindow};
 use super::recorder::{Hits, Outcome};
 
 /// Default calls per window: 30 (Telegram's documented bulk limit, per second).
@@ -91,7 +91,7 @@ pub struct TelegramBot {
 
 #[derive(Debug)]
 struct State {
-    rate: RateLimit,
+    rate: QuotaWindow,
     first_penalty: Duration,
     max_penalty: Duration,
     penalty_until: Option<Instant>,
@@ -124,7 +124,7 @@ impl TelegramBot {
     pub fn new() -> Self {
         TelegramBot {
             core: Core::new(State {
-                rate: RateLimit::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
+                rate: QuotaWindow::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
                 first_penalty: DEFAULT_PENALTY,
                 max_penalty: MAX_PENALTY,
                 penalty_until: None,
