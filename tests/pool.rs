@@ -766,6 +766,40 @@ async fn a_backend_whose_probe_is_in_flight_is_skipped() -> Result<(), BoxError>
     Ok(())
 }
 
+/// A call that can only wait for a backend whose probe is in flight is woken by the
+/// probe's answer, at that instant (it used to look again every 50 ms).
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_on_a_probe_goes_as_soon_as_the_probe_is_answered() -> Result<(), BoxError> {
+    // 429, then a probe that takes 1.025 s to succeed, then 200 at once.
+    let primary = Scripted::new([(429, Duration::ZERO), (200, ms(1025))]);
+    let pool = Pool::builder()
+        .primary("primary", primary.service())
+        .max_wait(secs(5))
+        .build()?;
+    let res = pool.clone().oneshot(chat()).await?;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    advance(secs(1)).await;
+    let probe = tokio::spawn(pool.clone().oneshot(chat()));
+    tokio::task::yield_now().await;
+    let waiter = tokio::spawn(pool.clone().oneshot(chat()));
+    tokio::task::yield_now().await;
+    assert_eq!(
+        primary.times().len(),
+        2,
+        "only the probe went; the other waits"
+    );
+
+    assert_eq!(probe.await??.status(), StatusCode::OK);
+    assert_eq!(waiter.await??.status(), StatusCode::OK);
+    assert_eq!(
+        primary.times(),
+        [Duration::ZERO, secs(1), secs(1) + ms(1025)],
+        "the waiting call went the instant the probe was answered"
+    );
+    assert_eq!(pool.handle().totals().waited, 1);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------
 // Streaming over real sockets
 

@@ -89,6 +89,22 @@ impl CooldownHandle {
         }
     }
 
+    /// Where `key` stands now and, when the table has an entry for it, a registration
+    /// that completes on the key's next change (taken under the same lock, so no change
+    /// after this state is missed). The pool waits on it while a backend's probe is in
+    /// flight.
+    pub(crate) fn state_and_waiter<Q: Borrow<str> + ?Sized>(
+        &self,
+        key: &Q,
+    ) -> (KeyState, Option<Pin<Box<OwnedNotified>>>) {
+        let now = Instant::now();
+        let table = self.shared.lock();
+        match table.map.get(key.borrow()) {
+            None => (KeyState::Ok, None),
+            Some(e) => (e.state(now), Some(e.waiter())),
+        }
+    }
+
     /// When `key`'s cooldown ends, if it is cooling now.
     pub fn cooling_until<Q: Borrow<str> + ?Sized>(&self, key: &Q) -> Option<Instant> {
         match self.state(key) {

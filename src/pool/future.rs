@@ -11,7 +11,10 @@ use std::{
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::{sleep_until, Instant, Sleep};
+use tokio::{
+    sync::futures::OwnedNotified,
+    time::{sleep_until, Instant, Sleep},
+};
 use tower::Service;
 
 use super::{
@@ -26,10 +29,6 @@ use crate::{
     retry::{try_clone_request, TryCloneBody},
     BoxError, Verdict,
 };
-
-/// How often a call that waits re-checks a backend whose probe is in flight (the
-/// cooldown table has no notification the pool could wait on).
-pub(crate) const PROBE_RECHECK: Duration = Duration::from_millis(50);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type Answer<ResB> = Result<Response<ResB>, BoxError>;
@@ -50,6 +49,9 @@ pin_project! {
         slots: Vec<Slot<ReqB, ResB>>,
         // The latest answer that was failed over, returned if no candidate is left.
         last: Option<(usize, Answer<ResB>)>,
+        // Registrations on the cooldown entries of candidates whose probe is in flight:
+        // each wakes this task when its probe is answered.
+        probe_waiters: Vec<Pin<Box<OwnedNotified>>>,
         // The candidate whose answer was failed over, until another backend is called.
         pending_failover: Option<usize>,
         start: Instant,
@@ -132,6 +134,7 @@ impl<ReqB, ResB> ResponseFuture<ReqB, ResB> {
             req: Some(req),
             slots,
             last: None,
+            probe_waiters: Vec::new(),
             pending_failover: None,
             start,
             deadline,
@@ -148,6 +151,7 @@ impl<ReqB, ResB> ResponseFuture<ReqB, ResB> {
             req: None,
             slots: Vec::new(),
             last: None,
+            probe_waiters: Vec::new(),
             pending_failover: None,
             start,
             deadline: start,
@@ -189,6 +193,7 @@ where
                     this.shared,
                     this.candidates,
                     this.slots,
+                    this.probe_waiters,
                     this.req.is_some(),
                     cx,
                     *this.deadline,
@@ -273,10 +278,12 @@ fn scan<ReqB, ResB>(
     shared: &Shared<ReqB, ResB>,
     candidates: &[usize],
     slots: &mut [Slot<ReqB, ResB>],
+    probe_waiters: &mut Vec<Pin<Box<OwnedNotified>>>,
     have_request: bool,
     cx: &mut Context<'_>,
     deadline: Instant,
 ) -> Step<ResB> {
+    probe_waiters.clear();
     if !have_request {
         return Step::GiveUp;
     }
@@ -285,6 +292,7 @@ fn scan<ReqB, ResB>(
     let mut earliest: Option<Instant> = None;
     let mut busy = false;
     let mut probing = false;
+    let mut probe_answered = false;
     let mut untried = false;
     for (pos, (&idx, slot)) in candidates.iter().zip(slots.iter_mut()).enumerate() {
         if slot.tried {
@@ -294,7 +302,8 @@ fn scan<ReqB, ResB>(
         let Some(backend) = shared.backends.get(idx) else {
             continue;
         };
-        let why = match cooldown.state(&backend.name) {
+        let (state, waiter) = cooldown.state_and_waiter(&backend.name);
+        let why = match state {
             KeyState::Cooling { until, .. } => {
                 earliest = Some(earliest.map_or(until, |e| e.min(until)));
                 Some(Unavailable::Cooling {
@@ -303,6 +312,14 @@ fn scan<ReqB, ResB>(
             }
             KeyState::HalfOpen { probing: true, .. } => {
                 probing = true;
+                // Wake when the probe is answered (or anything else changes the key).
+                if let Some(mut waiter) = waiter {
+                    if waiter.as_mut().poll(cx).is_ready() {
+                        probe_answered = true;
+                    } else {
+                        probe_waiters.push(waiter);
+                    }
+                }
                 Some(Unavailable::Probing)
             }
             _ => None,
@@ -337,14 +354,16 @@ fn scan<ReqB, ResB>(
             _ => Step::GiveUp,
         };
     }
-    // Some candidates have no capacity (they wake this task when they do) or a probe
-    // in flight (looked at again shortly): wait, at most until the deadline.
+    // Some candidates have no capacity or a probe in flight; either wakes this task
+    // when it changes (the service through `poll_ready`, the probe through its cooldown
+    // entry): wait, at most until the deadline or the first cooldown's end.
     let mut wake = deadline;
     if let Some(e) = earliest {
         wake = wake.min(e);
     }
-    if probing {
-        wake = wake.min(now.checked_add(PROBE_RECHECK).unwrap_or(deadline));
+    if probe_answered {
+        // A probe was answered between the look and the registration: look again now.
+        wake = now;
     }
     Step::Wait(wake)
 }

@@ -87,9 +87,9 @@
 //! refusal, `debug` on a skip (backend, reason, wait) and when a call starts waiting.
 //! Events carry backend names, never URIs or headers.
 //!
-//! A call waiting on a backend whose probe is in flight looks again every 50 ms (the
-//! cooldown table has no notification to wait on); waits on cooldowns and on busy
-//! backends are woken exactly.
+//! A waiting call is woken exactly, never by polling: by the earliest cooldown's end,
+//! by a busy backend's `poll_ready`, or by the cooldown entry of a backend whose probe
+//! is in flight, when that probe is answered.
 //!
 //! # Example
 //!
