@@ -849,10 +849,16 @@ async fn an_sse_stream_from_the_fallback_arrives_chunk_by_chunk() -> Result<(), 
     assert_eq!(res.headers()["content-type"], "text/event-stream");
     assert_eq!((glm.hits().rate_limited(), openai.hits().served()), (1, 1));
 
+    // Not buffered: the classifier under the fallback did not peek the 200 (a replay
+    // body would also yield several frames, so this is the check that can fail).
+    assert!(res.body().is_pass_through(), "the 200 stream is not peeked");
+
     let mut body = res.into_body();
     let mut frames: Vec<String> = Vec::new();
+    let mut arrivals = Vec::new();
     while let Some(frame) = timeout(secs(5), body.frame()).await? {
         if let Ok(data) = frame?.into_data() {
+            arrivals.push(std::time::Instant::now());
             frames.push(String::from_utf8(data.to_vec())?);
             if frames.len() == 1 {
                 assert!(
@@ -870,6 +876,11 @@ async fn an_sse_stream_from_the_fallback_arrives_chunk_by_chunk() -> Result<(), 
     let all = frames.concat();
     assert_eq!(all.matches("data: ").count(), 6, "{all}");
     assert!(all.ends_with("data: [DONE]\n\n"), "{all}");
+    // The mock sends the six events 50 ms apart (250 ms from first to last): arriving as
+    // sent, the first and the last are at least that far apart; a buffered stream would
+    // arrive at once. (A lower bound only: load can stretch it, never shrink it.)
+    let span = arrivals[arrivals.len() - 1] - arrivals[0];
+    assert!(span >= ms(150), "chunks arrived as sent, over {span:?}");
     Ok(())
 }
 
