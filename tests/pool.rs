@@ -766,6 +766,55 @@ async fn a_backend_whose_probe_is_in_flight_is_skipped() -> Result<(), BoxError>
     Ok(())
 }
 
+/// A backend's own rate limiter with `max_wait(ZERO)` is how the pool sees an empty
+/// bucket: the limiter answers `MaxWaitExceeded` at once, the call moves on to the
+/// fallback, and the primary is skipped until its bucket has a cell again, without
+/// another request reaching it.
+#[tokio::test(start_paused = true)]
+async fn an_empty_backend_bucket_with_zero_max_wait_moves_the_call_on() -> Result<(), BoxError> {
+    let primary_api = GlmApi::new();
+    let fallback_api = GlmApi::new();
+    let primary = ServiceBuilder::new()
+        .layer(
+            ratewise::RateLimitLayer::builder()
+                .per_second(1)
+                .burst(1)
+                .max_wait(Duration::ZERO)
+                .build()?,
+        )
+        .service(glm_backend(&primary_api));
+    let pool = Pool::builder()
+        .primary("primary", primary)
+        .fallback("fallback", glm_backend(&fallback_api))
+        .build()?;
+    let t0 = Instant::now();
+
+    assert_eq!(served_by(&pool.clone().oneshot(chat()).await?), "primary");
+    // The bucket is empty: the next calls go to the fallback at once.
+    for _ in 0..3 {
+        assert_eq!(served_by(&pool.clone().oneshot(chat()).await?), "fallback");
+    }
+    assert_eq!(Instant::now(), t0, "no call waited");
+    assert_eq!(
+        primary_api.hits().count(),
+        1,
+        "nothing else reached the primary"
+    );
+    let p = pool.handle().backend("primary").unwrap();
+    assert!(
+        matches!(p.state, KeyState::Cooling { until, .. } if until == t0 + secs(1)),
+        "skipped until its bucket has a cell: {:?}",
+        p.state
+    );
+    assert_eq!(p.requests, 2, "one served, one refused by its own bucket");
+
+    // Once the bucket has a cell, the primary serves again (its probe).
+    advance(secs(1)).await;
+    assert_eq!(served_by(&pool.clone().oneshot(chat()).await?), "primary");
+    assert_eq!(primary_api.hits().count(), 2);
+    Ok(())
+}
+
 /// A call that can only wait for a backend whose probe is in flight is woken by the
 /// probe's answer, at that instant (it used to look again every 50 ms).
 #[tokio::test(start_paused = true)]

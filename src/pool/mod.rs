@@ -31,8 +31,16 @@
 //!
 //! 1. The candidates are looked at in order. A candidate that is cooling, or half-open
 //!    with its probe in flight, is skipped. The next one's `poll_ready` is polled:
-//!    `Pending` means no capacity now (a rate limiter out of tokens): skipped too.
-//!    The first candidate that is ready gets the request.
+//!    `Pending` means no capacity now (e.g. a `ConcurrencyLimit` that is full): skipped
+//!    too. The first candidate that is ready gets the request.
+//!
+//!    A backend's own [`RateLimitLayer`](crate::RateLimitLayer) is always ready (it
+//!    waits in its response future, like every ratewise layer), so an empty bucket does
+//!    not show in `poll_ready`. Give it a short [`max_wait`](crate::rate_limit::RateLimitBuilder::max_wait)
+//!    (`Duration::ZERO`: "only if a cell is free now"): an empty bucket then answers
+//!    `MaxWaitExceeded` at once, which the pool reads as rate-limited with the bucket's
+//!    wait: the call moves on, and the backend is skipped until its bucket has a cell.
+//!    With an unbounded `max_wait` the call would wait inside that backend instead.
 //! 2. If its answer is rate-limited (a response whose verdict says so, or an error
 //!    such as a rate limiter's `max_wait` refusal), the backend cools down and the
 //!    same call goes on with the remaining candidates, with a copy of the request.
