@@ -679,6 +679,35 @@ fn one_at_a_time(
     tower::limit::ConcurrencyLimit::new(s.service(), 1)
 }
 
+/// A bug: a call that found a backend busy kept its clone (queued for the backend's
+/// concurrency permit) while it was served elsewhere, so the permit freed meanwhile went
+/// to that idle clone and the next request found the backend still busy.
+#[tokio::test(start_paused = true)]
+async fn a_call_served_elsewhere_does_not_keep_a_busy_backends_freed_capacity(
+) -> Result<(), BoxError> {
+    let primary = Scripted::new([(200, secs(1)), (200, secs(1))]);
+    let fallback = Scripted::new([(200, secs(5)), (200, secs(5))]);
+    let pool = Pool::builder()
+        .primary("primary", one_at_a_time(&primary))
+        .fallback("fallback", fallback.service())
+        .build()?;
+    // t = 0: one request holds the primary until t = 1 s; the next goes to the fallback
+    // (5 s) after finding the primary busy.
+    let first = tokio::spawn(pool.clone().oneshot(chat()));
+    tokio::task::yield_now().await;
+    let second = tokio::spawn(pool.clone().oneshot(chat()));
+    tokio::task::yield_now().await;
+    assert_eq!((primary.times().len(), fallback.times().len()), (1, 1));
+    // t = 1 s: the first request is answered and frees the primary; the second is still
+    // at the fallback. t = 2 s: the primary takes the third request.
+    assert_eq!(served_by(&first.await??), "primary");
+    advance(secs(1)).await;
+    let third = pool.clone().oneshot(chat()).await?;
+    assert_eq!(served_by(&third), "primary");
+    assert_eq!(served_by(&second.await??), "fallback");
+    Ok(())
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_busy_backend_is_skipped_then_waited_for_within_max_wait() -> Result<(), BoxError> {
     let slow = Scripted::new([(200, secs(1)), (200, secs(1)), (200, secs(1))]);

@@ -209,6 +209,12 @@ where
                         if let Some(prev) = this.pending_failover.take() {
                             count_failover(this.shared, this.candidates, prev);
                         }
+                        // Let go of the other candidates' clones: one polled `Pending`
+                        // (e.g. queued for a `ConcurrencyLimit` permit) would otherwise
+                        // keep the capacity it is handed while this call is elsewhere.
+                        for slot in this.slots.iter_mut() {
+                            slot.service = None;
+                        }
                         this.state.set(State::Call { future, pos });
                         continue;
                     }
