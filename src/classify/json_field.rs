@@ -13,7 +13,7 @@
 //! let headers = HeaderMap::new();
 //! let body = br#"{"error":{"code":"1302","message":"rate limited"}}"#;
 //!
-//! // By default the body of every non-2xx response is read, never a 2xx one.
+//! // By default the body of every 4xx and 5xx response is read, never a 2xx one.
 //! assert!(glm.wants_body(StatusCode::TOO_MANY_REQUESTS, &headers));
 //! assert!(!glm.wants_body(StatusCode::OK, &headers));
 //!
@@ -37,8 +37,8 @@ use super::{Classifier, ResponseView, Verdict};
 /// Which statuses a body is asked for.
 #[derive(Debug, Clone)]
 enum Statuses {
-    /// Every status that is not 2xx.
-    NonSuccess,
+    /// Every 4xx and 5xx status.
+    Errors,
     /// Exactly these.
     Only(Arc<[StatusCode]>),
 }
@@ -46,7 +46,7 @@ enum Statuses {
 impl Statuses {
     fn contains(&self, status: StatusCode) -> bool {
         match self {
-            Statuses::NonSuccess => !status.is_success(),
+            Statuses::Errors => status.is_client_error() || status.is_server_error(),
             Statuses::Only(list) => list.contains(&status),
         }
     }
@@ -61,9 +61,9 @@ impl Statuses {
 /// rate-limited with the hint from the crate's one parser.
 ///
 /// The body is asked for on the configured statuses only
-/// ([`statuses`](Self::statuses)), by default every status that is not 2xx: a 200
-/// whose body mentions the code is never read, so never rate-limited, and 200
-/// streams are never buffered.
+/// ([`statuses`](Self::statuses)), by default every 4xx and 5xx status: a 200 whose
+/// body mentions the code is never read, so never rate-limited, 200 streams are never
+/// buffered, and neither are 1xx and 3xx answers.
 ///
 /// No opinion (`None`) when the status is not one of those, there is no body, the
 /// body is not complete JSON (a body cut off by the layer's cap is not parsed), or
@@ -90,12 +90,12 @@ impl JsonFieldIn {
         JsonFieldIn {
             pointer: pointer.into(),
             values: values.into_iter().map(Into::into).collect(),
-            statuses: Statuses::NonSuccess,
+            statuses: Statuses::Errors,
             on_match: Verdict::rate_limited(None),
         }
     }
 
-    /// Read the body for these statuses only (instead of every non-2xx status). An
+    /// Read the body for these statuses only (instead of every 4xx and 5xx status). An
     /// empty list turns the classifier off.
     pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.statuses = Statuses::Only(statuses.into_iter().collect());

@@ -5,7 +5,7 @@
 //! | [`qq`] | 400 whose body contains `频率限制`; any 429 | | 5xx, 408 |
 //! | [`dingtalk`] | 403 or 429 with a `...QpsLimit...` code; any 429 | | 5xx, 408 |
 //! | [`telegram`] | 429, hint from `parameters.retry_after` in the body | | 5xx, 408 |
-//! | [`glm`] | non-2xx with `error.code` 1302, 1303 or 1305; any 429 | 429 with an account code (1110–1113, 1121: arrears, locked, inactive) | 5xx, 408 |
+//! | [`glm`] | 4xx/5xx with `error.code` 1302, 1303 or 1305; any 429 | 429 with an account code (1110–1113, 1121: arrears, locked, inactive) | 5xx, 408 |
 //! | [`openai`] | 429 (hint from `retry-after-ms`, `Retry-After`, `x-ratelimit-reset-*`) | 429 `insufficient_quota` | 5xx, 408 |
 //! | [`default`] | all of the above | all of the above | 5xx, 408 |
 //!
@@ -182,7 +182,7 @@ pub fn telegram() -> Preset {
     )
 }
 
-/// GLM (Zhipu): a non-2xx response whose `error.code` is one of
+/// GLM (Zhipu): a 4xx or 5xx response whose `error.code` is one of
 /// [`GLM_RATE_LIMIT_CODES`] (`{"error":{"code":"1302",...}}`) is rate-limited, and
 /// so is any other 429, except a 429 whose code is one of [`GLM_ACCOUNT_CODES`]
 /// (arrears, locked account): waiting will not cure those, so they are failures.
@@ -217,7 +217,7 @@ pub fn openai() -> Preset {
 /// QpsLimit, GLM's rate-limit codes, any 429 (with its body read, so Telegram's
 /// `parameters.retry_after` is found), and 5xx/408 as transient.
 ///
-/// It reads the body of every non-2xx response (GLM's codes may come with any error
+/// It reads the body of every 4xx and 5xx response (GLM's codes may come with any error
 /// status, e.g. through a proxy); never a 2xx one.
 pub fn default() -> Preset {
     Preset::new(

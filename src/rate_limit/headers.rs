@@ -16,7 +16,7 @@ const POLICY: &str = "ratewise";
 
 /// Whole seconds, rounded up.
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 /// `"ratewise";q=<burst>;w=<window>`: `burst` cells per window, the window being the
