@@ -38,7 +38,10 @@ pub struct Retry<S> {
 impl<S> Retry<S> {
     pub(crate) fn new(shared: Arc<Shared>, inner: S) -> Self {
         Retry {
-            inner: tower::retry::Retry::new(RetryPolicy::new(shared.clone()), BoxErrors::new(inner)),
+            inner: tower::retry::Retry::new(
+                RetryPolicy::new(shared.clone()),
+                BoxErrors::new(inner),
+            ),
             shared,
         }
     }
@@ -67,9 +70,8 @@ where
 {
     type Response = Response<ResB>;
     type Error = BoxError;
-    type Future = ResponseFuture<
-        tower::retry::future::ResponseFuture<RetryPolicy, BoxErrors<S>, Request<B>>,
-    >;
+    type Future =
+        ResponseFuture<tower::retry::future::ResponseFuture<RetryPolicy, BoxErrors<S>, Request<B>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
