@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use ratewise::classify::{presets, ClassifyLayer};
-use ratewise::retry::{buffer_request, GiveUp, RetryBody, RetryLayer};
+use ratewise::retry::{buffer_request, DeadlineExceeded, GiveUp, RetryBody, RetryLayer};
 use ratewise::BoxError;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -738,4 +739,167 @@ async fn retries_connection_errors_of_a_hyper_util_client() {
     assert!(client_err.is_connect(), "{client_err:?}");
     assert_eq!(stats.retries(), 2);
     assert_eq!(stats.give_ups_for(GiveUp::Attempts), 1);
+}
+
+/// What a [`slow_upstream`] did: when it was called, how many answers it finished, and
+/// how many calls were dropped before answering.
+#[derive(Clone, Default)]
+struct Slow {
+    calls: Calls,
+    finished: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Slow {
+    fn finished(&self) -> usize {
+        self.finished.load(Ordering::SeqCst)
+    }
+
+    fn dropped(&self) -> usize {
+        self.dropped.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a call's future dropped before it answered.
+struct Unfinished(Option<Arc<AtomicUsize>>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(dropped) = self.0.take() {
+            dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// An upstream that takes `delay` to answer every call with `status`.
+fn slow_upstream(
+    delay: Duration,
+    status: u16,
+) -> (
+    impl Service<Request<Full<Bytes>>, Response = Res, Error = BoxError, Future = impl Send>
+        + Clone
+        + Send,
+    Slow,
+) {
+    let slow = Slow::default();
+    let s = slow.clone();
+    let svc = tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        s.calls.record();
+        let s = s.clone();
+        async move {
+            let mut unfinished = Unfinished(Some(s.dropped.clone()));
+            tokio::time::sleep(delay).await;
+            unfinished.0 = None;
+            s.finished.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(response(status, "slow"))
+        }
+    });
+    (svc, slow)
+}
+
+/// The deadline bounds attempts, not only the waits between them: a retry sent at 2 s
+/// to an upstream that takes 2 s is cut off at 3 s. The 429 received at 2 s was given
+/// up for that retry, so the caller gets `DeadlineExceeded`, at 3 s exactly.
+#[tokio::test(start_paused = true)]
+async fn deadline_cuts_off_a_retry_still_in_flight() {
+    let layer = RetryLayer::builder()
+        .schedule([Duration::ZERO])
+        .max_attempts(5)
+        .deadline(secs(3.0))
+        .build()
+        .unwrap();
+    let stats = layer.stats();
+    let (inner, slow) = slow_upstream(secs(2.0), 429);
+    let svc = ServiceBuilder::new().layer(layer).service(inner);
+
+    let t0 = Instant::now();
+    let err = svc.oneshot(get()).await.unwrap_err();
+
+    assert_eq!(Instant::now() - t0, secs(3.0));
+    let err = err
+        .downcast_ref::<DeadlineExceeded>()
+        .unwrap_or_else(|| panic!("not a DeadlineExceeded: {err}"));
+    assert_eq!(err.deadline(), secs(3.0));
+    assert!(err.to_string().contains("3s"), "{err}");
+    assert_eq!(slow.calls.offsets(t0), [secs(0.0), secs(2.0)]);
+    assert_eq!(slow.finished(), 1, "only the first attempt answered");
+    assert_eq!(slow.dropped(), 1, "the second attempt was dropped");
+    assert_eq!(stats.calls(), 1);
+    assert_eq!(stats.retries(), 1);
+    assert_eq!(stats.give_ups_for(GiveUp::Deadline), 1);
+    assert_eq!(stats.give_ups(), 1);
+}
+
+/// The first attempt is bounded too: an upstream that takes 10 s is dropped at the 3 s
+/// deadline, by the call's future itself (before the caller drops it).
+#[tokio::test(start_paused = true)]
+async fn deadline_cuts_off_a_slow_first_attempt() {
+    let layer = RetryLayer::builder().deadline(secs(3.0)).build().unwrap();
+    let stats = layer.stats();
+    let (inner, slow) = slow_upstream(secs(10.0), 200);
+    let mut svc = ServiceBuilder::new().layer(layer).service(inner);
+
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let t0 = Instant::now();
+    let call = svc.call(get());
+    tokio::pin!(call);
+    let err = (&mut call).await.unwrap_err();
+
+    assert_eq!(Instant::now() - t0, secs(3.0));
+    assert!(
+        err.is::<DeadlineExceeded>(),
+        "not a DeadlineExceeded: {err}"
+    );
+    assert_eq!(slow.calls.offsets(t0), [secs(0.0)]);
+    assert_eq!(slow.finished(), 0);
+    assert_eq!(
+        slow.dropped(),
+        1,
+        "the attempt is dropped at the deadline, while the call's future still exists"
+    );
+    assert_eq!(stats.retries(), 0);
+    assert_eq!(stats.give_ups_for(GiveUp::Deadline), 1);
+
+    // Nothing more happens later: no attempt is sent after the deadline.
+    tokio::time::advance(secs(30.0)).await;
+    assert_eq!(slow.calls.count(), 1);
+    assert_eq!(slow.finished(), 0);
+}
+
+/// Without a deadline nothing is cut: a 10 s attempt runs to its answer.
+#[tokio::test(start_paused = true)]
+async fn without_a_deadline_a_slow_attempt_is_not_cut() {
+    let layer = RetryLayer::builder().build().unwrap();
+    let stats = layer.stats();
+    let (inner, slow) = slow_upstream(secs(10.0), 200);
+    let svc = ServiceBuilder::new().layer(layer).service(inner);
+
+    let t0 = Instant::now();
+    let res = svc.oneshot(get()).await.unwrap();
+
+    assert_eq!(Instant::now() - t0, secs(10.0));
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(body_bytes(res).await, "slow");
+    assert_eq!(slow.finished(), 1);
+    assert_eq!(slow.dropped(), 0);
+    assert_eq!(stats.give_ups(), 0);
+}
+
+/// A deadline that is not reached changes nothing: a 2 s answer under a 3 s deadline
+/// comes back as is.
+#[tokio::test(start_paused = true)]
+async fn an_answer_before_the_deadline_comes_back_as_is() {
+    let layer = RetryLayer::builder().deadline(secs(3.0)).build().unwrap();
+    let stats = layer.stats();
+    let (inner, slow) = slow_upstream(secs(2.0), 200);
+    let svc = ServiceBuilder::new().layer(layer).service(inner);
+
+    let t0 = Instant::now();
+    let res = svc.oneshot(get()).await.unwrap();
+
+    assert_eq!(Instant::now() - t0, secs(2.0));
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(slow.finished(), 1);
+    assert_eq!(slow.dropped(), 0);
+    assert_eq!(stats.give_ups(), 0);
 }

@@ -1,4 +1,5 @@
-//! Errors of the retry module: bad configuration and body buffering failures.
+//! Errors of the retry module: bad configuration, a call past its total deadline, and
+//! body buffering failures.
 
 use std::fmt;
 use std::time::Duration;
@@ -77,6 +78,42 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A call through a [`RetryLayer`](super::RetryLayer) with a total
+/// [`deadline`](super::RetryBuilder::deadline) did not get a result before that
+/// deadline passed.
+///
+/// The attempt or wait in flight at the deadline (an upstream still answering, a wait
+/// in a layer below, a readiness wait) was dropped. A response that came back earlier
+/// and was retried is not kept: it was given up for the retry. Downcast it from the
+/// layer's [`BoxError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadlineExceeded {
+    deadline: Duration,
+}
+
+impl DeadlineExceeded {
+    pub(crate) fn new(deadline: Duration) -> Self {
+        DeadlineExceeded { deadline }
+    }
+
+    /// The configured total deadline, counted from when the call was made.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+}
+
+impl fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "retry: the call's total deadline of {:?} passed before a result came back",
+            self.deadline
+        )
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
 /// Reading a request body into memory (see
 /// [`buffer_request`](super::buffer_request)) failed because the body itself failed.
 ///
@@ -135,6 +172,13 @@ mod tests {
             reason: "must be between 1 s and 60 s",
         };
         assert!(e.to_string().contains("ttl"), "{e}");
+    }
+
+    #[test]
+    fn deadline_exceeded_names_the_deadline() {
+        let e = DeadlineExceeded::new(Duration::from_secs(3));
+        assert_eq!(e.deadline(), Duration::from_secs(3));
+        assert!(e.to_string().contains("deadline of 3s"), "{e}");
     }
 
     #[test]

@@ -10,18 +10,8 @@ use tower::Layer;
 use super::error::ConfigError;
 use super::policy::{Config, RetryPolicy, Shared};
 use super::schedule::{Jitter, Schedule};
-use super::service::BoxErrors;
+use super::service::Retry;
 use super::stats::RetryStats;
-
-/// The service [`RetryLayer`] makes: tower's own [`Retry`](tower::retry::Retry) driven by
-/// a [`RetryPolicy`], over the client with its errors boxed ([`BoxErrors`]).
-///
-/// Any client whose error converts into a [`BoxError`](crate::BoxError) works, and the
-/// service's error is a `BoxError` (downcast it to the client's own error type). Its
-/// `get_ref`, `get_mut` and `into_inner` give the [`BoxErrors`] adapter, whose own
-/// accessors give the client. Like tower's, it needs a `Clone` inner service (add
-/// `tower::buffer::Buffer` otherwise).
-pub type Retry<S> = tower::retry::Retry<RetryPolicy, BoxErrors<S>>;
 
 /// Retries rate-limited and transient results as the server asks, or on a schedule,
 /// and never waits longer than configured.
@@ -47,6 +37,10 @@ impl RetryLayer {
 
     /// The policy this layer gives its services, for use with
     /// `tower::retry::Retry::new` or `tower::retry::RetryLayer::new`.
+    ///
+    /// Used that way, a [`deadline`](RetryBuilder::deadline) only refuses waits that
+    /// would end past it: cutting off an attempt in flight is done by this layer's own
+    /// service, [`Retry`].
     pub fn policy(&self) -> RetryPolicy {
         RetryPolicy::new(self.shared.clone())
     }
@@ -56,7 +50,7 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        tower::retry::Retry::new(self.policy(), BoxErrors::new(inner))
+        Retry::new(self.shared.clone(), inner)
     }
 }
 
@@ -141,9 +135,23 @@ impl RetryBuilder {
         self
     }
 
-    /// One deadline for the whole call, waits included, counted from when the call
-    /// was made. A retry whose wait would end at or past it is not taken, and the last
-    /// result is returned. No deadline by default.
+    /// One deadline for the whole call, counted from when the call was made
+    /// (`Service::call` on this layer's service). No deadline by default.
+    ///
+    /// Everything the call does is bounded by it: every attempt (the first included)
+    /// with whatever the layers below wait inside it (a cooldown's or a rate limiter's
+    /// wait, a slow upstream), the waits between attempts, and the readiness waits
+    /// before a retry. Two things happen:
+    ///
+    /// - A retry whose wait would end at or past the deadline is not taken: the last
+    ///   result goes back at once (a [`GiveUp::Deadline`](super::GiveUp::Deadline)).
+    /// - If the deadline passes while an attempt or wait is still in flight, that is
+    ///   dropped and the caller gets a [`DeadlineExceeded`](super::DeadlineExceeded)
+    ///   error at the deadline (also a `GiveUp::Deadline`). A response received before
+    ///   and retried is not kept.
+    ///
+    /// The readiness of this layer's service itself (`poll_ready`, before the call is
+    /// made) is not part of the call.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self

@@ -21,8 +21,12 @@
 //!   that would end at or past the call's total [`deadline`](RetryBuilder::deadline);
 //!   when the shared retry [budget](RetryBuilder::tps_budget) (tower's `TpsBudget`)
 //!   is overdrawn, which stops retry storms. Each reason is counted in [`RetryStats`].
+//! - **How long a call lasts**: never past its total
+//!   [`deadline`](RetryBuilder::deadline), attempts and the waits inside them included
+//!   (a slow upstream, a cooldown or rate limiter waiting below): what is in flight at
+//!   the deadline is dropped and the caller gets [`DeadlineExceeded`].
 //! - **What the caller gets**: the last upstream response untouched (status, headers,
-//!   body), or the last error if the last attempt errored.
+//!   body), or the last error if the last attempt errored, or [`DeadlineExceeded`].
 //!
 //! Waits use `tokio::time::sleep`, so they are cancelled with the caller's future and
 //! follow tokio's paused clock in tests. Each retry is a `debug` tracing event (attempt,
@@ -88,6 +92,7 @@
 
 mod body;
 mod error;
+mod future;
 mod layer;
 mod policy;
 mod schedule;
@@ -95,9 +100,10 @@ mod service;
 mod stats;
 
 pub use self::body::{buffer_request, try_clone_request, RetryBody, TryCloneBody};
-pub use self::error::{BufferError, ConfigError};
-pub use self::layer::{Retry, RetryBuilder, RetryLayer};
+pub use self::error::{BufferError, ConfigError, DeadlineExceeded};
+pub use self::future::ResponseFuture;
+pub use self::layer::{RetryBuilder, RetryLayer};
 pub use self::policy::{AsError, RetryPolicy};
 pub use self::schedule::Jitter;
-pub use self::service::{BoxErrors, BoxErrorsFuture};
+pub use self::service::{BoxErrors, BoxErrorsFuture, Retry};
 pub use self::stats::{GiveUp, RetryStats};

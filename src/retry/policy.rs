@@ -93,6 +93,26 @@ impl fmt::Debug for Shared {
     }
 }
 
+/// The instant a call's total deadline falls on, put on the request by
+/// [`Retry`](super::Retry) when the call is made (so it rides every copy of the request)
+/// and read by the policy of the same layer, so that both hold the call to one instant.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallDeadline {
+    /// The layer that set it (the address of its `Shared`), so that a request passing
+    /// through several retry layers only gives each policy its own layer's deadline.
+    layer: usize,
+    end: Instant,
+}
+
+impl CallDeadline {
+    pub(crate) fn new(shared: &Arc<Shared>, end: Instant) -> Self {
+        CallDeadline {
+            layer: Arc::as_ptr(shared) as usize,
+            end,
+        }
+    }
+}
+
 /// Per-call state. tower's `Retry` clones the policy for every call (its
 /// `Service::call` runs `clone_request` on the service's policy, then clones the whole
 /// service into the response future), so this state belongs to one call.
@@ -100,6 +120,9 @@ impl fmt::Debug for Shared {
 struct CallState {
     /// When the call started (the first attempt was sent).
     start: Option<Instant>,
+    /// When the call's total deadline falls, as [`CallDeadline`] set it; without one
+    /// (the policy used outside its layer) it is counted from `start`.
+    end: Option<Instant>,
     /// The number of the attempt whose result is awaited (1 for the first).
     attempt: u32,
     /// `retry` returned a wait; the next `clone_request` belongs to this call.
@@ -127,6 +150,7 @@ impl fmt::Debug for RetryPolicy {
             .field("config", &self.shared.config)
             .field("attempt", &self.call.attempt)
             .field("start", &self.call.start)
+            .field("end", &self.call.end)
             .finish()
     }
 }
@@ -159,9 +183,16 @@ impl RetryPolicy {
         self.shared.stats.clone()
     }
 
-    fn start_call(&mut self) {
+    fn start_call<B>(&mut self, req: &Request<B>) {
+        let layer = Arc::as_ptr(&self.shared) as usize;
+        let end = req
+            .extensions()
+            .get::<CallDeadline>()
+            .filter(|d| d.layer == layer)
+            .map(|d| d.end);
         self.call = CallState {
             start: Some(Instant::now()),
+            end,
             attempt: 1,
             retry_pending: false,
         };
@@ -204,9 +235,10 @@ impl RetryPolicy {
         };
         if let Some(deadline) = config.deadline {
             // An attempt starting at the deadline would have no time left: not taken.
-            let fits = match (now.checked_add(delay), start.checked_add(deadline)) {
-                (Some(resume), Some(end)) => resume < end,
-                _ => false,
+            // A deadline too far off to represent does not bound anything.
+            let fits = match self.call.end.or_else(|| start.checked_add(deadline)) {
+                Some(end) => now.checked_add(delay).is_some_and(|resume| resume < end),
+                None => true,
             };
             if !fits {
                 return self.give_up(GiveUp::Deadline, verdict, &outcome);
@@ -259,7 +291,7 @@ where
     fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
         let new_call = !self.call.retry_pending;
         if new_call {
-            self.start_call();
+            self.start_call(req);
         } else {
             self.call.retry_pending = false;
         }

@@ -1,15 +1,101 @@
-//! The inner-service adapter [`RetryLayer`](super::RetryLayer) puts under tower's `Retry`.
+//! [`Retry`], the service [`RetryLayer`](super::RetryLayer) makes, and [`BoxErrors`],
+//! the adapter it puts under tower's `Retry`.
 
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{ready, Context, Poll},
 };
 
+use http::{Request, Response};
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower::Service;
 
+use super::body::TryCloneBody;
+use super::future::ResponseFuture;
+use super::policy::{CallDeadline, RetryPolicy, Shared};
 use crate::BoxError;
+
+/// The service [`RetryLayer`](super::RetryLayer) makes: tower's own
+/// [`Retry`](tower::retry::Retry) driven by a [`RetryPolicy`], over the client with its
+/// errors boxed ([`BoxErrors`]), and the whole call held to the layer's total
+/// [`deadline`](super::RetryBuilder::deadline).
+///
+/// Any client whose error converts into a [`BoxError`] works, and the service's error
+/// is a `BoxError` (downcast it to the client's own error type, or to
+/// [`DeadlineExceeded`](super::DeadlineExceeded)). Its `get_ref`, `get_mut` and
+/// `into_inner` give the [`BoxErrors`] adapter, whose own accessors give the client.
+/// Like tower's, it needs a `Clone` inner service (add `tower::buffer::Buffer`
+/// otherwise).
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: tower::retry::Retry<RetryPolicy, BoxErrors<S>>,
+    shared: Arc<Shared>,
+}
+
+impl<S> Retry<S> {
+    pub(crate) fn new(shared: Arc<Shared>, inner: S) -> Self {
+        Retry {
+            inner: tower::retry::Retry::new(
+                RetryPolicy::new(shared.clone()),
+                BoxErrors::new(inner),
+            ),
+            shared,
+        }
+    }
+
+    /// The wrapped client, in its [`BoxErrors`] adapter.
+    pub fn get_ref(&self) -> &BoxErrors<S> {
+        self.inner.get_ref()
+    }
+
+    /// The wrapped client, in its [`BoxErrors`] adapter, mutably.
+    pub fn get_mut(&mut self) -> &mut BoxErrors<S> {
+        self.inner.get_mut()
+    }
+
+    /// The wrapped client, in its [`BoxErrors`] adapter, consuming this service.
+    pub fn into_inner(self) -> BoxErrors<S> {
+        self.inner.into_inner()
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: TryCloneBody,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future =
+        ResponseFuture<tower::retry::future::ResponseFuture<RetryPolicy, BoxErrors<S>, Request<B>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // One instant for the whole call: the policy reads it from the request (and its
+        // copies) to refuse waits that would end past it, and the future's timer cuts
+        // off whatever is in flight when it comes. A deadline too far off to represent
+        // is no deadline.
+        let deadline = self.shared.config.deadline;
+        let end = deadline.and_then(|d| Instant::now().checked_add(d));
+        if let Some(end) = end {
+            req.extensions_mut()
+                .insert(CallDeadline::new(&self.shared, end));
+        }
+        ResponseFuture::new(
+            self.inner.call(req),
+            end.map(tokio::time::sleep_until),
+            deadline.unwrap_or_default(),
+            self.shared.stats.clone(),
+        )
+    }
+}
 
 /// Turns the wrapped service's error into a [`BoxError`], so that [`RetryLayer`]
 /// works over any client whose error converts into one (hyper-util's `Client`,
