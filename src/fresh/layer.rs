@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use tower::{Layer, Service};
 
-use super::error::redact_urls;
+use crate::redact::redact_urls;
 use super::{ConfigError, FreshClient, FreshStats};
 
 /// The number of consecutive connection-level errors that retires a client unless
