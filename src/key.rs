@@ -261,8 +261,10 @@ mod tests {
     #[test]
     fn authority_from_host_header_drops_userinfo() {
         let mut r = req(Method::GET, "/v1");
-        r.headers_mut()
-            .insert(http::header::HOST, "user:s3cret@gw.example:81".parse().unwrap());
+        r.headers_mut().insert(
+            http::header::HOST,
+            "user:s3cret@gw.example:81".parse().unwrap(),
+        );
         assert_eq!(Authority.key(&r), Key::from("gw.example:81"));
         let mut r = req(Method::GET, "/v1");
         r.headers_mut()
@@ -300,7 +302,10 @@ mod tests {
             text.starts_with("GET gw.example:8443/v1/keys/***/models #"),
             "{text}"
         );
-        assert!(!text.contains("pw@") && !text.contains("0123456789"), "{text}");
+        assert!(
+            !text.contains("pw@") && !text.contains("0123456789"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -332,6 +337,9 @@ mod tests {
         assert!(key.as_str().starts_with("GET /gateway #"), "{key}");
         // 23 token characters: still readable.
         let key = MethodUri.key(&req(Method::GET, "http://h/chat-completions-stream"));
-        assert!(key.as_str().starts_with("GET h/chat-completions-stream #"), "{key}");
+        assert!(
+            key.as_str().starts_with("GET h/chat-completions-stream #"),
+            "{key}"
+        );
     }
 }

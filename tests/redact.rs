@@ -75,7 +75,10 @@ async fn retry_logs_a_failing_call_without_its_url_secrets() {
         .service(upstream);
 
     let err = svc.oneshot(get(TELEGRAM)).await.unwrap_err();
-    assert!(err.to_string().contains("bot123:SECRET"), "the caller gets its own error");
+    assert!(
+        err.to_string().contains("bot123:SECRET"),
+        "the caller gets its own error"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one retry, then give-up");
 
     let events = events_without_secret();
@@ -130,7 +133,10 @@ async fn cache_key_and_refusal_carry_no_token() {
         .downcast_ref::<EndpointLimited>()
         .expect("EndpointLimited");
     let shown = limited.to_string();
-    assert!(!shown.contains("SECRET") && !shown.contains("123"), "{shown}");
+    assert!(
+        !shown.contains("SECRET") && !shown.contains("123"),
+        "{shown}"
+    );
     assert!(
         limited
             .key()
@@ -190,13 +196,17 @@ async fn cache_logs_a_failed_refresh_without_its_url_secrets() {
             reason: StaleReason::Error
         })
     );
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "gateway");
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "gateway"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 
     let events = events_without_secret();
     assert!(
-        events.iter().any(|l| l.contains("served stale")
-            && l.contains("https://api.telegram.org/[redacted]")),
+        events.iter().any(
+            |l| l.contains("served stale") && l.contains("https://api.telegram.org/[redacted]")
+        ),
         "{events:#?}"
     );
 }
