@@ -1,8 +1,13 @@
 //! Request keys: which bucket, cooldown or cache entry a request belongs to.
 //!
 //! Every keyed layer takes a [`KeyExtractor`]: [`Global`] (one key for everything),
-//! [`Authority`] (the request's host and port), [`MethodUri`], or any closure
+//! [`Authority`] (the request's host and port), [`MethodUri`] (method, host, path and a
+//! fingerprint of the whole URI, with no secret in it), or any closure
 //! `Fn(&Request<B>) -> K` where `K: Into<Key>` (a header, a path segment, an extension).
+//!
+//! Keys are logged and appear in error messages: the extractors here never put user
+//! info, a query or a token-looking path segment in one, and a closure of yours should
+//! not either (hash a secret rather than return it).
 //!
 //! # Example
 //!
@@ -19,7 +24,7 @@
 
 use std::{borrow::Borrow, fmt, sync::Arc};
 
-use http::Request;
+use http::{Method, Request, Uri};
 
 /// A key: a cheap-to-clone shared string.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,29 +104,242 @@ impl<B> KeyExtractor<B> for Global {
 
 /// The request's authority (`host[:port]`), from the URI, else the `Host` header,
 /// else the empty key.
+///
+/// User info (`user:password@`) is never part of the key: keys are logged and shown in
+/// error messages.
+///
+/// ```
+/// use ratewise::key::{Authority, Key, KeyExtractor};
+/// use http::Request;
+///
+/// let req = Request::get("https://user:s3cret@api.example.com:8443/v1").body(()).unwrap();
+/// assert_eq!(Authority.key(&req), Key::from("api.example.com:8443"));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Authority;
 
 impl<B> KeyExtractor<B> for Authority {
     fn key(&self, request: &Request<B>) -> Key {
         if let Some(a) = request.uri().authority() {
-            return Key::from(a.as_str());
+            return Key::from(without_userinfo(a.as_str()));
         }
         request
             .headers()
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(Key::from)
+            .map(|h| Key::from(without_userinfo(h.trim())))
             .unwrap_or_else(|| Key::from(""))
     }
 }
 
-/// The request's method and URI, e.g. `GET https://api.sgroup.qq.com/gateway`.
+/// `host[:port]` of an authority: everything after its last `@`.
+fn without_userinfo(authority: &str) -> &str {
+    authority.rsplit('@').next().unwrap_or(authority)
+}
+
+/// The request's method, host, path and a fingerprint of the whole URI, e.g.
+/// `GET api.sgroup.qq.com/gateway #5f0c3a1e9b7d2c44`.
+///
+/// The key is logged and shown in error messages, so it carries no secret, yet two
+/// requests share a key only if their method and URI are the same:
+///
+/// - `METHOD`, a space, then the URI's `host[:port]` (user info dropped; nothing for a
+///   URI without authority, e.g. `/gateway` on a server), then its path with every
+///   secret-looking segment replaced by `***`: a segment containing `:` (Telegram's
+///   `bot123456:ABC-DEF...`), or one with a run of 24 or more token characters
+///   (ASCII letters, digits, `-_.~+=%`). The query is left out.
+/// - a space, `#` and 16 hex digits: a 64-bit hash of the method and the full URI,
+///   query and user info included. Two bots with different tokens, or two calls with
+///   different `?key=` values, get different keys.
+///
+/// The hash is fixed-key ([`DefaultHasher::new`](std::hash::DefaultHasher::new)): the
+/// same request gives the same key for the life of the program, across layers and
+/// processes built from the same Rust toolchain (std does not promise the algorithm
+/// across Rust releases, so do not persist keys across upgrades). It is an identity,
+/// not a secret: a short or guessable secret in a URI could be found from it by trial.
+///
+/// To name an entry by hand (e.g. [`CacheHandle::invalidate`](crate::cache::CacheHandle::invalidate)),
+/// build the key with [`MethodUri::key_for`].
+///
+/// ```
+/// use ratewise::key::{KeyExtractor, MethodUri};
+/// use http::{Method, Request};
+///
+/// let req = Request::get("https://api.sgroup.qq.com/gateway").body(()).unwrap();
+/// let key = MethodUri.key(&req);
+/// assert!(key.as_str().starts_with("GET api.sgroup.qq.com/gateway #"));
+/// assert_eq!(key, MethodUri::key_for(&Method::GET, req.uri()));
+///
+/// let bot = Request::post("https://api.telegram.org/bot123:SECRET/sendMessage").body(()).unwrap();
+/// let key = MethodUri.key(&bot);
+/// assert!(key.as_str().starts_with("POST api.telegram.org/***/sendMessage #"));
+/// assert!(!key.as_str().contains("SECRET"));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MethodUri;
 
+impl MethodUri {
+    /// The key [`MethodUri`] gives a request with this method and URI.
+    pub fn key_for(method: &Method, uri: &Uri) -> Key {
+        use std::fmt::Write;
+        use std::hash::{DefaultHasher, Hash, Hasher};
+
+        let mut hasher = DefaultHasher::new();
+        method.as_str().hash(&mut hasher);
+        uri.to_string().hash(&mut hasher);
+        let fingerprint = hasher.finish();
+
+        let path = uri.path();
+        let mut out = String::with_capacity(method.as_str().len() + path.len() + 48);
+        out.push_str(method.as_str());
+        out.push(' ');
+        if let Some(a) = uri.authority() {
+            out.push_str(without_userinfo(a.as_str()));
+        }
+        for (i, segment) in path.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            if looks_secret(segment) {
+                out.push_str("***");
+            } else {
+                out.push_str(segment);
+            }
+        }
+        let _ = write!(out, " #{fingerprint:016x}");
+        Key::from(out)
+    }
+}
+
 impl<B> KeyExtractor<B> for MethodUri {
     fn key(&self, request: &Request<B>) -> Key {
-        Key::from(format!("{} {}", request.method(), request.uri()))
+        MethodUri::key_for(request.method(), request.uri())
+    }
+}
+
+/// The shortest run of token characters taken for a secret.
+const SECRET_RUN: usize = 24;
+
+/// Whether a path segment looks like it carries a token: it contains `:` (Telegram's
+/// `bot<id>:<secret>`), or a run of [`SECRET_RUN`] or more token characters.
+fn looks_secret(segment: &str) -> bool {
+    if segment.contains(':') {
+        return true;
+    }
+    let mut run = 0;
+    for c in segment.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '=' | '%') {
+            run += 1;
+            if run >= SECRET_RUN {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, uri: &str) -> Request<()> {
+        Request::builder().method(method).uri(uri).body(()).unwrap()
+    }
+
+    #[test]
+    fn authority_drops_userinfo() {
+        let r = req(Method::GET, "https://user:s3cret@api.example.com/v1");
+        assert_eq!(Authority.key(&r), Key::from("api.example.com"));
+        let r = req(Method::GET, "http://tok@127.0.0.1:8080/");
+        assert_eq!(Authority.key(&r), Key::from("127.0.0.1:8080"));
+        let r = req(Method::GET, "https://api.example.com:8443/v1");
+        assert_eq!(Authority.key(&r), Key::from("api.example.com:8443"));
+    }
+
+    #[test]
+    fn authority_from_host_header_drops_userinfo() {
+        let mut r = req(Method::GET, "/v1");
+        r.headers_mut().insert(
+            http::header::HOST,
+            "user:s3cret@gw.example:81".parse().unwrap(),
+        );
+        assert_eq!(Authority.key(&r), Key::from("gw.example:81"));
+        let mut r = req(Method::GET, "/v1");
+        r.headers_mut()
+            .insert(http::header::HOST, "gw.example".parse().unwrap());
+        assert_eq!(Authority.key(&r), Key::from("gw.example"));
+        assert_eq!(Authority.key(&req(Method::GET, "/v1")), Key::from(""));
+    }
+
+    #[test]
+    fn method_uri_hides_telegram_token_and_query() {
+        let r = req(
+            Method::POST,
+            "https://api.telegram.org/bot123456:AAH-secretTOKEN_x/sendMessage?key=sk-QUERY",
+        );
+        let key = MethodUri.key(&r);
+        let text = key.as_str();
+        assert!(
+            text.starts_with("POST api.telegram.org/***/sendMessage #"),
+            "{text}"
+        );
+        for secret in ["123456", "AAH", "secretTOKEN", "sk-QUERY", "key="] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+
+    #[test]
+    fn method_uri_hides_userinfo_and_long_token_segments() {
+        let r = req(
+            Method::GET,
+            "https://u:pw@gw.example:8443/v1/keys/0123456789abcdefABCDEF0123/models",
+        );
+        let key = MethodUri.key(&r);
+        let text = key.as_str();
+        assert!(
+            text.starts_with("GET gw.example:8443/v1/keys/***/models #"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("pw@") && !text.contains("0123456789"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn method_uri_keeps_identity() {
+        let a = req(Method::GET, "https://api.telegram.org/bot1:AAA/getMe");
+        let b = req(Method::GET, "https://api.telegram.org/bot2:BBB/getMe");
+        assert_ne!(MethodUri.key(&a), MethodUri.key(&b));
+        assert_eq!(
+            MethodUri.key(&a),
+            MethodUri.key(&req(Method::GET, "https://api.telegram.org/bot1:AAA/getMe"))
+        );
+        let q1 = req(Method::GET, "https://gw.example/v1?key=one");
+        let q2 = req(Method::GET, "https://gw.example/v1?key=two");
+        assert_ne!(MethodUri.key(&q1), MethodUri.key(&q2));
+        let post = req(Method::POST, "https://api.telegram.org/bot1:AAA/getMe");
+        assert_ne!(MethodUri.key(&a), MethodUri.key(&post));
+        let http = req(Method::GET, "http://api.telegram.org/bot1:AAA/getMe");
+        assert_ne!(MethodUri.key(&a), MethodUri.key(&http));
+    }
+
+    #[test]
+    fn method_uri_keeps_plain_paths_readable() {
+        let key = MethodUri.key(&req(Method::GET, "https://api.sgroup.qq.com/gateway"));
+        let (readable, fingerprint) = key.as_str().split_once(" #").unwrap();
+        assert_eq!(readable, "GET api.sgroup.qq.com/gateway");
+        assert_eq!(fingerprint.len(), 16);
+        assert!(fingerprint.chars().all(|c| c.is_ascii_hexdigit()));
+        let key = MethodUri.key(&req(Method::GET, "/gateway"));
+        assert!(key.as_str().starts_with("GET /gateway #"), "{key}");
+        // 23 token characters: still readable.
+        let key = MethodUri.key(&req(Method::GET, "http://h/chat-completions-stream"));
+        assert!(
+            key.as_str().starts_with("GET h/chat-completions-stream #"),
+            "{key}"
+        );
     }
 }

@@ -85,6 +85,7 @@ pub mod fresh;
 pub mod key;
 pub mod pool;
 pub mod rate_limit;
+mod redact;
 pub mod retry;
 pub mod retry_after;
 pub mod stack;

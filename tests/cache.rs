@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Empty};
 use ratewise::cache::{
     CacheStatus, CachedEndpointLayer, EndpointLimited, StaleReason, DEFAULT_BACKOFF,
 };
+use ratewise::key::{Key, KeyExtractor, MethodUri};
 use tokio::task::JoinSet;
 use tokio::time::{advance, sleep, Instant};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
@@ -56,7 +57,9 @@ mod qq_gateway {
 
         /// The cache key of `GET /gateway` (the default key, `MethodUri`).
         fn key(&self) -> String {
-            format!("GET {}", self.url())
+            MethodUri::key_for(&Method::GET, &self.url().parse().unwrap())
+                .as_str()
+                .to_owned()
         }
 
         fn req(&self) -> Request<Full<Bytes>> {
@@ -272,7 +275,10 @@ mod qq_gateway {
 // ---------------------------------------------------------------------------------
 // Paused-clock tests with a `service_fn` upstream.
 
-const KEY: &str = "GET http://upstream.test/gateway";
+/// The default key (`MethodUri`) of `GET http://upstream.test/gateway`.
+fn key() -> Key {
+    MethodUri.key(&get())
+}
 
 fn get() -> Request<Empty<Bytes>> {
     Request::get("http://upstream.test/gateway")
@@ -504,7 +510,7 @@ async fn no_refresh_attempt_until_the_servers_retry_hint_has_passed() {
         body_of(svc.clone().oneshot(get()).await.unwrap()).await,
         "v1"
     );
-    handle.invalidate(KEY);
+    handle.invalidate(key());
     let res = svc.clone().oneshot(get()).await.unwrap();
     assert_eq!(CacheStatus::of(&res), stale(StaleReason::RateLimited));
     assert_eq!(body_of(res).await, "v1");
@@ -558,7 +564,7 @@ async fn without_a_hint_the_default_backoff_holds_refreshes_back() {
     assert_eq!(handle.invalidate_all(), 1);
     let res = svc.clone().oneshot(get()).await.unwrap();
     assert_eq!(CacheStatus::of(&res), stale(StaleReason::RateLimited));
-    assert_eq!(handle.cooldown(KEY), Some(Duration::from_secs(4)));
+    assert_eq!(handle.cooldown(key()), Some(Duration::from_secs(4)));
 
     advance(Duration::from_millis(3999)).await;
     let res = svc.clone().oneshot(get()).await.unwrap();
@@ -600,7 +606,7 @@ async fn rate_limited_with_nothing_cached_copies_the_answer_then_refuses() {
     advance(DEFAULT_BACKOFF - Duration::from_secs(1)).await;
     let err = svc.clone().oneshot(get()).await.unwrap_err();
     let limited = err.downcast_ref::<EndpointLimited>().unwrap();
-    assert_eq!(limited.key().as_str(), KEY);
+    assert_eq!(limited.key(), &key());
     // The cooldown started when the 429 arrived, 1 s after the call.
     assert_eq!(limited.remaining(), Duration::from_secs(1));
     assert_eq!(seen.calls(), 1);
@@ -630,7 +636,7 @@ async fn a_body_over_the_cap_passes_through_whole_and_is_not_cached() {
         assert_eq!(body_of(res).await, "0123456789abcdefghijABCDEFGHIJ");
         assert_eq!(seen.calls(), call, "not cached: every request calls");
     }
-    assert!(!handle.contains(KEY));
+    assert!(!handle.contains(key()));
 
     // Exactly the cap fits.
     let (inner, seen) = upstream(Duration::from_millis(10), |_| {
@@ -731,7 +737,7 @@ async fn failures_and_errors_with_an_entry_serve_it_stale() {
         assert_eq!(seen.calls(), i + 2, "each stale entry is refreshed");
     }
     // Failures do not start a cooldown (only rate limits do).
-    assert_eq!(handle.cooldown(KEY), None);
+    assert_eq!(handle.cooldown(key()), None);
     assert_eq!(handle.stats().stale_serves, 3);
 }
 
@@ -758,7 +764,7 @@ async fn errors_and_failures_without_an_entry_pass_through_unchanged() {
     assert!(res.headers().is_empty(), "no header added by default");
     assert_eq!(body_of(res).await, "internal");
     assert_eq!(seen.calls(), 2);
-    assert!(!handle.contains(KEY));
+    assert!(!handle.contains(key()));
 }
 
 #[tokio::test(start_paused = true)]
@@ -869,7 +875,7 @@ async fn readiness_is_the_upstreams_business_only_when_it_is_called() {
     assert_eq!(CacheStatus::of(&res), Some(CacheStatus::Hit));
 
     // A refresh meets the readiness error: served stale.
-    handle.invalidate(KEY);
+    handle.invalidate(key());
     std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
     let res = svc.call(get()).await.unwrap();
     assert_eq!(CacheStatus::of(&res), stale(StaleReason::Error));

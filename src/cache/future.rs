@@ -17,6 +17,7 @@ use super::{CacheStatus, StaleReason};
 use crate::body::{peek, Peek, PeekBody};
 use crate::classify::{verdict_of, verdict_of_error, Verdict};
 use crate::key::Key;
+use crate::redact::Redacted;
 use crate::BoxError;
 
 /// Waiting for another request's upstream call: its outcome, or `None` when that
@@ -285,7 +286,7 @@ where
     };
     match guard.serve_stale(reason) {
         Ok(snapshot) => {
-            tracing::debug!(%key, error = %err, "upstream call failed; served stale");
+            tracing::debug!(%key, error = %Redacted(&err), "upstream call failed; served stale");
             done(Ok(shared.respond(&snapshot, CacheStatus::Stale { reason })))
         }
         Err(guard) => {

@@ -10,7 +10,8 @@
 //! # The rules
 //!
 //! - **Per key.** Requests map to entries through a [`KeyExtractor`](crate::key::KeyExtractor),
-//!   by default [`MethodUri`](crate::key::MethodUri) (`GET https://…/gateway`).
+//!   by default [`MethodUri`](crate::key::MethodUri) (`GET api.sgroup.qq.com/gateway #<fingerprint>`:
+//!   method, host, path with token-looking segments masked, and a hash of the full URI).
 //! - **What is kept**: the last good answer, that is a 2xx response whose
 //!   [`verdict_of`](crate::classify::verdict_of) is [`Verdict::Success`](crate::Verdict::Success):
 //!   status, headers, extensions, body and trailers, buffered with the crate's one
@@ -71,6 +72,7 @@
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Empty, Full};
 //! use ratewise::cache::{CacheStatus, CachedEndpointLayer, StaleReason};
+//! use ratewise::key::{KeyExtractor, MethodUri};
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use std::sync::Arc;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
@@ -106,7 +108,7 @@
 //! assert_eq!(calls.load(Ordering::SeqCst), 1);
 //!
 //! // The URL turned out dead: refresh. The endpoint says 429; the old URL is served.
-//! handle.invalidate("GET https://api.example/gateway");
+//! handle.invalidate(MethodUri.key(&get()));
 //! let res = svc.clone().oneshot(get()).await?;
 //! assert_eq!(
 //!     res.extensions().get::<CacheStatus>(),

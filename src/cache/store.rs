@@ -404,8 +404,9 @@ impl fmt::Debug for FlightGuard {
 /// service made from one layer share the same state.
 ///
 /// Keys are the strings the layer's [`KeyExtractor`](crate::key::KeyExtractor) makes;
-/// with the default [`MethodUri`](crate::key::MethodUri) that is the method, a space
-/// and the request URI as sent, e.g. `GET https://api.sgroup.qq.com/gateway`.
+/// with the default [`MethodUri`](crate::key::MethodUri) build one with
+/// [`MethodUri::key_for`](crate::key::MethodUri::key_for) (or `MethodUri.key(&request)`):
+/// it is `GET api.sgroup.qq.com/gateway #` and a fingerprint of the full URI.
 #[derive(Clone)]
 pub struct CacheHandle {
     shared: Arc<Shared>,

@@ -7,7 +7,7 @@
 use std::error::Error;
 use std::fmt;
 
-use crate::BoxError;
+use crate::{redact::redact_urls, BoxError};
 
 /// Longest error text the layer writes to a log line.
 pub(super) const LOG_TEXT_CAP: usize = 512;
@@ -305,7 +305,7 @@ pub(super) fn describe(err: &(dyn Error + 'static), type_name: &str) -> String {
             String::from("unnamed error (empty message)")
         }
     };
-    redact_urls(&text)
+    redact_urls(&text).into_owned()
 }
 
 /// `text` cut to at most `cap` bytes on a char boundary, with a marker when cut.
@@ -318,53 +318,6 @@ pub(super) fn truncate(text: &str, cap: usize) -> String {
         end -= 1;
     }
     format!("{}...[truncated]", &text[..end])
-}
-
-/// Cuts every `scheme://...` URL in `text` down to `scheme://host[:port]`: user info is
-/// dropped, and a path, query or fragment becomes `/[redacted]`. Tokens travel in
-/// exactly those parts (`https://api.telegram.org/bot<token>/`, `?key=`).
-pub(super) fn redact_urls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let before = &rest[..i];
-        let scheme_len = before
-            .chars()
-            .rev()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-            .map(char::len_utf8)
-            .sum::<usize>();
-        if scheme_len == 0 {
-            out.push_str(&rest[..i + 3]);
-            rest = &rest[i + 3..];
-            continue;
-        }
-        out.push_str(before);
-        let after = &rest[i + 3..];
-        let stop = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`');
-        let authority_end = after
-            .find(|c: char| stop(c) || matches!(c, '/' | '?' | '#' | ')' | ','))
-            .unwrap_or(after.len());
-        let authority = &after[..authority_end];
-        let host = match authority.rfind('@') {
-            Some(at) => &authority[at + 1..],
-            None => authority,
-        };
-        out.push_str("://");
-        out.push_str(host);
-        let tail = &after[authority_end..];
-        let tail_end = tail
-            .find(|c: char| stop(c) || c == ')')
-            .unwrap_or(tail.len());
-        if tail[..tail_end].starts_with(['/', '?', '#']) && tail_end > 1 {
-            out.push_str("/[redacted]");
-        } else {
-            out.push_str(&tail[..tail_end]);
-        }
-        rest = &tail[tail_end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]
@@ -440,27 +393,6 @@ mod tests {
         assert!(ConfigError::ZeroThreshold
             .to_string()
             .contains("`threshold`"));
-    }
-
-    #[test]
-    fn redacts_paths_queries_and_userinfo() {
-        assert_eq!(
-            redact_urls(
-                "error sending request for url (https://api.telegram.org/bot123:ABC/getMe)"
-            ),
-            "error sending request for url (https://api.telegram.org/[redacted])"
-        );
-        assert_eq!(
-            redact_urls("GET http://user:pw@127.0.0.1:8080?key=sk-1 failed"),
-            "GET http://127.0.0.1:8080/[redacted] failed"
-        );
-        assert_eq!(
-            redact_urls("to http://host, then https://h2/"),
-            "to http://host, then https://h2/"
-        );
-        assert_eq!(redact_urls("no url :// here"), "no url :// here");
-        assert_eq!(redact_urls("é://x/ü"), "é://x/ü");
-        assert_eq!(redact_urls("a://"), "a://");
     }
 
     #[test]

@@ -3,8 +3,8 @@ use std::sync::Arc;
 
 use tower::{Layer, Service};
 
-use super::error::redact_urls;
 use super::{ConfigError, FreshClient, FreshStats};
+use crate::redact::redact_urls;
 
 /// The number of consecutive connection-level errors that retires a client unless
 /// [`FreshClientBuilder::threshold`] says otherwise.

@@ -26,6 +26,7 @@ use super::{
 use crate::{
     classify::{verdict_of, verdict_of_error},
     cooldown::KeyState,
+    redact::Redacted,
     retry::{try_clone_request, TryCloneBody},
     BoxError, Verdict,
 };
@@ -340,7 +341,7 @@ fn scan<ReqB, ResB>(
             Poll::Ready(Err(e)) => {
                 slot.service = None;
                 slot.tried = true;
-                tracing::debug!(target: "ratewise::pool", backend = %backend.name, error = %e, "backend readiness failed");
+                tracing::debug!(target: "ratewise::pool", backend = %backend.name, error = %Redacted(&e), "backend readiness failed");
                 return Step::Answer(pos, Err(e));
             }
             Poll::Pending => {
@@ -574,13 +575,13 @@ fn give_up<ReqB, ResB>(
         Some(retry_after) => {
             bump(&totals.all_cooling);
             let err = AllBackendsCooling::new(retry_after, shared.max_wait, listed);
-            tracing::info!(target: "ratewise::pool", retry_after_ms = retry_after.as_millis() as u64, error = %err, "request refused: all backends cooling");
+            tracing::info!(target: "ratewise::pool", retry_after_ms = retry_after.as_millis() as u64, error = %Redacted(&err), "request refused: all backends cooling");
             Err(Box::new(err))
         }
         None => {
             bump(&totals.no_backend_ready);
             let err = NoBackendReady::new(start.elapsed(), listed);
-            tracing::info!(target: "ratewise::pool", error = %err, "request refused: no backend ready");
+            tracing::info!(target: "ratewise::pool", error = %Redacted(&err), "request refused: no backend ready");
             Err(Box::new(err))
         }
     }

@@ -17,7 +17,7 @@ use super::{
     route::Routing,
     stats::{bump, PoolHandle, StatsShared},
 };
-use crate::{key::Key, retry::TryCloneBody, BoxError};
+use crate::{key::Key, redact::Redacted, retry::TryCloneBody, BoxError};
 
 /// A backend as the pool holds it: the user's service under the pool's cooldown, boxed.
 pub(crate) type BoxBackend<ReqB, ResB> =
@@ -147,7 +147,7 @@ where
             }
             Err(no_route) => {
                 bump(&stats.totals.no_route);
-                tracing::debug!(target: "ratewise::pool", error = %no_route, "request refused: no route");
+                tracing::debug!(target: "ratewise::pool", error = %Redacted(&no_route), "request refused: no route");
                 ResponseFuture::failed(self.shared.clone(), no_route.into())
             }
         }

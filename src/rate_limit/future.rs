@@ -29,6 +29,7 @@ use super::{
 use crate::{
     cooldown::{gate::Gates, CoolingDown},
     key::Key,
+    redact::Redacted,
     BoxError,
 };
 
@@ -429,7 +430,7 @@ where
                     }
                     Refusal::Store(err) => {
                         stats.record_store_error();
-                        tracing::warn!(error = %err, "rate limit: store failed");
+                        tracing::warn!(error = %Redacted(&err), "rate limit: store failed");
                         Box::new(err)
                     }
                     Refusal::Cooling(err) => {
@@ -485,7 +486,7 @@ where
                     }
                     Refusal::Store(err) => {
                         stats.record_store_error();
-                        tracing::warn!(error = %err, "rate limit: store failed, answering 503");
+                        tracing::warn!(error = %Redacted(&err), "rate limit: store failed, answering 503");
                         headers::unavailable()
                     }
                     // Reject mode never holds a request back, so it never checks a

@@ -13,6 +13,7 @@ use super::body::{try_clone_request, TryCloneBody};
 use super::schedule::{Jitter, Schedule};
 use super::stats::{GiveUp, RetryStats};
 use crate::classify::{verdict_of, verdict_of_error, Verdict};
+use crate::redact::Redacted;
 
 /// An error type whose verdict the retry policy can read, through
 /// [`verdict_of_error`](crate::classify::verdict_of_error).
@@ -165,7 +166,7 @@ impl fmt::Display for Outcome<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Status(s) => write!(f, "status {}", s.as_u16()),
-            Outcome::Error(e) => write!(f, "error: {e}"),
+            Outcome::Error(e) => write!(f, "error: {}", Redacted(e)),
         }
     }
 }
