@@ -46,6 +46,21 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The builder field at fault, e.g. `"max_attempts"` or `"schedule"`, like every
+    /// other ratewise `ConfigError`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ConfigError::ZeroAttempts => "max_attempts",
+            ConfigError::EmptySchedule => "schedule",
+            ConfigError::ZeroBase | ConfigError::CapBelowBase { .. } => "exponential",
+            ConfigError::ZeroDeadline => "deadline",
+            ConfigError::DelayAboveMaxDelay { .. } => "max_delay",
+            ConfigError::InvalidBudget { field, .. } => field,
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -155,6 +170,19 @@ impl std::error::Error for BufferError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_names_the_builder_field() {
+        assert_eq!(ConfigError::ZeroAttempts.field(), "max_attempts");
+        assert_eq!(ConfigError::EmptySchedule.field(), "schedule");
+        assert_eq!(ConfigError::ZeroBase.field(), "exponential");
+        assert_eq!(ConfigError::ZeroDeadline.field(), "deadline");
+        let budget = ConfigError::InvalidBudget {
+            field: "retry_percent",
+            reason: "must be between 0 and 1000",
+        };
+        assert_eq!(budget.field(), "retry_percent");
+    }
 
     #[test]
     fn display_names_the_field() {
