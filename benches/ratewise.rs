@@ -2,7 +2,7 @@
 //! every figure in BENCHMARKS.md is a ratio taken from one run.
 //!
 //! ```text
-//! cargo bench --bench ratewise                 # everything (about 5 minutes)
+//! cargo bench --bench ratewise                 # everything (about 3 minutes)
 //! cargo bench --bench ratewise -- rate_limit   # one group: rate_limit, classify, retry,
 //!                                              # retry_decision, stack, memory
 //! ```

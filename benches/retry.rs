@@ -5,8 +5,8 @@
 //! - `ratewise::RetryLayer` with its defaults (it keeps a copy of the request in case it
 //!   must resend it, reads the verdict, counts the call);
 //! - `tower::retry::RetryLayer` with a minimal policy that clones the request and
-//!   retries errors only: the floor any retrying layer pays (ratewise's layer is
-//!   tower's `Retry` with ratewise's policy);
+//!   retries errors only: the floor any retrying layer pays (ratewise's `Retry<S>`
+//!   wraps tower's `Retry`, driven by ratewise's policy, with its own deadline future);
 //! - `tower-resilience`'s retry layer (exponential backoff, 3 attempts; its response
 //!   future is boxed).
 //!
