@@ -122,7 +122,12 @@ pub async fn run() -> Result<Report, BoxError> {
     let answers: Vec<&String> = got.iter().filter_map(|r| r.as_ref().ok()).collect();
     let degraded = got
         .iter()
-        .filter(|r| matches!(r, Err(GlmError::RateLimited { .. })))
+        .filter(|r| {
+            matches!(
+                r,
+                Err(GlmError::RateLimited { .. } | GlmError::DeadlinePassed(_))
+            )
+        })
         .count();
     let other: Vec<String> = got
         .iter()
@@ -195,12 +200,17 @@ pub async fn run() -> Result<Report, BoxError> {
     }
     let limited_errors = got
         .iter()
-        .filter(|r| matches!(r, Err(GlmError::RateLimited { .. })))
+        .filter(|r| {
+            matches!(
+                r,
+                Err(GlmError::RateLimited { .. } | GlmError::DeadlinePassed(_))
+            )
+        })
         .count();
     report.check(
         limited_errors == got.len(),
         format!(
-            "all {} callers got GlmError::RateLimited ({limited_errors}), after {} (deadline {}), with {} calls to GLM",
+            "all {} callers degraded on a typed error (GlmError::RateLimited or DeadlinePassed: {limited_errors}), after {} (deadline {}), with {} calls to GLM",
             got.len(),
             secs(took),
             secs(DEADLINE),
@@ -1031,6 +1041,9 @@ where
         Ok(res) => res,
         // The stack's own refusals (cooling down, rate limiter) carry the wait.
         Err(err) => {
+            if let Some(deadline) = err.downcast_ref::<ratewise::retry::DeadlineExceeded>() {
+                return Err(GlmError::DeadlinePassed(deadline.deadline()));
+            }
             let verdict = verdict_of_error(&*err);
             return Err(if verdict.is_rate_limited() {
                 GlmError::RateLimited {
@@ -1071,6 +1084,9 @@ enum GlmError {
         /// How long to wait, when known.
         retry_after: Option<Duration>,
     },
+    /// The call's total deadline passed while GLM kept the account limited (the retry
+    /// layer's `DeadlineExceeded`). Degrade.
+    DeadlinePassed(Duration),
     /// Anything else.
     Other(BoxError),
 }
@@ -1088,6 +1104,13 @@ impl fmt::Display for GlmError {
                     write!(f, ", retry after {}", secs(*wait))?;
                 }
                 Ok(())
+            }
+            GlmError::DeadlinePassed(d) => {
+                write!(
+                    f,
+                    "GLM still limited when the call's {} deadline passed",
+                    secs(*d)
+                )
             }
             GlmError::Other(err) => write!(f, "GLM call failed: {err}"),
         }

@@ -35,6 +35,7 @@ use http::{Method, Request};
 use http_body_util::Full;
 use ratewise::cache::{CacheStatus, StaleReason};
 use ratewise::classify::presets;
+use ratewise::key::MethodUri;
 use ratewise::testing::{body_json, client, empty_request, qq, MockServer, Outcome, QqGateway};
 use ratewise::{BoxError, CachedEndpointLayer, ClassifyLayer, FreshClientLayer};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
@@ -309,13 +310,14 @@ where
     /// Gets a URL and connects; on a dead URL calls `on_dead` with the cache key and
     /// tries again after a pause. Returns the attempts it took.
     async fn reconnect(&mut self, on_dead: impl Fn(&str)) -> Result<usize, BoxError> {
-        let key = format!("GET {}", self.gateway_url);
+        // The cache's default key for this request (secrets masked, see `MethodUri`).
+        let key = MethodUri::key_for(&Method::GET, &self.gateway_url.parse()?);
         for attempt in 1..=MAX_ATTEMPTS {
             let url = self.gateway_url().await?;
             if url.as_deref() == Some(self.live.as_str()) {
                 return Ok(attempt);
             }
-            on_dead(&key);
+            on_dead(key.as_str());
             tokio::time::sleep(RECONNECT_DELAY).await;
         }
         Err(format!("no working gateway URL after {MAX_ATTEMPTS} attempts").into())
