@@ -91,15 +91,18 @@ pub mod retry_after;
 pub mod stack;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod util;
+pub mod vocabulary;
 
 pub use cache::CachedEndpointLayer;
-pub use classify::{Classifier, ClassifyLayer, Verdict};
+pub use classify::{Classifier, ClassifyLayer};
 pub use cooldown::CooldownLayer;
 pub use fresh::FreshClientLayer;
 pub use pool::Pool;
 pub use rate_limit::RateLimitLayer;
 pub use retry::RetryLayer;
-pub use stack::ClientStackLayer;
+pub use stack::{ClientStackLayer, Platform};
+pub use vocabulary::{verdict_of, verdict_of_error, ConfigError, Refusal, Verdict};
 
 /// The boxed error type the layers return; every error ratewise creates can be
 /// downcast from it to its concrete type.

@@ -15,7 +15,7 @@ use tower::Service;
 use super::store::{mark, Decision, FlightGuard, Outcome, Shared, Snapshot};
 use super::{CacheStatus, StaleReason};
 use crate::body::{peek, Peek, PeekBody};
-use crate::classify::{verdict_of, verdict_of_error, Verdict};
+use crate::vocabulary::{verdict_of, verdict_of_error, Verdict};
 use crate::key::Key;
 use crate::redact::Redacted;
 use crate::BoxError;

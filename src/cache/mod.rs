@@ -124,13 +124,11 @@ use std::time::Duration;
 
 use http::{Response, StatusCode};
 
-pub mod error;
 mod future;
 mod layer;
 mod service;
 mod store;
 
-pub use self::error::{ConfigError, EndpointLimited};
 pub use self::future::ResponseFuture;
 pub use self::layer::{CacheBuilder, CachedEndpointLayer, DEFAULT_BACKOFF, DEFAULT_BODY_CAP};
 pub use self::service::CachedEndpoint;

@@ -15,7 +15,7 @@ use http_body::Body;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::error::EndpointLimited;
+use crate::vocabulary::{LayerKind, Refusal, RefusalKind};
 use super::{CacheStatus, StaleReason};
 use crate::body::PeekBody;
 use crate::key::Key;
@@ -103,7 +103,7 @@ pub(crate) enum Decision {
     /// Answer from the cache now.
     Serve(Arc<Snapshot>, CacheStatus),
     /// Cooling down with nothing cached.
-    Refuse(EndpointLimited),
+    Refuse(Refusal),
     /// Another request's call is in flight: wait for its outcome.
     Wait(watch::Receiver<Option<Outcome>>),
     /// Make the call; the guard ends the flight.
@@ -221,7 +221,11 @@ impl Shared {
                     }
                     None => {
                         bump(&self.counters.refused);
-                        Decision::Refuse(EndpointLimited::new(key.clone(), remaining))
+                        Decision::Refuse(
+                            Refusal::new(LayerKind::Cache, RefusalKind::EndpointLimited)
+                                .with_key(key.clone())
+                                .with_retry_after(remaining),
+                        )
                     }
                 };
             }
@@ -611,7 +615,7 @@ mod tests {
         assert!(handle.remove("k"));
         assert!(!handle.contains("k"));
         assert!(
-            matches!(shared.decide(&key, true), Decision::Refuse(ref e) if e.remaining() == Duration::from_secs(10)),
+            matches!(shared.decide(&key, true), Decision::Refuse(ref e) if e.retry_after() == Some(Duration::from_secs(10))),
             "cooling down and nothing cached"
         );
         tokio::time::advance(Duration::from_secs(10)).await;

@@ -6,7 +6,8 @@
 //! about are never buffered, so a 200 SSE stream flows through chunk by chunk.
 //!
 //! [`ClassifyLayer`] runs the classifier once and stores the verdict in the response's
-//! extensions; every other ratewise layer reads it from there with [`verdict_of`], so a
+//! extensions; every other ratewise layer reads it from there with
+//! [`verdict_of`](crate::verdict_of), so a
 //! response stacked under several layers is classified once.
 //!
 //! Built-in classifiers, one per file, compose with [`Classifier::or`] and closures;
@@ -15,7 +16,8 @@
 //! # Example
 //!
 //! ```
-//! use ratewise::classify::{presets, Classifier, ResponseView, Verdict};
+//! use ratewise::classify::{presets, Classifier, ResponseView};
+//! use ratewise::Verdict;
 //! use http::{HeaderMap, StatusCode};
 //!
 //! let glm = presets::glm();
@@ -30,7 +32,7 @@ use std::fmt;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 mod combinators;
@@ -56,63 +58,10 @@ pub use self::service::Classify;
 pub use self::status::TooManyRequests;
 pub use self::telegram::TelegramRetryAfter;
 pub use self::transient::ServerErrors;
+use crate::vocabulary::Verdict;
 
 /// The default cap on how much of a body a classifier may see: 64 KiB.
 pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
-
-/// What a response means for rate limiting.
-///
-/// Stored in the response's extensions by [`ClassifyLayer`].
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The upstream served the request.
-    Success,
-    /// The upstream says the client is over its limit.
-    RateLimited {
-        /// How long the server asked the client to wait, when it said.
-        retry_after: Option<Duration>,
-    },
-    /// A failure worth retrying: 5xx, 408, connection errors.
-    Transient,
-    /// A failure not worth retrying.
-    Failure,
-}
-
-impl Verdict {
-    /// A rate-limited verdict with the server's hint.
-    pub fn rate_limited(retry_after: Option<Duration>) -> Self {
-        Verdict::RateLimited { retry_after }
-    }
-
-    /// Whether this verdict says "rate-limited".
-    pub fn is_rate_limited(&self) -> bool {
-        matches!(self, Verdict::RateLimited { .. })
-    }
-
-    /// The server's retry hint, when the verdict is rate-limited and the server gave one.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Verdict::RateLimited { retry_after } => *retry_after,
-            _ => None,
-        }
-    }
-
-    /// Whether a retry could succeed: rate-limited or transient.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Verdict::RateLimited { .. } | Verdict::Transient)
-    }
-
-    /// The verdict a status gets when no classifier has an opinion: 1xx, 2xx and 3xx
-    /// are success, everything else failure.
-    pub fn from_status(status: StatusCode) -> Self {
-        if status.is_success() || status.is_informational() || status.is_redirection() {
-            Verdict::Success
-        } else {
-            Verdict::Failure
-        }
-    }
-}
 
 /// What a classifier sees of a response.
 ///
@@ -198,7 +147,7 @@ impl<'a> ResponseView<'a> {
     /// ([`crate::retry_after::parse`]) from the headers and the body prefix, reusing
     /// the body's [`json`](Self::json) parse.
     pub fn retry_after(&self) -> Option<Duration> {
-        crate::retry_after::parse_view(self)
+        crate::retry_after::parse_with(self.headers, || self.json(), self.body)
     }
 
     /// Whether the body has been parsed as JSON yet (for tests).
@@ -266,78 +215,4 @@ impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
     fn classify(&self, response: &ResponseView<'_>) -> Option<Verdict> {
         (**self).classify(response)
     }
-}
-
-/// The verdict of a response: the one [`ClassifyLayer`] stored in its extensions, or,
-/// when no classification layer ran, a header-only judgement (429 is rate-limited with
-/// the parsed retry hint, 5xx and 408 are transient, see [`Verdict::from_status`] for
-/// the rest).
-///
-/// Every ratewise layer reads verdicts through this one function.
-pub fn verdict_of<B>(response: &Response<B>) -> Verdict {
-    if let Some(v) = response.extensions().get::<Verdict>() {
-        return *v;
-    }
-    let view = ResponseView::new(response.status(), response.headers());
-    TooManyRequests::new()
-        .or(ServerErrors::new())
-        .classify(&view)
-        .unwrap_or_else(|| Verdict::from_status(response.status()))
-}
-
-/// Whether `err` (or an error in its `source()` chain) is one of ratewise's own
-/// refusals: the request was never sent upstream. Those are a rate limiter's
-/// [`MaxWaitExceeded`](crate::rate_limit::MaxWaitExceeded) and
-/// [`CostExceedsBurst`](crate::rate_limit::CostExceedsBurst), a cooldown's
-/// [`CoolingDown`](crate::cooldown::CoolingDown), the cache's
-/// [`EndpointLimited`](crate::cache::error::EndpointLimited) and the pool's
-/// [`AllBackendsCooling`](crate::pool::AllBackendsCooling),
-/// [`NoBackendReady`](crate::pool::NoBackendReady) and [`NoRoute`](crate::pool::NoRoute).
-///
-/// Layers that learn from the upstream's answers (the cooldown) ignore these: they say
-/// nothing about the upstream. A retry still waits them out: their
-/// [`verdict_of_error`] carries the wait.
-pub fn is_local_refusal(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if e.is::<crate::rate_limit::MaxWaitExceeded>()
-            || e.is::<crate::rate_limit::CostExceedsBurst>()
-            || e.is::<crate::cooldown::CoolingDown>()
-            || e.is::<crate::cache::error::EndpointLimited>()
-            || e.is::<crate::pool::AllBackendsCooling>()
-            || e.is::<crate::pool::NoBackendReady>()
-            || e.is::<crate::pool::NoRoute>()
-        {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
-}
-
-/// The verdict of an error returned instead of a response.
-///
-/// ratewise's own errors that carry a wait (a rate limiter's `max_wait` refusal, a
-/// cooldown, the cache's limited endpoint, a pool whose backends are all cooling) are
-/// rate-limited with that wait; a pool with no backend ready within its `max_wait` is
-/// rate-limited without a hint; errors that waiting can never cure (a request costing
-/// more than the rate limiter's burst, a pool with no route for the request) are
-/// failures; every other error is taken to be connection-level and transient. The
-/// error's `source()` chain is searched.
-pub fn verdict_of_error(err: &(dyn std::error::Error + 'static)) -> Verdict {
-    /// Each module's judgement of its own error types.
-    const OWN_ERRORS: [fn(&(dyn std::error::Error + 'static)) -> Option<Verdict>; 4] = [
-        crate::rate_limit::error::verdict,
-        crate::cooldown::error::verdict,
-        crate::cache::error::verdict,
-        crate::pool::error::verdict,
-    ];
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(verdict) = OWN_ERRORS.iter().find_map(|judge| judge(e)) {
-            return verdict;
-        }
-        cur = e.source();
-    }
-    Verdict::Transient
 }

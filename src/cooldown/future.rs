@@ -17,14 +17,12 @@ use tokio::{
 use tower::Service;
 
 use super::{
-    error::held_back,
-    gate::Gates,
     state::{Admission, Shared, Ticket},
     stats::Counters,
 };
 use crate::{
-    classify::{is_local_refusal, verdict_of, verdict_of_error},
     key::Key,
+    vocabulary::{verdict_of, verdict_of_error, Hold, Holds, Refusal},
     BoxError,
 };
 
@@ -112,10 +110,12 @@ where
                                 tracing::debug!(target: "ratewise::cooldown", key = %this.key, "probe request after cooldown");
                             }
                             // Layers below that hold the request back re-check the key
-                            // through this gate before sending it.
-                            Gates::attach(
+                            // through this hold before sending it.
+                            let hold: Arc<dyn Hold> = this.shared.clone();
+                            Holds::attach(
                                 req.extensions_mut(),
-                                this.shared,
+                                this.shared.id,
+                                hold,
                                 this.key,
                                 ticket.probe_id(),
                             );
@@ -139,7 +139,7 @@ where
                                 Counters::bump(&stats.met);
                             }
                             Counters::bump(&stats.rejected);
-                            tracing::debug!(target: "ratewise::cooldown", key = %err.key(), remaining_ms = err.remaining().as_millis() as u64, "request refused: cooling down");
+                            tracing::debug!(target: "ratewise::cooldown", refusal = %err, "request refused: cooling down");
                             this.state.set(State::Done);
                             return Poll::Ready(Err(Box::new(err)));
                         }
@@ -155,34 +155,32 @@ where
                     let result = ready!(future.poll(cx)).map_err(Into::into);
                     this.state.set(State::Done);
                     let stats = &this.shared.stats;
-                    let gate = result.as_ref().err().and_then(|err| held_back(&**err));
-                    if let Some(refusal) = gate {
-                        // A gate below refused the request: it never reached the
-                        // upstream, so its answer is no signal. Dropping the ticket
-                        // frees a probe's slot for the next request.
-                        if refusal.gate() == Some(this.shared.id) {
-                            if !*this.met {
-                                Counters::bump(&stats.met);
-                            }
-                            Counters::bump(&stats.rejected);
-                            tracing::debug!(target: "ratewise::cooldown", key = %this.key, remaining_ms = refusal.remaining().as_millis() as u64, "request held back below the cooldown: the key began cooling while it waited");
+                    let refusal = result.as_ref().err().and_then(|err| Refusal::find(&**err));
+                    if let Some(refusal) = refusal.filter(|r| r.held_by() == Some(this.shared.id)) {
+                        // This cooldown's own hold refused the request below: it never
+                        // reached the upstream, so its answer is no signal. Dropping
+                        // the ticket frees a probe's slot for the next request.
+                        if !*this.met {
+                            Counters::bump(&stats.met);
                         }
+                        Counters::bump(&stats.rejected);
+                        tracing::debug!(target: "ratewise::cooldown", refusal = %refusal, "request held back below the cooldown: the key began cooling while it waited");
+                        this.ticket.take();
+                        return Poll::Ready(result);
+                    }
+                    if refusal.is_some_and(|r| r.held_by().is_some()) {
+                        // Another layer's hold refused it: no signal either.
                         this.ticket.take();
                         return Poll::Ready(result);
                     }
                     if *this.met {
                         Counters::bump(&stats.waited);
                     }
-                    if !this.shared.config.learn_from_local_refusals
-                        && result
-                            .as_ref()
-                            .err()
-                            .is_some_and(|err| is_local_refusal(&**err))
-                    {
-                        // Another ratewise layer below refused the request (a rate
-                        // limiter's max wait, a pool with every backend cooling...): it
-                        // never reached the upstream, so it is no signal either way.
-                        // Dropping the ticket frees a probe's slot.
+                    if refusal.is_some_and(|r| !r.reached_upstream()) {
+                        // A ratewise layer below refused the request (a rate limiter's
+                        // max wait, a pool with every backend cooling...): it never
+                        // reached the upstream, so it is no signal either way. Dropping
+                        // the ticket frees a probe's slot.
                         this.ticket.take();
                         return Poll::Ready(result);
                     }

@@ -5,12 +5,14 @@ use std::{fmt, sync::Arc, time::Duration};
 use tower::Layer;
 
 use super::{
-    error::ConfigError,
     events::{DefaultOnCooldownEvent, OnCooldownEvent},
     service::Cooldown,
     state::{CooldownHandle, Shared},
 };
-use crate::key::Authority;
+use crate::{
+    key::Authority,
+    vocabulary::{ConfigError, LayerKind},
+};
 
 /// How long the layer's own backoff is after the `n`-th consecutive rate-limited answer.
 ///
@@ -111,11 +113,6 @@ pub(crate) struct Config {
     pub(crate) max_cooldown: Option<Duration>,
     pub(crate) precheck: Duration,
     pub(crate) mode: Mode,
-    /// Whether other ratewise layers' refusals below (see
-    /// [`is_local_refusal`](crate::classify::is_local_refusal)) count as signals. Off:
-    /// they never reached the upstream. On for the pool, whose cooldown watches whole
-    /// backend stacks: a backend whose own cooldown refuses for 30 s is cooling.
-    pub(crate) learn_from_local_refusals: bool,
 }
 
 impl Default for Config {
@@ -125,7 +122,6 @@ impl Default for Config {
             max_cooldown: None,
             precheck: Duration::ZERO,
             mode: Mode::default(),
-            learn_from_local_refusals: false,
         }
     }
 }
@@ -265,13 +261,6 @@ impl<K> CooldownBuilder<K> {
         self.mode(Mode::Wait { max_wait })
     }
 
-    /// Count other ratewise layers' refusals below as rate-limited signals (for the
-    /// pool, whose cooldown wraps whole backend stacks).
-    pub(crate) fn learn_from_local_refusals(mut self) -> Self {
-        self.config.learn_from_local_refusals = true;
-        self
-    }
-
     /// Fail-fast mode: see [`Mode::FailFast`].
     pub fn fail_fast(self) -> Self {
         self.mode(Mode::FailFast)
@@ -298,20 +287,20 @@ impl<K> CooldownBuilder<K> {
     pub fn build(self) -> Result<CooldownLayer<K>, ConfigError> {
         let backoff = self.config.backoff;
         if backoff.base().is_zero() {
-            return Err(ConfigError::new("base", "must be greater than zero"));
+            return Err(config_error("base", "must be greater than zero"));
         }
         if backoff.cap() < backoff.base() {
-            return Err(ConfigError::new("cap", "must be at least `base`"));
+            return Err(config_error("cap", "must be at least `base`"));
         }
         if let Some(max) = self.config.max_cooldown {
             if max.is_zero() {
-                return Err(ConfigError::new(
+                return Err(config_error(
                     "max_cooldown",
                     "must be greater than zero",
                 ));
             }
             if max < backoff.base() {
-                return Err(ConfigError::new("max_cooldown", "must be at least `base`"));
+                return Err(config_error("max_cooldown", "must be at least `base`"));
             }
         }
         Ok(CooldownLayer {
@@ -319,6 +308,10 @@ impl<K> CooldownBuilder<K> {
             key: Arc::new(self.key),
         })
     }
+}
+
+fn config_error(field: &'static str, reason: &'static str) -> ConfigError {
+    ConfigError::new(LayerKind::Cooldown, field, reason)
 }
 
 impl<K> fmt::Debug for CooldownBuilder<K> {

@@ -136,16 +136,13 @@
 //! # Ok(()) }
 //! ```
 
-pub mod error;
 mod events;
 mod future;
-pub(crate) mod gate;
-mod layer;
+pub(crate) mod layer;
 mod service;
 mod state;
 mod stats;
 
-pub use self::error::{ConfigError, CoolingDown};
 pub use self::events::{
     CooldownEnded, CooldownEvent, CooldownExtended, CooldownReason, CooldownStarted,
     DefaultOnCooldownEvent, OnCooldownEvent,

@@ -13,9 +13,9 @@ use tower::Service;
 use super::{
     future::ResponseFuture,
     layer::Mode,
-    state::{add, CooldownHandle, Shared},
+    state::{CooldownHandle, Shared},
 };
-use crate::{key::KeyExtractor, BoxError};
+use crate::{key::KeyExtractor, util::add, BoxError};
 
 /// Per-key cooldown after rate-limited answers; made by
 /// [`CooldownLayer`](super::CooldownLayer).

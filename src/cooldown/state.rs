@@ -17,8 +17,7 @@ use std::{
     fmt,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard,
     },
     time::Duration,
 };
@@ -29,7 +28,6 @@ use tokio::{
 };
 
 use super::{
-    error::CoolingDown,
     events::{
         trace, CooldownEnded, CooldownEvent, CooldownExtended, CooldownReason, CooldownStarted,
         OnCooldownEvent,
@@ -37,7 +35,11 @@ use super::{
     layer::Config,
     stats::{CooldownStats, Counters},
 };
-use crate::{classify::Verdict, key::Key};
+use crate::{
+    key::Key,
+    util::{add, lock},
+    vocabulary::{Hold, LayerId, LayerKind, Refusal, RefusalKind, Verdict},
+};
 
 /// Where a key stands, from [`CooldownHandle::state`].
 #[non_exhaustive]
@@ -144,8 +146,8 @@ impl fmt::Debug for CooldownHandle {
 
 /// State shared by a layer, its clones and every service and future they make.
 pub(crate) struct Shared {
-    /// Unique per table: names the cooldown whose gate refused a request.
-    pub(crate) id: u64,
+    /// Unique per table: names the cooldown whose hold refused a request.
+    pub(crate) id: LayerId,
     pub(crate) config: Config,
     pub(crate) stats: Counters,
     table: Mutex<Table>,
@@ -227,7 +229,7 @@ pub(crate) enum Admission {
         notified: Pin<Box<OwnedNotified>>,
     },
     /// Refuse it.
-    Reject(CoolingDown),
+    Reject(Refusal),
 }
 
 /// What an admitted request carries until its answer is reported.
@@ -264,19 +266,23 @@ impl Drop for ProbeSlot {
     }
 }
 
-/// `now + d`, saturating far in the future instead of overflowing.
-pub(crate) fn add(now: Instant, d: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
-    now.checked_add(d)
-        .or_else(|| now.checked_add(FAR))
-        .unwrap_or(now)
+/// The cooldown's refusal of a request for `key`: cooling for `remaining`, or half-open
+/// with a probe in flight.
+pub(crate) fn refusal(key: &Key, remaining: Duration, probing: bool) -> Refusal {
+    let kind = if probing {
+        RefusalKind::Probing
+    } else {
+        RefusalKind::CoolingDown
+    };
+    Refusal::new(LayerKind::Cooldown, kind)
+        .with_key(key.clone())
+        .with_retry_after(remaining)
 }
 
 impl Shared {
     pub(crate) fn new(config: Config, on_event: Arc<dyn OnCooldownEvent>) -> Arc<Self> {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Arc::new(Shared {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: LayerId::new(),
             config,
             stats: Counters::default(),
             table: Mutex::new(Table::default()),
@@ -285,9 +291,7 @@ impl Shared {
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
-        // Nothing panics while the lock is held; if something ever did, the table is
-        // still consistent enough to go on with.
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.table)
     }
 
     fn emit(&self, events: Vec<CooldownEvent>) {
@@ -316,7 +320,7 @@ impl Shared {
                     wake_at: until,
                     notified: entry.waiter(),
                 },
-                _ => Admission::Reject(CoolingDown::new(key.clone(), until - now, false)),
+                _ => Admission::Reject(refusal(key, until - now, false)),
             };
         }
         if entry.half_open {
@@ -326,7 +330,7 @@ impl Shared {
                         wake_at: d,
                         notified: entry.waiter(),
                     },
-                    _ => Admission::Reject(CoolingDown::new(key.clone(), Duration::ZERO, true)),
+                    _ => Admission::Reject(refusal(key, Duration::ZERO, true)),
                 };
             }
             let id = table.next_probe;
@@ -350,29 +354,6 @@ impl Shared {
             table.map.remove(key);
         }
         Admission::Go(Ticket { seq, probe: None })
-    }
-
-    /// Whether a request admitted earlier for `key` (as the probe `probe`, or not) may
-    /// still be sent at `now`: no when the key is cooling, or half-open and this request
-    /// is not its probe. The refusal is the [`CoolingDown`] to finish the request with.
-    pub(crate) fn check_gate(
-        &self,
-        key: &Key,
-        probe: Option<u64>,
-        now: Instant,
-    ) -> Result<(), CoolingDown> {
-        let table = self.lock();
-        let Some(entry) = table.map.get(key) else {
-            return Ok(());
-        };
-        if let Some(until) = entry.cooling(now) {
-            return Err(CoolingDown::new(key.clone(), until - now, false).by_gate(self.id));
-        }
-        if entry.half_open && (probe.is_none() || entry.probe != probe) {
-            let probing = entry.probe.is_some();
-            return Err(CoolingDown::new(key.clone(), Duration::ZERO, probing).by_gate(self.id));
-        }
-        Ok(())
     }
 
     /// Records the verdict of an admitted request's answer.
@@ -508,6 +489,25 @@ impl Shared {
                 entry.notify.notify_waiters();
             }
         }
+    }
+}
+
+/// The cooldown's hold on a request it let through: a request admitted earlier for
+/// `key` (as the probe `ticket`, or not) may still be sent at `now` unless the key is
+/// cooling, or half-open and this request is not its probe.
+impl Hold for Shared {
+    fn check(&self, key: &Key, ticket: Option<u64>, now: Instant) -> Result<(), Refusal> {
+        let table = self.lock();
+        let Some(entry) = table.map.get(key) else {
+            return Ok(());
+        };
+        if let Some(until) = entry.cooling(now) {
+            return Err(refusal(key, until - now, false));
+        }
+        if entry.half_open && (ticket.is_none() || entry.probe != ticket) {
+            return Err(refusal(key, Duration::ZERO, entry.probe.is_some()));
+        }
+        Ok(())
     }
 }
 

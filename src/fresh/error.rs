@@ -258,8 +258,7 @@ impl fmt::Display for Original {
 /// `FreshClient::call` was called without a preceding `poll_ready` that returned
 /// `Ready(Ok(()))`.
 #[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct NotReady;
+pub(crate) struct NotReady;
 
 impl fmt::Display for NotReady {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -268,26 +267,6 @@ impl fmt::Display for NotReady {
 }
 
 impl Error for NotReady {}
-
-/// Bad configuration, returned by [`FreshClientBuilder::build`](super::FreshClientBuilder::build).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// `threshold` was 0: a client must be allowed at least one error.
-    ZeroThreshold,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::ZeroThreshold => {
-                f.pad("invalid `threshold`: must be at least 1 consecutive error, got 0")
-            }
-        }
-    }
-}
-
-impl Error for ConfigError {}
 
 /// A never-empty, URL-redacted description of `err`: its `Display`, else its `Debug`,
 /// else its type name.
@@ -386,13 +365,6 @@ mod tests {
             "could not build client generation 2 for target qq-gateway: Silent (empty message)"
         );
         assert_eq!(e.target(), "qq-gateway");
-    }
-
-    #[test]
-    fn config_error_names_the_field() {
-        assert!(ConfigError::ZeroThreshold
-            .to_string()
-            .contains("`threshold`"));
     }
 
     #[test]

@@ -3,7 +3,8 @@ use std::sync::Arc;
 
 use tower::{Layer, Service};
 
-use super::{ConfigError, FreshClient, FreshStats};
+use super::{FreshClient, FreshStats};
+use crate::vocabulary::{ConfigError, LayerKind};
 use crate::redact::redact_urls;
 
 /// The number of consecutive connection-level errors that retires a client unless
@@ -146,7 +147,11 @@ impl<T> FreshClientBuilder<T> {
         T: fmt::Debug,
     {
         if self.threshold == 0 {
-            return Err(ConfigError::ZeroThreshold);
+            return Err(ConfigError::new(
+                LayerKind::Fresh,
+                "threshold",
+                "must be at least 1 consecutive error, got 0",
+            ));
         }
         let name = match self.name {
             Some(name) => name,
@@ -180,7 +185,8 @@ mod tests {
             .threshold(0)
             .build()
             .unwrap_err();
-        assert_eq!(err, ConfigError::ZeroThreshold);
+        assert_eq!(err.field(), "threshold");
+        assert!(err.to_string().contains("`threshold`"), "{err}");
     }
 
     #[test]

@@ -84,7 +84,8 @@ mod layer;
 mod service;
 mod shared;
 
-pub use self::error::{ClientError, ConfigError, MakeClientError, NotReady};
+pub use self::error::{ClientError, MakeClientError};
+pub(crate) use self::error::NotReady;
 pub use self::future::ResponseFuture;
 pub use self::layer::{FreshClientBuilder, FreshClientLayer, DEFAULT_THRESHOLD};
 pub use self::service::FreshClient;

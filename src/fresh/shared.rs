@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll, Wake, Waker};
 
 use tower::Service;
 
-use crate::classify::{verdict_of_error, Verdict};
+use crate::vocabulary::{verdict_of_error, Verdict};
 use crate::BoxError;
 
 use super::error::{describe, truncate, ClientError, MakeClientError, Standing, LOG_TEXT_CAP};

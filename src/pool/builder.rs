@@ -6,7 +6,6 @@ use http::{Request, Response};
 use tower::{util::BoxCloneSyncService, Layer, Service};
 
 use super::{
-    error::ConfigError,
     route::{by_priority, ByBackend, ModelKey, RouteFn, Routing},
     service::{Backend, BoxBackend, Pool, Shared},
     stats::{BackendCounters, BackendInfo, PoolCounters, StatsShared},
@@ -14,13 +13,14 @@ use super::{
 use crate::{
     cooldown::{CooldownBuilder, CooldownLayer},
     key::{Key, KeyExtractor},
+    vocabulary::{ConfigError, LayerKind, Refusal},
     BoxError,
 };
 
 /// The priority group of [`PoolBuilder::primary`] backends.
-pub const PRIMARY: u32 = 0;
+const PRIMARY: u32 = 0;
 /// The priority group of [`PoolBuilder::fallback`] backends.
-pub const FALLBACK: u32 = 1;
+const FALLBACK: u32 = 1;
 
 type MakeBackend<ReqB, ResB> =
     Box<dyn FnOnce(&CooldownLayer<ByBackend>) -> BoxBackend<ReqB, ResB> + Send>;
@@ -101,6 +101,11 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
         ReqB: Send + 'static,
         ResB: 'static,
     {
+        // For the pool's cooldown the backend stack is the upstream: a refusal by a layer
+        // inside it (its own cooldown, its limiter's max wait) is that backend's answer.
+        let service = tower::ServiceExt::map_err(service, |e: S::Error| {
+            mark_reached(e.into(), true)
+        });
         let make: MakeBackend<ReqB, ResB> = Box::new(move |cooldown: &CooldownLayer<ByBackend>| {
             BoxCloneSyncService::new(cooldown.layer(service))
         });
@@ -200,7 +205,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
     /// (`cooldown`).
     pub fn build(self) -> Result<Pool<ReqB, ResB>, ConfigError> {
         if self.backends.is_empty() {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "backends",
                 "must hold at least one backend",
             ));
@@ -208,10 +213,10 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
         let mut index: HashMap<Key, usize> = HashMap::new();
         for (i, b) in self.backends.iter().enumerate() {
             if b.name.as_str().is_empty() {
-                return Err(ConfigError::new("name", "must not be empty"));
+                return Err(config_error("name", "must not be empty"));
             }
             if index.insert(b.name.clone(), i).is_some() {
-                return Err(ConfigError::new(
+                return Err(config_error(
                     "name",
                     format!("`{}` names two backends", b.name),
                 ));
@@ -222,13 +227,13 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
             let mut list = Vec::with_capacity(names.len());
             for name in names {
                 let Some(&i) = index.get(name) else {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         field,
                         format!("{what} names unknown backend `{name}`"),
                     ));
                 };
                 if list.contains(&i) {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         field,
                         format!("{what} names backend `{name}` twice"),
                     ));
@@ -241,19 +246,19 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
 
         let routing = if let Some(route) = self.route_fn {
             if !self.routes.is_empty() {
-                return Err(ConfigError::new(
+                return Err(config_error(
                     "route_fn",
                     "cannot be combined with a route table (`route`)",
                 ));
             }
             if self.default_route.is_some() {
-                return Err(ConfigError::new(
+                return Err(config_error(
                     "route_fn",
                     "cannot be combined with `default_route`: the closure chooses every route",
                 ));
             }
             if self.route_key.is_some() {
-                return Err(ConfigError::new(
+                return Err(config_error(
                     "route_fn",
                     "cannot be combined with `route_key`, which only the route table uses",
                 ));
@@ -271,13 +276,13 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
             };
             if self.routes.is_empty() {
                 if self.route_key.is_some() {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         "route_key",
                         "is only used by a route table: add routes with `route`",
                     ));
                 }
                 if default.is_empty() {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         "default_route",
                         "is empty and there is no route table: no request could be sent",
                     ));
@@ -288,14 +293,14 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
                 for (model, names) in &self.routes {
                     let what = format!("the route for model `{model}`");
                     if names.is_empty() {
-                        return Err(ConfigError::new(
+                        return Err(config_error(
                             "route",
                             format!("{what} names no backend"),
                         ));
                     }
                     let list = resolve("route", &what, names)?;
                     if table.insert(model.clone(), list).is_some() {
-                        return Err(ConfigError::new(
+                        return Err(config_error(
                             "route",
                             format!("model `{model}` is routed twice"),
                         ));
@@ -312,10 +317,9 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
         let cooldown = self
             .cooldown
             .fail_fast()
-            .learn_from_local_refusals()
             .build()
             .map_err(|e| {
-                ConfigError::new("cooldown", format!("field `{}` {}", e.field(), e.reason()))
+                config_error("cooldown", format!("field `{}` {}", e.field(), e.reason()))
             })?;
         let mut infos = Vec::with_capacity(self.backends.len());
         let mut backends = Vec::with_capacity(self.backends.len());
@@ -361,5 +365,19 @@ impl<ReqB, ResB> fmt::Debug for PoolBuilder<ReqB, ResB> {
             .field("route_fn", &self.route_fn.is_some())
             .field("default_route", &self.default_route)
             .finish_non_exhaustive()
+    }
+}
+
+fn config_error(field: &'static str, reason: impl Into<std::borrow::Cow<'static, str>>) -> ConfigError {
+    ConfigError::new(LayerKind::Pool, field, reason)
+}
+
+/// `err` with a [`Refusal`] on top marked as having reached (or not) the upstream: a
+/// backend's refusal is marked on its way into the pool's cooldown, and unmarked on its
+/// way out to the caller, for whom nothing reached the upstream.
+pub(crate) fn mark_reached(err: BoxError, reached: bool) -> BoxError {
+    match err.downcast::<Refusal>() {
+        Ok(refusal) => Box::new(refusal.with_reached_upstream(reached)),
+        Err(err) => err,
     }
 }

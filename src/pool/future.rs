@@ -6,7 +6,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
-    time::Duration,
 };
 
 use http::{Request, Response};
@@ -18,17 +17,21 @@ use tokio::{
 use tower::Service;
 
 use super::{
-    error::{AllBackendsCooling, Candidate, NoBackendReady, Unavailable},
+    builder::mark_reached,
     route::BackendName,
     service::{BoxBackend, ServedBy, Shared},
     stats::bump,
 };
 use crate::{
-    classify::{verdict_of, verdict_of_error},
     cooldown::KeyState,
     redact::Redacted,
     retry::{try_clone_request, TryCloneBody},
-    BoxError, Verdict,
+    util::far_future,
+    vocabulary::{
+        verdict_of, verdict_of_error, Candidate, LayerKind, Refusal, RefusalKind, Unavailable,
+        Verdict,
+    },
+    BoxError,
 };
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -159,11 +162,6 @@ impl<ReqB, ResB> ResponseFuture<ReqB, ResB> {
             waited: false,
         }
     }
-}
-
-fn far_future(now: Instant) -> Instant {
-    const FAR: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
-    now.checked_add(FAR).unwrap_or(now)
 }
 
 impl<ReqB, ResB> Future for ResponseFuture<ReqB, ResB>
@@ -524,7 +522,7 @@ fn finish<ReqB, ResB>(
     pos: usize,
     answer: Answer<ResB>,
 ) -> Answer<ResB> {
-    let mut response = answer?;
+    let mut response = answer.map_err(|e| mark_reached(e, false))?;
     if let Some(backend) = candidates.get(pos).and_then(|&i| shared.backends.get(i)) {
         response
             .extensions_mut()
@@ -574,13 +572,26 @@ fn give_up<ReqB, ResB>(
     match earliest {
         Some(retry_after) => {
             bump(&totals.all_cooling);
-            let err = AllBackendsCooling::new(retry_after, shared.max_wait, listed);
+            let err = Refusal::new(
+                LayerKind::Pool,
+                RefusalKind::AllBackendsCooling {
+                    max_wait: shared.max_wait,
+                },
+            )
+            .with_retry_after(retry_after)
+            .with_candidates(listed);
             tracing::info!(target: "ratewise::pool", retry_after_ms = retry_after.as_millis() as u64, error = %Redacted(&err), "request refused: all backends cooling");
             Err(Box::new(err))
         }
         None => {
             bump(&totals.no_backend_ready);
-            let err = NoBackendReady::new(start.elapsed(), listed);
+            let err = Refusal::new(
+                LayerKind::Pool,
+                RefusalKind::NoBackendReady {
+                    waited: start.elapsed(),
+                },
+            )
+            .with_candidates(listed);
             tracing::info!(target: "ratewise::pool", error = %Redacted(&err), "request refused: no backend ready");
             Err(Box::new(err))
         }

@@ -136,16 +136,12 @@
 //! ```
 
 mod builder;
-pub mod error;
-mod future;
+pub mod future;
 mod route;
 mod service;
 mod stats;
 
-pub use self::builder::{PoolBuilder, FALLBACK, PRIMARY};
-pub use self::error::{
-    AllBackendsCooling, Candidate, ConfigError, NoBackendReady, NoRoute, Unavailable,
-};
+pub use self::builder::PoolBuilder;
 pub use self::future::ResponseFuture;
 pub use self::route::{Model, ModelKey};
 pub use self::service::{Pool, ServedBy};

@@ -5,7 +5,7 @@ use std::{collections::HashMap, fmt, sync::Arc};
 
 use http::Request;
 
-use super::error::NoRoute;
+use crate::vocabulary::{LayerKind, Refusal, RefusalKind};
 use crate::key::{Key, KeyExtractor};
 
 /// The model a request asks for, as a request extension: what the pool's route table
@@ -97,7 +97,7 @@ pub(crate) enum Routing<B> {
 
 impl<B: 'static> Routing<B> {
     /// The candidates of `req`, in priority order.
-    pub(crate) fn candidates(&self, req: &Request<B>) -> Result<Arc<[usize]>, NoRoute> {
+    pub(crate) fn candidates(&self, req: &Request<B>) -> Result<Arc<[usize]>, Refusal> {
         match self {
             Routing::All(all) => Ok(all.clone()),
             Routing::Table {
@@ -108,7 +108,7 @@ impl<B: 'static> Routing<B> {
                 let model = key.key(req);
                 let list = table.get(&model).unwrap_or(default);
                 if list.is_empty() {
-                    return Err(NoRoute::new(Some(model)));
+                    return Err(no_route(Some(model)));
                 }
                 Ok(list.clone())
             }
@@ -130,7 +130,7 @@ impl<B: 'static> Routing<B> {
                     }
                 }
                 if list.is_empty() {
-                    return Err(NoRoute::new(None));
+                    return Err(no_route(None));
                 }
                 by_priority(&mut list, groups);
                 Ok(list.into())
@@ -203,4 +203,8 @@ mod tests {
         };
         assert!(empty.candidates(&Request::new(())).is_err());
     }
+}
+
+fn no_route(model: Option<Key>) -> Refusal {
+    Refusal::new(LayerKind::Pool, RefusalKind::NoRoute { model })
 }

@@ -20,16 +20,15 @@ use tokio::{
 use tower::Service;
 
 use super::{
-    error::{CostExceedsBurst, MaxWaitExceeded},
     headers,
     limiter::{Join, RateLimiter, Ticket},
     policy::{Reject, Wait},
     store::{Decision, RateLimitStore, StoreError},
 };
 use crate::{
-    cooldown::{gate::Gates, CoolingDown},
     key::Key,
     redact::Redacted,
+    vocabulary::{Holds, LayerKind, Refusal, RefusalKind},
     BoxError,
 };
 
@@ -92,15 +91,14 @@ struct Admission<S, B, St> {
 }
 
 /// Why a request was not admitted.
-enum Refusal {
-    Denied {
-        key: Key,
-        wait: Duration,
-    },
-    TooCostly(CostExceedsBurst),
+enum Denial {
+    /// No cell within the wait allowed.
+    Denied { key: Key, wait: Duration },
+    /// The request costs more cells than the burst.
+    TooCostly { key: Key, cost: u32, burst: u32 },
     Store(StoreError),
-    /// A cooldown above began cooling the request's key while it waited.
-    Cooling(CoolingDown),
+    /// A layer above that holds the request (a cooldown) refused it while it waited.
+    Held(Refusal),
 }
 
 impl<S, B, St, M> ResponseFuture<S, B, St, M>
@@ -152,7 +150,7 @@ where
         adm: &mut Admission<S, B, St>,
         waits: bool,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(), Refusal>> {
+    ) -> Poll<Result<(), Denial>> {
         let quota = adm.limiter.quota();
         let interval = quota.replenish_interval();
         loop {
@@ -163,8 +161,11 @@ where
                     let arrived = *adm.arrived.get_or_insert(now);
                     let cost = adm.cost.get();
                     if cost > quota.burst() {
-                        let err = CostExceedsBurst::new(adm.key.clone(), cost, quota.burst());
-                        return Poll::Ready(Err(Refusal::TooCostly(err)));
+                        return Poll::Ready(Err(Denial::TooCostly {
+                            key: adm.key.clone(),
+                            cost,
+                            burst: quota.burst(),
+                        }));
                     }
                     if waits {
                         adm.deadline = adm.max_wait.and_then(|max| arrived.checked_add(max));
@@ -219,7 +220,7 @@ where
                             }
                         }
                         Err(err) => {
-                            return Poll::Ready(Err(Refusal::Store(err.with_key(adm.key.clone()))))
+                            return Poll::Ready(Err(Denial::Store(err.with_key(adm.key.clone()))))
                         }
                     }
                 }
@@ -287,12 +288,12 @@ where
     St: RateLimitStore,
 {
     /// Asks the store for the request's cells. A request that was held back first
-    /// re-checks the gates of the cooldowns it passed: if one of its keys began cooling
-    /// meanwhile, it takes no cell and is not sent.
-    fn acquire(&self) -> Result<St::Future, Refusal> {
+    /// re-checks the [`Holds`] of the layers above that let it through: if one of them
+    /// refuses now (its key began cooling meanwhile), it takes no cell and is not sent.
+    fn acquire(&self) -> Result<St::Future, Denial> {
         if self.held {
             if let Some((_, request)) = &self.pending {
-                Gates::check(request.extensions(), Instant::now()).map_err(Refusal::Cooling)?;
+                Holds::check(request.extensions(), Instant::now()).map_err(Denial::Held)?;
             }
         }
         Ok(self.limiter.store().acquire(&self.key, self.cost))
@@ -307,7 +308,7 @@ where
         interval: Duration,
         at_least: Duration,
         only_if_queued: bool,
-    ) -> Result<bool, Refusal> {
+    ) -> Result<bool, Denial> {
         let join = self.limiter.queues().join(
             &self.key,
             self.cost.get(),
@@ -377,8 +378,8 @@ where
         inner.call(request)
     }
 
-    fn denied(&self, wait: Duration) -> Refusal {
-        Refusal::Denied {
+    fn denied(&self, wait: Duration) -> Denial {
+        Denial::Denied {
             key: self.key.clone(),
             wait,
         }
@@ -409,34 +410,44 @@ where
                     _ => panic!("rate limit ResponseFuture admitted without a call"),
                 }
             }
-            Err(refusal) => {
+            Err(denial) => {
                 let max_wait = adm.max_wait.unwrap_or(Duration::MAX);
-                let stats = adm.limiter.stats();
+                let limiter = adm.limiter.clone();
                 // Leave the line before reporting.
                 *this.admission = None;
                 this.state.set(State::Done);
-                Poll::Ready(Err(match refusal {
-                    Refusal::Denied { key, wait } => {
-                        stats.record_rejected();
-                        let now = Instant::now();
-                        let earliest = now.checked_add(wait).unwrap_or(now);
-                        tracing::info!(key = %key, wait = ?wait, max_wait = ?max_wait, "rate limit: wait exceeds max_wait, refusing");
-                        Box::new(MaxWaitExceeded::new(key, wait, earliest, max_wait))
+                Poll::Ready(Err(match denial {
+                    Denial::Denied { key, wait } => {
+                        limiter.stats().record_rejected();
+                        tracing::debug!(key = %key, wait = ?wait, max_wait = ?max_wait, "rate limit: wait exceeds max_wait, refusing");
+                        limiter.summarize_rejection(Instant::now());
+                        Box::new(
+                            Refusal::new(LayerKind::RateLimit, RefusalKind::MaxWait { max_wait })
+                                .with_key(key)
+                                .with_retry_after(wait),
+                        )
                     }
-                    Refusal::TooCostly(err) => {
-                        stats.record_rejected();
-                        tracing::info!(key = %err.key(), cost = err.cost(), burst = err.burst(), "rate limit: cost exceeds burst, refusing");
-                        Box::new(err)
+                    Denial::TooCostly { key, cost, burst } => {
+                        limiter.stats().record_rejected();
+                        tracing::debug!(key = %key, cost, burst, "rate limit: cost exceeds burst, refusing");
+                        limiter.summarize_rejection(Instant::now());
+                        Box::new(
+                            Refusal::new(
+                                LayerKind::RateLimit,
+                                RefusalKind::CostExceedsBurst { cost, burst },
+                            )
+                            .with_key(key),
+                        )
                     }
-                    Refusal::Store(err) => {
-                        stats.record_store_error();
+                    Denial::Store(err) => {
+                        limiter.stats().record_store_error();
                         tracing::warn!(error = %Redacted(&err), "rate limit: store failed");
                         Box::new(err)
                     }
-                    Refusal::Cooling(err) => {
-                        // The cooldown above counts it; the limiter took no cell.
-                        tracing::debug!(key = %err.key(), remaining = ?err.remaining(), "rate limit: the key began cooling down while the request waited; not sending it");
-                        Box::new(err)
+                    Denial::Held(refusal) => {
+                        // The layer that holds counts it; the limiter took no cell.
+                        tracing::debug!(refusal = %refusal, "rate limit: a layer above refused the request while it waited; not sending it");
+                        Box::new(refusal)
                     }
                 }))
             }
@@ -468,32 +479,32 @@ where
                     _ => panic!("rate limit ResponseFuture admitted without a call"),
                 }
             }
-            Err(refusal) => {
-                let quota = adm.limiter.quota();
-                let stats = adm.limiter.stats();
+            Err(denial) => {
+                let limiter = adm.limiter.clone();
+                let quota = limiter.quota();
                 *this.admission = None;
                 this.state.set(State::Done);
-                Poll::Ready(Ok(match refusal {
-                    Refusal::Denied { key, wait } => {
-                        stats.record_rejected();
-                        tracing::info!(key = %key, retry_after = ?wait, "rate limit: rejected with 429");
+                Poll::Ready(Ok(match denial {
+                    Denial::Denied { key, wait } => {
+                        limiter.stats().record_rejected();
+                        tracing::debug!(key = %key, retry_after = ?wait, "rate limit: rejected with 429");
+                        limiter.summarize_rejection(Instant::now());
                         headers::too_many_requests(quota, Some(wait))
                     }
-                    Refusal::TooCostly(err) => {
-                        stats.record_rejected();
-                        tracing::info!(key = %err.key(), cost = err.cost(), burst = err.burst(), "rate limit: cost exceeds burst, rejected with 429");
+                    Denial::TooCostly { key, cost, burst } => {
+                        limiter.stats().record_rejected();
+                        tracing::debug!(key = %key, cost, burst, "rate limit: cost exceeds burst, rejected with 429");
+                        limiter.summarize_rejection(Instant::now());
                         headers::too_many_requests(quota, None)
                     }
-                    Refusal::Store(err) => {
-                        stats.record_store_error();
+                    Denial::Store(err) => {
+                        limiter.stats().record_store_error();
                         tracing::warn!(error = %Redacted(&err), "rate limit: store failed, answering 503");
                         headers::unavailable()
                     }
                     // Reject mode never holds a request back, so it never checks a
-                    // cooldown's gate; answer like any refusal should it happen.
-                    Refusal::Cooling(err) => {
-                        headers::too_many_requests(quota, Some(err.remaining()))
-                    }
+                    // hold; answer like any refusal should it happen.
+                    Denial::Held(refusal) => headers::too_many_requests(quota, refusal.retry_after()),
                 }))
             }
         }

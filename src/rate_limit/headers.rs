@@ -14,10 +14,7 @@ pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The policy name in both headers.
 const POLICY: &str = "ratewise";
 
-/// Whole seconds, rounded up.
-pub(crate) fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
-}
+use crate::util::ceil_secs;
 
 /// `"ratewise";q=<burst>;w=<window>`: `burst` cells per window, the window being the
 /// time an empty bucket takes to fill up (`replenish interval × burst`), in whole

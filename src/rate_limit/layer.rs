@@ -1,19 +1,18 @@
 //! [`RateLimitLayer`] and its builder.
 
-use std::{fmt, marker::PhantomData, sync::Arc, time::Duration};
+use std::{fmt, marker::PhantomData, num::NonZeroU32, sync::Arc, time::Duration};
 
 use tower::Layer;
 
 use super::{
-    error::ConfigError,
     limiter::RateLimiter,
     policy::{NoBypass, Reject, UnitCost, Wait},
-    quota::Quota,
+    quota::{config_error, Quota},
     service::RateLimit,
     stats::Stats,
     store::{GovernorStore, RateLimitStore},
 };
-use crate::key::Global;
+use crate::{key::Global, vocabulary::ConfigError};
 
 /// Keyed GCRA rate limiting for a tower stack: waits (clients) or answers `429`
 /// (servers). See the [module docs](super) for the whole story.
@@ -147,7 +146,7 @@ impl Rate {
 ///
 /// let err = RateLimitLayer::builder().per_second(20).burst(0).build().unwrap_err();
 /// assert_eq!(err.field(), "burst");
-/// # Ok::<(), ratewise::rate_limit::ConfigError>(())
+/// # Ok::<(), ratewise::ConfigError>(())
 /// ```
 pub struct RateLimitBuilder<K = Global, M = Wait, Byp = NoBypass, C = UnitCost> {
     rate: Option<Rate>,
@@ -244,18 +243,23 @@ impl<K, M, Byp, C> RateLimitBuilder<K, M, Byp, C> {
     /// (or a window over 100 years).
     pub fn build(self) -> Result<RateLimitLayer<K, M, GovernorStore, Byp, C>, ConfigError> {
         let Some(rate) = self.rate else {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "rate",
                 "is not set: call per_second, per_minute or per_period",
             ));
         };
+        let nonzero = |n: u32| NonZeroU32::new(n).ok_or(config_error(rate.field(), "must be at least 1 (got 0)"));
         let quota = match rate {
-            Rate::Second(n) => Quota::per_second(n)?,
-            Rate::Minute(n) => Quota::per_minute(n)?,
+            Rate::Second(n) => Quota::per_second(nonzero(n)?),
+            Rate::Minute(n) => Quota::per_minute(nonzero(n)?),
             Rate::Period(period) => Quota::per_period(period)?,
         };
         let quota = match self.burst {
-            Some(burst) => quota.with_burst(burst)?,
+            Some(burst) => {
+                let burst = NonZeroU32::new(burst)
+                    .ok_or(config_error("burst", "must be at least 1 (got 0)"))?;
+                quota.with_burst(burst)?
+            }
             None => quota,
         };
         let limiter = RateLimiter::new(GovernorStore::new(quota));
@@ -272,13 +276,13 @@ impl<K, M, Byp, C> RateLimitBuilder<K, M, Byp, C> {
         limiter: RateLimiter<St>,
     ) -> Result<RateLimitLayer<K, M, St, Byp, C>, ConfigError> {
         if let Some(rate) = self.rate {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 rate.field(),
                 "cannot be set with a shared limiter: the limiter's store has the quota",
             ));
         }
         if self.burst.is_some() {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "burst",
                 "cannot be set with a shared limiter: the limiter's store has the quota",
             ));

@@ -5,7 +5,7 @@ use std::{
     fmt,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard,
     },
     time::Duration,
 };
@@ -17,7 +17,7 @@ use super::{
     stats::Stats,
     store::{GovernorStore, RateLimitStore},
 };
-use crate::key::Key;
+use crate::{key::Key, util::lock};
 
 /// One rate limiter: a store of buckets, the queues of requests waiting on them, and
 /// their [`Stats`].
@@ -52,7 +52,18 @@ struct Shared<St> {
     quota: Quota,
     queues: Arc<Queues>,
     stats: Stats,
+    summary: Mutex<Summary>,
 }
+
+/// Refusals counted since the current log window began.
+#[derive(Default)]
+struct Summary {
+    since: Option<Instant>,
+    refused: u64,
+}
+
+/// How often, at most, the limiter logs a summary of its refusals at INFO or louder.
+const SUMMARY_WINDOW: Duration = Duration::from_secs(10);
 
 impl<St: RateLimitStore> RateLimiter<St> {
     /// A limiter over `store`, with empty queues and zeroed stats.
@@ -64,6 +75,7 @@ impl<St: RateLimitStore> RateLimiter<St> {
                 quota,
                 queues: Arc::new(Queues::default()),
                 stats: Stats::default(),
+                summary: Mutex::new(Summary::default()),
             }),
         }
     }
@@ -102,6 +114,35 @@ impl<St> RateLimiter<St> {
 
     pub(crate) fn queues(&self) -> &Arc<Queues> {
         &self.inner.queues
+    }
+
+    /// Counts a refusal for the log: each refusal is logged at DEBUG by its caller, and
+    /// this logs at most two lines per [`SUMMARY_WINDOW`] at WARN/INFO, however many
+    /// requests are refused (an attack must not flood the log), and never a key.
+    pub(crate) fn summarize_rejection(&self, now: Instant) {
+        let mut summary = lock(&self.inner.summary);
+        summary.refused += 1;
+        match summary.since {
+            None => {
+                summary.since = Some(now);
+                tracing::warn!(
+                    target: "ratewise::rate_limit",
+                    "rate limit: refusing requests over the limit (one summary per {} s follows while it lasts)",
+                    SUMMARY_WINDOW.as_secs()
+                );
+            }
+            Some(since) if now.saturating_duration_since(since) >= SUMMARY_WINDOW => {
+                tracing::info!(
+                    target: "ratewise::rate_limit",
+                    refused = summary.refused,
+                    window_ms = now.saturating_duration_since(since).as_millis() as u64,
+                    "rate limit: requests refused since the last summary"
+                );
+                summary.since = Some(now);
+                summary.refused = 0;
+            }
+            Some(_) => {}
+        }
     }
 }
 
@@ -165,7 +206,7 @@ pub(crate) enum Join {
 
 impl Queues {
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Line>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.map)
     }
 
     /// The estimated wait of `cost` more cells behind the requests waiting on `key`, or

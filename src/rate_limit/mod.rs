@@ -183,10 +183,8 @@ mod quota;
 mod service;
 mod stats;
 
-pub mod error;
-pub mod store;
+mod store;
 
-pub use self::error::{ConfigError, CostExceedsBurst, MaxWaitExceeded};
 pub use self::future::ResponseFuture;
 pub use self::layer::{RateLimitBuilder, RateLimitLayer};
 pub use self::limiter::RateLimiter;

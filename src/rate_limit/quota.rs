@@ -2,7 +2,7 @@
 
 use std::{num::NonZeroU32, time::Duration};
 
-use super::error::ConfigError;
+use crate::vocabulary::{ConfigError, LayerKind};
 
 /// The longest window (`replenish_interval × burst`) a quota may have: 100 years.
 /// Longer windows would overflow governor's nanosecond arithmetic.
@@ -16,18 +16,23 @@ const MAX_WINDOW: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 /// per interval. So over any window of length `d` starting on a rested key, at most
 /// `burst + floor(d / replenish_interval)` cells are admitted.
 ///
+/// A zero rate cannot be written: the constructors take [`NonZeroU32`], as governor's
+/// do, and are `const`.
+///
 /// ```
-/// use std::time::Duration;
+/// use std::{num::NonZeroU32, time::Duration};
 /// use ratewise::rate_limit::Quota;
 ///
-/// let q = Quota::per_second(10)?.with_burst(5)?;
+/// const TEN: NonZeroU32 = NonZeroU32::new(10).unwrap();
+/// const Q: Quota = Quota::per_second(TEN);
+/// let q = Q.with_burst(NonZeroU32::new(5).unwrap())?;
 /// assert_eq!(q.replenish_interval(), Duration::from_millis(100));
 /// assert_eq!(q.burst(), 5);
 /// assert_eq!(q.window(), Duration::from_millis(500));
 ///
-/// let err = Quota::per_second(0).unwrap_err();
-/// assert_eq!(err.field(), "per_second");
-/// # Ok::<(), ratewise::rate_limit::ConfigError>(())
+/// let err = Quota::per_period(Duration::ZERO).unwrap_err();
+/// assert_eq!(err.field(), "per_period");
+/// # Ok::<(), ratewise::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
@@ -36,31 +41,29 @@ pub struct Quota {
 }
 
 impl Quota {
-    /// `n` cells per second, with a burst of `n`. Error (field `per_second`) if `n` is 0.
-    pub fn per_second(n: u32) -> Result<Quota, ConfigError> {
-        Self::per_n(n, Duration::from_secs(1), "per_second")
+    /// `n` cells per second, with a burst of `n`. (Above 10⁹ per second the interval
+    /// stays at one nanosecond.)
+    pub const fn per_second(n: NonZeroU32) -> Quota {
+        Self::per_n(n, 1_000_000_000)
     }
 
-    /// `n` cells per minute, with a burst of `n`. Error (field `per_minute`) if `n` is 0.
-    pub fn per_minute(n: u32) -> Result<Quota, ConfigError> {
-        Self::per_n(n, Duration::from_secs(60), "per_minute")
+    /// `n` cells per minute, with a burst of `n`.
+    pub const fn per_minute(n: NonZeroU32) -> Quota {
+        Self::per_n(n, 60_000_000_000)
     }
 
     /// One cell every `period`, with a burst of 1. Error (field `per_period`) if
-    /// `period` is zero or absurdly long.
+    /// `period` is zero or longer than 100 years.
     pub fn per_period(period: Duration) -> Result<Quota, ConfigError> {
         if period.is_zero() {
-            return Err(ConfigError::new("per_period", "must be longer than zero"));
+            return Err(config_error("per_period", "must be longer than zero"));
         }
         Self::checked(period, NonZeroU32::MIN, "per_period")
     }
 
-    /// The same rate with a burst of `burst` cells. Error (field `burst`) if `burst` is
-    /// 0 or the window (`replenish_interval × burst`) would exceed 100 years.
-    pub fn with_burst(self, burst: u32) -> Result<Quota, ConfigError> {
-        let Some(burst) = NonZeroU32::new(burst) else {
-            return Err(ConfigError::new("burst", "must be at least 1 (got 0)"));
-        };
+    /// The same rate with a burst of `burst` cells. Error (field `burst`) if the window
+    /// (`replenish_interval × burst`) would exceed 100 years.
+    pub fn with_burst(self, burst: NonZeroU32) -> Result<Quota, ConfigError> {
         Self::checked(self.replenish_interval, burst, "burst")
     }
 
@@ -87,18 +90,12 @@ impl Quota {
             .allow_burst(self.burst)
     }
 
-    fn per_n(n: u32, unit: Duration, field: &'static str) -> Result<Quota, ConfigError> {
-        let Some(n) = NonZeroU32::new(n) else {
-            return Err(ConfigError::new(field, "must be at least 1 (got 0)"));
-        };
-        let interval = unit / n.get();
-        if interval.is_zero() {
-            return Err(ConfigError::new(
-                field,
-                "is too fast (under one cell per nanosecond)",
-            ));
+    const fn per_n(n: NonZeroU32, unit_nanos: u64) -> Quota {
+        let nanos = unit_nanos / n.get() as u64;
+        Quota {
+            replenish_interval: Duration::from_nanos(if nanos == 0 { 1 } else { nanos }),
+            burst: n,
         }
-        Self::checked(interval, n, field)
     }
 
     fn checked(
@@ -111,7 +108,7 @@ impl Quota {
                 replenish_interval,
                 burst,
             }),
-            _ => Err(ConfigError::new(
+            _ => Err(config_error(
                 field,
                 "gives a window (replenish interval × burst) longer than 100 years",
             )),
@@ -119,33 +116,40 @@ impl Quota {
     }
 }
 
+/// A rate limit [`ConfigError`] on `field`.
+pub(crate) fn config_error(field: &'static str, reason: &'static str) -> ConfigError {
+    ConfigError::new(LayerKind::RateLimit, field, reason)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
     #[test]
     fn rates_and_bursts() {
-        let q = Quota::per_minute(30).unwrap();
+        let q = Quota::per_minute(nz(30));
         assert_eq!(q.replenish_interval(), Duration::from_secs(2));
         assert_eq!(q.burst(), 30);
         let q = Quota::per_period(Duration::from_secs(3)).unwrap();
         assert_eq!(q.burst(), 1);
-        let g = q.with_burst(4).unwrap().to_governor();
+        let g = q.with_burst(nz(4)).unwrap().to_governor();
         assert_eq!(g.replenish_interval(), Duration::from_secs(3));
         assert_eq!(g.burst_size().get(), 4);
+        let fastest = Quota::per_second(NonZeroU32::MAX);
+        assert_eq!(fastest.replenish_interval(), Duration::from_nanos(1));
     }
 
     #[test]
     fn invalid_quotas_name_their_field() {
-        assert_eq!(Quota::per_second(0).unwrap_err().field(), "per_second");
-        assert_eq!(Quota::per_minute(0).unwrap_err().field(), "per_minute");
         assert_eq!(
             Quota::per_period(Duration::ZERO).unwrap_err().field(),
             "per_period"
         );
-        let q = Quota::per_second(1).unwrap();
-        assert_eq!(q.with_burst(0).unwrap_err().field(), "burst");
         let slow = Quota::per_period(Duration::from_secs(365 * 24 * 60 * 60)).unwrap();
-        assert_eq!(slow.with_burst(1000).unwrap_err().field(), "burst");
+        assert_eq!(slow.with_burst(nz(1000)).unwrap_err().field(), "burst");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::Layer;
 
-use super::error::ConfigError;
+use crate::vocabulary::{ConfigError, LayerId, LayerKind};
 use super::policy::{Config, RetryPolicy, Shared};
 use super::schedule::{Jitter, Schedule};
 use super::service::Retry;
@@ -204,22 +204,22 @@ impl RetryBuilder {
         let schedule = match self.schedule {
             ScheduleSpec::List(delays) => {
                 if delays.is_empty() {
-                    return Err(ConfigError::EmptySchedule);
+                    return Err(config_error("schedule", "must list at least one delay (got none)".into()));
                 }
                 Schedule::List(delays.into_boxed_slice())
             }
             ScheduleSpec::Exponential { base, cap } => {
                 if base.is_zero() {
-                    return Err(ConfigError::ZeroBase);
+                    return Err(config_error("exponential", "base must be greater than zero".into()));
                 }
                 if cap < base {
-                    return Err(ConfigError::CapBelowBase { base, cap });
+                    return Err(config_error("exponential", format!("cap ({cap:?}) must not be below its base ({base:?})").into()));
                 }
                 Schedule::Exponential { base, cap }
             }
         };
         let max_attempts = match (self.max_attempts, &schedule) {
-            (Some(0), _) => return Err(ConfigError::ZeroAttempts),
+            (Some(0), _) => return Err(config_error("max_attempts", "must be at least 1 (got 0)".into())),
             (Some(n), _) => n,
             (None, Schedule::List(delays)) => {
                 u32::try_from(delays.len()).map_or(u32::MAX, |n| n.saturating_add(1))
@@ -227,13 +227,18 @@ impl RetryBuilder {
             (None, Schedule::Exponential { .. }) => 3,
         };
         if schedule.longest() > self.max_delay {
-            return Err(ConfigError::DelayAboveMaxDelay {
-                delay: schedule.longest(),
-                max_delay: self.max_delay,
-            });
+            return Err(config_error(
+                "max_delay",
+                format!(
+                    "({:?}) is shorter than the scheduled delay {:?}",
+                    self.max_delay,
+                    schedule.longest()
+                )
+                .into(),
+            ));
         }
         if self.deadline.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::ZeroDeadline);
+            return Err(config_error("deadline", "must be greater than zero".into()));
         }
         let budget: Option<Arc<dyn Budget + Send + Sync>> = match self.budget {
             BudgetSpec::None => None,
@@ -249,6 +254,7 @@ impl RetryBuilder {
         };
         Ok(RetryLayer {
             shared: Arc::new(Shared {
+                id: LayerId::new(),
                 config: Config {
                     max_attempts,
                     max_delay: self.max_delay,
@@ -263,25 +269,20 @@ impl RetryBuilder {
     }
 }
 
+fn config_error(field: &'static str, reason: std::borrow::Cow<'static, str>) -> ConfigError {
+    ConfigError::new(LayerKind::Retry, field, reason)
+}
+
 /// The ranges `TpsBudget::new` asserts, checked without panicking.
 fn check_tps(ttl: Duration, min_per_sec: u32, retry_percent: f32) -> Result<(), ConfigError> {
     if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(60) {
-        return Err(ConfigError::InvalidBudget {
-            field: "ttl",
-            reason: "must be between 1 s and 60 s",
-        });
+        return Err(config_error("ttl", "(of `tps_budget`) must be between 1 s and 60 s".into()));
     }
     if min_per_sec >= i32::MAX as u32 {
-        return Err(ConfigError::InvalidBudget {
-            field: "min_per_sec",
-            reason: "must be below i32::MAX",
-        });
+        return Err(config_error("min_per_sec", "(of `tps_budget`) must be below i32::MAX".into()));
     }
     if !(0.0..=1000.0).contains(&retry_percent) {
-        return Err(ConfigError::InvalidBudget {
-            field: "retry_percent",
-            reason: "must be between 0.0 and 1000.0",
-        });
+        return Err(config_error("retry_percent", "(of `tps_budget`) must be between 0.0 and 1000.0".into()));
     }
     Ok(())
 }
@@ -297,30 +298,31 @@ mod tests {
     #[test]
     fn bad_settings_name_their_field() {
         let e = RetryLayer::builder().max_attempts(0).build().unwrap_err();
-        assert_eq!(e, ConfigError::ZeroAttempts);
+        assert_eq!(e.field(), "max_attempts");
         let e = RetryLayer::builder().schedule([]).build().unwrap_err();
-        assert_eq!(e, ConfigError::EmptySchedule);
+        assert_eq!(e.field(), "schedule");
         let e = RetryLayer::builder()
             .exponential(secs(2.0), secs(1.0))
             .build()
             .unwrap_err();
-        assert!(matches!(e, ConfigError::CapBelowBase { .. }));
+        assert_eq!(e.field(), "exponential");
+        assert!(e.to_string().contains("cap (1s)"), "{e}");
         let e = RetryLayer::builder()
             .exponential(Duration::ZERO, secs(1.0))
             .build()
             .unwrap_err();
-        assert_eq!(e, ConfigError::ZeroBase);
+        assert_eq!(e.field(), "exponential");
         let e = RetryLayer::builder()
             .deadline(Duration::ZERO)
             .build()
             .unwrap_err();
-        assert_eq!(e, ConfigError::ZeroDeadline);
+        assert_eq!(e.field(), "deadline");
         let e = RetryLayer::builder()
             .max_delay(secs(1.0))
             .schedule([secs(0.5), secs(3.0)])
             .build()
             .unwrap_err();
-        assert!(matches!(e, ConfigError::DelayAboveMaxDelay { .. }), "{e}");
+        assert_eq!(e.field(), "max_delay", "{e}");
         for (ttl, min, pct, field) in [
             (secs(0.5), 1, 0.2, "ttl"),
             (secs(61.0), 1, 0.2, "ttl"),
@@ -333,10 +335,7 @@ mod tests {
                 .tps_budget(ttl, min, pct)
                 .build()
                 .unwrap_err();
-            assert!(
-                matches!(e, ConfigError::InvalidBudget { field: f, .. } if f == field),
-                "{e}"
-            );
+            assert_eq!(e.field(), field, "{e}");
         }
     }
 

@@ -100,10 +100,10 @@ mod service;
 mod stats;
 
 pub use self::body::{buffer_request, try_clone_request, RetryBody, TryCloneBody};
-pub use self::error::{BufferError, ConfigError, DeadlineExceeded};
+pub use self::error::{BufferError, DeadlineExceeded};
 pub use self::future::ResponseFuture;
 pub use self::layer::{RetryBuilder, RetryLayer};
-pub use self::policy::{AsError, RetryPolicy};
+pub use self::policy::RetryPolicy;
 pub use self::schedule::Jitter;
-pub use self::service::{BoxErrors, BoxErrorsFuture, Retry};
+pub use self::service::Retry;
 pub use self::stats::{GiveUp, RetryStats};

@@ -12,60 +12,9 @@ use tower::retry::Policy;
 use super::body::{try_clone_request, TryCloneBody};
 use super::schedule::{Jitter, Schedule};
 use super::stats::{GiveUp, RetryStats};
-use crate::classify::{verdict_of, verdict_of_error, Verdict};
+use crate::vocabulary::{verdict_of, verdict_of_error, CallContext, LayerId, Verdict};
+use crate::BoxError;
 use crate::redact::Redacted;
-
-/// An error type whose verdict the retry policy can read, through
-/// [`verdict_of_error`](crate::classify::verdict_of_error).
-///
-/// Implemented for the boxed errors tower stacks return ([`BoxError`](crate::BoxError)
-/// and its `Send`-only and plain forms) and for [`std::io::Error`], [`hyper::Error`],
-/// [`http::Error`] and [`Infallible`](std::convert::Infallible). For another error type,
-/// implement it (one line) or box the error with
-/// `tower::util::MapErrLayer::new(Into::<ratewise::BoxError>::into)`.
-///
-/// (A blanket implementation over every `std::error::Error` would exclude the boxed
-/// errors, which do not implement that trait.)
-pub trait AsError {
-    /// This error as a `dyn Error`, for its verdict and its source chain.
-    fn as_error(&self) -> &(dyn std::error::Error + 'static);
-}
-
-impl AsError for Box<dyn std::error::Error + Send + Sync> {
-    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
-        &**self
-    }
-}
-
-impl AsError for Box<dyn std::error::Error + Send> {
-    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
-        &**self
-    }
-}
-
-impl AsError for Box<dyn std::error::Error> {
-    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
-        &**self
-    }
-}
-
-macro_rules! as_error {
-    ($($t:ty),* $(,)?) => {$(
-        impl AsError for $t {
-            fn as_error(&self) -> &(dyn std::error::Error + 'static) {
-                self
-            }
-        }
-    )*};
-}
-
-as_error!(
-    std::io::Error,
-    hyper::Error,
-    http::Error,
-    std::convert::Infallible,
-    super::error::BufferError,
-);
 
 /// Validated configuration, shared by every clone.
 #[derive(Debug)]
@@ -79,6 +28,8 @@ pub(crate) struct Config {
 
 /// What every clone of one layer shares: configuration, counters, budget.
 pub(crate) struct Shared {
+    /// Stamped on the [`CallContext`] this layer sets, so its policy reads only its own.
+    pub(crate) id: LayerId,
     pub(crate) config: Config,
     pub(crate) stats: RetryStats,
     pub(crate) budget: Option<Arc<dyn Budget + Send + Sync>>,
@@ -94,26 +45,6 @@ impl fmt::Debug for Shared {
     }
 }
 
-/// The instant a call's total deadline falls on, put on the request by
-/// [`Retry`](super::Retry) when the call is made (so it rides every copy of the request)
-/// and read by the policy of the same layer, so that both hold the call to one instant.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CallDeadline {
-    /// The layer that set it (the address of its `Shared`), so that a request passing
-    /// through several retry layers only gives each policy its own layer's deadline.
-    layer: usize,
-    end: Instant,
-}
-
-impl CallDeadline {
-    pub(crate) fn new(shared: &Arc<Shared>, end: Instant) -> Self {
-        CallDeadline {
-            layer: Arc::as_ptr(shared) as usize,
-            end,
-        }
-    }
-}
-
 /// Per-call state. tower's `Retry` clones the policy for every call (its
 /// `Service::call` runs `clone_request` on the service's policy, then clones the whole
 /// service into the response future), so this state belongs to one call.
@@ -121,7 +52,7 @@ impl CallDeadline {
 struct CallState {
     /// When the call started (the first attempt was sent).
     start: Option<Instant>,
-    /// When the call's total deadline falls, as [`CallDeadline`] set it; without one
+    /// When the call's total deadline falls, as this layer's [`CallContext`] set it; without one
     /// (the policy used outside its layer) it is counted from `start`.
     end: Option<Instant>,
     /// The number of the attempt whose result is awaited (1 for the first).
@@ -135,8 +66,9 @@ struct CallState {
 /// deadline and an optional budget.
 ///
 /// It implements [`tower::retry::Policy`] for `http::Request<B>` with
-/// `B:` [`TryCloneBody`] and `Result<http::Response<_>, E>` with `E:` [`AsError`], so it
-/// can also be given to `tower::retry::Retry::new` directly. Clones share the
+/// `B:` [`TryCloneBody`] and `Result<http::Response<_>, BoxError>`, so it can also be
+/// given to `tower::retry::Retry::new` directly, over a service whose errors are boxed
+/// (`ServiceExt::map_err(Into::into)`). Clones share the
 /// configuration, the [`RetryStats`] and the budget; each call's attempt count and
 /// start time live in the clone tower makes for that call.
 #[derive(Clone)]
@@ -185,12 +117,9 @@ impl RetryPolicy {
     }
 
     fn start_call<B>(&mut self, req: &Request<B>) {
-        let layer = Arc::as_ptr(&self.shared) as usize;
-        let end = req
-            .extensions()
-            .get::<CallDeadline>()
-            .filter(|d| d.layer == layer)
-            .map(|d| d.end);
+        let end = CallContext::get(req.extensions())
+            .filter(|c| c.set_by() == self.shared.id)
+            .map(CallContext::deadline);
         self.call = CallState {
             start: Some(Instant::now()),
             end,
@@ -265,27 +194,23 @@ impl RetryPolicy {
     }
 }
 
-impl<B, ResB, E> Policy<Request<B>, Response<ResB>, E> for RetryPolicy
+impl<B, ResB> Policy<Request<B>, Response<ResB>, BoxError> for RetryPolicy
 where
     B: TryCloneBody,
-    E: AsError,
 {
     type Future = Sleep;
 
     fn retry(
         &mut self,
         _req: &mut Request<B>,
-        result: &mut Result<Response<ResB>, E>,
+        result: &mut Result<Response<ResB>, BoxError>,
     ) -> Option<Self::Future> {
         match result {
             Ok(response) => {
                 let verdict = verdict_of(response);
                 self.decide(verdict, Outcome::Status(response.status()))
             }
-            Err(err) => {
-                let err = err.as_error();
-                self.decide(verdict_of_error(err), Outcome::Error(err))
-            }
+            Err(err) => self.decide(verdict_of_error(&**err), Outcome::Error(&**err)),
         }
     }
 

@@ -1,4 +1,4 @@
-//! [`Retry`], the service [`RetryLayer`](super::RetryLayer) makes, and [`BoxErrors`],
+//! [`Retry`], the service [`RetryLayer`](super::RetryLayer) makes, and `BoxErrors`,
 //! the adapter it puts under tower's `Retry`.
 
 use std::{
@@ -15,20 +15,18 @@ use tower::Service;
 
 use super::body::TryCloneBody;
 use super::future::ResponseFuture;
-use super::policy::{CallDeadline, RetryPolicy, Shared};
-use crate::BoxError;
+use super::policy::{RetryPolicy, Shared};
+use crate::{vocabulary::CallContext, BoxError};
 
 /// The service [`RetryLayer`](super::RetryLayer) makes: tower's own
 /// [`Retry`](tower::retry::Retry) driven by a [`RetryPolicy`], over the client with its
-/// errors boxed ([`BoxErrors`]), and the whole call held to the layer's total
+/// errors boxed, and the whole call held to the layer's total
 /// [`deadline`](super::RetryBuilder::deadline).
 ///
 /// Any client whose error converts into a [`BoxError`] works, and the service's error
 /// is a `BoxError` (downcast it to the client's own error type, or to
-/// [`DeadlineExceeded`](super::DeadlineExceeded)). Its `get_ref`, `get_mut` and
-/// `into_inner` give the [`BoxErrors`] adapter, whose own accessors give the client.
-/// Like tower's, it needs a `Clone` inner service (add `tower::buffer::Buffer`
-/// otherwise).
+/// [`DeadlineExceeded`](super::DeadlineExceeded)). Like tower's, it needs a `Clone`
+/// inner service (add `tower::buffer::Buffer` otherwise).
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: tower::retry::Retry<RetryPolicy, BoxErrors<S>>,
@@ -46,19 +44,19 @@ impl<S> Retry<S> {
         }
     }
 
-    /// The wrapped client, in its [`BoxErrors`] adapter.
-    pub fn get_ref(&self) -> &BoxErrors<S> {
-        self.inner.get_ref()
+    /// The wrapped client.
+    pub fn get_ref(&self) -> &S {
+        &self.inner.get_ref().inner
     }
 
-    /// The wrapped client, in its [`BoxErrors`] adapter, mutably.
-    pub fn get_mut(&mut self) -> &mut BoxErrors<S> {
-        self.inner.get_mut()
+    /// The wrapped client, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner.get_mut().inner
     }
 
-    /// The wrapped client, in its [`BoxErrors`] adapter, consuming this service.
-    pub fn into_inner(self) -> BoxErrors<S> {
-        self.inner.into_inner()
+    /// The wrapped client, consuming this service.
+    pub fn into_inner(self) -> S {
+        self.inner.into_inner().inner
     }
 }
 
@@ -86,7 +84,7 @@ where
         let end = deadline.and_then(|d| Instant::now().checked_add(d));
         if let Some(end) = end {
             req.extensions_mut()
-                .insert(CallDeadline::new(&self.shared, end));
+                .insert(CallContext::new(self.shared.id, end));
         }
         ResponseFuture::new(
             self.inner.call(req),
@@ -97,12 +95,15 @@ where
     }
 }
 
-/// Turns the wrapped service's error into a [`BoxError`], so that [`RetryLayer`]
-/// works over any client whose error converts into one (hyper-util's `Client`,
-/// `reqwest`, the other ratewise layers) and its policy judges every error through
-/// [`verdict_of_error`](crate::classify::verdict_of_error) with its source chain.
+/// Turns the wrapped service's error into a [`BoxError`] under tower's `Retry`, so that
+/// the policy judges every error through
+/// [`verdict_of_error`](crate::verdict_of_error) with its source chain.
 ///
-/// [`RetryLayer`]: super::RetryLayer
+/// tower's `MapErr` would need the inner error type named in [`Retry`]'s field, which
+/// `Retry<S>` cannot do without a request type; this adapter is generic in the error
+/// instead. It is public only because it appears in [`Retry`]'s future type, in a
+/// private module: users never name it.
+#[allow(unreachable_pub)]
 #[derive(Debug, Clone)]
 pub struct BoxErrors<S> {
     inner: S,
@@ -111,21 +112,6 @@ pub struct BoxErrors<S> {
 impl<S> BoxErrors<S> {
     pub(crate) fn new(inner: S) -> Self {
         BoxErrors { inner }
-    }
-
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The wrapped service, consuming this one.
-    pub fn into_inner(self) -> S {
-        self.inner
     }
 }
 
@@ -150,7 +136,8 @@ where
 }
 
 pin_project! {
-    /// The future of [`BoxErrors`].
+    /// The future of `BoxErrors`.
+    #[allow(unreachable_pub)]
     #[derive(Debug)]
     pub struct BoxErrorsFuture<F> {
         #[pin]

@@ -68,8 +68,6 @@ use std::time::{Duration, SystemTime};
 use http::header::{HeaderMap, HeaderName, RETRY_AFTER};
 use serde_json::Value;
 
-use crate::classify::ResponseView;
-
 mod body;
 mod number;
 mod ratelimit;
@@ -123,13 +121,17 @@ pub fn parse_at(headers: &HeaderMap, body: Option<&[u8]>, now: SystemTime) -> Op
         .or_else(|| body.and_then(body_text))
 }
 
-/// [`parse`] for a classifier's view: the same sources in the same order, with the
-/// body's JSON taken from the view's one shared parse ([`ResponseView::json`]), so a
-/// classified body is parsed at most once.
-pub(crate) fn parse_view(view: &ResponseView<'_>) -> Option<Duration> {
-    from_headers(view.headers(), SystemTime::now())
-        .or_else(|| view.json().and_then(body_json))
-        .or_else(|| view.body().and_then(body_text))
+/// [`parse`] with the body's JSON given by `json`, called only when the headers say
+/// nothing: a classifier's view passes its one shared parse, so a classified body is
+/// parsed at most once.
+pub(crate) fn parse_with<'a>(
+    headers: &HeaderMap,
+    json: impl FnOnce() -> Option<&'a Value>,
+    body: Option<&[u8]>,
+) -> Option<Duration> {
+    from_headers(headers, SystemTime::now())
+        .or_else(|| json().and_then(body_json))
+        .or_else(|| body.and_then(body_text))
 }
 
 /// Sources 1 to 5: the headers.

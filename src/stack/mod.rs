@@ -79,10 +79,11 @@ use tower::Layer;
 
 use crate::{
     classify::{presets, presets::Preset, Classify, ClassifyLayer, DEFAULT_BODY_CAP},
-    cooldown::{self, Cooldown, CooldownBuilder, CooldownLayer, CooldownStats},
+    cooldown::{Cooldown, CooldownBuilder, CooldownLayer, CooldownStats},
     key::{Authority, Global},
     rate_limit::{self, GovernorStore, NoBypass, RateLimit, RateLimitBuilder, UnitCost, Wait},
-    retry::{self, Retry, RetryBuilder, RetryLayer, RetryStats},
+    retry::{Retry, RetryBuilder, RetryLayer, RetryStats},
+    vocabulary::{ConfigError, LayerKind},
     RateLimitLayer,
 };
 
@@ -278,59 +279,21 @@ impl ClientStackBuilder {
         self
     }
 
-    /// The layer; an invalid field of any layer is a [`StackConfigError`] naming the
+    /// The layer; an invalid field of any layer is a [`ConfigError`] naming the
     /// layer and the field.
-    pub fn build(self) -> Result<ClientStackLayer, StackConfigError> {
+    pub fn build(self) -> Result<ClientStackLayer, ConfigError> {
         if self.body_cap == 0 {
-            return Err(StackConfigError::BodyCap);
+            return Err(ConfigError::new(
+                LayerKind::Stack,
+                "body_cap",
+                "must be greater than zero",
+            ));
         }
         Ok(ClientStackLayer {
-            retry: self.retry.build().map_err(StackConfigError::Retry)?,
-            cooldown: self.cooldown.build().map_err(StackConfigError::Cooldown)?,
-            rate_limit: self
-                .rate_limit
-                .build()
-                .map_err(StackConfigError::RateLimit)?,
+            retry: self.retry.build()?,
+            cooldown: self.cooldown.build()?,
+            rate_limit: self.rate_limit.build()?,
             classify: ClassifyLayer::new(self.classifier).body_cap(self.body_cap),
         })
-    }
-}
-
-/// An invalid field in a [`ClientStackBuilder`]; the message names the layer and the
-/// field, e.g. `invalid client stack: rate_limit: burst ...`.
-#[non_exhaustive]
-#[derive(Debug)]
-pub enum StackConfigError {
-    /// The rate limiter's configuration.
-    RateLimit(rate_limit::ConfigError),
-    /// The cooldown's configuration.
-    Cooldown(cooldown::ConfigError),
-    /// The retry's configuration.
-    Retry(retry::ConfigError),
-    /// `body_cap` is zero.
-    BodyCap,
-}
-
-impl fmt::Display for StackConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StackConfigError::RateLimit(e) => write!(f, "invalid client stack: rate_limit: {e}"),
-            StackConfigError::Cooldown(e) => write!(f, "invalid client stack: cooldown: {e}"),
-            StackConfigError::Retry(e) => write!(f, "invalid client stack: retry: {e}"),
-            StackConfigError::BodyCap => {
-                f.write_str("invalid client stack: body_cap must be greater than zero")
-            }
-        }
-    }
-}
-
-impl std::error::Error for StackConfigError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StackConfigError::RateLimit(e) => Some(e),
-            StackConfigError::Cooldown(e) => Some(e),
-            StackConfigError::Retry(e) => Some(e),
-            StackConfigError::BodyCap => None,
-        }
     }
 }

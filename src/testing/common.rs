@@ -296,10 +296,7 @@ pub(crate) fn set_header(resp: &mut Response, name: &'static str, value: String)
     }
 }
 
-/// Whole seconds, rounded up.
-pub(crate) fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
+pub(crate) use crate::util::ceil_secs;
 
 /// Milliseconds, rounded up, saturating.
 pub(crate) fn ceil_millis(d: Duration) -> u64 {
