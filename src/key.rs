@@ -3,49 +3,104 @@
 //! Every keyed layer takes a [`KeyExtractor`]: [`Global`] (one key for everything),
 //! [`Authority`] (the request's host and port), [`MethodUri`] (method, host, path and a
 //! fingerprint of the whole URI, with no secret in it), or any closure
-//! `Fn(&Request<B>) -> K` where `K: Into<Key>` (a header, a path segment, an extension).
+//! `Fn(&RequestRef<'_>) -> K` where `K: Into<Key>` (a header, a path segment, an
+//! extension). Layers hold it as a value, so it is never a type parameter.
 //!
-//! Keys are logged and appear in error messages: the extractors here never put user
-//! info, a query or a token-looking path segment in one, and a closure of yours should
-//! not either (hash a secret rather than return it).
+//! Keys are logged and appear in error messages, always through one redaction path: a
+//! [`Key`]'s `Display` and `Debug` mask every run of 24 or more token characters. To key
+//! by a credential, derive the key with [`Key::from_secret`] (a keyed hash).
 //!
 //! # Example
 //!
 //! ```
-//! use ratewise::key::{Authority, Key, KeyExtractor};
+//! use ratewise::key::{Authority, Key, KeyExtractor, RequestRef};
 //! use http::Request;
 //!
 //! let req = Request::get("https://api.telegram.org/bot123/sendMessage").body(()).unwrap();
-//! assert_eq!(Authority.key(&req), Key::from("api.telegram.org"));
+//! assert_eq!(Authority.key_of(&req), Key::from("api.telegram.org"));
 //!
-//! let by_bot = |req: &Request<()>| req.uri().path().split('/').nth(1).unwrap_or("").to_owned();
-//! assert_eq!(by_bot.key(&req), Key::from("bot123"));
+//! let by_bot = |req: &RequestRef<'_>| req.uri().path().split('/').nth(1).unwrap_or("").to_owned();
+//! assert_eq!(by_bot.key_of(&req), Key::from("bot123"));
+//!
+//! let api_key = "sk-live-0123456789abcdefghijklmnop";
+//! let by_api_key = Key::from_secret(api_key);
+//! assert!(!by_api_key.to_string().contains("0123456789"));
+//! assert!(!Key::from(api_key).to_string().contains("0123456789"), "Display redacts");
 //! ```
 
 use std::{borrow::Borrow, fmt, sync::Arc};
 
-use http::{Method, Request, Uri};
+use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
 
 /// A key: a cheap-to-clone shared string.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key(Arc<str>);
 
 impl Key {
-    /// The key as a string.
+    /// The key as a string, unredacted: for lookups, never for logs.
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
 
-impl fmt::Debug for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+    /// A key derived from a secret (an API key, a token) by a keyed hash:
+    /// `secret#` and 16 hex digits. Two secrets get two keys, the same secret the
+    /// same key in every process built with the same Rust toolchain, and the secret
+    /// cannot be read back from the key (a short, guessable one could be found by
+    /// trial: the hash is an identity, not encryption).
+    pub fn from_secret(secret: &str) -> Key {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        /// The hash's key: fixed, so that processes sharing limits agree.
+        const SALT: &str = "ratewise::key::Key::from_secret v1";
+        let mut hasher = DefaultHasher::new();
+        SALT.hash(&mut hasher);
+        secret.hash(&mut hasher);
+        Key::from(format!("secret#{:016x}", hasher.finish()))
+    }
+
+    /// The key as logs show it: every run of [`SECRET_RUN`] or more token characters
+    /// (ASCII letters, digits, `-_~+=%`) becomes `***`, and a key that lost any part
+    /// gets ` #` and a fingerprint, so that two such keys still differ in a log.
+    fn write_redacted(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.as_str();
+        let is_token = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '~' | '+' | '=' | '%');
+        let mut masked = false;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let run = rest.find(|c: char| !is_token(c)).unwrap_or(rest.len());
+            if run >= SECRET_RUN {
+                f.write_str("***")?;
+                masked = true;
+            } else {
+                f.write_str(&rest[..run])?;
+            }
+            rest = &rest[run..];
+            let gap = rest.find(is_token).unwrap_or(rest.len());
+            f.write_str(&rest[..gap])?;
+            rest = &rest[gap..];
+        }
+        if masked {
+            use std::hash::{DefaultHasher, Hash, Hasher};
+            let mut hasher = DefaultHasher::new();
+            text.hash(&mut hasher);
+            write!(f, " #{:08x}", hasher.finish() as u32)?;
+        }
+        Ok(())
     }
 }
 
+/// Redacted (see [`Key::as_str`] for the raw text).
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"")?;
+        self.write_redacted(f)?;
+        f.write_str("\"")
+    }
+}
+
+/// Redacted: what every log line and error message shows of a key.
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        self.write_redacted(f)
     }
 }
 
@@ -73,28 +128,99 @@ impl From<Arc<str>> for Key {
     }
 }
 
-/// Chooses the key of a request.
-pub trait KeyExtractor<B>: Send + Sync + 'static {
-    /// The request's key.
-    fn key(&self, request: &Request<B>) -> Key;
+/// What a key extractor sees of a request: its method, URI, version, headers and
+/// extensions, whatever its body type. Built from any `&Request<B>` with
+/// [`From`]; it reads like the request itself (`req.headers()`, `req.uri()`...).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRef<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    version: Version,
+    headers: &'a HeaderMap,
+    extensions: &'a Extensions,
 }
 
-impl<B, F, K> KeyExtractor<B> for F
+impl<'a> RequestRef<'a> {
+    /// The request's method.
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+
+    /// The request's URI.
+    pub fn uri(&self) -> &'a Uri {
+        self.uri
+    }
+
+    /// The request's HTTP version.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The request's headers.
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The request's extensions (a route's model, a peer address, a parsed body...).
+    pub fn extensions(&self) -> &'a Extensions {
+        self.extensions
+    }
+}
+
+impl<'a, B> From<&'a Request<B>> for RequestRef<'a> {
+    fn from(req: &'a Request<B>) -> Self {
+        RequestRef {
+            method: req.method(),
+            uri: req.uri(),
+            version: req.version(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+        }
+    }
+}
+
+/// Chooses the key of a request.
+///
+/// Implemented by [`Global`], [`Authority`], [`MethodUri`] and every closure
+/// `Fn(&RequestRef<'_>) -> K` where `K: Into<Key>`. Layers hold it as a value
+/// ([`SharedKey`]), so a key never becomes a type parameter of a stack.
+pub trait KeyExtractor: Send + Sync + 'static {
+    /// The request's key.
+    fn key(&self, request: &RequestRef<'_>) -> Key;
+
+    /// The key of a whole request: [`key`](Self::key) of its [`RequestRef`].
+    fn key_of<B>(&self, request: &Request<B>) -> Key
+    where
+        Self: Sized,
+    {
+        self.key(&RequestRef::from(request))
+    }
+}
+
+impl<F, K> KeyExtractor for F
 where
-    F: Fn(&Request<B>) -> K + Send + Sync + 'static,
+    F: Fn(&RequestRef<'_>) -> K + Send + Sync + 'static,
     K: Into<Key>,
 {
-    fn key(&self, request: &Request<B>) -> Key {
+    fn key(&self, request: &RequestRef<'_>) -> Key {
         self(request).into()
     }
+}
+
+/// A key extractor held as a value: what every keyed layer stores.
+pub type SharedKey = Arc<dyn KeyExtractor>;
+
+/// The key of `request` by `extractor`.
+pub(crate) fn key_of<B>(extractor: &dyn KeyExtractor, request: &Request<B>) -> Key {
+    extractor.key(&RequestRef::from(request))
 }
 
 /// One key for every request: `"*"`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Global;
 
-impl<B> KeyExtractor<B> for Global {
-    fn key(&self, _request: &Request<B>) -> Key {
+impl KeyExtractor for Global {
+    fn key(&self, _request: &RequestRef<'_>) -> Key {
         thread_local! {
             static GLOBAL: Key = Key::from("*");
         }
@@ -113,13 +239,13 @@ impl<B> KeyExtractor<B> for Global {
 /// use http::Request;
 ///
 /// let req = Request::get("https://user:s3cret@api.example.com:8443/v1").body(()).unwrap();
-/// assert_eq!(Authority.key(&req), Key::from("api.example.com:8443"));
+/// assert_eq!(Authority.key_of(&req), Key::from("api.example.com:8443"));
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Authority;
 
-impl<B> KeyExtractor<B> for Authority {
-    fn key(&self, request: &Request<B>) -> Key {
+impl KeyExtractor for Authority {
+    fn key(&self, request: &RequestRef<'_>) -> Key {
         if let Some(a) = request.uri().authority() {
             return Key::from(without_userinfo(a.as_str()));
         }
@@ -166,12 +292,12 @@ fn without_userinfo(authority: &str) -> &str {
 /// use http::{Method, Request};
 ///
 /// let req = Request::get("https://api.sgroup.qq.com/gateway").body(()).unwrap();
-/// let key = MethodUri.key(&req);
+/// let key = MethodUri.key_of(&req);
 /// assert!(key.as_str().starts_with("GET api.sgroup.qq.com/gateway #"));
 /// assert_eq!(key, MethodUri::key_for(&Method::GET, req.uri()));
 ///
 /// let bot = Request::post("https://api.telegram.org/bot123:SECRET/sendMessage").body(()).unwrap();
-/// let key = MethodUri.key(&bot);
+/// let key = MethodUri.key_of(&bot);
 /// assert!(key.as_str().starts_with("POST api.telegram.org/***/sendMessage #"));
 /// assert!(!key.as_str().contains("SECRET"));
 /// ```
@@ -211,8 +337,8 @@ impl MethodUri {
     }
 }
 
-impl<B> KeyExtractor<B> for MethodUri {
-    fn key(&self, request: &Request<B>) -> Key {
+impl KeyExtractor for MethodUri {
+    fn key(&self, request: &RequestRef<'_>) -> Key {
         MethodUri::key_for(request.method(), request.uri())
     }
 }
@@ -251,11 +377,11 @@ mod tests {
     #[test]
     fn authority_drops_userinfo() {
         let r = req(Method::GET, "https://user:s3cret@api.example.com/v1");
-        assert_eq!(Authority.key(&r), Key::from("api.example.com"));
+        assert_eq!(Authority.key_of(&r), Key::from("api.example.com"));
         let r = req(Method::GET, "http://tok@127.0.0.1:8080/");
-        assert_eq!(Authority.key(&r), Key::from("127.0.0.1:8080"));
+        assert_eq!(Authority.key_of(&r), Key::from("127.0.0.1:8080"));
         let r = req(Method::GET, "https://api.example.com:8443/v1");
-        assert_eq!(Authority.key(&r), Key::from("api.example.com:8443"));
+        assert_eq!(Authority.key_of(&r), Key::from("api.example.com:8443"));
     }
 
     #[test]
@@ -265,12 +391,12 @@ mod tests {
             http::header::HOST,
             "user:s3cret@gw.example:81".parse().unwrap(),
         );
-        assert_eq!(Authority.key(&r), Key::from("gw.example:81"));
+        assert_eq!(Authority.key_of(&r), Key::from("gw.example:81"));
         let mut r = req(Method::GET, "/v1");
         r.headers_mut()
             .insert(http::header::HOST, "gw.example".parse().unwrap());
-        assert_eq!(Authority.key(&r), Key::from("gw.example"));
-        assert_eq!(Authority.key(&req(Method::GET, "/v1")), Key::from(""));
+        assert_eq!(Authority.key_of(&r), Key::from("gw.example"));
+        assert_eq!(Authority.key_of(&req(Method::GET, "/v1")), Key::from(""));
     }
 
     #[test]
@@ -279,7 +405,7 @@ mod tests {
             Method::POST,
             "https://api.telegram.org/bot123456:AAH-secretTOKEN_x/sendMessage?key=sk-QUERY",
         );
-        let key = MethodUri.key(&r);
+        let key = MethodUri.key_of(&r);
         let text = key.as_str();
         assert!(
             text.starts_with("POST api.telegram.org/***/sendMessage #"),
@@ -296,7 +422,7 @@ mod tests {
             Method::GET,
             "https://u:pw@gw.example:8443/v1/keys/0123456789abcdefABCDEF0123/models",
         );
-        let key = MethodUri.key(&r);
+        let key = MethodUri.key_of(&r);
         let text = key.as_str();
         assert!(
             text.starts_with("GET gw.example:8443/v1/keys/***/models #"),
@@ -312,31 +438,54 @@ mod tests {
     fn method_uri_keeps_identity() {
         let a = req(Method::GET, "https://api.telegram.org/bot1:AAA/getMe");
         let b = req(Method::GET, "https://api.telegram.org/bot2:BBB/getMe");
-        assert_ne!(MethodUri.key(&a), MethodUri.key(&b));
+        assert_ne!(MethodUri.key_of(&a), MethodUri.key_of(&b));
         assert_eq!(
-            MethodUri.key(&a),
-            MethodUri.key(&req(Method::GET, "https://api.telegram.org/bot1:AAA/getMe"))
+            MethodUri.key_of(&a),
+            MethodUri.key_of(&req(Method::GET, "https://api.telegram.org/bot1:AAA/getMe"))
         );
         let q1 = req(Method::GET, "https://gw.example/v1?key=one");
         let q2 = req(Method::GET, "https://gw.example/v1?key=two");
-        assert_ne!(MethodUri.key(&q1), MethodUri.key(&q2));
+        assert_ne!(MethodUri.key_of(&q1), MethodUri.key_of(&q2));
         let post = req(Method::POST, "https://api.telegram.org/bot1:AAA/getMe");
-        assert_ne!(MethodUri.key(&a), MethodUri.key(&post));
+        assert_ne!(MethodUri.key_of(&a), MethodUri.key_of(&post));
         let http = req(Method::GET, "http://api.telegram.org/bot1:AAA/getMe");
-        assert_ne!(MethodUri.key(&a), MethodUri.key(&http));
+        assert_ne!(MethodUri.key_of(&a), MethodUri.key_of(&http));
+    }
+
+    #[test]
+    fn display_redacts_long_tokens_and_keeps_hosts() {
+        let key = Key::from("tenant sk-live-0123456789abcdefghijklmnop");
+        let shown = key.to_string();
+        assert!(shown.starts_with("tenant *** #"), "{shown}");
+        assert!(!format!("{key:?}").contains("0123456789"));
+        assert_eq!(key.as_str(), "tenant sk-live-0123456789abcdefghijklmnop");
+        let host = Key::from("open.bigmodel.cn/api/paas/v4/chat/completions");
+        assert_eq!(host.to_string(), host.as_str());
+        assert_eq!(Key::from("").to_string(), "");
+        assert_eq!(Key::from("é ü").to_string(), "é ü");
+        let other = Key::from("tenant sk-live-0123456789abcdefghijklmnoq");
+        assert_ne!(key.to_string(), other.to_string());
+    }
+
+    #[test]
+    fn from_secret_is_stable_and_hides_the_secret() {
+        let a = Key::from_secret("sk-live-abc");
+        assert_eq!(a, Key::from_secret("sk-live-abc"));
+        assert_ne!(a, Key::from_secret("sk-live-abd"));
+        assert!(a.as_str().starts_with("secret#") && !a.as_str().contains("abc"));
     }
 
     #[test]
     fn method_uri_keeps_plain_paths_readable() {
-        let key = MethodUri.key(&req(Method::GET, "https://api.sgroup.qq.com/gateway"));
+        let key = MethodUri.key_of(&req(Method::GET, "https://api.sgroup.qq.com/gateway"));
         let (readable, fingerprint) = key.as_str().split_once(" #").unwrap();
         assert_eq!(readable, "GET api.sgroup.qq.com/gateway");
         assert_eq!(fingerprint.len(), 16);
         assert!(fingerprint.chars().all(|c| c.is_ascii_hexdigit()));
-        let key = MethodUri.key(&req(Method::GET, "/gateway"));
+        let key = MethodUri.key_of(&req(Method::GET, "/gateway"));
         assert!(key.as_str().starts_with("GET /gateway #"), "{key}");
         // 23 token characters: still readable.
-        let key = MethodUri.key(&req(Method::GET, "http://h/chat-completions-stream"));
+        let key = MethodUri.key_of(&req(Method::GET, "http://h/chat-completions-stream"));
         assert!(
             key.as_str().starts_with("GET h/chat-completions-stream #"),
             "{key}"

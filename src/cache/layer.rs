@@ -8,7 +8,7 @@ use tower::Layer;
 use crate::vocabulary::{ConfigError, LayerKind};
 use super::store::{Config, Shared};
 use super::{CacheHandle, CachedEndpoint};
-use crate::key::MethodUri;
+use crate::key::{KeyExtractor, MethodUri, SharedKey};
 
 /// The default cap on a cached body: 64 KiB.
 pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
@@ -23,28 +23,28 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
 /// Made by [`new`](Self::new) (defaults) or [`builder`](Self::builder). The layer
 /// creates the shared state: every clone of the layer, every service it makes and
 /// every [`CacheHandle`] share one cache.
-pub struct CachedEndpointLayer<K = MethodUri> {
+pub struct CachedEndpointLayer {
     shared: Arc<Shared>,
-    key: Arc<K>,
+    key: SharedKey,
 }
 
-impl CachedEndpointLayer<MethodUri> {
+impl CachedEndpointLayer {
     /// A layer with the defaults: key [`MethodUri`], no TTL (an entry stays fresh until
     /// invalidated), [`DEFAULT_BODY_CAP`], [`DEFAULT_BACKOFF`], no status header.
     pub fn new() -> Self {
-        CachedEndpointLayer::from_parts(MethodUri, defaults())
+        CachedEndpointLayer::from_parts(Arc::new(MethodUri), defaults())
     }
 
     /// A builder starting from the defaults of [`new`](Self::new).
-    pub fn builder() -> CacheBuilder<MethodUri> {
+    pub fn builder() -> CacheBuilder {
         CacheBuilder {
-            key: MethodUri,
+            key: Arc::new(MethodUri),
             config: defaults(),
         }
     }
 }
 
-impl Default for CachedEndpointLayer<MethodUri> {
+impl Default for CachedEndpointLayer {
     fn default() -> Self {
         Self::new()
     }
@@ -59,11 +59,11 @@ fn defaults() -> Config {
     }
 }
 
-impl<K> CachedEndpointLayer<K> {
-    fn from_parts(key: K, config: Config) -> Self {
+impl CachedEndpointLayer {
+    fn from_parts(key: SharedKey, config: Config) -> Self {
         CachedEndpointLayer {
             shared: Shared::new(config),
-            key: Arc::new(key),
+            key,
         }
     }
 
@@ -73,7 +73,7 @@ impl<K> CachedEndpointLayer<K> {
     }
 }
 
-impl<K> Clone for CachedEndpointLayer<K> {
+impl Clone for CachedEndpointLayer {
     fn clone(&self) -> Self {
         CachedEndpointLayer {
             shared: Arc::clone(&self.shared),
@@ -82,17 +82,16 @@ impl<K> Clone for CachedEndpointLayer<K> {
     }
 }
 
-impl<K> fmt::Debug for CachedEndpointLayer<K> {
+impl fmt::Debug for CachedEndpointLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedEndpointLayer")
-            .field("key", &std::any::type_name::<K>())
             .field("config", &self.shared.config)
             .finish()
     }
 }
 
-impl<S, K> Layer<S> for CachedEndpointLayer<K> {
-    type Service = CachedEndpoint<S, K>;
+impl<S> Layer<S> for CachedEndpointLayer {
+    type Service = CachedEndpoint<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         CachedEndpoint::new(inner, Arc::clone(&self.key), Arc::clone(&self.shared))
@@ -119,19 +118,17 @@ impl<S, K> Layer<S> for CachedEndpointLayer<K> {
 /// let err = CachedEndpointLayer::builder().ttl(Duration::ZERO).build().unwrap_err();
 /// /// assert_eq!(err.field(), "ttl");
 /// ```
-pub struct CacheBuilder<K = MethodUri> {
-    key: K,
+pub struct CacheBuilder {
+    key: SharedKey,
     config: Config,
 }
 
-impl<K> CacheBuilder<K> {
+impl CacheBuilder {
     /// How requests map to entries (default [`MethodUri`]): any
     /// [`KeyExtractor`](crate::key::KeyExtractor), closures included.
-    pub fn key<K2>(self, key: K2) -> CacheBuilder<K2> {
-        CacheBuilder {
-            key,
-            config: self.config,
-        }
+    pub fn key(mut self, key: impl KeyExtractor) -> Self {
+        self.key = Arc::new(key);
+        self
     }
 
     /// How long an entry stays fresh (served without calling the upstream). Without a
@@ -166,7 +163,7 @@ impl<K> CacheBuilder<K> {
     }
 
     /// The layer, or the first setting that is wrong.
-    pub fn build(self) -> Result<CachedEndpointLayer<K>, ConfigError> {
+    pub fn build(self) -> Result<CachedEndpointLayer, ConfigError> {
         if self.config.body_cap == 0 {
             return Err(config_error("body_cap", "must be greater than zero: no body could ever be cached"));
         }
@@ -180,10 +177,9 @@ impl<K> CacheBuilder<K> {
     }
 }
 
-impl<K> fmt::Debug for CacheBuilder<K> {
+impl fmt::Debug for CacheBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheBuilder")
-            .field("key", &std::any::type_name::<K>())
             .field("config", &self.config)
             .finish()
     }

@@ -9,7 +9,7 @@ use tower::Service;
 use super::store::Shared;
 use super::{CacheHandle, ResponseFuture};
 use crate::body::PeekBody;
-use crate::key::{KeyExtractor, MethodUri};
+use crate::key::{key_of, SharedKey};
 use crate::BoxError;
 
 /// The service made by [`CachedEndpointLayer`](super::CachedEndpointLayer).
@@ -19,14 +19,14 @@ use crate::BoxError;
 /// `inner` to readiness and calls it (like [`ServiceExt::oneshot`](tower::ServiceExt::oneshot)),
 /// so `inner` must be `Clone`; an error from `inner`'s `poll_ready` counts as an
 /// upstream error (a stale entry is served if there is one).
-pub struct CachedEndpoint<S, K = MethodUri> {
+pub struct CachedEndpoint<S> {
     inner: S,
-    key: Arc<K>,
+    key: SharedKey,
     pub(super) shared: Arc<Shared>,
 }
 
-impl<S, K> CachedEndpoint<S, K> {
-    pub(crate) fn new(inner: S, key: Arc<K>, shared: Arc<Shared>) -> Self {
+impl<S> CachedEndpoint<S> {
+    pub(crate) fn new(inner: S, key: SharedKey, shared: Arc<Shared>) -> Self {
         CachedEndpoint { inner, key, shared }
     }
 
@@ -51,7 +51,7 @@ impl<S, K> CachedEndpoint<S, K> {
     }
 }
 
-impl<S: Clone, K> Clone for CachedEndpoint<S, K> {
+impl<S: Clone> Clone for CachedEndpoint<S> {
     fn clone(&self) -> Self {
         CachedEndpoint {
             inner: self.inner.clone(),
@@ -61,22 +61,20 @@ impl<S: Clone, K> Clone for CachedEndpoint<S, K> {
     }
 }
 
-impl<S: fmt::Debug, K> fmt::Debug for CachedEndpoint<S, K> {
+impl<S: fmt::Debug> fmt::Debug for CachedEndpoint<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedEndpoint")
             .field("inner", &self.inner)
-            .field("key", &std::any::type_name::<K>())
             .field("config", &self.shared.config)
             .finish()
     }
 }
 
-impl<S, K, ReqB, ResB> Service<Request<ReqB>> for CachedEndpoint<S, K>
+impl<S, ReqB, ResB> Service<Request<ReqB>> for CachedEndpoint<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
     ResB: Body,
-    K: KeyExtractor<ReqB>,
 {
     type Response = Response<PeekBody<ResB>>;
     type Error = BoxError;
@@ -87,7 +85,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let key = self.key.key(&req);
+        let key = key_of(&*self.key, &req);
         ResponseFuture::start(Arc::clone(&self.shared), key, || self.inner.clone(), req)
     }
 }

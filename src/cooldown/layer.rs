@@ -10,7 +10,7 @@ use super::{
     state::{CooldownHandle, Shared},
 };
 use crate::{
-    key::Authority,
+    key::{Authority, KeyExtractor, SharedKey},
     vocabulary::{ConfigError, LayerKind},
 };
 
@@ -132,12 +132,12 @@ impl Default for Config {
 /// behaviour. Cloning the layer (or the services it makes) shares one cooldown table:
 /// apply clones of one layer to several stacks to make them cool together, and use
 /// [`handle`](CooldownLayer::handle) to query keys and counters from outside.
-pub struct CooldownLayer<K = Authority> {
+pub struct CooldownLayer {
     shared: Arc<Shared>,
-    key: Arc<K>,
+    key: SharedKey,
 }
 
-impl CooldownLayer<Authority> {
+impl CooldownLayer {
     /// A layer with the defaults: keyed by authority, exponential backoff from 1 s
     /// capped at 60 s, no `max_cooldown`, no precheck, waiting up to 10 s.
     pub fn new() -> Self {
@@ -148,29 +148,29 @@ impl CooldownLayer<Authority> {
     }
 
     /// A builder starting from the defaults of [`new`](CooldownLayer::new).
-    pub fn builder() -> CooldownBuilder<Authority> {
+    pub fn builder() -> CooldownBuilder {
         CooldownBuilder {
-            key: Authority,
+            key: Arc::new(Authority),
             config: Config::default(),
             on_event: Arc::new(DefaultOnCooldownEvent),
         }
     }
 }
 
-impl Default for CooldownLayer<Authority> {
+impl Default for CooldownLayer {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<K> CooldownLayer<K> {
+impl CooldownLayer {
     /// A handle on the shared state: per-key state queries and counters.
     pub fn handle(&self) -> CooldownHandle {
         CooldownHandle::new(self.shared.clone())
     }
 }
 
-impl<K> Clone for CooldownLayer<K> {
+impl Clone for CooldownLayer {
     fn clone(&self) -> Self {
         CooldownLayer {
             shared: self.shared.clone(),
@@ -179,17 +179,16 @@ impl<K> Clone for CooldownLayer<K> {
     }
 }
 
-impl<K> fmt::Debug for CooldownLayer<K> {
+impl fmt::Debug for CooldownLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CooldownLayer")
             .field("config", &self.shared.config)
-            .field("key", &std::any::type_name::<K>())
             .finish()
     }
 }
 
-impl<S, K> Layer<S> for CooldownLayer<K> {
-    type Service = Cooldown<S, K>;
+impl<S> Layer<S> for CooldownLayer {
+    type Service = Cooldown<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Cooldown::new(inner, self.shared.clone(), self.key.clone())
@@ -197,21 +196,18 @@ impl<S, K> Layer<S> for CooldownLayer<K> {
 }
 
 /// Builds a [`CooldownLayer`]; every method changes one setting.
-pub struct CooldownBuilder<K = Authority> {
-    key: K,
+pub struct CooldownBuilder {
+    key: SharedKey,
     config: Config,
     on_event: Arc<dyn OnCooldownEvent>,
 }
 
-impl<K> CooldownBuilder<K> {
+impl CooldownBuilder {
     /// The key extractor (default [`Authority`]): any
     /// [`KeyExtractor`](crate::key::KeyExtractor), including closures.
-    pub fn key<K2>(self, key: K2) -> CooldownBuilder<K2> {
-        CooldownBuilder {
-            key,
-            config: self.config,
-            on_event: self.on_event,
-        }
+    pub fn key(mut self, key: impl KeyExtractor) -> Self {
+        self.key = Arc::new(key);
+        self
     }
 
     /// Exponential backoff, `base * 2^(n-1)` capped at `cap` (the default, with 1 s and
@@ -284,7 +280,7 @@ impl<K> CooldownBuilder<K> {
     ///
     /// Refused: a zero `base`; a `cap` below `base`; a `max_cooldown` of zero or below
     /// `base`.
-    pub fn build(self) -> Result<CooldownLayer<K>, ConfigError> {
+    pub fn build(self) -> Result<CooldownLayer, ConfigError> {
         let backoff = self.config.backoff;
         if backoff.base().is_zero() {
             return Err(config_error("base", "must be greater than zero"));
@@ -305,7 +301,7 @@ impl<K> CooldownBuilder<K> {
         }
         Ok(CooldownLayer {
             shared: Shared::new(self.config, self.on_event),
-            key: Arc::new(self.key),
+            key: self.key,
         })
     }
 }
@@ -314,11 +310,10 @@ fn config_error(field: &'static str, reason: &'static str) -> ConfigError {
     ConfigError::new(LayerKind::Cooldown, field, reason)
 }
 
-impl<K> fmt::Debug for CooldownBuilder<K> {
+impl fmt::Debug for CooldownBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CooldownBuilder")
             .field("config", &self.config)
-            .field("key", &std::any::type_name::<K>())
             .finish()
     }
 }

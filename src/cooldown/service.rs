@@ -15,7 +15,11 @@ use super::{
     layer::Mode,
     state::{CooldownHandle, Shared},
 };
-use crate::{key::KeyExtractor, util::add, BoxError};
+use crate::{
+    key::{key_of, SharedKey},
+    util::add,
+    BoxError,
+};
 
 /// Per-key cooldown after rate-limited answers; made by
 /// [`CooldownLayer`](super::CooldownLayer).
@@ -23,14 +27,14 @@ use crate::{key::KeyExtractor, util::add, BoxError};
 /// `poll_ready` delegates to the inner service. `call` hands the ready inner service
 /// to the [`ResponseFuture`], which waits out (or refuses) a cooldown before calling
 /// it, so a request for a cooling key never reaches the inner service.
-pub struct Cooldown<S, K> {
+pub struct Cooldown<S> {
     inner: S,
     shared: Arc<Shared>,
-    key: Arc<K>,
+    key: SharedKey,
 }
 
-impl<S, K> Cooldown<S, K> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>, key: Arc<K>) -> Self {
+impl<S> Cooldown<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, key: SharedKey) -> Self {
         Cooldown { inner, shared, key }
     }
 
@@ -55,7 +59,7 @@ impl<S, K> Cooldown<S, K> {
     }
 }
 
-impl<S: Clone, K> Clone for Cooldown<S, K> {
+impl<S: Clone> Clone for Cooldown<S> {
     fn clone(&self) -> Self {
         Cooldown {
             inner: self.inner.clone(),
@@ -65,21 +69,19 @@ impl<S: Clone, K> Clone for Cooldown<S, K> {
     }
 }
 
-impl<S: fmt::Debug, K> fmt::Debug for Cooldown<S, K> {
+impl<S: fmt::Debug> fmt::Debug for Cooldown<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cooldown")
             .field("inner", &self.inner)
             .field("shared", &self.shared)
-            .field("key", &std::any::type_name::<K>())
             .finish()
     }
 }
 
-impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for Cooldown<S, K>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cooldown<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
-    K: KeyExtractor<ReqBody>,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
@@ -90,7 +92,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let key = self.key.key(&req);
+        let key = key_of(&*self.key, &req);
         let deadline = match self.shared.config.mode {
             Mode::Wait { max_wait } => Some(add(Instant::now(), max_wait)),
             Mode::FailFast => None,

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     cooldown::{CooldownBuilder, CooldownLayer},
-    key::{Key, KeyExtractor},
+    key::{Key, KeyExtractor, SharedKey},
     vocabulary::{ConfigError, LayerKind, Refusal},
     BoxError,
 };
@@ -23,7 +23,7 @@ const PRIMARY: u32 = 0;
 const FALLBACK: u32 = 1;
 
 type MakeBackend<ReqB, ResB> =
-    Box<dyn FnOnce(&CooldownLayer<ByBackend>) -> BoxBackend<ReqB, ResB> + Send>;
+    Box<dyn FnOnce(&CooldownLayer) -> BoxBackend<ReqB, ResB> + Send>;
 
 struct PendingBackend<ReqB, ResB> {
     name: Key,
@@ -35,10 +35,10 @@ struct PendingBackend<ReqB, ResB> {
 /// them all.
 pub struct PoolBuilder<ReqB, ResB> {
     backends: Vec<PendingBackend<ReqB, ResB>>,
-    cooldown: CooldownBuilder<ByBackend>,
+    cooldown: CooldownBuilder,
     max_wait: Duration,
     failover_on_transient: bool,
-    route_key: Option<Arc<dyn KeyExtractor<ReqB>>>,
+    route_key: Option<SharedKey>,
     routes: Vec<(Key, Vec<Key>)>,
     route_fn: Option<RouteFn<ReqB>>,
     default_route: Option<Vec<Key>>,
@@ -106,7 +106,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
         let service = tower::ServiceExt::map_err(service, |e: S::Error| {
             mark_reached(e.into(), true)
         });
-        let make: MakeBackend<ReqB, ResB> = Box::new(move |cooldown: &CooldownLayer<ByBackend>| {
+        let make: MakeBackend<ReqB, ResB> = Box::new(move |cooldown: &CooldownLayer| {
             BoxCloneSyncService::new(cooldown.layer(service))
         });
         self.backends.push(PendingBackend {
@@ -125,7 +125,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
     /// `precheck`, `on_event`); the pool replaces its key (the backend's name) and its
     /// mode ([`fail_fast`](CooldownBuilder::fail_fast): the pool does the waiting,
     /// across backends, within its own [`max_wait`](Self::max_wait)).
-    pub fn cooldown<K>(mut self, cooldown: CooldownBuilder<K>) -> Self {
+    pub fn cooldown(mut self, cooldown: CooldownBuilder) -> Self {
         self.cooldown = cooldown.key(ByBackend);
         self
     }
@@ -161,14 +161,14 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
 
     /// How the route table reads a request's key (default [`ModelKey`]: the
     /// [`Model`](super::Model) extension). Any [`KeyExtractor`], closures included.
-    pub fn route_key<K: KeyExtractor<ReqB>>(mut self, key: K) -> Self {
+    pub fn route_key(mut self, key: impl KeyExtractor) -> Self {
         self.route_key = Some(Arc::new(key));
         self
     }
 
     /// The backends of requests the route table does not match (default: every
     /// backend). An empty list makes such requests fail with
-    /// [`NoRoute`](super::NoRoute).
+    /// [`RefusalKind::NoRoute`](crate::vocabulary::RefusalKind::NoRoute).
     pub fn default_route<I>(mut self, names: I) -> Self
     where
         I: IntoIterator,
@@ -181,7 +181,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
     /// Routes with a closure instead of a table: it names the candidate backends of each
     /// request; they are tried in priority-group order, then in the order named. Names
     /// the pool does not know are ignored (with a `warn` event); a request left with no
-    /// backend fails with [`NoRoute`](super::NoRoute).
+    /// backend fails with [`RefusalKind::NoRoute`](crate::vocabulary::RefusalKind::NoRoute).
     pub fn route_fn<F, I>(mut self, route: F) -> Self
     where
         F: Fn(&Request<ReqB>) -> I + Send + Sync + 'static,

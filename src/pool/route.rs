@@ -6,7 +6,7 @@ use std::{collections::HashMap, fmt, sync::Arc};
 use http::Request;
 
 use crate::vocabulary::{LayerKind, Refusal, RefusalKind};
-use crate::key::{Key, KeyExtractor};
+use crate::key::{key_of, Key, KeyExtractor, RequestRef, SharedKey};
 
 /// The model a request asks for, as a request extension: what the pool's route table
 /// is keyed by unless [`route_key`](super::PoolBuilder::route_key) says otherwise.
@@ -46,8 +46,8 @@ impl Model {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ModelKey;
 
-impl<B> KeyExtractor<B> for ModelKey {
-    fn key(&self, request: &Request<B>) -> Key {
+impl KeyExtractor for ModelKey {
+    fn key(&self, request: &RequestRef<'_>) -> Key {
         request
             .extensions()
             .get::<Model>()
@@ -65,8 +65,8 @@ pub(crate) struct BackendName(pub(crate) Key);
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ByBackend;
 
-impl<B> KeyExtractor<B> for ByBackend {
-    fn key(&self, request: &Request<B>) -> Key {
+impl KeyExtractor for ByBackend {
+    fn key(&self, request: &RequestRef<'_>) -> Key {
         request
             .extensions()
             .get::<BackendName>()
@@ -83,7 +83,7 @@ pub(crate) enum Routing<B> {
     All(Arc<[usize]>),
     /// A table keyed by `key`; a miss goes to `default`.
     Table {
-        key: Arc<dyn KeyExtractor<B>>,
+        key: SharedKey,
         table: HashMap<Key, Arc<[usize]>>,
         default: Arc<[usize]>,
     },
@@ -105,7 +105,7 @@ impl<B: 'static> Routing<B> {
                 table,
                 default,
             } => {
-                let model = key.key(req);
+                let model = key_of(&**key, req);
                 let list = table.get(&model).unwrap_or(default);
                 if list.is_empty() {
                     return Err(no_route(Some(model)));

@@ -6,13 +6,16 @@ use tower::Layer;
 
 use super::{
     limiter::RateLimiter,
-    policy::{NoBypass, Reject, UnitCost, Wait},
+    policy::{Reject, Wait},
     quota::{config_error, Quota},
     service::RateLimit,
     stats::Stats,
     store::{GovernorStore, RateLimitStore},
 };
-use crate::{key::Global, vocabulary::ConfigError};
+use crate::{
+    key::{Global, KeyExtractor, RequestRef, SharedKey},
+    vocabulary::ConfigError,
+};
 
 /// Keyed GCRA rate limiting for a tower stack: waits (clients) or answers `429`
 /// (servers). See the [module docs](super) for the whole story.
@@ -22,20 +25,23 @@ use crate::{key::Global, vocabulary::ConfigError};
 /// one limiter, so one layer value cloned into several stacks is one process-wide
 /// bucket per key.
 ///
-/// Type parameters: `K` the [`KeyExtractor`](crate::key::KeyExtractor), `M` the mode
-/// ([`Wait`] or [`Reject`]), `St` the [`RateLimitStore`], `Byp` the
-/// [`Bypass`](super::Bypass) predicate, `C` the [`Cost`](super::Cost) function.
-pub struct RateLimitLayer<K = Global, M = Wait, St = GovernorStore, Byp = NoBypass, C = UnitCost> {
-    policy: Arc<Policy<K, Byp, C>>,
+/// Type parameters: `M` the mode ([`Wait`] or [`Reject`]) and `St` the
+/// [`RateLimitStore`], both with defaults. The key and the cost are values, so a layer
+/// with a closure key is still a `RateLimitLayer`.
+pub struct RateLimitLayer<M = Wait, St = GovernorStore> {
+    policy: Arc<Policy>,
     limiter: RateLimiter<St>,
     mode: PhantomData<fn() -> M>,
 }
 
+/// How many cells a request takes.
+pub(crate) type CostFn = Arc<dyn Fn(&RequestRef<'_>) -> u32 + Send + Sync>;
+
 /// The per-request rules of a layer, shared by its clones and services.
-pub(crate) struct Policy<K, Byp, C> {
-    pub(crate) key: K,
-    pub(crate) bypass: Byp,
-    pub(crate) cost: C,
+pub(crate) struct Policy {
+    pub(crate) key: SharedKey,
+    /// `None`: one cell each.
+    pub(crate) cost: Option<CostFn>,
     pub(crate) max_wait: Option<Duration>,
 }
 
@@ -48,15 +54,14 @@ impl RateLimitLayer {
             rate: None,
             burst: None,
             max_wait: None,
-            key: Global,
-            bypass: NoBypass,
-            cost: UnitCost,
+            key: Arc::new(Global),
+            cost: None,
             mode: PhantomData,
         }
     }
 }
 
-impl<K, M, St, Byp, C> RateLimitLayer<K, M, St, Byp, C> {
+impl<M, St> RateLimitLayer<M, St> {
     /// The shared limiter handle: pass it to
     /// [`build_with_limiter`](RateLimitBuilder::build_with_limiter) to make another
     /// layer (another key, body type, mode or bypass rule) on the same buckets.
@@ -80,7 +85,7 @@ impl<K, M, St, Byp, C> RateLimitLayer<K, M, St, Byp, C> {
     }
 }
 
-impl<K, M, St, Byp, C> Clone for RateLimitLayer<K, M, St, Byp, C> {
+impl<M, St> Clone for RateLimitLayer<M, St> {
     fn clone(&self) -> Self {
         RateLimitLayer {
             policy: self.policy.clone(),
@@ -90,19 +95,18 @@ impl<K, M, St, Byp, C> Clone for RateLimitLayer<K, M, St, Byp, C> {
     }
 }
 
-impl<K, M, St: fmt::Debug, Byp, C> fmt::Debug for RateLimitLayer<K, M, St, Byp, C> {
+impl<M, St: fmt::Debug> fmt::Debug for RateLimitLayer<M, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("mode", &mode_name::<M>())
-            .field("key", &std::any::type_name::<K>())
             .field("max_wait", &self.policy.max_wait)
             .field("limiter", &self.limiter)
             .finish()
     }
 }
 
-impl<S, K, M, St, Byp, C> Layer<S> for RateLimitLayer<K, M, St, Byp, C> {
-    type Service = RateLimit<S, K, M, St, Byp, C>;
+impl<S, M, St> Layer<S> for RateLimitLayer<M, St> {
+    type Service = RateLimit<S, M, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit::new(inner, self.policy.clone(), self.limiter.clone())
@@ -148,17 +152,16 @@ impl Rate {
 /// assert_eq!(err.field(), "burst");
 /// # Ok::<(), ratewise::ConfigError>(())
 /// ```
-pub struct RateLimitBuilder<K = Global, M = Wait, Byp = NoBypass, C = UnitCost> {
+pub struct RateLimitBuilder<M = Wait> {
     rate: Option<Rate>,
     burst: Option<u32>,
     max_wait: Option<Duration>,
-    key: K,
-    bypass: Byp,
-    cost: C,
+    key: SharedKey,
+    cost: Option<CostFn>,
     mode: PhantomData<fn() -> M>,
 }
 
-impl<K, M, Byp, C> RateLimitBuilder<K, M, Byp, C> {
+impl<M> RateLimitBuilder<M> {
     /// `n` cells per second (one every `1 s / n`); the burst defaults to `n`.
     pub fn per_second(mut self, n: u32) -> Self {
         self.rate = Some(Rate::Second(n));
@@ -193,45 +196,36 @@ impl<K, M, Byp, C> RateLimitBuilder<K, M, Byp, C> {
     }
 
     /// How requests are keyed (default [`Global`]: one bucket for all): any
-    /// [`KeyExtractor`](crate::key::KeyExtractor), e.g. a closure.
-    pub fn key<K2>(self, key: K2) -> RateLimitBuilder<K2, M, Byp, C> {
-        self.map(|_, bypass, cost| (key, bypass, cost))
+    /// [`KeyExtractor`], e.g. a closure `|req: &RequestRef<'_>| ...`.
+    pub fn key(mut self, key: impl KeyExtractor) -> Self {
+        self.key = Arc::new(key);
+        self
     }
 
-    /// Requests for which `bypass` returns true are never throttled and take no cell.
-    pub fn bypass<Byp2>(self, bypass: Byp2) -> RateLimitBuilder<K, M, Byp2, C> {
-        self.map(|key, _, cost| (key, bypass, cost))
-    }
-
-    /// How many cells each request takes (default 1).
-    pub fn cost<C2>(self, cost: C2) -> RateLimitBuilder<K, M, Byp, C2> {
-        self.map(|key, bypass, _| (key, bypass, cost))
+    /// How many cells each request takes (default 1). A cost of 0 bypasses the limiter:
+    /// the request is never throttled and takes no cell (DingTalk's final card edits).
+    pub fn cost(mut self, cost: impl Fn(&RequestRef<'_>) -> u32 + Send + Sync + 'static) -> Self {
+        self.cost = Some(Arc::new(cost));
+        self
     }
 
     /// Reject mode (servers): over the limit, answer `429` at once.
-    pub fn reject(self) -> RateLimitBuilder<K, Reject, Byp, C> {
-        self.map(|key, bypass, cost| (key, bypass, cost))
+    pub fn reject(self) -> RateLimitBuilder<Reject> {
+        self.with_mode()
     }
 
     /// Wait mode (clients, the default): over the limit, wait to be admitted.
-    pub fn wait(self) -> RateLimitBuilder<K, Wait, Byp, C> {
-        self.map(|key, bypass, cost| (key, bypass, cost))
+    pub fn wait(self) -> RateLimitBuilder<Wait> {
+        self.with_mode()
     }
 
-    /// The builder with its key, bypass and cost passed through `f` and its mode set to
-    /// `M2` (inferred): every call that changes a type parameter is one of these.
-    fn map<K2, M2, Byp2, C2>(
-        self,
-        f: impl FnOnce(K, Byp, C) -> (K2, Byp2, C2),
-    ) -> RateLimitBuilder<K2, M2, Byp2, C2> {
-        let (key, bypass, cost) = f(self.key, self.bypass, self.cost);
+    fn with_mode<M2>(self) -> RateLimitBuilder<M2> {
         RateLimitBuilder {
             rate: self.rate,
             burst: self.burst,
             max_wait: self.max_wait,
-            key,
-            bypass,
-            cost,
+            key: self.key,
+            cost: self.cost,
             mode: PhantomData,
         }
     }
@@ -241,7 +235,7 @@ impl<K, M, Byp, C> RateLimitBuilder<K, M, Byp, C> {
     /// Errors name the field: `rate` when no rate was set, `per_second` /
     /// `per_minute` / `per_period` for a zero rate or period, `burst` for a zero burst
     /// (or a window over 100 years).
-    pub fn build(self) -> Result<RateLimitLayer<K, M, GovernorStore, Byp, C>, ConfigError> {
+    pub fn build(self) -> Result<RateLimitLayer<M, GovernorStore>, ConfigError> {
         let Some(rate) = self.rate else {
             return Err(config_error(
                 "rate",
@@ -274,7 +268,7 @@ impl<K, M, Byp, C> RateLimitBuilder<K, M, Byp, C> {
     pub fn build_with_limiter<St: RateLimitStore>(
         self,
         limiter: RateLimiter<St>,
-    ) -> Result<RateLimitLayer<K, M, St, Byp, C>, ConfigError> {
+    ) -> Result<RateLimitLayer<M, St>, ConfigError> {
         if let Some(rate) = self.rate {
             return Err(config_error(
                 rate.field(),
@@ -290,11 +284,10 @@ impl<K, M, Byp, C> RateLimitBuilder<K, M, Byp, C> {
         Ok(self.finish(limiter))
     }
 
-    fn finish<St>(self, limiter: RateLimiter<St>) -> RateLimitLayer<K, M, St, Byp, C> {
+    fn finish<St>(self, limiter: RateLimiter<St>) -> RateLimitLayer<M, St> {
         RateLimitLayer {
             policy: Arc::new(Policy {
                 key: self.key,
-                bypass: self.bypass,
                 cost: self.cost,
                 max_wait: self.max_wait,
             }),
@@ -304,14 +297,13 @@ impl<K, M, Byp, C> RateLimitBuilder<K, M, Byp, C> {
     }
 }
 
-impl<K, M, Byp, C> fmt::Debug for RateLimitBuilder<K, M, Byp, C> {
+impl<M> fmt::Debug for RateLimitBuilder<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitBuilder")
             .field("rate", &self.rate)
             .field("burst", &self.burst)
             .field("max_wait", &self.max_wait)
             .field("mode", &mode_name::<M>())
-            .field("key", &std::any::type_name::<K>())
             .finish_non_exhaustive()
     }
 }

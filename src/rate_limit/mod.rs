@@ -188,7 +188,7 @@ mod store;
 pub use self::future::ResponseFuture;
 pub use self::layer::{RateLimitBuilder, RateLimitLayer};
 pub use self::limiter::RateLimiter;
-pub use self::policy::{Bypass, Cost, Mode, NoBypass, Reject, UnitCost, Wait};
+pub use self::policy::{Mode, Reject, Wait};
 pub use self::quota::Quota;
 pub use self::service::RateLimit;
 pub use self::stats::Stats;

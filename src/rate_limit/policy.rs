@@ -1,6 +1,4 @@
-//! Per-request policy: the mode markers, the bypass predicate and the cost function.
-
-use http::Request;
+//! The mode markers: [`Wait`] (clients) and [`Reject`] (servers).
 
 /// Wait mode (the default, for clients): a request over the limit waits until it is
 /// admitted, or fails at once with
@@ -34,63 +32,4 @@ impl Mode for Wait {
 
 impl Mode for Reject {
     const WAITS: bool = false;
-}
-
-/// Which requests skip the limiter: they are never throttled and take no cell
-/// (DingTalk's final card edits).
-///
-/// Implemented by every closure `Fn(&Request<B>) -> bool` (true = bypass) and by
-/// [`NoBypass`], the default.
-pub trait Bypass<B>: Send + Sync + 'static {
-    /// Whether `request` skips the limiter.
-    fn bypass(&self, request: &Request<B>) -> bool;
-}
-
-impl<B, F> Bypass<B> for F
-where
-    F: Fn(&Request<B>) -> bool + Send + Sync + 'static,
-{
-    fn bypass(&self, request: &Request<B>) -> bool {
-        self(request)
-    }
-}
-
-/// No request bypasses the limiter (the default).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoBypass;
-
-impl<B> Bypass<B> for NoBypass {
-    fn bypass(&self, _request: &Request<B>) -> bool {
-        false
-    }
-}
-
-/// How many cells a request takes.
-///
-/// Implemented by every closure `Fn(&Request<B>) -> u32` and by [`UnitCost`], the
-/// default (one cell each). A cost of 0 takes no cell, like a bypass; a cost above the
-/// burst can never be admitted and fails at once with
-/// [`CostExceedsBurst`](super::CostExceedsBurst).
-pub trait Cost<B>: Send + Sync + 'static {
-    /// The cells `request` takes.
-    fn cost(&self, request: &Request<B>) -> u32;
-}
-
-impl<B, F> Cost<B> for F
-where
-    F: Fn(&Request<B>) -> u32 + Send + Sync + 'static,
-{
-    fn cost(&self, request: &Request<B>) -> u32 {
-        self(request)
-    }
-}
-
-/// Every request takes one cell (the default).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UnitCost;
-
-impl<B> Cost<B> for UnitCost {
-    fn cost(&self, _request: &Request<B>) -> u32 {
-        1
-    }
 }

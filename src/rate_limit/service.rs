@@ -16,12 +16,12 @@ use super::{
     future::ResponseFuture,
     layer::Policy,
     limiter::RateLimiter,
-    policy::{Bypass, Cost, Mode, NoBypass, Reject, UnitCost, Wait},
+    policy::{Mode, Reject, Wait},
     stats::Stats,
     store::{GovernorStore, RateLimitStore},
 };
 use crate::{
-    key::{Global, KeyExtractor},
+    key::{key_of, RequestRef},
     BoxError,
 };
 
@@ -32,15 +32,15 @@ use crate::{
 /// inner service into its [`ResponseFuture`] (leaving a clone here), because the inner
 /// call happens only once the request is admitted. Bypassed requests call the inner
 /// service at once.
-pub struct RateLimit<S, K = Global, M = Wait, St = GovernorStore, Byp = NoBypass, C = UnitCost> {
+pub struct RateLimit<S, M = Wait, St = GovernorStore> {
     inner: S,
-    policy: Arc<Policy<K, Byp, C>>,
+    policy: Arc<Policy>,
     limiter: RateLimiter<St>,
     mode: PhantomData<fn() -> M>,
 }
 
-impl<S, K, M, St, Byp, C> RateLimit<S, K, M, St, Byp, C> {
-    pub(crate) fn new(inner: S, policy: Arc<Policy<K, Byp, C>>, limiter: RateLimiter<St>) -> Self {
+impl<S, M, St> RateLimit<S, M, St> {
+    pub(crate) fn new(inner: S, policy: Arc<Policy>, limiter: RateLimiter<St>) -> Self {
         RateLimit {
             inner,
             policy,
@@ -77,22 +77,21 @@ impl<S, K, M, St, Byp, C> RateLimit<S, K, M, St, Byp, C> {
     fn start<B>(&mut self, request: Request<B>) -> ResponseFuture<S, B, St, M>
     where
         S: Service<Request<B>> + Clone,
-        K: KeyExtractor<B>,
-        Byp: Bypass<B>,
-        C: Cost<B>,
         St: RateLimitStore,
         M: Mode,
     {
-        let cost = if self.policy.bypass.bypass(&request) {
-            None
-        } else {
-            NonZeroU32::new(self.policy.cost.cost(&request))
+        let cost = match &self.policy.cost {
+            None => NonZeroU32::MIN,
+            Some(cost) => match NonZeroU32::new(cost(&RequestRef::from(&request))) {
+                Some(cost) => cost,
+                None => {
+                    // A cost of zero: bypassed.
+                    self.limiter.stats().record_bypassed();
+                    return ResponseFuture::called(self.inner.call(request));
+                }
+            },
         };
-        let Some(cost) = cost else {
-            self.limiter.stats().record_bypassed();
-            return ResponseFuture::called(self.inner.call(request));
-        };
-        let key = self.policy.key.key(&request);
+        let key = key_of(&*self.policy.key, &request);
         let clone = self.inner.clone();
         let inner = mem::replace(&mut self.inner, clone);
         let max_wait = if M::WAITS { self.policy.max_wait } else { None };
@@ -100,13 +99,10 @@ impl<S, K, M, St, Byp, C> RateLimit<S, K, M, St, Byp, C> {
     }
 }
 
-impl<S, B, K, St, Byp, C> Service<Request<B>> for RateLimit<S, K, Wait, St, Byp, C>
+impl<S, B, St> Service<Request<B>> for RateLimit<S, Wait, St>
 where
     S: Service<Request<B>> + Clone,
     S::Error: Into<BoxError>,
-    K: KeyExtractor<B>,
-    Byp: Bypass<B>,
-    C: Cost<B>,
     St: RateLimitStore,
 {
     type Response = S::Response;
@@ -122,13 +118,10 @@ where
     }
 }
 
-impl<S, B, ResBody, K, St, Byp, C> Service<Request<B>> for RateLimit<S, K, Reject, St, Byp, C>
+impl<S, B, ResBody, St> Service<Request<B>> for RateLimit<S, Reject, St>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone,
     ResBody: Default,
-    K: KeyExtractor<B>,
-    Byp: Bypass<B>,
-    C: Cost<B>,
     St: RateLimitStore,
 {
     type Response = Response<ResBody>;
@@ -144,7 +137,7 @@ where
     }
 }
 
-impl<S: Clone, K, M, St, Byp, C> Clone for RateLimit<S, K, M, St, Byp, C> {
+impl<S: Clone, M, St> Clone for RateLimit<S, M, St> {
     fn clone(&self) -> Self {
         RateLimit {
             inner: self.inner.clone(),
@@ -155,7 +148,7 @@ impl<S: Clone, K, M, St, Byp, C> Clone for RateLimit<S, K, M, St, Byp, C> {
     }
 }
 
-impl<S: fmt::Debug, K, M, St: fmt::Debug, Byp, C> fmt::Debug for RateLimit<S, K, M, St, Byp, C> {
+impl<S: fmt::Debug, M, St: fmt::Debug> fmt::Debug for RateLimit<S, M, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)

@@ -80,8 +80,7 @@ use tower::Layer;
 use crate::{
     classify::{presets, presets::Preset, Classify, ClassifyLayer, DEFAULT_BODY_CAP},
     cooldown::{Cooldown, CooldownBuilder, CooldownLayer, CooldownStats},
-    key::{Authority, Global},
-    rate_limit::{self, GovernorStore, NoBypass, RateLimit, RateLimitBuilder, UnitCost, Wait},
+    rate_limit::{self, RateLimit, RateLimitBuilder},
     retry::{Retry, RetryBuilder, RetryLayer, RetryStats},
     vocabulary::{ConfigError, LayerKind},
     RateLimitLayer,
@@ -114,12 +113,7 @@ pub struct ClientStackLayer {
 }
 
 /// The service a [`ClientStackLayer`] makes around a client `S`.
-pub type ClientStack<S> = Retry<
-    Cooldown<
-        RateLimit<Classify<S, Preset>, Global, Wait, GovernorStore, NoBypass, UnitCost>,
-        Authority,
-    >,
->;
+pub type ClientStack<S> = Retry<Cooldown<RateLimit<Classify<S, Preset>>>>;
 
 impl ClientStackLayer {
     /// A builder with general defaults: the [`presets::default`] classifier (every
