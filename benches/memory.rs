@@ -52,8 +52,8 @@ fn one() -> NonZeroU32 {
 /// `std::future::Ready`: the runtime only drives the loop).
 fn ratewise_realtime(rt: &tokio::runtime::Runtime, keys: &[Key]) -> GovernorStore {
     rt.block_on(async {
-        let quota = Quota::per_second(1000)
-            .and_then(|q| q.with_burst(1))
+        let quota = Quota::per_second(NonZeroU32::new(1000).expect("non-zero"))
+            .with_burst(NonZeroU32::MIN)
             .expect("valid quota");
         let store = GovernorStore::new(quota);
         for key in keys {
@@ -85,9 +85,7 @@ fn governor_realtime(keys: &[Key]) -> GovernorKeyed<governor::clock::DefaultCloc
 /// One pass in simulated time through a fresh `GovernorStore`, on a paused runtime.
 fn ratewise_simulated(rt: &tokio::runtime::Runtime, keys: &[Key]) -> GovernorStore {
     rt.block_on(async {
-        let quota = Quota::per_second(10)
-            .and_then(|q| q.with_burst(10))
-            .expect("valid quota");
+        let quota = Quota::per_second(NonZeroU32::new(10).expect("non-zero"));
         let store = GovernorStore::new(quota);
         for batch in keys.chunks(BATCH) {
             for key in batch {

@@ -39,10 +39,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use ratewise::key::Key;
-use ratewise::rate_limit::MaxWaitExceeded;
+use ratewise::key::{Key, RequestRef};
 use ratewise::testing::{body_bytes, client, dingtalk, json_request, DingTalkCards, MockServer};
-use ratewise::{BoxError, RateLimitLayer};
+use ratewise::vocabulary::RefusalKind;
+use ratewise::{BoxError, RateLimitLayer, Refusal};
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
@@ -99,12 +99,13 @@ pub async fn run() -> Result<Report, BoxError> {
     // per conversation. Hence b + r * (1 s + CARD_INTERVAL) + CONVERSATIONS <= TENANT_QPS.
     let span_ms = 1000 + CARD_INTERVAL.as_millis() as u32;
     let rate = (TENANT_QPS - BURST - CONVERSATIONS as u32) * 1000 / span_ms;
-    let is_final = |req: &Edit| req.extensions().get::<FinalEdit>().is_some();
+    // A cost of 0 bypasses a limiter: final edits take no token and never wait.
+    let cost = |req: &RequestRef<'_>| u32::from(req.extensions().get::<FinalEdit>().is_none());
     let tenant_bucket = RateLimitLayer::builder()
         .per_second(rate)
         .burst(BURST)
         .max_wait(Duration::from_secs(2))
-        .bypass(is_final)
+        .cost(cost)
         .build()?;
     println!("   tenant bucket: {rate}/s, burst {BURST}, max wait 2 s (finals bypass it: one per conversation); cards: one edit per {CARD_INTERVAL:?}");
 
@@ -115,20 +116,20 @@ pub async fn run() -> Result<Report, BoxError> {
 
     // Several adapters, each its own stack, all sharing the one tenant bucket.
     let mut adapters = Vec::new();
-    let mut per_card_stats = Vec::new();
+    let mut per_card_layers = Vec::new();
     for _ in 0..ADAPTERS {
         let per_card = RateLimitLayer::builder()
             .per_period(CARD_INTERVAL)
             .burst(1)
             .max_wait(CARD_INTERVAL)
-            .key(|req: &Edit| {
+            .key(|req: &RequestRef<'_>| {
                 req.extensions()
                     .get::<CardId>()
                     .map_or_else(|| Key::from(""), |c| c.0.clone())
             })
-            .bypass(is_final)
+            .cost(cost)
             .build()?;
-        per_card_stats.push(per_card.stats());
+        per_card_layers.push(per_card.clone());
         let stack = ServiceBuilder::new()
             .layer(tenant_bucket.clone())
             .layer(per_card)
@@ -217,18 +218,21 @@ pub async fn run() -> Result<Report, BoxError> {
     let stats = tenant_bucket.stats();
     println!(
         "   tenant bucket (shared by {ADAPTERS} adapters): {} admitted after waiting {} in all (longest {}), {} refused (2 s max wait), {} finals bypassed",
-        stats.admitted(),
-        secs(stats.total_wait()),
-        secs(stats.max_wait()),
-        stats.rejected(),
-        stats.bypassed()
+        stats.admitted,
+        secs(Duration::from_millis(stats.total_wait_ms)),
+        secs(Duration::from_millis(stats.max_wait_ms)),
+        stats.rejected,
+        stats.bypassed
     );
-    let card_wait: Duration = per_card_stats.iter().map(|s| s.total_wait()).sum();
-    let card_longest = per_card_stats
-        .iter()
-        .map(|s| s.max_wait())
-        .max()
-        .unwrap_or_default();
+    let per_card_stats: Vec<_> = per_card_layers.iter().map(|l| l.stats()).collect();
+    let card_wait = Duration::from_millis(per_card_stats.iter().map(|s| s.total_wait_ms).sum());
+    let card_longest = Duration::from_millis(
+        per_card_stats
+            .iter()
+            .map(|s| s.max_wait_ms)
+            .max()
+            .unwrap_or_default(),
+    );
     println!(
         "   card limiters: edits waited {} in all for their card's next slot (longest {})",
         secs(card_wait),
@@ -264,10 +268,10 @@ pub async fn run() -> Result<Report, BoxError> {
     // interval for its token.
     let interval = Duration::from_secs(1) / rate;
     report.check(
-        stats.max_wait() >= interval,
+        Duration::from_millis(stats.max_wait_ms) >= interval,
         format!(
             "the shared bucket is wired in and held edits back (longest wait {}, one token every {})",
-            secs(stats.max_wait()),
+            secs(Duration::from_millis(stats.max_wait_ms)),
             secs(interval)
         ),
     );
@@ -354,12 +358,13 @@ where
             }
             // The tenant bucket had no token for 2 s: skip this edit (the next one
             // carries its text) and try again when a token is due.
-            Err(err) => match err.downcast_ref::<MaxWaitExceeded>() {
-                Some(full) => {
+            Err(err) => match err.downcast_ref::<Refusal>() {
+                Some(full) if matches!(full.kind(), RefusalKind::MaxWait { .. }) => {
                     tally.bucket_full += 1;
-                    next_try = full.earliest().max(Instant::now() + CHUNK_EVERY);
+                    let retry = Instant::now() + CHUNK_EVERY;
+                    next_try = full.earliest().map_or(retry, |at| at.max(retry));
                 }
-                None => return Err(err),
+                _ => return Err(err),
             },
         }
     }

@@ -48,17 +48,18 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use ratewise::body::PeekBody;
-use ratewise::classify::{presets, presets::Preset, verdict_of, verdict_of_error, ClassifyLayer};
+use ratewise::classify::{presets, presets::Preset, ClassifyLayer};
 use ratewise::cooldown::KeyState;
-use ratewise::pool::{
-    AllBackendsCooling, BackendStats, Model, NoBackendReady, NoRoute, Pool, PoolHandle, ServedBy,
-};
+use ratewise::pool::{BackendStats, Model, Pool, PoolHandle, ServedBy};
 use ratewise::retry::{buffer_request, RetryBody};
-use ratewise::stack::{ClientStackLayer, Platform};
+use ratewise::stack::ClientStackLayer;
 use ratewise::testing::{
     body_json, client, glm, json_request, openai, GlmApi, MockServer, OpenAiApi, TestClient,
 };
-use ratewise::{BoxError, CooldownLayer, RateLimitLayer};
+use ratewise::vocabulary::RefusalKind;
+use ratewise::{
+    verdict_of, verdict_of_error, BoxError, CooldownLayer, Platform, RateLimitLayer, Refusal,
+};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -148,7 +149,7 @@ pub async fn run() -> Result<Report, BoxError> {
         hits_summary(&hits),
         stats.cooldown.cooldowns_started,
         stats.cooldown.met_cooldown,
-        stats.retry.retries()
+        stats.retry.retries
     );
     println!(
         "-- the callers got {} answers and {degraded} typed rate-limit errors{}",
@@ -164,11 +165,11 @@ pub async fn run() -> Result<Report, BoxError> {
         format!("the burst did meet 1302 ({} × 429)", hits.rate_limited()),
     );
     report.check(
-        stats.cooldown.cooldowns_started > 0 && stats.retry.retries() > 0,
+        stats.cooldown.cooldowns_started > 0 && stats.retry.retries > 0,
         format!(
             "the 1302 answers were classified as rate limits: {} cooldown(s), {} retries",
             stats.cooldown.cooldowns_started,
-            stats.retry.retries()
+            stats.retry.retries
         ),
     );
     report.check(
@@ -436,12 +437,12 @@ pub async fn run_pool() -> Result<Report, BoxError> {
     report.check(
         g.skipped_cooling == WHILE_COOLING as u64
             && g.requests == 1
-            && glm_bucket.stats().admitted() == 1,
+            && glm_bucket.stats().admitted == 1,
         format!(
             "the pool's counters agree: glm skipped while cooling {}, requests {}, its own bucket admitted {}",
             g.skipped_cooling,
             g.requests,
-            glm_bucket.stats().admitted()
+            glm_bucket.stats().admitted
         ),
     );
 
@@ -720,30 +721,34 @@ fn relay(res: Response<UpstreamBody>) -> Response<Body> {
 
 /// The gateway's own answer when the pool called no backend.
 fn pool_error(err: &(dyn Error + 'static)) -> Response<Body> {
-    if let Some(e) = err.downcast_ref::<AllBackendsCooling>() {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "all_backends_cooling",
-            Some(e.retry_after()),
-            e.to_string(),
-        );
-    }
-    if err.is::<NoBackendReady>() {
-        let wait = verdict_of_error(err).retry_after();
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_backend_ready",
-            wait,
-            err.to_string(),
-        );
-    }
-    if err.is::<NoRoute>() {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            "model_not_found",
-            None,
-            err.to_string(),
-        );
+    let refusal = err.downcast_ref::<Refusal>();
+    match refusal.map(Refusal::kind) {
+        Some(RefusalKind::AllBackendsCooling { .. }) => {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "all_backends_cooling",
+                refusal.and_then(Refusal::retry_after),
+                err.to_string(),
+            );
+        }
+        Some(RefusalKind::NoBackendReady { .. }) => {
+            let wait = verdict_of_error(err).retry_after();
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_backend_ready",
+                wait,
+                err.to_string(),
+            );
+        }
+        Some(RefusalKind::NoRoute { .. }) => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                None,
+                err.to_string(),
+            );
+        }
+        _ => {}
     }
     error_response(
         StatusCode::BAD_GATEWAY,

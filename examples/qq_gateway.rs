@@ -100,7 +100,6 @@ pub async fn run() -> Result<Report, BoxError> {
         .threshold(2)
         .name("qq http client")
         .build()?;
-    let fresh_stats = fresh.stats();
 
     // Builds hyper-util clients for `FreshClientLayer`. `stale_pool` simulates the
     // incident's stale connection pool: while it is set, the FIRST client fails every call
@@ -131,7 +130,7 @@ pub async fn run() -> Result<Report, BoxError> {
     let gateway = ServiceBuilder::new()
         .layer(cache)
         .layer(ClassifyLayer::new(presets::qq()))
-        .layer(fresh)
+        .layer(fresh.clone())
         .service(make_client);
 
     let mut bot = Bot {
@@ -225,12 +224,13 @@ pub async fn run() -> Result<Report, BoxError> {
         attempts,
     )
     .await??;
+    let fresh_stats = fresh.stats();
     report.check(
-        fresh_stats.rebuilds() == 1 && fresh_stats.generation() == 2,
+        fresh_stats.rebuilds == 1 && fresh_stats.generation == 2,
         format!(
             "the stale client was replaced: generation {}, {} rebuild(s), {} clients made",
-            fresh_stats.generation(),
-            fresh_stats.rebuilds(),
+            fresh_stats.generation,
+            fresh_stats.rebuilds,
             made.load(Ordering::SeqCst)
         ),
     );
@@ -257,7 +257,7 @@ pub async fn run() -> Result<Report, BoxError> {
         stats.upstream_calls.saturating_sub(qq.hits().count() as u64),
         stats.hits,
         stats.stale_serves,
-        fresh_stats.generation()
+        fresh.stats().generation
     );
     report.check(
         got.errors == 0,

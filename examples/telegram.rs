@@ -38,11 +38,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use ratewise::classify::verdict_of;
-use ratewise::cooldown::CoolingDown;
-use ratewise::stack::{ClientStackLayer, Platform};
+use ratewise::stack::ClientStackLayer;
 use ratewise::testing::{body_json, client, json_request, MockServer, Outcome, TelegramBot};
-use ratewise::BoxError;
+use ratewise::vocabulary::RefusalKind;
+use ratewise::{verdict_of, BoxError, Platform, Refusal};
 use serde_json::json;
 use tokio::task::JoinSet;
 use tower::{ServiceBuilder, ServiceExt};
@@ -133,7 +132,7 @@ pub async fn run() -> Result<Report, BoxError> {
         hits_summary(&hits),
         stats.cooldown.cooldowns_started,
         stats.cooldown.rejected,
-        stats.retry.retries()
+        stats.retry.retries
     );
     println!("-- what the senders got: {statuses:?}");
 
@@ -230,8 +229,9 @@ pub async fn run() -> Result<Report, BoxError> {
     let cooling = second
         .as_ref()
         .err()
-        .and_then(|e| e.downcast_ref::<CoolingDown>())
-        .map(|c| c.remaining());
+        .and_then(|e| e.downcast_ref::<Refusal>())
+        .filter(|r| matches!(r.kind(), RefusalKind::CoolingDown | RefusalKind::Probing))
+        .and_then(Refusal::retry_after);
     println!(
         "-- call 2: {} after {}",
         match &second {
@@ -243,7 +243,7 @@ pub async fn run() -> Result<Report, BoxError> {
     report.check(
         cooling.is_some_and(|left| left > BAN - Duration::from_secs(60))
             && took < Duration::from_secs(5),
-        "the next call fails at once with a typed CoolingDown error naming the wait",
+        "the next call fails at once with a typed CoolingDown refusal naming the wait",
     );
     report.check(
         banned.hits().count() == 1 && banned.calls_during_penalty() == 0,

@@ -97,6 +97,14 @@ impl fmt::Debug for Key {
     }
 }
 
+/// Serialized as it is displayed: redacted.
+#[cfg(feature = "serde")]
+impl serde::Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// Redacted: what every log line and error message shows of a key.
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

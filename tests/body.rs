@@ -15,8 +15,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use proptest::prelude::*;
 use ratewise::body::PeekBody;
-use ratewise::classify::{verdict_of, ClassifyLayer, ResponseView, DEFAULT_BODY_CAP};
-use ratewise::{Classifier, Verdict};
+use ratewise::classify::{ClassifyLayer, ResponseView, DEFAULT_BODY_CAP};
+use ratewise::{verdict_of, Classifier, Verdict};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 /// The error a scripted body fails with.

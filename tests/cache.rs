@@ -15,10 +15,10 @@ use bytes::Bytes;
 use http::{HeaderName, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
-use ratewise::cache::{
-    CacheStatus, CachedEndpointLayer, EndpointLimited, StaleReason, DEFAULT_BACKOFF,
-};
-use ratewise::key::{Key, KeyExtractor, MethodUri};
+use ratewise::cache::{CacheStatus, CachedEndpointLayer, StaleReason, DEFAULT_BACKOFF};
+use ratewise::key::{Key, KeyExtractor, MethodUri, RequestRef};
+use ratewise::vocabulary::RefusalKind;
+use ratewise::Refusal;
 use tokio::task::JoinSet;
 use tokio::time::{advance, sleep, Instant};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
@@ -262,14 +262,20 @@ mod qq_gateway {
         // The callers after it, within the cooldown, get a typed error, not a call.
         let res = svc.clone().oneshot(req()).await;
         let err = res.expect_err("cooling down with nothing cached");
-        let limited = err
-            .downcast_ref::<EndpointLimited>()
-            .expect("EndpointLimited");
-        assert_eq!(limited.key().as_str(), gw.key());
-        assert!(limited.remaining() > Duration::ZERO && limited.remaining() <= DEFAULT_BACKOFF);
+        let limited = endpoint_limited(&*err);
+        assert_eq!(limited.key().unwrap().as_str(), gw.key());
+        let remaining = limited.retry_after().unwrap();
+        assert!(remaining > Duration::ZERO && remaining <= DEFAULT_BACKOFF);
         assert_eq!(gw.hits(), 4);
         assert_eq!(handle.stats().refused, 1);
     }
+}
+
+/// The cache's refusal of a rate-limited endpoint with nothing cached, or a panic.
+fn endpoint_limited(err: &(dyn std::error::Error + 'static)) -> &Refusal {
+    Refusal::find(err)
+        .filter(|r| matches!(r.kind(), RefusalKind::EndpointLimited))
+        .expect("EndpointLimited")
 }
 
 // ---------------------------------------------------------------------------------
@@ -277,7 +283,7 @@ mod qq_gateway {
 
 /// The default key (`MethodUri`) of `GET http://upstream.test/gateway`.
 fn key() -> Key {
-    MethodUri.key(&get())
+    MethodUri.key_of(&get())
 }
 
 fn get() -> Request<Empty<Bytes>> {
@@ -605,10 +611,10 @@ async fn rate_limited_with_nothing_cached_copies_the_answer_then_refuses() {
 
     advance(DEFAULT_BACKOFF - Duration::from_secs(1)).await;
     let err = svc.clone().oneshot(get()).await.unwrap_err();
-    let limited = err.downcast_ref::<EndpointLimited>().unwrap();
-    assert_eq!(limited.key(), &key());
+    let limited = endpoint_limited(&*err);
+    assert_eq!(limited.key().unwrap(), &key());
     // The cooldown started when the 429 arrived, 1 s after the call.
-    assert_eq!(limited.remaining(), Duration::from_secs(1));
+    assert_eq!(limited.retry_after().unwrap(), Duration::from_secs(1));
     assert_eq!(seen.calls(), 1);
 
     advance(Duration::from_secs(1)).await;
@@ -806,7 +812,7 @@ async fn keys_come_from_the_extractor() {
     });
     // By path: the query does not matter.
     let layer = CachedEndpointLayer::builder()
-        .key(|req: &Request<Empty<Bytes>>| req.uri().path().to_owned())
+        .key(|req: &RequestRef<'_>| req.uri().path().to_owned())
         .build()
         .unwrap();
     let handle = layer.handle();

@@ -10,8 +10,9 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use ratewise::classify::{
     classify_fn, presets, Classifier, DingTalkQpsLimit, JsonFieldIn, ResponseView, ServerErrors,
-    StatusBodyContains, TelegramRetryAfter, TooManyRequests, Verdict,
+    StatusBodyContains, TelegramRetryAfter, TooManyRequests,
 };
+use ratewise::Verdict;
 
 const QQ_400: &str =
     r#"{"code":11241,"message":"接口调用超过频率限制","err_code":40034010,"trace_id":"9a7f"}"#;

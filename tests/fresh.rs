@@ -8,11 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use ratewise::classify::verdict_of_error;
-use ratewise::cooldown::CoolingDown;
-use ratewise::fresh::{ClientError, ConfigError, FreshClientLayer, MakeClientError};
-use ratewise::rate_limit::MaxWaitExceeded;
-use ratewise::{BoxError, CooldownLayer, RateLimitLayer};
+use ratewise::fresh::{ClientError, FreshClientLayer, MakeClientError};
+use ratewise::vocabulary::RefusalKind;
+use ratewise::{verdict_of_error, BoxError, CooldownLayer, RateLimitLayer, Refusal};
 use tokio::sync::watch;
 use tower::util::{BoxCloneService, MapRequest};
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
@@ -164,7 +162,7 @@ async fn fails_n_times_on_client_one_then_rebuilds_and_client_two_serves() {
     const N: u32 = 3;
     let up = Upstream::default();
     let layer = fresh_layer(N);
-    let stats = layer.stats();
+    let fresh = layer.clone();
     let make = up.make_service(|client, _| match client {
         1 => (Act::Fail, None),
         _ => (Act::Status(200), None),
@@ -189,7 +187,7 @@ async fn fails_n_times_on_client_one_then_rebuilds_and_client_two_serves() {
             );
             assert_eq!(up.made(), 1, "no rebuild before the {N}th error");
         }
-        assert_eq!(stats.consecutive_errors(), N);
+        assert_eq!(fresh.stats().consecutive_errors, u64::from(N));
 
         // The N+1-th request is the first on the rebuilt client.
         let res = send(&mut svc, N + 1).await.expect("client #2 serves");
@@ -198,9 +196,9 @@ async fn fails_n_times_on_client_one_then_rebuilds_and_client_two_serves() {
         assert_eq!(up.seen(), vec![(1, 1), (1, 2), (1, 3), (2, 4)]);
         assert_eq!(
             (
-                stats.generation(),
-                stats.rebuilds(),
-                stats.consecutive_errors()
+                fresh.stats().generation,
+                fresh.stats().rebuilds,
+                fresh.stats().consecutive_errors
             ),
             (2, 1, 0)
         );
@@ -217,7 +215,7 @@ async fn fails_n_times_on_client_one_then_rebuilds_and_client_two_serves() {
 async fn a_response_in_between_resets_the_run() {
     let up = Upstream::default();
     let layer = fresh_layer(3);
-    let stats = layer.stats();
+    let fresh = layer.clone();
     // Client #1: requests 3 and 6 get a 200, every other one fails.
     let make = up.make_service(|client, req| match (client, req) {
         (1, 3) | (1, 6) => (Act::Status(200), None),
@@ -253,7 +251,7 @@ async fn a_response_in_between_resets_the_run() {
         assert_eq!(up.made(), 1, "no rebuild while the runs stayed below 3");
         let res = send(&mut svc, 10).await.expect("client #2 serves");
         assert_eq!(*res.body(), 2);
-        assert_eq!((up.made(), stats.rebuilds()), (2, 1));
+        assert_eq!((up.made(), fresh.stats().rebuilds), (2, 1));
     })
     .await
     .expect("bounded");
@@ -263,7 +261,7 @@ async fn a_response_in_between_resets_the_run() {
 async fn http_500_is_not_a_connection_error() {
     let up = Upstream::default();
     let layer = fresh_layer(2);
-    let stats = layer.stats();
+    let fresh = layer.clone();
     // Client #1: every odd request fails, every even one gets a 500.
     let make = up.make_service(|_, req| {
         if req % 2 == 1 {
@@ -285,7 +283,7 @@ async fn http_500_is_not_a_connection_error() {
             }
         }
         assert_eq!(up.made(), 1, "500s end the run: no rebuild");
-        assert_eq!((stats.rebuilds(), stats.consecutive_errors()), (0, 0));
+        assert_eq!((fresh.stats().rebuilds, fresh.stats().consecutive_errors), (0, 0));
     })
     .await
     .expect("bounded");
@@ -334,12 +332,14 @@ async fn send_http(svc: &mut FreshHttp, n: u32) -> Got {
     }
     // Passed through as itself: the layers outside still read it as rate-limited.
     assert!(verdict_of_error(&*err).is_rate_limited(), "{err}");
-    if let Some(e) = err.downcast_ref::<MaxWaitExceeded>() {
-        Got::MaxWait(e.wait())
-    } else if let Some(e) = err.downcast_ref::<CoolingDown>() {
-        Got::Cooling(e.remaining())
-    } else {
-        panic!("unexpected error: {err:?}")
+    match err.downcast_ref::<Refusal>() {
+        Some(e) if matches!(e.kind(), RefusalKind::MaxWait { .. }) => {
+            Got::MaxWait(e.retry_after().unwrap())
+        }
+        Some(e) if matches!(e.kind(), RefusalKind::CoolingDown | RefusalKind::Probing) => {
+            Got::Cooling(e.retry_after().unwrap())
+        }
+        _ => panic!("unexpected error: {err:?}"),
     }
 }
 
@@ -356,7 +356,7 @@ async fn rate_limiter_refusals_inside_the_client_neither_count_nor_reset_the_run
         .build()
         .unwrap();
     let layer = fresh_layer(3);
-    let stats = layer.stats();
+    let fresh = layer.clone();
     let make = up.make_layered(limit, |client, _| match client {
         1 => (Act::Fail, None),
         _ => (Act::Status(200), None),
@@ -373,7 +373,7 @@ async fn rate_limiter_refusals_inside_the_client_neither_count_nor_reset_the_run
             }
             got.push(send_http(&mut svc, n).await);
             if n == 2 {
-                assert_eq!(stats.consecutive_errors(), 1, "the run is untouched");
+                assert_eq!(fresh.stats().consecutive_errors, 1, "the run is untouched");
             }
         }
         // If a refusal counted, request 3 would have retired client #1; if it ended
@@ -389,7 +389,7 @@ async fn rate_limiter_refusals_inside_the_client_neither_count_nor_reset_the_run
                 Got::MaxWait(Duration::from_secs(1)),
             ]
         );
-        assert_eq!((up.made(), stats.rebuilds()), (2, 1));
+        assert_eq!((up.made(), fresh.stats().rebuilds), (2, 1));
         assert_eq!(
             up.seen(),
             [(1, 1), (1, 3), (1, 5)],
@@ -417,7 +417,7 @@ async fn cooldown_refusals_inside_the_client_neither_count_nor_reset_the_run() {
         .unwrap();
     let handle = cooldown.handle();
     let layer = fresh_layer(2);
-    let stats = layer.stats();
+    let fresh = layer.clone();
     let make = up.make_layered(cooldown.clone(), |client, _| match client {
         1 => (Act::Fail, None),
         _ => (Act::Status(200), None),
@@ -448,7 +448,7 @@ async fn cooldown_refusals_inside_the_client_neither_count_nor_reset_the_run() {
                 Got::Cooling(Duration::from_secs(5))
             );
         }
-        assert_eq!(stats.consecutive_errors(), 1, "the run is untouched");
+        assert_eq!(fresh.stats().consecutive_errors, 1, "the run is untouched");
         assert_eq!(up.made(), 1);
 
         // The probe after the cooldown fails too: the second error in a row, so the
@@ -457,7 +457,7 @@ async fn cooldown_refusals_inside_the_client_neither_count_nor_reset_the_run() {
         tokio::time::sleep_until(until).await;
         assert_eq!(send_http(&mut svc, 4).await, Got::Counted(2));
         assert_eq!(send_http(&mut svc, 5).await, Got::Served(2));
-        assert_eq!((up.made(), stats.rebuilds()), (2, 1));
+        assert_eq!((up.made(), fresh.stats().rebuilds), (2, 1));
         assert_eq!(up.seen(), [(1, 1), (1, 4), (2, 5)]);
     })
     .await
@@ -470,7 +470,7 @@ async fn concurrent_failures_from_one_generation_cause_one_rebuild() {
     const IN_FLIGHT: u32 = 8;
     let up = Upstream::default();
     let layer = fresh_layer(N);
-    let stats = layer.stats();
+    let fresh = layer.clone();
     let (open, gate) = watch::channel(false);
     // Client #1 holds every request until the gate opens, then fails them all.
     let make = up.make_service(move |client, _| match client {
@@ -522,7 +522,7 @@ async fn concurrent_failures_from_one_generation_cause_one_rebuild() {
             assert_eq!(*res.body(), 2);
         }
         assert_eq!(up.made(), 2, "one rebuild for the burst");
-        assert_eq!((stats.generation(), stats.rebuilds()), (2, 1));
+        assert_eq!((fresh.stats().generation, fresh.stats().rebuilds), (2, 1));
     })
     .await
     .expect("bounded");
@@ -532,7 +532,7 @@ async fn concurrent_failures_from_one_generation_cause_one_rebuild() {
 async fn request_in_flight_on_a_retired_client_finishes_on_it() {
     let up = Upstream::default();
     let layer = fresh_layer(2);
-    let stats = layer.stats();
+    let fresh = layer.clone();
     let (open, gate) = watch::channel(false);
     // Client #1: request 100 waits for the gate and then succeeds; the rest fail.
     // Client #2: request 3 fails, the rest succeed.
@@ -554,13 +554,13 @@ async fn request_in_flight_on_a_retired_client_finishes_on_it() {
             .await
             .expect_err("client #1 fails, and is retired");
         send(&mut svc, 3).await.expect_err("client #2 fails once");
-        assert_eq!((up.made(), stats.consecutive_errors()), (2, 1));
+        assert_eq!((up.made(), fresh.stats().consecutive_errors), (2, 1));
 
         open.send(true).unwrap();
         let res = slow.await.unwrap().expect("the slow request succeeds");
         assert_eq!(*res.body(), 1, "it finished on the retired client #1");
         assert_eq!(
-            stats.consecutive_errors(),
+            fresh.stats().consecutive_errors,
             1,
             "a response from client #1 does not reset client #2's run"
         );
@@ -665,7 +665,7 @@ async fn a_failed_build_names_the_target_and_the_next_request_retries() {
         .name("qq-gateway")
         .build()
         .unwrap();
-    let stats = layer.stats();
+    let fresh = layer.clone();
     let mut svc = ServiceBuilder::new().layer(layer).service(make);
 
     tokio::time::timeout(BOUND, async {
@@ -686,7 +686,7 @@ async fn a_failed_build_names_the_target_and_the_next_request_retries() {
             "{shown}"
         );
         assert!(err.source().is_some_and(|s| s.is::<Silent>()));
-        assert_eq!(stats.make_failures(), 1);
+        assert_eq!(fresh.stats().make_failures, 1);
 
         let res = svc
             .ready()
@@ -697,7 +697,7 @@ async fn a_failed_build_names_the_target_and_the_next_request_retries() {
             .expect("retried build serves");
         assert_eq!(*res.body(), "http://127.0.0.1:9".len());
         assert_eq!(attempts.load(Ordering::SeqCst), 2);
-        assert_eq!((stats.generation(), stats.rebuilds()), (1, 0));
+        assert_eq!((fresh.stats().generation, fresh.stats().rebuilds), (1, 0));
     })
     .await
     .expect("bounded");
@@ -709,7 +709,7 @@ fn zero_threshold_is_refused_by_the_builder() {
         .threshold(0)
         .build()
         .unwrap_err();
-    assert_eq!(err, ConfigError::ZeroThreshold);
+    assert_eq!(err.field(), "threshold");
     assert!(err.to_string().contains("threshold"));
 }
 
@@ -760,7 +760,7 @@ mod real_server {
             })
         };
         let layer = FreshClientLayer::builder().threshold(N).build().unwrap();
-        let stats = layer.stats();
+        let fresh = layer.clone();
         let mut svc = ServiceBuilder::new().layer(layer).service(make);
 
         tokio::time::timeout(Duration::from_secs(20), async {
@@ -786,8 +786,8 @@ mod real_server {
                 );
             }
             assert_eq!(
-                (made.load(Ordering::SeqCst), stats.consecutive_errors()),
-                (1, N)
+                (made.load(Ordering::SeqCst), fresh.stats().consecutive_errors),
+                (1, u64::from(N))
             );
 
             // The upstream comes back; the next request runs on a client built for it.
@@ -808,7 +808,7 @@ mod real_server {
                 "only the rebuilt client got through"
             );
             assert_eq!(made.load(Ordering::SeqCst), 2);
-            assert_eq!((stats.generation(), stats.rebuilds()), (2, 1));
+            assert_eq!((fresh.stats().generation, fresh.stats().rebuilds), (2, 1));
         })
         .await
         .expect("bounded");

@@ -581,7 +581,7 @@ async fn config_errors_name_the_field() {
 #[tokio::test(start_paused = true)]
 async fn memory_stays_bounded_with_a_million_distinct_keys() {
     // One cell per 10 ms, burst 1: a key rests 20 ms after its use.
-    let store = GovernorStore::new(Quota::per_second(100).unwrap());
+    let store = GovernorStore::new(Quota::per_second(NonZeroU32::new(100).unwrap()));
     let limiter = RateLimiter::new(store.clone());
     let one = NonZeroU32::MIN;
     let mut most = 0;
@@ -759,7 +759,7 @@ impl RateLimitStore for RoundTripStore {
 /// that was held back (denied a cell, or queued behind waiters) has waited.
 #[tokio::test(start_paused = true)]
 async fn waited_counts_only_requests_that_were_held_back_not_a_first_attempt_that_took_time() {
-    let quota = Quota::per_second(1).unwrap().with_burst(2).unwrap();
+    let quota = Quota::per_second(NonZeroU32::new(1).unwrap()).with_burst(NonZeroU32::new(2).unwrap()).unwrap();
     let limit = RateLimitLayer::builder()
         .build_with_limiter(RateLimiter::new(RoundTripStore(GovernorStore::new(quota))))
         .unwrap();

@@ -16,9 +16,9 @@ use bytes::Bytes;
 use common::capture;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
-use ratewise::cache::{CacheStatus, CachedEndpointLayer, EndpointLimited, StaleReason};
-use ratewise::cooldown::CoolingDown;
-use ratewise::{BoxError, CooldownLayer, RetryLayer};
+use ratewise::cache::{CacheStatus, CachedEndpointLayer, StaleReason};
+use ratewise::vocabulary::RefusalKind;
+use ratewise::{BoxError, CooldownLayer, Refusal, RetryLayer};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 /// A Telegram URL with the bot token in the path and a key in the query.
@@ -130,7 +130,8 @@ async fn cache_key_and_refusal_carry_no_token() {
     let err = svc.clone().oneshot(get(TELEGRAM)).await.unwrap_err();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let limited = err
-        .downcast_ref::<EndpointLimited>()
+        .downcast_ref::<Refusal>()
+        .filter(|r| matches!(r.kind(), RefusalKind::EndpointLimited))
         .expect("EndpointLimited");
     let shown = limited.to_string();
     assert!(
@@ -140,6 +141,7 @@ async fn cache_key_and_refusal_carry_no_token() {
     assert!(
         limited
             .key()
+            .unwrap()
             .as_str()
             .starts_with("GET api.telegram.org/***/sendMessage #"),
         "{shown}"
@@ -225,8 +227,11 @@ async fn cooldown_key_drops_user_info() {
     let res = svc.clone().oneshot(get(uri)).await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     let err = svc.clone().oneshot(get(uri)).await.unwrap_err();
-    let cooling = err.downcast_ref::<CoolingDown>().expect("CoolingDown");
-    assert_eq!(cooling.key().as_str(), "api.example.com:8443");
+    let cooling = err
+        .downcast_ref::<Refusal>()
+        .filter(|r| matches!(r.kind(), RefusalKind::CoolingDown | RefusalKind::Probing))
+        .expect("CoolingDown");
+    assert_eq!(cooling.key().unwrap().as_str(), "api.example.com:8443");
     assert!(!cooling.to_string().contains("SECRET"), "{cooling}");
 
     let events = events_without_secret();

@@ -515,6 +515,7 @@ impl fmt::Debug for CacheHandle {
 /// requests, except `upstream_calls`.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CacheStats {
     /// Requests answered from a fresh entry, including waiters answered with the
     /// entry their leader just stored.
@@ -530,7 +531,7 @@ pub struct CacheStats {
     /// Requests that waited for another request's upstream call instead of making
     /// their own.
     pub coalesced: u64,
-    /// Requests refused with [`EndpointLimited`]: cooling down, nothing cached.
+    /// Requests refused with a [`Refusal`]: cooling down, nothing cached.
     pub refused: u64,
 }
 

@@ -8,6 +8,7 @@ use super::{
     events::{DefaultOnCooldownEvent, OnCooldownEvent},
     service::Cooldown,
     state::{CooldownHandle, Shared},
+    stats::CooldownStats,
 };
 use crate::{
     key::{Authority, KeyExtractor, SharedKey},
@@ -167,6 +168,11 @@ impl CooldownLayer {
     /// A handle on the shared state: per-key state queries and counters.
     pub fn handle(&self) -> CooldownHandle {
         CooldownHandle::new(self.shared.clone())
+    }
+
+    /// The counters, as a snapshot (the same as `handle().stats()`).
+    pub fn stats(&self) -> CooldownStats {
+        self.shared.stats.snapshot()
     }
 }
 

@@ -43,7 +43,7 @@ use crate::{
 
 /// Where a key stands, from [`CooldownHandle::state`].
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
     /// Requests go straight through.
     Ok,
@@ -62,6 +62,54 @@ pub enum KeyState {
         /// Whether the probe is in flight (otherwise the next request becomes it).
         probing: bool,
     },
+}
+
+/// Shows the instant as a delay from now: `Cooling { until_in_ms: 1500, n: 2 }`.
+impl fmt::Debug for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            KeyState::Ok => f.write_str("Ok"),
+            KeyState::Cooling { until, n } => f
+                .debug_struct("Cooling")
+                .field(
+                    "until_in_ms",
+                    &until.saturating_duration_since(Instant::now()).as_millis(),
+                )
+                .field("n", &n)
+                .finish(),
+            KeyState::HalfOpen { n, probing } => f
+                .debug_struct("HalfOpen")
+                .field("n", &n)
+                .field("probing", &probing)
+                .finish(),
+        }
+    }
+}
+
+/// Serialized with the instant as a delay from now, in milliseconds:
+/// `{"state":"cooling","until_in_ms":1500,"n":2}`, `{"state":"half_open","n":2,"probing":true}`,
+/// `{"state":"ok"}`.
+#[cfg(feature = "serde")]
+impl serde::Serialize for KeyState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        match *self {
+            KeyState::Ok => map.serialize_entry("state", "ok")?,
+            KeyState::Cooling { until, n } => {
+                map.serialize_entry("state", "cooling")?;
+                let ms = until.saturating_duration_since(Instant::now()).as_millis();
+                map.serialize_entry("until_in_ms", &u64::try_from(ms).unwrap_or(u64::MAX))?;
+                map.serialize_entry("n", &n)?;
+            }
+            KeyState::HalfOpen { n, probing } => {
+                map.serialize_entry("state", "half_open")?;
+                map.serialize_entry("n", &n)?;
+                map.serialize_entry("probing", &probing)?;
+            }
+        }
+        map.end()
+    }
 }
 
 /// A cheap, cloneable handle on a cooldown table: per-key state and counters.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Counters only grow; they cover every clone of the layer and its services.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CooldownStats {
     /// Cooldowns started: every counted rate-limited answer (first entry and re-entry
     /// after a probe that was rate-limited again).

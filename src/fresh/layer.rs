@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use tower::{Layer, Service};
 
-use super::{FreshClient, FreshStats};
+use super::{shared::FreshCounters, FreshClient, FreshStats};
 use crate::vocabulary::{ConfigError, LayerKind};
 use crate::redact::redact_urls;
 
@@ -23,7 +23,7 @@ pub struct FreshClientLayer<T = ()> {
     target: T,
     name: Arc<str>,
     threshold: u32,
-    stats: FreshStats,
+    stats: FreshCounters,
 }
 
 impl FreshClientLayer<()> {
@@ -34,7 +34,7 @@ impl FreshClientLayer<()> {
             target: (),
             name: Arc::from("()"),
             threshold: DEFAULT_THRESHOLD,
-            stats: FreshStats::default(),
+            stats: FreshCounters::default(),
         }
     }
 
@@ -72,7 +72,7 @@ impl<T> FreshClientLayer<T> {
 
     /// The stats of every service this layer (or a clone of it) makes.
     pub fn stats(&self) -> FreshStats {
-        self.stats.clone()
+        self.stats.snapshot()
     }
 }
 
@@ -161,7 +161,7 @@ impl<T> FreshClientBuilder<T> {
             target: self.target,
             name,
             threshold: self.threshold,
-            stats: FreshStats::default(),
+            stats: FreshCounters::default(),
         })
     }
 }

@@ -66,12 +66,12 @@
 //!     .target("http://127.0.0.1:8080")
 //!     .threshold(3)
 //!     .build()?;
-//! let stats = layer.stats();
-//! let client = ServiceBuilder::new().layer(layer).service(make_client);
+//! let client = ServiceBuilder::new().layer(layer.clone()).service(make_client);
 //!
 //! let body = client.clone().oneshot("/gateway").await?;
 //! assert_eq!(body, "http://127.0.0.1:8080/gateway");
-//! assert_eq!((stats.generation(), stats.rebuilds()), (1, 0));
+//! let stats = layer.stats();
+//! assert_eq!((stats.generation, stats.rebuilds), (1, 0));
 //!
 //! // Errors are `ClientError`s with a message that is never empty.
 //! # let _ = |err: ratewise::BoxError| err.downcast_ref::<ClientError>().map(|e| e.generation());

@@ -7,7 +7,7 @@ use tower::Service;
 use crate::BoxError;
 
 use super::shared::{Shared, Tally};
-use super::{FreshStats, NotReady, ResponseFuture};
+use super::{shared::FreshCounters, FreshStats, NotReady, ResponseFuture};
 
 /// Serves requests through a client made by a `MakeService`, and makes a new client
 /// after `threshold` consecutive connection-level errors.
@@ -41,7 +41,7 @@ where
         target: T,
         name: Arc<str>,
         threshold: u32,
-        stats: FreshStats,
+        stats: FreshCounters,
     ) -> Self {
         FreshClient {
             inner,
@@ -74,7 +74,7 @@ where
 
     /// The stats shared with the layer that made this service.
     pub fn stats(&self) -> FreshStats {
-        self.shared.tally().stats().clone()
+        self.shared.tally().stats().snapshot()
     }
 }
 

@@ -15,19 +15,33 @@ use crate::BoxError;
 
 use super::error::{describe, truncate, ClientError, MakeClientError, Standing, LOG_TEXT_CAP};
 
-/// Counters of a [`FreshClientLayer`](super::FreshClientLayer), shared by the layer,
-/// its clones and every service it made.
-///
-/// # Example
+/// What a [`FreshClientLayer`](super::FreshClientLayer) did: a snapshot, from
+/// `stats()` on the layer or its services.
 ///
 /// ```
 /// # use ratewise::fresh::FreshClientLayer;
-/// let layer = FreshClientLayer::new();
-/// let stats = layer.stats();
-/// assert_eq!((stats.generation(), stats.rebuilds(), stats.consecutive_errors()), (0, 0, 0));
+/// let stats = FreshClientLayer::new().stats();
+/// assert_eq!((stats.generation, stats.rebuilds, stats.consecutive_errors), (0, 0, 0));
 /// ```
-#[derive(Clone, Default)]
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct FreshStats {
+    /// The generation of the current client: 0 before the first one is built, 1 for
+    /// the first, 2 after the first rebuild, and so on.
+    pub generation: u64,
+    /// How many times a retired client was replaced by a new one.
+    pub rebuilds: u64,
+    /// The current client's run of consecutive connection-level errors.
+    pub consecutive_errors: u64,
+    /// How many times the `MakeService` failed to build a client.
+    pub make_failures: u64,
+}
+
+/// The live counters behind [`FreshStats`], shared by the layer, its clones and every
+/// service it made.
+#[derive(Clone, Default)]
+pub(crate) struct FreshCounters {
     inner: Arc<Counters>,
 }
 
@@ -39,33 +53,43 @@ struct Counters {
     make_failures: AtomicU64,
 }
 
-impl FreshStats {
+impl FreshCounters {
+    /// A snapshot of the counters.
+    pub(crate) fn snapshot(&self) -> FreshStats {
+        FreshStats {
+            generation: self.generation(),
+            rebuilds: self.rebuilds(),
+            consecutive_errors: u64::from(self.consecutive_errors()),
+            make_failures: self.make_failures(),
+        }
+    }
+
     /// The generation of the current client: 0 before the first one is built, 1 for
     /// the first, 2 after the first rebuild, and so on.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Relaxed)
     }
 
     /// How many times a retired client was replaced by a new one (the first build is
     /// not a rebuild).
-    pub fn rebuilds(&self) -> u64 {
+    pub(crate) fn rebuilds(&self) -> u64 {
         self.inner.rebuilds.load(Ordering::Relaxed)
     }
 
     /// The current client's run of consecutive connection-level errors.
-    pub fn consecutive_errors(&self) -> u32 {
+    pub(crate) fn consecutive_errors(&self) -> u32 {
         self.inner.consecutive.load(Ordering::Relaxed)
     }
 
     /// How many times the `MakeService` failed to build a client.
-    pub fn make_failures(&self) -> u64 {
+    pub(crate) fn make_failures(&self) -> u64 {
         self.inner.make_failures.load(Ordering::Relaxed)
     }
 }
 
-impl fmt::Debug for FreshStats {
+impl fmt::Debug for FreshCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FreshStats")
+        f.debug_struct("FreshCounters")
             .field("generation", &self.generation())
             .field("rebuilds", &self.rebuilds())
             .field("consecutive_errors", &self.consecutive_errors())
@@ -228,7 +252,7 @@ pub(super) struct Tally {
     state: Mutex<TallyState>,
     threshold: u32,
     name: Arc<str>,
-    stats: FreshStats,
+    stats: FreshCounters,
 }
 
 impl fmt::Debug for Tally {
@@ -254,7 +278,7 @@ struct TallyState {
 }
 
 impl Tally {
-    pub(super) fn new(threshold: u32, name: Arc<str>, stats: FreshStats) -> Self {
+    pub(super) fn new(threshold: u32, name: Arc<str>, stats: FreshCounters) -> Self {
         Tally {
             state: Mutex::new(TallyState {
                 generation: 0,
@@ -271,7 +295,7 @@ impl Tally {
         lock(&self.state).generation
     }
 
-    pub(super) fn stats(&self) -> &FreshStats {
+    pub(super) fn stats(&self) -> &FreshCounters {
         &self.stats
     }
 
@@ -385,7 +409,7 @@ mod tests {
     impl std::error::Error for Refused {}
 
     fn tally(threshold: u32) -> Tally {
-        let tally = Tally::new(threshold, Arc::from("t"), FreshStats::default());
+        let tally = Tally::new(threshold, Arc::from("t"), FreshCounters::default());
         assert_eq!(tally.install(), 1);
         tally
     }

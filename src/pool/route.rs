@@ -174,9 +174,9 @@ mod tests {
     #[test]
     fn model_key_reads_the_extension() {
         let mut req = Request::new(());
-        assert_eq!(ModelKey.key(&req), Key::from(""));
+        assert_eq!(ModelKey.key_of(&req), Key::from(""));
         req.extensions_mut().insert(Model::new("glm-4"));
-        assert_eq!(ModelKey.key(&req), Key::from("glm-4"));
+        assert_eq!(ModelKey.key_of(&req), Key::from("glm-4"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::{
 /// Counters only grow; they cover every clone of the pool.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct BackendStats {
     /// The backend's name.
     pub name: Key,
@@ -47,6 +48,7 @@ pub struct BackendStats {
 /// Pool-wide counters, from [`PoolHandle::totals`].
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct PoolStats {
     /// Calls made to the pool.
     pub calls: u64,
@@ -55,11 +57,11 @@ pub struct PoolStats {
     pub failovers: u64,
     /// Calls that waited because no candidate was available.
     pub waited: u64,
-    /// Calls refused with [`AllBackendsCooling`](super::AllBackendsCooling).
+    /// Calls refused with `RefusalKind::AllBackendsCooling`.
     pub all_cooling: u64,
-    /// Calls refused with [`NoBackendReady`](super::NoBackendReady).
+    /// Calls refused with `RefusalKind::NoBackendReady`.
     pub no_backend_ready: u64,
-    /// Calls refused with [`NoRoute`](super::NoRoute).
+    /// Calls refused with `RefusalKind::NoRoute`.
     pub no_route: u64,
 }
 

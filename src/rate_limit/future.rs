@@ -367,7 +367,7 @@ where
             .arrived
             .filter(|_| self.held)
             .map(|arrived| now.saturating_duration_since(arrived));
-        self.limiter.stats().record_admitted(waited);
+        self.limiter.counters().record_admitted(waited);
         if let Some(waited) = waited {
             tracing::debug!(key = %self.key, waited = ?waited, "rate limit: admitted after waiting");
         }
@@ -418,7 +418,7 @@ where
                 this.state.set(State::Done);
                 Poll::Ready(Err(match denial {
                     Denial::Denied { key, wait } => {
-                        limiter.stats().record_rejected();
+                        limiter.counters().record_rejected();
                         tracing::debug!(key = %key, wait = ?wait, max_wait = ?max_wait, "rate limit: wait exceeds max_wait, refusing");
                         limiter.summarize_rejection(Instant::now());
                         Box::new(
@@ -428,7 +428,7 @@ where
                         )
                     }
                     Denial::TooCostly { key, cost, burst } => {
-                        limiter.stats().record_rejected();
+                        limiter.counters().record_rejected();
                         tracing::debug!(key = %key, cost, burst, "rate limit: cost exceeds burst, refusing");
                         limiter.summarize_rejection(Instant::now());
                         Box::new(
@@ -440,7 +440,7 @@ where
                         )
                     }
                     Denial::Store(err) => {
-                        limiter.stats().record_store_error();
+                        limiter.counters().record_store_error();
                         tracing::warn!(error = %Redacted(&err), "rate limit: store failed");
                         Box::new(err)
                     }
@@ -486,19 +486,19 @@ where
                 this.state.set(State::Done);
                 Poll::Ready(Ok(match denial {
                     Denial::Denied { key, wait } => {
-                        limiter.stats().record_rejected();
+                        limiter.counters().record_rejected();
                         tracing::debug!(key = %key, retry_after = ?wait, "rate limit: rejected with 429");
                         limiter.summarize_rejection(Instant::now());
                         headers::too_many_requests(quota, Some(wait))
                     }
                     Denial::TooCostly { key, cost, burst } => {
-                        limiter.stats().record_rejected();
+                        limiter.counters().record_rejected();
                         tracing::debug!(key = %key, cost, burst, "rate limit: cost exceeds burst, rejected with 429");
                         limiter.summarize_rejection(Instant::now());
                         headers::too_many_requests(quota, None)
                     }
                     Denial::Store(err) => {
-                        limiter.stats().record_store_error();
+                        limiter.counters().record_store_error();
                         tracing::warn!(error = %Redacted(&err), "rate limit: store failed, answering 503");
                         headers::unavailable()
                     }

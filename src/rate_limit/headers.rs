@@ -62,12 +62,13 @@ pub(crate) fn unavailable<B: Default>() -> Response<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::NonZeroU32;
 
     #[test]
     fn header_forms() {
-        let q = Quota::per_second(10).unwrap().with_burst(5).unwrap();
+        let q = Quota::per_second(NonZeroU32::new(10).unwrap()).with_burst(NonZeroU32::new(5).unwrap()).unwrap();
         assert_eq!(policy_value(q), "\"ratewise\";q=5;w=1");
-        let q = Quota::per_minute(50).unwrap();
+        let q = Quota::per_minute(NonZeroU32::new(50).unwrap());
         assert_eq!(policy_value(q), "\"ratewise\";q=50;w=60");
         assert_eq!(
             limit_value(0, Duration::from_millis(1001)),
@@ -79,7 +80,7 @@ mod tests {
 
     #[test]
     fn too_costly_has_no_retry_after() {
-        let q = Quota::per_second(1).unwrap();
+        let q = Quota::per_second(NonZeroU32::new(1).unwrap());
         let res: Response<()> = too_many_requests(q, None);
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(res.headers().get(header::RETRY_AFTER).is_none());

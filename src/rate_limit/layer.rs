@@ -9,7 +9,7 @@ use super::{
     policy::{Reject, Wait},
     quota::{config_error, Quota},
     service::RateLimit,
-    stats::Stats,
+    stats::RateLimitStats,
     store::{GovernorStore, RateLimitStore},
 };
 use crate::{
@@ -70,7 +70,7 @@ impl<M, St> RateLimitLayer<M, St> {
     }
 
     /// The limiter's counters.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> RateLimitStats {
         self.limiter.stats()
     }
 

@@ -14,7 +14,7 @@ use tokio::{sync::Semaphore, time::Instant};
 
 use super::{
     quota::Quota,
-    stats::Stats,
+    stats::{RateLimitStats, Stats},
     store::{GovernorStore, RateLimitStore},
 };
 use crate::{key::Key, util::lock};
@@ -33,10 +33,12 @@ use crate::{key::Key, util::lock};
 /// # Example
 ///
 /// ```
+/// use std::num::NonZeroU32;
 /// use ratewise::rate_limit::{GovernorStore, Quota, RateLimitLayer, RateLimiter};
 ///
-/// # fn main() -> Result<(), ratewise::rate_limit::ConfigError> {
-/// let cards = RateLimiter::new(GovernorStore::new(Quota::per_second(20)?.with_burst(20)?));
+/// # fn main() -> Result<(), ratewise::ConfigError> {
+/// let twenty = NonZeroU32::new(20).unwrap();
+/// let cards = RateLimiter::new(GovernorStore::new(Quota::per_second(twenty)));
 /// let updates = RateLimitLayer::builder().build_with_limiter(cards.clone())?;
 /// let creates = RateLimitLayer::builder().build_with_limiter(cards.clone())?;
 /// assert_eq!(cards.quota().burst(), 20);
@@ -97,9 +99,14 @@ impl<St> RateLimiter<St> {
         self.inner.quota
     }
 
-    /// The limiter's counters (shared by every clone).
-    pub fn stats(&self) -> Stats {
-        self.inner.stats.clone()
+    /// The limiter's counters (shared by every clone), as a snapshot.
+    pub fn stats(&self) -> RateLimitStats {
+        self.inner.stats.snapshot()
+    }
+
+    /// The live counters.
+    pub(crate) fn counters(&self) -> &Stats {
+        &self.inner.stats
     }
 
     /// How many requests are queued, waiting to be admitted, right now.

@@ -128,7 +128,7 @@
 //!
 //! let res = client.clone().oneshot(Request::new(String::from("update"))).await?;
 //! assert_eq!(res.body(), "ok");
-//! assert_eq!(cards.stats().admitted(), 1);
+//! assert_eq!(cards.stats().admitted, 1);
 //!
 //! // Too long a wait fails at once, with the earliest time to try again.
 //! let strict = RateLimitLayer::builder().per_minute(1).max_wait(Duration::ZERO).build()?;
@@ -191,5 +191,5 @@ pub use self::limiter::RateLimiter;
 pub use self::policy::{Mode, Reject, Wait};
 pub use self::quota::Quota;
 pub use self::service::RateLimit;
-pub use self::stats::Stats;
+pub use self::stats::RateLimitStats;
 pub use self::store::{Decision, GovernorStore, RateLimitStore, StoreError};

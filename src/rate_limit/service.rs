@@ -17,7 +17,7 @@ use super::{
     layer::Policy,
     limiter::RateLimiter,
     policy::{Mode, Reject, Wait},
-    stats::Stats,
+    stats::RateLimitStats,
     store::{GovernorStore, RateLimitStore},
 };
 use crate::{
@@ -70,7 +70,7 @@ impl<S, M, St> RateLimit<S, M, St> {
     }
 
     /// The limiter's counters.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> RateLimitStats {
         self.limiter.stats()
     }
 
@@ -86,7 +86,7 @@ impl<S, M, St> RateLimit<S, M, St> {
                 Some(cost) => cost,
                 None => {
                     // A cost of zero: bypassed.
-                    self.limiter.stats().record_bypassed();
+                    self.limiter.counters().record_bypassed();
                     return ResponseFuture::called(self.inner.call(request));
                 }
             },

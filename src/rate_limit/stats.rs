@@ -9,12 +9,35 @@ use std::{
     time::Duration,
 };
 
-/// What a rate limiter did, counted since it was built.
+/// What a rate limiter did, counted since it was built: a snapshot, from `stats()` on
+/// the layer, its services or its [`RateLimiter`](super::RateLimiter).
 ///
-/// A cheap [`Clone`] handle: every clone, and every layer and service sharing the same
-/// [`RateLimiter`](super::RateLimiter), reads and bumps the same atomic counters.
+/// Counters only grow; they cover every layer and service sharing the limiter.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct RateLimitStats {
+    /// Requests admitted (after waiting or not); bypassed requests are not counted.
+    pub admitted: u64,
+    /// Requests that skipped the limiter: they cost 0.
+    pub bypassed: u64,
+    /// Admitted requests that were held back first: denied cells, or queued behind
+    /// other waiters for their key.
+    pub waited: u64,
+    /// The sum of the waits of the requests counted by `waited`, in milliseconds.
+    pub total_wait_ms: u64,
+    /// The longest wait of a request counted by `waited`, in milliseconds.
+    pub max_wait_ms: u64,
+    /// Requests refused: `429` answers in reject mode, `max_wait` and cost refusals in
+    /// wait mode.
+    pub rejected: u64,
+    /// Requests failed because the store could not decide.
+    pub store_errors: u64,
+}
+
+/// The live counters behind [`RateLimitStats`]: a cheap shared handle of atomics.
 #[derive(Clone, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     inner: Arc<Counters>,
 }
 
@@ -30,43 +53,63 @@ struct Counters {
 }
 
 impl Stats {
-    /// Requests admitted by the limiter (after waiting or not); bypassed requests are
-    /// not counted here.
-    pub fn admitted(&self) -> u64 {
+    /// A snapshot of the counters.
+    pub(crate) fn snapshot(&self) -> RateLimitStats {
+        let c = &*self.inner;
+        let ms = |n: &AtomicU64| n.load(Ordering::Relaxed) / 1_000_000;
+        RateLimitStats {
+            admitted: c.admitted.load(Ordering::Relaxed),
+            bypassed: c.bypassed.load(Ordering::Relaxed),
+            waited: c.waited.load(Ordering::Relaxed),
+            total_wait_ms: ms(&c.wait_total_nanos),
+            max_wait_ms: ms(&c.wait_max_nanos),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            store_errors: c.store_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    #[cfg(test)]
+    fn admitted(&self) -> u64 {
         self.inner.admitted.load(Ordering::Relaxed)
     }
 
     /// Requests that skipped the limiter: the bypass predicate matched or they cost 0.
-    pub fn bypassed(&self) -> u64 {
+    #[cfg(test)]
+    fn bypassed(&self) -> u64 {
         self.inner.bypassed.load(Ordering::Relaxed)
     }
 
     /// Admitted requests that were held back first: denied cells, or queued behind
     /// other waiters for their key. A request admitted at its first attempt is not
     /// counted, however long its store's answer took.
-    pub fn waited(&self) -> u64 {
+    #[cfg(test)]
+    fn waited(&self) -> u64 {
         self.inner.waited.load(Ordering::Relaxed)
     }
 
     /// The sum of the waits of the admitted requests counted by [`waited`](Stats::waited),
     /// each from its first poll to its admission.
-    pub fn total_wait(&self) -> Duration {
+    #[cfg(test)]
+    fn total_wait(&self) -> Duration {
         Duration::from_nanos(self.inner.wait_total_nanos.load(Ordering::Relaxed))
     }
 
     /// The longest wait of a request counted by [`waited`](Stats::waited).
-    pub fn max_wait(&self) -> Duration {
+    #[cfg(test)]
+    fn max_wait(&self) -> Duration {
         Duration::from_nanos(self.inner.wait_max_nanos.load(Ordering::Relaxed))
     }
 
     /// Requests refused: `429` answers in reject mode, `max_wait` and cost refusals in
     /// wait mode.
-    pub fn rejected(&self) -> u64 {
+    #[cfg(test)]
+    fn rejected(&self) -> u64 {
         self.inner.rejected.load(Ordering::Relaxed)
     }
 
     /// Requests failed because the store could not decide.
-    pub fn store_errors(&self) -> u64 {
+    #[cfg(test)]
+    fn store_errors(&self) -> u64 {
         self.inner.store_errors.load(Ordering::Relaxed)
     }
 
@@ -98,15 +141,7 @@ impl Stats {
 
 impl fmt::Debug for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Stats")
-            .field("admitted", &self.admitted())
-            .field("bypassed", &self.bypassed())
-            .field("waited", &self.waited())
-            .field("total_wait", &self.total_wait())
-            .field("max_wait", &self.max_wait())
-            .field("rejected", &self.rejected())
-            .field("store_errors", &self.store_errors())
-            .finish()
+        fmt::Debug::fmt(&self.snapshot(), f)
     }
 }
 

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use super::error::DeadlineExceeded;
-use super::stats::{GiveUp, RetryStats};
+use super::stats::{Counters, GiveUp};
 use crate::BoxError;
 
 pin_project! {
@@ -40,7 +40,7 @@ pin_project! {
         #[pin]
         timer: Option<Sleep>,
         deadline: Duration,
-        stats: RetryStats,
+        stats: Counters,
     }
 }
 
@@ -49,7 +49,7 @@ impl<F> ResponseFuture<F> {
         inner: F,
         timer: Option<Sleep>,
         deadline: Duration,
-        stats: RetryStats,
+        stats: Counters,
     ) -> Self {
         ResponseFuture {
             state: State::Running { inner },

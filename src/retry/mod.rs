@@ -65,7 +65,7 @@
 //!     .max_delay(Duration::from_secs(60))
 //!     .deadline(Duration::from_secs(10))
 //!     .build()?;
-//! let stats = retry.stats();
+//! assert_eq!(retry.stats().calls, 0);
 //!
 //! // An upstream that is over its limit twice, then answers.
 //! let calls = Arc::new(AtomicUsize::new(0));
@@ -86,7 +86,7 @@
 //! let res = svc.oneshot(req).await?;
 //! assert_eq!(res.status(), StatusCode::OK);
 //! assert_eq!(calls.load(Ordering::SeqCst), 3);
-//! assert_eq!(stats.retries(), 2);
+//! assert_eq!(retry.stats().retries, 2);
 //! # Ok(()) }
 //! ```
 

@@ -11,7 +11,7 @@ use tower::retry::Policy;
 
 use super::body::{try_clone_request, TryCloneBody};
 use super::schedule::{Jitter, Schedule};
-use super::stats::{GiveUp, RetryStats};
+use super::stats::{Counters, GiveUp, RetryStats};
 use crate::vocabulary::{verdict_of, verdict_of_error, CallContext, LayerId, Verdict};
 use crate::BoxError;
 use crate::redact::Redacted;
@@ -31,7 +31,7 @@ pub(crate) struct Shared {
     /// Stamped on the [`CallContext`] this layer sets, so its policy reads only its own.
     pub(crate) id: LayerId,
     pub(crate) config: Config,
-    pub(crate) stats: RetryStats,
+    pub(crate) stats: Counters,
     pub(crate) budget: Option<Arc<dyn Budget + Send + Sync>>,
 }
 
@@ -113,7 +113,7 @@ impl RetryPolicy {
 
     /// The counters this policy writes.
     pub fn stats(&self) -> RetryStats {
-        self.shared.stats.clone()
+        self.shared.stats.snapshot()
     }
 
     fn start_call<B>(&mut self, req: &Request<B>) {

@@ -40,7 +40,7 @@ impl fmt::Display for GiveUp {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
+struct Atomics {
     calls: AtomicU64,
     retries: AtomicU64,
     not_cloneable: AtomicU64,
@@ -50,47 +50,69 @@ struct Counters {
     budget: AtomicU64,
 }
 
-/// A cheap handle on the counters of one [`RetryLayer`](super::RetryLayer).
-///
-/// Every clone of the layer, of the services it made and of this handle reads and
-/// writes the same counters.
-#[derive(Clone, Default)]
+/// What a [`RetryLayer`](super::RetryLayer) did, counted since it was built: a
+/// snapshot, from `stats()` on the layer or its policy.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RetryStats {
-    inner: Arc<Counters>,
+    /// Calls made through the layer (each counted once, however many attempts).
+    pub calls: u64,
+    /// Retries taken (attempts after the first).
+    pub retries: u64,
+    /// Calls sent once without retry because their request could not be cloned.
+    pub not_cloneable: u64,
+    /// Give-ups for every reason.
+    pub give_ups: u64,
+    /// Give-ups because `max_attempts` was reached.
+    pub give_ups_attempts: u64,
+    /// Give-ups because the next attempt would start past the deadline.
+    pub give_ups_deadline: u64,
+    /// Give-ups because the server asked for a wait longer than `max_delay`.
+    pub give_ups_max_delay: u64,
+    /// Give-ups because the retry budget was overdrawn.
+    pub give_ups_budget: u64,
 }
 
 impl RetryStats {
-    /// Calls made through the layer (each counted once, however many attempts).
-    pub fn calls(&self) -> u64 {
-        self.inner.calls.load(Ordering::Relaxed)
-    }
-
-    /// Retries taken (attempts after the first).
-    pub fn retries(&self) -> u64 {
-        self.inner.retries.load(Ordering::Relaxed)
-    }
-
-    /// Calls sent once without retry because their request could not be cloned.
-    pub fn not_cloneable(&self) -> u64 {
-        self.inner.not_cloneable.load(Ordering::Relaxed)
-    }
-
-    /// Give-ups for every reason.
-    pub fn give_ups(&self) -> u64 {
-        [
-            GiveUp::Attempts,
-            GiveUp::Deadline,
-            GiveUp::MaxDelay,
-            GiveUp::Budget,
-        ]
-        .iter()
-        .map(|r| self.give_ups_for(*r))
-        .sum()
-    }
-
     /// Give-ups for one reason.
     pub fn give_ups_for(&self, reason: GiveUp) -> u64 {
-        self.counter(reason).load(Ordering::Relaxed)
+        match reason {
+            GiveUp::Attempts => self.give_ups_attempts,
+            GiveUp::Deadline => self.give_ups_deadline,
+            GiveUp::MaxDelay => self.give_ups_max_delay,
+            GiveUp::Budget => self.give_ups_budget,
+        }
+    }
+}
+
+/// The live counters behind [`RetryStats`], shared by every clone of a layer.
+#[derive(Clone, Default)]
+pub(crate) struct Counters {
+    inner: Arc<Atomics>,
+}
+
+impl Counters {
+    /// A snapshot of the counters.
+    pub(crate) fn snapshot(&self) -> RetryStats {
+        let c = &*self.inner;
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let (attempts, deadline, max_delay, budget) = (
+            load(&c.attempts),
+            load(&c.deadline),
+            load(&c.max_delay),
+            load(&c.budget),
+        );
+        RetryStats {
+            calls: load(&c.calls),
+            retries: load(&c.retries),
+            not_cloneable: load(&c.not_cloneable),
+            give_ups: attempts + deadline + max_delay + budget,
+            give_ups_attempts: attempts,
+            give_ups_deadline: deadline,
+            give_ups_max_delay: max_delay,
+            give_ups_budget: budget,
+        }
     }
 
     fn counter(&self, reason: GiveUp) -> &AtomicU64 {
@@ -119,17 +141,9 @@ impl RetryStats {
     }
 }
 
-impl fmt::Debug for RetryStats {
+impl fmt::Debug for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryStats")
-            .field("calls", &self.calls())
-            .field("retries", &self.retries())
-            .field("not_cloneable", &self.not_cloneable())
-            .field("give_ups_attempts", &self.give_ups_for(GiveUp::Attempts))
-            .field("give_ups_deadline", &self.give_ups_for(GiveUp::Deadline))
-            .field("give_ups_max_delay", &self.give_ups_for(GiveUp::MaxDelay))
-            .field("give_ups_budget", &self.give_ups_for(GiveUp::Budget))
-            .finish()
+        fmt::Debug::fmt(&self.snapshot(), f)
     }
 }
 
@@ -139,18 +153,19 @@ mod tests {
 
     #[test]
     fn clones_share_counters() {
-        let a = RetryStats::default();
+        let a = Counters::default();
         let b = a.clone();
         a.record_call();
         b.record_retry();
         b.record_give_up(GiveUp::Budget);
         a.record_give_up(GiveUp::Deadline);
         a.record_not_cloneable();
-        assert_eq!(b.calls(), 1);
-        assert_eq!(a.retries(), 1);
+        let (a, b) = (a.snapshot(), b.snapshot());
+        assert_eq!(b.calls, 1);
+        assert_eq!(a.retries, 1);
         assert_eq!(a.give_ups_for(GiveUp::Budget), 1);
         assert_eq!(a.give_ups_for(GiveUp::Attempts), 0);
-        assert_eq!(b.give_ups(), 2);
-        assert_eq!(b.not_cloneable(), 1);
+        assert_eq!(b.give_ups, 2);
+        assert_eq!(b.not_cloneable, 1);
     }
 }

@@ -194,7 +194,7 @@ impl ClientStackLayer {
     pub fn stats(&self) -> StackStats {
         StackStats {
             rate_limit: self.rate_limit.stats(),
-            cooldown: self.cooldown.handle().stats(),
+            cooldown: self.cooldown.stats(),
             retry: self.retry.stats(),
         }
     }
@@ -213,10 +213,11 @@ impl<S> Layer<S> for ClientStackLayer {
 
 /// The counters of a [`ClientStackLayer`].
 #[non_exhaustive]
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct StackStats {
     /// Admitted, waited, rejected...
-    pub rate_limit: rate_limit::Stats,
+    pub rate_limit: rate_limit::RateLimitStats,
     /// Cooldowns started, requests that met a cooldown, probes...
     pub cooldown: CooldownStats,
     /// Retries and give-ups.
