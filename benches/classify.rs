@@ -24,10 +24,7 @@ use criterion::Criterion;
 use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
-use ratewise::{
-    classify::{presets, verdict_of},
-    ClassifyLayer, Verdict,
-};
+use ratewise::{classify::presets, verdict_of, ClassifyLayer, Verdict};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::{calls_and_collect, configure, ok_upstream, request, response, runtime, Body};

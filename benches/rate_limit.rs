@@ -8,11 +8,13 @@
 use std::{hint::black_box, num::NonZeroU32, time::Duration};
 
 use criterion::Criterion;
-use http::Request;
-use ratewise::{key::Key, RateLimitLayer};
+use ratewise::{
+    key::{Key, RequestRef},
+    RateLimitLayer,
+};
 use tower::ServiceBuilder;
 
-use crate::{calls, configure, ok_upstream, request, runtime, Body};
+use crate::{calls, configure, ok_upstream, request, runtime};
 
 /// Cells per second for every limiter: far more than a run can take.
 const HUGE: u32 = 1_000_000_000;
@@ -45,7 +47,7 @@ pub(crate) fn bench(c: &mut Criterion) {
     let keyed = RateLimitLayer::builder()
         .per_second(HUGE)
         .burst(HUGE)
-        .key(|req: &Request<Body>| {
+        .key(|req: &RequestRef<'_>| {
             Key::from(
                 req.headers()
                     .get("x-api-key")

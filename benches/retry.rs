@@ -31,7 +31,7 @@ use std::{
 
 use criterion::Criterion;
 use http::{Request, Response, StatusCode};
-use ratewise::{retry::Jitter, RetryLayer};
+use ratewise::{retry::Jitter, BoxError, RetryLayer};
 use retry_policies::{policies::ExponentialBackoff, RetryDecision, RetryPolicy};
 use tower::{retry::Policy, ServiceBuilder};
 
@@ -118,7 +118,7 @@ pub(crate) fn bench_decision(c: &mut Criterion) {
     configure(&mut group);
 
     let mut req = request();
-    let mut limited: Result<Response<Body>, Infallible> = Ok(response(
+    let mut limited: Result<Response<Body>, BoxError> = Ok(response(
         StatusCode::TOO_MANY_REQUESTS,
         bytes::Bytes::from_static(b"{}"),
     ));

@@ -75,7 +75,7 @@ const ACCOUNT_LIMIT: u32 = 5;
 /// that is by at most `HOLD` (nothing waits in the rate limiter here).
 const DEADLINE: Duration = Duration::from_secs(3);
 /// The longest one attempt waits for a cooldown to end before failing with a typed
-/// `CoolingDown` error (which the retry layer then waits out, within the deadline).
+/// `CoolingDown` refusal (which the retry layer then waits out, within the deadline).
 const HOLD: Duration = Duration::from_secs(1);
 /// The API key: sent in every request, never printed.
 const API_KEY: &str = "demo-key.not-a-secret";
@@ -168,8 +168,7 @@ pub async fn run() -> Result<Report, BoxError> {
         stats.cooldown.cooldowns_started > 0 && stats.retry.retries > 0,
         format!(
             "the 1302 answers were classified as rate limits: {} cooldown(s), {} retries",
-            stats.cooldown.cooldowns_started,
-            stats.retry.retries
+            stats.cooldown.cooldowns_started, stats.retry.retries
         ),
     );
     report.check(

@@ -191,7 +191,7 @@ impl<'a, B> From<&'a Request<B>> for RequestRef<'a> {
 ///
 /// Implemented by [`Global`], [`Authority`], [`MethodUri`] and every closure
 /// `Fn(&RequestRef<'_>) -> K` where `K: Into<Key>`. Layers hold it as a value
-/// ([`SharedKey`]), so a key never becomes a type parameter of a stack.
+/// (`SharedKey`), so a key never becomes a type parameter of a stack.
 pub trait KeyExtractor: Send + Sync + 'static {
     /// The request's key.
     fn key(&self, request: &RequestRef<'_>) -> Key;
@@ -216,7 +216,7 @@ where
 }
 
 /// A key extractor held as a value: what every keyed layer stores.
-pub type SharedKey = Arc<dyn KeyExtractor>;
+pub(crate) type SharedKey = Arc<dyn KeyExtractor>;
 
 /// The key of `request` by `extractor`.
 pub(crate) fn key_of<B>(extractor: &dyn KeyExtractor, request: &Request<B>) -> Key {

@@ -272,7 +272,7 @@ mod qq_gateway {
 }
 
 /// The cache's refusal of a rate-limited endpoint with nothing cached, or a panic.
-fn endpoint_limited(err: &(dyn std::error::Error + 'static)) -> &Refusal {
+fn endpoint_limited<'a>(err: &'a (dyn std::error::Error + 'static)) -> &'a Refusal {
     Refusal::find(err)
         .filter(|r| matches!(r.kind(), RefusalKind::EndpointLimited))
         .expect("EndpointLimited")

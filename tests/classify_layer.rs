@@ -742,18 +742,18 @@ async fn glm_1302_classified_inside_is_rate_limited_for_cooldown_and_retry_outsi
             .wait(Duration::from_secs(60))
             .build()
             .unwrap();
-        let (retry_stats, cooldown_handle) = (retry.stats(), cooldown.handle());
+        let (retry_layer, cooldown_handle) = (retry.clone(), cooldown.handle());
         let svc = ServiceBuilder::new()
             .layer(retry)
             .layer(cooldown)
             .layer(ClassifyLayer::new(presets::glm()))
             .service(glm_429(body, calls.clone()));
-        (svc, calls, retry_stats, cooldown_handle)
+        (svc, calls, retry_layer, cooldown_handle)
     };
     const HOST: &str = "open.bigmodel.cn";
 
     // GLM 429 1302.
-    let (svc, calls, retry_stats, cooldown) = stack(GLM_1302);
+    let (svc, calls, retry, cooldown) = stack(GLM_1302);
     let t0 = tokio::time::Instant::now();
     let res = svc.oneshot(glm_request()).await.unwrap();
     // Call 1 at 0 s cools the key for 2 s; the retry after 1 s waits for the cooldown
@@ -762,8 +762,8 @@ async fn glm_1302_classified_inside_is_rate_limited_for_cooldown_and_retry_outsi
     let offsets: Vec<_> = calls.lock().unwrap().iter().map(|t| *t - t0).collect();
     assert_eq!(offsets, [0, 2, 6].map(Duration::from_secs));
     assert_eq!(tokio::time::Instant::now() - t0, Duration::from_secs(6));
-    assert_eq!(retry_stats.retries(), 2);
-    assert_eq!(retry_stats.give_ups_for(GiveUp::Attempts), 1);
+    assert_eq!(retry.stats().retries, 2);
+    assert_eq!(retry.stats().give_ups_for(GiveUp::Attempts), 1);
     let stats = cooldown.stats();
     assert_eq!((stats.cooldowns_started, stats.waited), (3, 2));
     assert_eq!(
@@ -778,12 +778,12 @@ async fn glm_1302_classified_inside_is_rate_limited_for_cooldown_and_retry_outsi
     assert_eq!(body, GLM_1302.as_bytes(), "the caller gets every byte");
 
     // Control: GLM 429 1113 (arrears).
-    let (svc, calls, retry_stats, cooldown) = stack(GLM_1113);
+    let (svc, calls, retry, cooldown) = stack(GLM_1113);
     let t0 = tokio::time::Instant::now();
     let res = svc.oneshot(glm_request()).await.unwrap();
     assert_eq!(calls.lock().unwrap().len(), 1, "not retried");
     assert_eq!(tokio::time::Instant::now(), t0);
-    assert_eq!(retry_stats.retries(), 0);
+    assert_eq!(retry.stats().retries, 0);
     assert_eq!(cooldown.cooling_until(HOST), None, "not cooled");
     assert_eq!(cooldown.stats().cooldowns_started, 0);
     assert_eq!(verdict_of(&res), Verdict::Failure);

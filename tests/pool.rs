@@ -25,12 +25,15 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use ratewise::{
     body::PeekBody,
-    classify::{presets, presets::Preset, verdict_of_error, Classify, ClassifyLayer},
+    classify::{presets, presets::Preset, Classify, ClassifyLayer},
     cooldown::{CooldownLayer, KeyState},
-    pool::{AllBackendsCooling, Model, NoBackendReady, NoRoute, Pool, ServedBy, Unavailable},
+    key::RequestRef,
+    pool::{Model, Pool, ServedBy},
     retry::RetryBody,
     testing::{self, body_json, json_request, GlmApi, MockServer, OpenAiApi},
-    BoxError, Verdict,
+    verdict_of_error,
+    vocabulary::{RefusalKind, Unavailable},
+    BoxError, ConfigError, Refusal, Verdict,
 };
 use serde_json::json;
 use tokio::time::{advance, sleep, timeout, Instant};
@@ -192,6 +195,13 @@ async fn cooling_primary_is_skipped_and_probed_once_its_cooldown_ends() -> Resul
 // ---------------------------------------------------------------------------------
 // All backends cooling
 
+/// The pool's `AllBackendsCooling` refusal, or a panic.
+fn all_cooling(err: &BoxError) -> &Refusal {
+    err.downcast_ref::<Refusal>()
+        .filter(|r| matches!(r.kind(), RefusalKind::AllBackendsCooling { .. }))
+        .expect("typed error")
+}
+
 /// Two GLM backends that always answer 1302; `fallback` cools from t0 + 0 (until 1.0 s),
 /// `primary` from t0 + 0.3 s (until 1.3 s). Set up through single-backend routes.
 async fn both_cooling(max_wait: Duration) -> Result<(Pool<Req, Res>, GlmApi, GlmApi), BoxError> {
@@ -258,12 +268,13 @@ async fn all_cooling_past_max_wait_fails_at_once_with_all_backends_cooling() -> 
         .expect_err("every backend cools past max_wait");
     assert_eq!(Instant::now(), before, "refused without sleeping");
 
-    let cooling = err
-        .downcast_ref::<AllBackendsCooling>()
-        .expect("typed error");
+    let cooling = all_cooling(&err);
     // The fallback recovers first, at 1.0 s: 0.7 s from 0.3 s, past max_wait 0.5 s.
-    assert_eq!(cooling.retry_after(), ms(700));
-    assert_eq!(cooling.max_wait(), ms(500));
+    assert_eq!(cooling.retry_after(), Some(ms(700)));
+    assert!(
+        matches!(cooling.kind(), RefusalKind::AllBackendsCooling { max_wait } if *max_wait == ms(500)),
+        "{cooling:?}"
+    );
     let listed: Vec<_> = cooling
         .candidates()
         .iter()
@@ -336,10 +347,8 @@ async fn the_last_candidates_real_429_reaches_the_caller_unchanged() -> Result<(
 
     // The next call reaches no backend: that, and only that, is the pool's own error.
     let err = pool.clone().oneshot(chat()).await.expect_err("all cooling");
-    let cooling = err
-        .downcast_ref::<AllBackendsCooling>()
-        .expect("typed error");
-    assert_eq!(cooling.retry_after(), secs(1));
+    let cooling = all_cooling(&err);
+    assert_eq!(cooling.retry_after(), Some(secs(1)));
     assert_eq!((glm.hits().count(), openai.hits().count()), (1, 1));
     Ok(())
 }
@@ -445,7 +454,13 @@ async fn route_fn_and_empty_default_route() -> Result<(), BoxError> {
     req.headers_mut().insert("x-tenant", "b".parse()?);
     assert_eq!(served_by(&pool.clone().oneshot(req).await?), "b");
     let err = pool.clone().oneshot(chat()).await.expect_err("no route");
-    assert!(err.is::<NoRoute>(), "{err}");
+    assert!(
+        matches!(
+            err.downcast_ref::<Refusal>().map(|r| r.kind()),
+            Some(RefusalKind::NoRoute { .. })
+        ),
+        "{err}"
+    );
     assert_eq!((a.hits().count(), b.hits().count()), (0, 1));
 
     // A table whose default route is empty refuses unknown models.
@@ -459,8 +474,11 @@ async fn route_fn_and_empty_default_route() -> Result<(), BoxError> {
         .oneshot(chat_for("gpt-4o"))
         .await
         .expect_err("no route");
-    let no_route = err.downcast_ref::<NoRoute>().expect("typed");
-    assert_eq!(no_route.model().map(|m| m.as_str()), Some("gpt-4o"));
+    let no_route = err.downcast_ref::<Refusal>().expect("typed");
+    let RefusalKind::NoRoute { model } = no_route.kind() else {
+        panic!("not NoRoute: {no_route:?}")
+    };
+    assert_eq!(model.as_ref().map(|m| m.as_str()), Some("gpt-4o"));
     assert_eq!(verdict_of_error(&*err), Verdict::Failure);
     assert_eq!(
         served_by(&strict.clone().oneshot(chat_for("glm-4")).await?),
@@ -759,8 +777,11 @@ async fn a_busy_backend_is_skipped_then_waited_for_within_max_wait() -> Result<(
         .await
         .expect_err("busy past max_wait");
     assert_eq!(Instant::now(), t1 + ms(500));
-    let e = err.downcast_ref::<NoBackendReady>().expect("typed");
-    assert_eq!(e.waited(), ms(500));
+    let e = err.downcast_ref::<Refusal>().expect("typed");
+    assert!(
+        matches!(e.kind(), RefusalKind::NoBackendReady { waited } if *waited == ms(500)),
+        "{e:?}"
+    );
     assert_eq!(e.candidates()[0].why(), Unavailable::Busy);
     assert_eq!(verdict_of_error(&*err), Verdict::rate_limited(None));
     Ok(())
@@ -979,7 +1000,7 @@ fn the_builder_names_the_field_at_fault() {
         service_fn(|_req: Request<()>| std::future::ready(Ok(Response::new(()))))
     }
     let field =
-        |r: Result<Pool<(), ()>, ratewise::pool::ConfigError>| r.expect_err("refused").field();
+        |r: Result<Pool<(), ()>, ConfigError>| r.expect_err("refused").field();
 
     assert_eq!(field(Pool::builder().build()), "backends");
     assert_eq!(
@@ -1035,7 +1056,7 @@ fn the_builder_names_the_field_at_fault() {
         field(
             Pool::builder()
                 .primary("a", ok_service())
-                .route_key(|_: &Request<()>| "m")
+                .route_key(|_: &RequestRef<'_>| "m")
                 .build()
         ),
         "route_key"

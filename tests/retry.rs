@@ -113,7 +113,10 @@ async fn telegram_4310_retry_after_is_returned_at_once_without_sleeping() {
         .max_attempts(5)
         .build()
         .unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
     let (inner, calls) = upstream(|_| {
         let mut res = response(429, TELEGRAM_429);
         res.headers_mut()
@@ -135,8 +138,8 @@ async fn telegram_4310_retry_after_is_returned_at_once_without_sleeping() {
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.headers()["retry-after"], "4310");
     assert_eq!(body_bytes(res).await, TELEGRAM_429.as_bytes());
-    assert_eq!(stats.give_ups_for(GiveUp::MaxDelay), 1);
-    assert_eq!(stats.retries(), 0);
+    assert_eq!(stats().give_ups_for(GiveUp::MaxDelay), 1);
+    assert_eq!(stats().retries, 0);
 }
 
 /// The same with the bare header, judged by `verdict_of` without a ClassifyLayer.
@@ -168,7 +171,10 @@ async fn qq_schedule_is_followed_exactly_then_the_last_response_returned() {
         .schedule([secs(0.5), secs(1.5), secs(3.0)])
         .build()
         .unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
     let (inner, calls) = upstream(|n| {
         let mut res = response(400, QQ_400);
         res.headers_mut().insert("x-call", n.into());
@@ -194,9 +200,9 @@ async fn qq_schedule_is_followed_exactly_then_the_last_response_returned() {
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(res.headers()["x-call"], "4", "the last response comes back");
     assert_eq!(body_bytes(res).await, QQ_400.as_bytes());
-    assert_eq!(stats.calls(), 1);
-    assert_eq!(stats.retries(), 3);
-    assert_eq!(stats.give_ups_for(GiveUp::Attempts), 1);
+    assert_eq!(stats().calls, 1);
+    assert_eq!(stats().retries, 3);
+    assert_eq!(stats().give_ups_for(GiveUp::Attempts), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -214,7 +220,10 @@ async fn glm_1302_and_dingtalk_403_are_retried_with_backoff_plain_400_is_not() {
             .max_attempts(3)
             .build()
             .unwrap();
-        let stats = layer.stats();
+        let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
         let (inner, calls) = upstream(move |_| Ok::<_, BoxError>(response(status, body)));
         let svc = ServiceBuilder::new()
             .layer(layer)
@@ -230,11 +239,11 @@ async fn glm_1302_and_dingtalk_403_are_retried_with_backoff_plain_400_is_not() {
         if expected_calls == 3 {
             // base 1 s, doubled: waits 1 s then 2 s.
             assert_eq!(calls.offsets(t0), [secs(0.0), secs(1.0), secs(3.0)]);
-            assert_eq!(stats.retries(), 2);
+            assert_eq!(stats().retries, 2);
         } else {
             assert_eq!(Instant::now(), t0, "a plain 400 is returned at once");
-            assert_eq!(stats.retries(), 0);
-            assert_eq!(stats.give_ups(), 0, "not retryable is not a give-up");
+            assert_eq!(stats().retries, 0);
+            assert_eq!(stats().give_ups, 0, "not retryable is not a give-up");
         }
     }
 }
@@ -270,7 +279,10 @@ async fn server_retry_after_within_max_delay_is_honoured() {
         .max_attempts(5)
         .build()
         .unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
     let (inner, calls) = upstream(|n| {
         let res = match n {
             1 => with_retry_after(response(429, "wait"), "2"),
@@ -288,8 +300,8 @@ async fn server_retry_after_within_max_delay_is_honoured() {
     assert_eq!(calls.offsets(t0), [secs(0.0), secs(2.0), secs(9.0)]);
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(body_bytes(res).await, "done");
-    assert_eq!(stats.retries(), 2);
-    assert_eq!(stats.give_ups(), 0);
+    assert_eq!(stats().retries, 2);
+    assert_eq!(stats().give_ups, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -300,7 +312,10 @@ async fn total_deadline_stops_a_retry_storm() {
         .deadline(secs(3.0))
         .build()
         .unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
     let (inner, calls) = upstream(|n| {
         let mut res = response(503, "overloaded");
         res.headers_mut().insert("x-call", n.into());
@@ -320,14 +335,17 @@ async fn total_deadline_stops_a_retry_storm() {
     );
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["x-call"], "3");
-    assert_eq!(stats.give_ups_for(GiveUp::Deadline), 1);
-    assert_eq!(stats.give_ups_for(GiveUp::Attempts), 0);
+    assert_eq!(stats().give_ups_for(GiveUp::Deadline), 1);
+    assert_eq!(stats().give_ups_for(GiveUp::Attempts), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn deadline_also_refuses_a_server_wait_that_would_pass_it() {
     let layer = RetryLayer::builder().deadline(secs(5.0)).build().unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
     let (inner, calls) =
         upstream(|_| Ok::<_, BoxError>(with_retry_after(response(429, "wait"), "30")));
     let svc = ServiceBuilder::new().layer(layer).service(inner);
@@ -336,7 +354,7 @@ async fn deadline_also_refuses_a_server_wait_that_would_pass_it() {
     assert_eq!(Instant::now(), t0);
     assert_eq!(calls.count(), 1);
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(stats.give_ups_for(GiveUp::Deadline), 1);
+    assert_eq!(stats().give_ups_for(GiveUp::Deadline), 1);
 }
 
 /// Fires `n` concurrent calls through clones of `svc` and returns their statuses.
@@ -382,7 +400,10 @@ async fn retry_budget_stops_a_retry_storm() {
         .tps_budget(Duration::from_secs(10), 0, 0.1)
         .build()
         .unwrap();
-    let stats = budgeted.stats();
+    let stats = {
+        let budgeted = budgeted.clone();
+        move || budgeted.stats()
+    };
     let (inner, calls) = upstream(failing);
     let svc = ServiceBuilder::new().layer(budgeted).service(inner);
     let statuses = storm(svc, CALLS).await;
@@ -394,9 +415,9 @@ async fn retry_budget_stops_a_retry_storm() {
     let retries = calls.count() - CALLS;
     assert!(retries <= CALLS / 10, "{retries} retries for {CALLS} calls");
     assert!(retries > 0, "the budget allows some retries");
-    assert_eq!(stats.retries() as usize, retries);
-    assert_eq!(stats.calls() as usize, CALLS);
-    assert!(stats.give_ups_for(GiveUp::Budget) as usize >= CALLS - retries);
+    assert_eq!(stats().retries as usize, retries);
+    assert_eq!(stats().calls as usize, CALLS);
+    assert!(stats().give_ups_for(GiveUp::Budget) as usize >= CALLS - retries);
 }
 
 #[tokio::test(start_paused = true)]
@@ -431,7 +452,10 @@ async fn budget_handed_in_is_shared_by_layers() {
 #[tokio::test(start_paused = true)]
 async fn non_cloneable_request_passes_through_once() {
     let layer = RetryLayer::builder().max_attempts(5).build().unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
 
     // A response: returned as is, one call.
     let (inner, calls) = upstream(|_| {
@@ -474,9 +498,9 @@ async fn non_cloneable_request_passes_through_once() {
     assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
     assert_eq!(calls.count(), 1);
 
-    assert_eq!(stats.not_cloneable(), 2);
-    assert_eq!(stats.retries(), 0);
-    assert_eq!(stats.give_ups(), 0, "not cloneable is not a give-up");
+    assert_eq!(stats().not_cloneable, 2);
+    assert_eq!(stats().retries, 0);
+    assert_eq!(stats().give_ups, 0, "not cloneable is not a give-up");
 }
 
 #[tokio::test(start_paused = true)]
@@ -563,7 +587,10 @@ async fn connection_errors_are_retried_and_the_last_error_returned() {
         .schedule([secs(0.5), secs(1.5)])
         .build()
         .unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
     let (inner, calls) = upstream(|n| {
         Err::<Res, std::io::Error>(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
@@ -582,8 +609,8 @@ async fn connection_errors_are_retried_and_the_last_error_returned() {
         .expect("the client's io::Error");
     assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
     assert_eq!(io.to_string(), "connection refused #3");
-    assert_eq!(stats.retries(), 2);
-    assert_eq!(stats.give_ups_for(GiveUp::Attempts), 1);
+    assert_eq!(stats().retries, 2);
+    assert_eq!(stats().give_ups_for(GiveUp::Attempts), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -616,7 +643,10 @@ async fn each_call_has_its_own_attempts_and_deadline() {
         .deadline(secs(10.0))
         .build()
         .unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
     let (inner, calls) = upstream(|_| Ok::<_, BoxError>(response(503, "down")));
     let mut svc = ServiceBuilder::new().layer(layer).service(inner);
 
@@ -636,9 +666,9 @@ async fn each_call_has_its_own_attempts_and_deadline() {
     assert_eq!(a.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(b.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(calls.count(), 12);
-    assert_eq!(stats.calls(), 4);
-    assert_eq!(stats.retries(), 8);
-    assert_eq!(stats.give_ups_for(GiveUp::Attempts), 4);
+    assert_eq!(stats().calls, 4);
+    assert_eq!(stats().retries, 8);
+    assert_eq!(stats().give_ups_for(GiveUp::Attempts), 4);
 }
 
 #[tokio::test(start_paused = true)]
@@ -722,7 +752,10 @@ async fn retries_connection_errors_of_a_hyper_util_client() {
         .schedule([Duration::from_millis(10), Duration::from_millis(10)])
         .build()
         .unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let svc = ServiceBuilder::new().layer(layer).service(client);
 
@@ -737,8 +770,8 @@ async fn retries_connection_errors_of_a_hyper_util_client() {
         .downcast_ref::<hyper_util::client::legacy::Error>()
         .expect("the client's own error");
     assert!(client_err.is_connect(), "{client_err:?}");
-    assert_eq!(stats.retries(), 2);
-    assert_eq!(stats.give_ups_for(GiveUp::Attempts), 1);
+    assert_eq!(stats().retries, 2);
+    assert_eq!(stats().give_ups_for(GiveUp::Attempts), 1);
 }
 
 /// What a [`slow_upstream`] did: when it was called, how many answers it finished, and
@@ -808,7 +841,10 @@ async fn deadline_cuts_off_a_retry_still_in_flight() {
         .deadline(secs(3.0))
         .build()
         .unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
     let (inner, slow) = slow_upstream(secs(2.0), 429);
     let svc = ServiceBuilder::new().layer(layer).service(inner);
 
@@ -824,10 +860,10 @@ async fn deadline_cuts_off_a_retry_still_in_flight() {
     assert_eq!(slow.calls.offsets(t0), [secs(0.0), secs(2.0)]);
     assert_eq!(slow.finished(), 1, "only the first attempt answered");
     assert_eq!(slow.dropped(), 1, "the second attempt was dropped");
-    assert_eq!(stats.calls(), 1);
-    assert_eq!(stats.retries(), 1);
-    assert_eq!(stats.give_ups_for(GiveUp::Deadline), 1);
-    assert_eq!(stats.give_ups(), 1);
+    assert_eq!(stats().calls, 1);
+    assert_eq!(stats().retries, 1);
+    assert_eq!(stats().give_ups_for(GiveUp::Deadline), 1);
+    assert_eq!(stats().give_ups, 1);
 }
 
 /// The first attempt is bounded too: an upstream that takes 10 s is dropped at the 3 s
@@ -835,7 +871,10 @@ async fn deadline_cuts_off_a_retry_still_in_flight() {
 #[tokio::test(start_paused = true)]
 async fn deadline_cuts_off_a_slow_first_attempt() {
     let layer = RetryLayer::builder().deadline(secs(3.0)).build().unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
     let (inner, slow) = slow_upstream(secs(10.0), 200);
     let mut svc = ServiceBuilder::new().layer(layer).service(inner);
 
@@ -857,8 +896,8 @@ async fn deadline_cuts_off_a_slow_first_attempt() {
         1,
         "the attempt is dropped at the deadline, while the call's future still exists"
     );
-    assert_eq!(stats.retries(), 0);
-    assert_eq!(stats.give_ups_for(GiveUp::Deadline), 1);
+    assert_eq!(stats().retries, 0);
+    assert_eq!(stats().give_ups_for(GiveUp::Deadline), 1);
 
     // Nothing more happens later: no attempt is sent after the deadline.
     tokio::time::advance(secs(30.0)).await;
@@ -870,7 +909,10 @@ async fn deadline_cuts_off_a_slow_first_attempt() {
 #[tokio::test(start_paused = true)]
 async fn without_a_deadline_a_slow_attempt_is_not_cut() {
     let layer = RetryLayer::builder().build().unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
     let (inner, slow) = slow_upstream(secs(10.0), 200);
     let svc = ServiceBuilder::new().layer(layer).service(inner);
 
@@ -882,7 +924,7 @@ async fn without_a_deadline_a_slow_attempt_is_not_cut() {
     assert_eq!(body_bytes(res).await, "slow");
     assert_eq!(slow.finished(), 1);
     assert_eq!(slow.dropped(), 0);
-    assert_eq!(stats.give_ups(), 0);
+    assert_eq!(stats().give_ups, 0);
 }
 
 /// A deadline that is not reached changes nothing: a 2 s answer under a 3 s deadline
@@ -890,7 +932,10 @@ async fn without_a_deadline_a_slow_attempt_is_not_cut() {
 #[tokio::test(start_paused = true)]
 async fn an_answer_before_the_deadline_comes_back_as_is() {
     let layer = RetryLayer::builder().deadline(secs(3.0)).build().unwrap();
-    let stats = layer.stats();
+    let stats = {
+        let layer = layer.clone();
+        move || layer.stats()
+    };
     let (inner, slow) = slow_upstream(secs(2.0), 200);
     let svc = ServiceBuilder::new().layer(layer).service(inner);
 
@@ -901,5 +946,5 @@ async fn an_answer_before_the_deadline_comes_back_as_is() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(slow.finished(), 1);
     assert_eq!(slow.dropped(), 0);
-    assert_eq!(stats.give_ups(), 0);
+    assert_eq!(stats().give_ups, 0);
 }

@@ -114,12 +114,12 @@ const QQ_MARKER: &str = "频率限制";
 
 /// GLM (Zhipu) business codes for rate limits: 1302 concurrency too high, 1303
 /// frequency too high, 1305 too many requests.
-pub const GLM_RATE_LIMIT_CODES: [&str; 3] = ["1302", "1303", "1305"];
+pub(crate) const GLM_RATE_LIMIT_CODES: [&str; 3] = ["1302", "1303", "1305"];
 
 /// GLM (Zhipu) account codes sent with HTTP 429 that waiting does not cure: 1110
 /// inactive, 1111 does not exist, 1112 locked, 1113 in arrears, 1121 locked for
 /// irregular activity.
-pub const GLM_ACCOUNT_CODES: [&str; 5] = ["1110", "1111", "1112", "1113", "1121"];
+pub(crate) const GLM_ACCOUNT_CODES: [&str; 5] = ["1110", "1111", "1112", "1113", "1121"];
 
 fn qq_rules() -> StatusBodyContains {
     StatusBodyContains::new(StatusCode::BAD_REQUEST, QQ_MARKER)

@@ -124,7 +124,7 @@ where
 
 /// The default callback: does nothing (the `tracing` events are emitted regardless).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DefaultOnCooldownEvent;
+pub(crate) struct DefaultOnCooldownEvent;
 
 impl OnCooldownEvent for DefaultOnCooldownEvent {
     fn on_event(&self, _event: &CooldownEvent) {}

@@ -145,7 +145,7 @@ mod stats;
 
 pub use self::events::{
     CooldownEnded, CooldownEvent, CooldownExtended, CooldownReason, CooldownStarted,
-    DefaultOnCooldownEvent, OnCooldownEvent,
+    OnCooldownEvent,
 };
 pub use self::future::ResponseFuture;
 pub use self::layer::{Backoff, CooldownBuilder, CooldownLayer, Mode};

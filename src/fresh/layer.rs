@@ -9,7 +9,7 @@ use crate::redact::redact_urls;
 
 /// The number of consecutive connection-level errors that retires a client unless
 /// [`FreshClientBuilder::threshold`] says otherwise.
-pub const DEFAULT_THRESHOLD: u32 = 3;
+pub(crate) const DEFAULT_THRESHOLD: u32 = 3;
 
 /// Wraps a `MakeService` (a [`Service`] whose responses are clients) in a
 /// [`FreshClient`] that serves requests through the client it made, and makes a new

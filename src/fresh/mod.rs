@@ -87,6 +87,6 @@ mod shared;
 pub use self::error::{ClientError, MakeClientError};
 pub(crate) use self::error::NotReady;
 pub use self::future::ResponseFuture;
-pub use self::layer::{FreshClientBuilder, FreshClientLayer, DEFAULT_THRESHOLD};
+pub use self::layer::{FreshClientBuilder, FreshClientLayer};
 pub use self::service::FreshClient;
 pub use self::shared::FreshStats;

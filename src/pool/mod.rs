@@ -143,6 +143,6 @@ mod stats;
 
 pub use self::builder::PoolBuilder;
 pub use self::future::ResponseFuture;
-pub use self::route::{Model, ModelKey};
+pub use self::route::Model;
 pub use self::service::{Pool, ServedBy};
 pub use self::stats::{BackendStats, PoolHandle, PoolStats};

@@ -44,7 +44,7 @@ impl Model {
 
 /// The default route key: the request's [`Model`] extension, else the empty key.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ModelKey;
+pub(crate) struct ModelKey;
 
 impl KeyExtractor for ModelKey {
     fn key(&self, request: &RequestRef<'_>) -> Key {

@@ -76,7 +76,7 @@ impl<D, E> TryCloneBody for http_body_util::combinators::UnsyncBoxBody<D, E> {
 
 /// A copy of `req` (method, URI, version, headers, extensions and body), or `None`
 /// when its body cannot be cloned.
-pub fn try_clone_request<B: TryCloneBody>(req: &Request<B>) -> Option<Request<B>> {
+pub(crate) fn try_clone_request<B: TryCloneBody>(req: &Request<B>) -> Option<Request<B>> {
     let body = req.body().try_clone_body()?;
     let mut out = Request::new(body);
     *out.method_mut() = req.method().clone();

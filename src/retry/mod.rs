@@ -99,7 +99,8 @@ mod schedule;
 mod service;
 mod stats;
 
-pub use self::body::{buffer_request, try_clone_request, RetryBody, TryCloneBody};
+pub use self::body::{buffer_request, RetryBody, TryCloneBody};
+pub(crate) use self::body::try_clone_request;
 pub use self::error::{BufferError, DeadlineExceeded};
 pub use self::future::ResponseFuture;
 pub use self::layer::{RetryBuilder, RetryLayer};

@@ -11,29 +11,29 @@ use super::LayerId;
 /// A [`RetryLayer`](crate::RetryLayer) with a deadline sets it when a call starts; the
 /// layers below read it from the request's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallContext {
+pub(crate) struct CallContext {
     set_by: LayerId,
     deadline: Instant,
 }
 
 impl CallContext {
     /// A context whose call must end by `deadline`, set by the layer `set_by`.
-    pub fn new(set_by: LayerId, deadline: Instant) -> Self {
+    pub(crate) fn new(set_by: LayerId, deadline: Instant) -> Self {
         CallContext { set_by, deadline }
     }
 
     /// The context on a request's extensions, if a layer above set one.
-    pub fn get(extensions: &Extensions) -> Option<&CallContext> {
+    pub(crate) fn get(extensions: &Extensions) -> Option<&CallContext> {
         extensions.get::<CallContext>()
     }
 
     /// When the call must be over.
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         self.deadline
     }
 
     /// The layer that set the context.
-    pub fn set_by(&self) -> LayerId {
+    pub(crate) fn set_by(&self) -> LayerId {
         self.set_by
     }
 }

@@ -15,7 +15,7 @@ use crate::key::Key;
 /// in a rate limiter's queue while another answer starts a cooldown. The cooldown
 /// attaches itself to the request with [`Holds::attach`], and a layer below that held
 /// the request back calls [`Holds::check`] right before sending it.
-pub trait Hold: Send + Sync + 'static {
+pub(crate) trait Hold: Send + Sync + 'static {
     /// `Ok` when a request for `key` may go now; else the refusal to return instead
     /// (the request is then not sent). `ticket` is what the holding layer attached.
     fn check(&self, key: &Key, ticket: Option<u64>, now: Instant) -> Result<(), Refusal>;
@@ -24,7 +24,7 @@ pub trait Hold: Send + Sync + 'static {
 /// Every hold a request carries, outermost first (one per holding layer), in the
 /// request's extensions.
 #[derive(Clone, Default)]
-pub struct Holds {
+pub(crate) struct Holds {
     holds: Vec<Entry>,
 }
 
@@ -40,7 +40,7 @@ impl Holds {
     /// Records on `extensions` that the layer `by` let the request through for `key`,
     /// with `ticket`. A hold of the same layer already there (a copy of a request that
     /// passed it before) is replaced.
-    pub fn attach(
+    pub(crate) fn attach(
         extensions: &mut Extensions,
         by: LayerId,
         hold: Arc<dyn Hold>,
@@ -66,7 +66,7 @@ impl Holds {
     /// `Ok` when every hold on `extensions` lets the request go at `now`; else the first
     /// refusal, marked [`held_by`](Refusal::held_by) the layer that holds. A request
     /// without holds always goes.
-    pub fn check(extensions: &Extensions, now: Instant) -> Result<(), Refusal> {
+    pub(crate) fn check(extensions: &Extensions, now: Instant) -> Result<(), Refusal> {
         let Some(holds) = extensions.get::<Holds>() else {
             return Ok(());
         };

@@ -1,9 +1,9 @@
 //! The words every ratewise layer speaks: [`Verdict`], [`Refusal`], [`ConfigError`],
-//! the [`Hold`] protocol and the per-call [`CallContext`].
+//! and, inside the crate, the `Hold` protocol and the per-call `CallContext`.
 //!
 //! This module sits at the bottom of the crate and imports no middleware. A layer that
 //! needs to tell another something says it with one of these types: a [`Verdict`] in a
-//! response's extensions, a [`Refusal`] as the error, a [`Hold`] or a [`CallContext`]
+//! response's extensions, a [`Refusal`] as the error, a `Hold` or a `CallContext`
 //! in a request's extensions. No layer imports another.
 //!
 //! # Example
@@ -31,8 +31,8 @@ mod refusal;
 mod verdict;
 
 pub use self::config::ConfigError;
-pub use self::context::CallContext;
-pub use self::hold::{Hold, Holds};
+pub(crate) use self::context::CallContext;
+pub(crate) use self::hold::{Hold, Holds};
 pub use self::refusal::{Candidate, Refusal, RefusalKind, Unavailable};
 pub use self::verdict::{verdict_of, verdict_of_error, Verdict};
 
@@ -86,11 +86,11 @@ impl std::fmt::Display for LayerKind {
 /// it leaves in extensions, so that it recognises its own (a retry layer its call's
 /// deadline, a cooldown a refusal by its own hold).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LayerId(u64);
+pub(crate) struct LayerId(u64);
 
 impl LayerId {
     /// A new identity, never handed out before in this process.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         LayerId(NEXT.fetch_add(1, Ordering::Relaxed))
     }

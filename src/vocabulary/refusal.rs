@@ -159,8 +159,8 @@ impl Refusal {
         self
     }
 
-    /// The same refusal, made below the layer `by` by its [`Hold`](super::Hold).
-    pub fn with_held_by(mut self, by: LayerId) -> Self {
+    /// The same refusal, made below the layer `by` by its `Hold`.
+    pub(crate) fn with_held_by(mut self, by: LayerId) -> Self {
         self.held_by = Some(by);
         self
     }
@@ -214,9 +214,8 @@ impl Refusal {
         self.retry_after.and_then(|d| self.at.checked_add(d))
     }
 
-    /// The layer whose [`Hold`](super::Hold) refused the request below that layer, when
-    /// a hold did.
-    pub fn held_by(&self) -> Option<LayerId> {
+    /// The layer whose `Hold` refused the request below that layer, when a hold did.
+    pub(crate) fn held_by(&self) -> Option<LayerId> {
         self.held_by
     }
 
