@@ -62,7 +62,8 @@ impl Key {
     /// gets ` #` and a fingerprint, so that two such keys still differ in a log.
     fn write_redacted(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = self.as_str();
-        let is_token = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '~' | '+' | '=' | '%');
+        let is_token =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '~' | '+' | '=' | '%');
         let mut masked = false;
         let mut rest = text;
         while !rest.is_empty() {

@@ -51,7 +51,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn add_saturates() {
         let now = Instant::now();
-        assert_eq!(add(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+        assert_eq!(
+            add(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
         assert!(add(now, Duration::MAX) > now + Duration::from_secs(60 * 60 * 24 * 365));
         assert!(far_future(now) > now);
     }

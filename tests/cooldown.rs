@@ -15,10 +15,11 @@ use std::{
 use http::{Request, Response, StatusCode};
 use ratewise::{
     cooldown::{
-        Cooldown, CooldownBuilder, CooldownEvent, CooldownHandle, CooldownReason, CoolingDown,
-        KeyState,
+        Cooldown, CooldownBuilder, CooldownEvent, CooldownHandle, CooldownReason, KeyState,
     },
-    BoxError, CooldownLayer, Verdict,
+    key::RequestRef,
+    vocabulary::RefusalKind,
+    BoxError, CooldownLayer, Refusal, Verdict,
 };
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -121,10 +122,7 @@ impl Upstream {
     }
 
     /// The stack under test: `layer` over this upstream, and the layer's handle.
-    fn stack<K>(
-        &self,
-        layer: CooldownLayer<K>,
-    ) -> (CooldownHandle, Cooldown<impl UpstreamService, K>) {
+    fn stack(&self, layer: CooldownLayer) -> (CooldownHandle, Cooldown<impl UpstreamService>) {
         let handle = layer.handle();
         let svc = ServiceBuilder::new().layer(layer).service(self.service());
         (handle, svc)
@@ -177,8 +175,17 @@ fn req(host: &str) -> Request<()> {
         .unwrap()
 }
 
-fn cooling(err: &BoxError) -> &CoolingDown {
-    err.downcast_ref::<CoolingDown>()
+/// Whether `err` is the cooldown's refusal: cooling down, or a probe in flight.
+fn is_cooling(err: &BoxError) -> bool {
+    matches!(
+        err.downcast_ref::<Refusal>().map(Refusal::kind),
+        Some(RefusalKind::CoolingDown | RefusalKind::Probing)
+    )
+}
+
+fn cooling(err: &BoxError) -> &Refusal {
+    err.downcast_ref::<Refusal>()
+        .filter(|_| is_cooling(err))
         .unwrap_or_else(|| panic!("expected CoolingDown, got {err}"))
 }
 
@@ -239,7 +246,7 @@ async fn cooldown_is_extended_never_shortened() {
     for t in [2.0, 7.5, 50.0, 99.5] {
         sleep_until(start + s(t)).await;
         let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
-        assert_eq!(cooling(&err).remaining(), s(100.0 - t));
+        assert_eq!(cooling(&err).retry_after().unwrap(), s(100.0 - t));
     }
     assert_eq!(
         up.times(),
@@ -469,7 +476,10 @@ async fn no_call_reaches_upstream_during_cooldown() {
             .collect();
         for t in tasks {
             let err = t.await.unwrap().unwrap_err();
-            assert_eq!(cooling(&err).remaining(), s(60.0 - second as f64));
+            assert_eq!(
+                cooling(&err).retry_after().unwrap(),
+                s(60.0 - second as f64)
+            );
         }
     }
     assert_eq!(up.times(), [s(0.0)]);
@@ -590,7 +600,7 @@ async fn waiters_fail_at_once_when_probe_recools_past_max_wait() {
             }
             Err(err) => {
                 // The new cooldown ends at 21, past these callers' deadline at 15.
-                assert_eq!(cooling(&err).remaining(), s(10.0));
+                assert_eq!(cooling(&err).retry_after().unwrap(), s(10.0));
                 assert_eq!(at, start + s(11.0), "failed as soon as the probe answered");
             }
         }
@@ -642,7 +652,7 @@ async fn probe_connection_error_frees_the_slot() {
     });
 
     let err = first.await.unwrap().unwrap_err();
-    assert!(err.downcast_ref::<CoolingDown>().is_none());
+    assert!(!is_cooling(&err));
     assert_eq!(err.to_string(), "connection reset by peer");
     assert_eq!(second.await.unwrap().unwrap().status(), 200);
     assert_eq!(up.times(), [s(0.0), s(10.0), s(11.0)]);
@@ -661,18 +671,18 @@ async fn fail_fast_returns_cooling_down_without_calling_or_waiting() {
     let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
     assert_eq!(Instant::now(), before, "no time passed");
     let e = cooling(&err);
-    assert_eq!(e.key().as_str(), "a.test");
-    assert_eq!(e.remaining(), s(30.0));
+    assert_eq!(e.key().unwrap().as_str(), "a.test");
+    assert_eq!(e.retry_after().unwrap(), s(30.0));
     assert!(!e.is_probing());
     assert_eq!(up.count(), 1);
 
     sleep_until(start + s(10.0)).await;
     let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
-    assert_eq!(cooling(&err).remaining(), s(20.0));
+    assert_eq!(cooling(&err).retry_after().unwrap(), s(20.0));
     let msg = err.to_string();
     assert!(msg.contains("a.test") && msg.contains("20.000 s"), "{msg}");
     assert_eq!(
-        ratewise::classify::verdict_of_error(&*err),
+        ratewise::verdict_of_error(&*err),
         Verdict::rate_limited(Some(s(20.0)))
     );
 
@@ -683,7 +693,7 @@ async fn fail_fast_returns_cooling_down_without_calling_or_waiting() {
     let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
     let e = cooling(&err);
     assert!(e.is_probing());
-    assert_eq!(e.remaining(), Duration::ZERO);
+    assert_eq!(e.retry_after().unwrap(), Duration::ZERO);
     assert_eq!(probe.await.unwrap().unwrap().status(), 200);
     assert_eq!(up.times(), [s(0.0), s(30.0)]);
 }
@@ -700,8 +710,8 @@ async fn wait_longer_than_max_wait_fails_at_once_shorter_waits() {
 
     let err = svc.clone().oneshot(req("long.test")).await.unwrap_err();
     assert_eq!(Instant::now(), start, "refused without sleeping");
-    assert_eq!(cooling(&err).key().as_str(), "long.test");
-    assert_eq!(cooling(&err).remaining(), s(30.0));
+    assert_eq!(cooling(&err).key().unwrap().as_str(), "long.test");
+    assert_eq!(cooling(&err).retry_after().unwrap(), s(30.0));
 
     let res = svc.clone().oneshot(req("short.test")).await.unwrap();
     assert_eq!(res.status(), 200);
@@ -738,14 +748,14 @@ async fn precheck_threshold_keeps_a_nearly_over_cooldown_cooling() {
         .oneshot(req("checked.test"))
         .await
         .unwrap_err();
-    assert_eq!(cooling(&err).remaining(), s(2.0));
+    assert_eq!(cooling(&err).retry_after().unwrap(), s(2.0));
     sleep_until(start + s(11.5)).await;
     let err = checked
         .clone()
         .oneshot(req("checked.test"))
         .await
         .unwrap_err();
-    assert_eq!(cooling(&err).remaining(), s(0.5));
+    assert_eq!(cooling(&err).retry_after().unwrap(), s(0.5));
 
     sleep_until(start + s(12.0)).await;
     checked.clone().oneshot(req("checked.test")).await.unwrap();
@@ -798,7 +808,7 @@ async fn stats_count_cooldowns_meetings_waits_rejections_and_probes() {
         .map(|_| tokio::spawn(svc.clone().oneshot(req("a.test"))))
         .collect();
     let err = svc.clone().oneshot(req("b.test")).await.unwrap_err();
-    assert_eq!(cooling(&err).key().as_str(), "b.test");
+    assert_eq!(cooling(&err).key().unwrap().as_str(), "b.test");
     for w in waiters {
         w.await.unwrap().unwrap();
     }
@@ -845,7 +855,7 @@ async fn transient_and_failure_leave_n_alone() {
 async fn keys_are_independent_with_any_extractor() {
     let up = Upstream::new([rl(Some(60))], ok());
     let layer = CooldownLayer::builder()
-        .key(|r: &Request<()>| r.uri().path().split('/').nth(1).unwrap_or("").to_owned())
+        .key(|r: &RequestRef<'_>| r.uri().path().split('/').nth(1).unwrap_or("").to_owned())
         .fail_fast()
         .build()
         .unwrap();
@@ -858,7 +868,7 @@ async fn keys_are_independent_with_any_extractor() {
 
     svc.clone().oneshot(bot("bot1")).await.unwrap();
     let err = svc.clone().oneshot(bot("bot1")).await.unwrap_err();
-    assert_eq!(cooling(&err).key().as_str(), "bot1");
+    assert_eq!(cooling(&err).key().unwrap().as_str(), "bot1");
     assert_eq!(
         svc.clone().oneshot(bot("bot2")).await.unwrap().status(),
         200
@@ -887,7 +897,7 @@ async fn clones_of_layer_and_service_share_one_table() {
 
     stack1.clone().oneshot(req("a.test")).await.unwrap();
     let err = stack2.clone().oneshot(req("a.test")).await.unwrap_err();
-    assert_eq!(cooling(&err).remaining(), s(60.0));
+    assert_eq!(cooling(&err).retry_after().unwrap(), s(60.0));
     assert_eq!(up2.count(), 0, "the second stack never called its upstream");
     assert!(stack2.handle().cooling_until("a.test").is_some());
     assert_eq!(layer.handle().stats().rejected, 1);
@@ -958,7 +968,7 @@ async fn probe_answer_never_shortens_a_cooldown_extended_meanwhile() {
     );
     sleep_until(start + s(50.0)).await;
     let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
-    assert_eq!(cooling(&err).remaining(), s(60.5));
+    assert_eq!(cooling(&err).retry_after().unwrap(), s(60.5));
     assert_eq!(up.times(), [0.0, 0.0, 10.0].map(s));
 }
 
@@ -1040,7 +1050,7 @@ async fn cooldown_length_comes_from_the_parser_for_a_header_and_a_telegram_body(
         "max(Retry-After 7 s, backoff 1 s)"
     );
     let err = svc.clone().oneshot(req("a.test")).await.unwrap_err();
-    assert_eq!(cooling(&err).remaining(), s(7.0));
+    assert_eq!(cooling(&err).retry_after().unwrap(), s(7.0));
 
     // 2. Telegram: the wait is only in the body, read by the Telegram preset.
     let (events, cooldown) = layer();
@@ -1078,7 +1088,7 @@ async fn cooldown_length_comes_from_the_parser_for_a_header_and_a_telegram_body(
         .oneshot(req("api.telegram.org"))
         .await
         .unwrap_err();
-    assert_eq!(cooling(&err).remaining(), s(1.0));
+    assert_eq!(cooling(&err).retry_after().unwrap(), s(1.0));
     assert_eq!(*calls.lock().unwrap(), 1, "no call during the 4310 s");
 
     // 3. Control: the same Telegram 429 without the classifier carries no hint the
@@ -1128,7 +1138,13 @@ async fn a_rate_limiters_max_wait_refusal_below_does_not_start_a_cooldown() {
 
     svc.clone().oneshot(req()).await.unwrap();
     let err = svc.clone().oneshot(req()).await.unwrap_err();
-    assert!(err.is::<ratewise::rate_limit::MaxWaitExceeded>(), "{err}");
+    assert!(
+        matches!(
+            err.downcast_ref::<Refusal>().map(Refusal::kind),
+            Some(RefusalKind::MaxWait { .. })
+        ),
+        "{err}"
+    );
 
     // No cooldown: the key is open, nothing started, nothing met.
     assert_eq!(handle.state("api.test"), KeyState::Ok);

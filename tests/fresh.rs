@@ -283,7 +283,10 @@ async fn http_500_is_not_a_connection_error() {
             }
         }
         assert_eq!(up.made(), 1, "500s end the run: no rebuild");
-        assert_eq!((fresh.stats().rebuilds, fresh.stats().consecutive_errors), (0, 0));
+        assert_eq!(
+            (fresh.stats().rebuilds, fresh.stats().consecutive_errors),
+            (0, 0)
+        );
     })
     .await
     .expect("bounded");
@@ -786,7 +789,10 @@ mod real_server {
                 );
             }
             assert_eq!(
-                (made.load(Ordering::SeqCst), fresh.stats().consecutive_errors),
+                (
+                    made.load(Ordering::SeqCst),
+                    fresh.stats().consecutive_errors
+                ),
                 (1, u64::from(N))
             );
 

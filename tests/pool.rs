@@ -999,8 +999,7 @@ fn the_builder_names_the_field_at_fault() {
            + 'static {
         service_fn(|_req: Request<()>| std::future::ready(Ok(Response::new(()))))
     }
-    let field =
-        |r: Result<Pool<(), ()>, ConfigError>| r.expect_err("refused").field();
+    let field = |r: Result<Pool<(), ()>, ConfigError>| r.expect_err("refused").field();
 
     assert_eq!(field(Pool::builder().build()), "backends");
     assert_eq!(

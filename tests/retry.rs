@@ -221,9 +221,9 @@ async fn glm_1302_and_dingtalk_403_are_retried_with_backoff_plain_400_is_not() {
             .build()
             .unwrap();
         let stats = {
-        let layer = layer.clone();
-        move || layer.stats()
-    };
+            let layer = layer.clone();
+            move || layer.stats()
+        };
         let (inner, calls) = upstream(move |_| Ok::<_, BoxError>(response(status, body)));
         let svc = ServiceBuilder::new()
             .layer(layer)

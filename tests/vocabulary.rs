@@ -105,10 +105,7 @@ async fn telegram_preset_with_a_per_chat_key_limits_and_cools_each_chat_alone() 
     let res = bot.clone().oneshot(send("banned")).await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     let cooldown = layer.cooldown_layer().handle();
-    assert!(matches!(
-        cooldown.state("banned"),
-        KeyState::Cooling { .. }
-    ));
+    assert!(matches!(cooldown.state("banned"), KeyState::Cooling { .. }));
     assert_eq!(cooldown.state("b"), KeyState::Ok);
     let err = bot.clone().oneshot(send("banned")).await.unwrap_err();
     let refusal = Refusal::find(&*err).expect("a typed refusal");
@@ -134,14 +131,18 @@ async fn a_stack_with_closure_keys_is_stored_in_a_named_struct_field() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let client = upstream(seen.clone(), &[]);
     let by_hand = RetryLayer::builder().build().unwrap().layer(
-        CooldownLayer::builder().key(chat_of).build().unwrap().layer(
-            RateLimitLayer::builder()
-                .per_second(1)
-                .key(|req: &RequestRef<'_>| chat_of(req))
-                .build()
-                .unwrap()
-                .layer(client.clone()),
-        ),
+        CooldownLayer::builder()
+            .key(chat_of)
+            .build()
+            .unwrap()
+            .layer(
+                RateLimitLayer::builder()
+                    .per_second(1)
+                    .key(|req: &RequestRef<'_>| chat_of(req))
+                    .build()
+                    .unwrap()
+                    .layer(client.clone()),
+            ),
     );
     let preset = ClientStackLayer::preset(Platform::Telegram)
         .rate_limit(|rl| rl.key(chat_of))
@@ -207,12 +208,23 @@ async fn reject_mode_logs_1000_rejections_without_the_api_key_and_only_a_few_lou
     }
     let loud = events
         .iter()
-        .filter(|e| ["INFO", "WARN", "ERROR"].iter().any(|l| e.line.starts_with(l)))
+        .filter(|e| {
+            ["INFO", "WARN", "ERROR"]
+                .iter()
+                .any(|l| e.line.starts_with(l))
+        })
         .count();
     assert!(loud >= 1, "the refusals are summarised at least once");
-    assert!(loud <= 3, "{loud} lines at INFO or louder for 1,000 rejections");
     assert!(
-        events.iter().filter(|e| e.line.starts_with("DEBUG")).count() >= 1000,
+        loud <= 3,
+        "{loud} lines at INFO or louder for 1,000 rejections"
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.line.starts_with("DEBUG"))
+            .count()
+            >= 1000,
         "each rejection is logged at DEBUG"
     );
 }

@@ -15,9 +15,9 @@ use tower::Service;
 use super::store::{mark, Decision, FlightGuard, Outcome, Shared, Snapshot};
 use super::{CacheStatus, StaleReason};
 use crate::body::{peek, Peek, PeekBody};
-use crate::vocabulary::{verdict_of, verdict_of_error, Verdict};
 use crate::key::Key;
 use crate::redact::Redacted;
+use crate::vocabulary::{verdict_of, verdict_of_error, Verdict};
 use crate::BoxError;
 
 /// Waiting for another request's upstream call: its outcome, or `None` when that

@@ -5,10 +5,10 @@ use std::time::Duration;
 use http::HeaderName;
 use tower::Layer;
 
-use crate::vocabulary::{ConfigError, LayerKind};
 use super::store::{Config, Shared};
 use super::{CacheHandle, CachedEndpoint};
 use crate::key::{KeyExtractor, MethodUri, SharedKey};
+use crate::vocabulary::{ConfigError, LayerKind};
 
 /// The default cap on a cached body: 64 KiB.
 pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
@@ -106,7 +106,7 @@ impl<S> Layer<S> for CachedEndpointLayer {
 /// use ratewise::cache::CachedEndpointLayer;
 ///
 /// let layer = CachedEndpointLayer::builder()
-///     .key(|req: &http::Request<()>| req.uri().path().to_owned())
+///     .key(|req: &ratewise::key::RequestRef<'_>| req.uri().path().to_owned())
 ///     .ttl(Duration::from_secs(3600))
 ///     .body_cap(8 * 1024)
 ///     .default_backoff(Duration::from_secs(10))
@@ -165,10 +165,16 @@ impl CacheBuilder {
     /// The layer, or the first setting that is wrong.
     pub fn build(self) -> Result<CachedEndpointLayer, ConfigError> {
         if self.config.body_cap == 0 {
-            return Err(config_error("body_cap", "must be greater than zero: no body could ever be cached"));
+            return Err(config_error(
+                "body_cap",
+                "must be greater than zero: no body could ever be cached",
+            ));
         }
         if self.config.ttl == Some(Duration::ZERO) {
-            return Err(config_error("ttl", "must be greater than zero: no entry would ever be fresh"));
+            return Err(config_error(
+                "ttl",
+                "must be greater than zero: no entry would ever be fresh",
+            ));
         }
         if self.config.default_backoff.is_zero() {
             return Err(config_error("default_backoff", "must be greater than zero: an answer without a retry hint would not stop the next caller"));
@@ -183,6 +189,10 @@ impl fmt::Debug for CacheBuilder {
             .field("config", &self.config)
             .finish()
     }
+}
+
+fn config_error(field: &'static str, reason: &'static str) -> ConfigError {
+    ConfigError::new(LayerKind::Cache, field, reason)
 }
 
 #[cfg(test)]
@@ -214,8 +224,4 @@ mod tests {
         let svc = clone.layer(());
         assert!(Arc::ptr_eq(&layer.shared, &svc.shared));
     }
-}
-
-fn config_error(field: &'static str, reason: &'static str) -> ConfigError {
-    ConfigError::new(LayerKind::Cache, field, reason)
 }

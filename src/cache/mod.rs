@@ -108,7 +108,7 @@
 //! assert_eq!(calls.load(Ordering::SeqCst), 1);
 //!
 //! // The URL turned out dead: refresh. The endpoint says 429; the old URL is served.
-//! handle.invalidate(MethodUri.key(&get()));
+//! handle.invalidate(MethodUri.key_of(&get()));
 //! let res = svc.clone().oneshot(get()).await?;
 //! assert_eq!(
 //!     res.extensions().get::<CacheStatus>(),

@@ -15,10 +15,10 @@ use http_body::Body;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::vocabulary::{LayerKind, Refusal, RefusalKind};
 use super::{CacheStatus, StaleReason};
 use crate::body::PeekBody;
 use crate::key::Key;
+use crate::vocabulary::{LayerKind, Refusal, RefusalKind};
 
 /// The settings a [`CacheBuilder`](super::CacheBuilder) checked.
 #[derive(Debug, Clone)]

@@ -7,7 +7,8 @@
 //!
 //! ```
 //! use http::{HeaderMap, StatusCode};
-//! use ratewise::classify::{Classifier, ResponseView, StatusBodyContains, Verdict};
+//! use ratewise::classify::{Classifier, ResponseView, StatusBodyContains};
+//! use ratewise::{Verdict};
 //!
 //! let qq = StatusBodyContains::new(StatusCode::BAD_REQUEST, "频率限制");
 //! let headers = HeaderMap::new();

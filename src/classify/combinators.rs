@@ -90,7 +90,8 @@ where
 ///
 /// ```
 /// use http::{HeaderMap, StatusCode};
-/// use ratewise::classify::{classify_fn, Classifier, ResponseView, Verdict};
+/// use ratewise::classify::{classify_fn, Classifier, ResponseView};
+/// use ratewise::{Verdict};
 ///
 /// // An API that says "slow down" in a 503 body.
 /// let slow_down = classify_fn(|r| {

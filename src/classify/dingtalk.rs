@@ -9,7 +9,8 @@
 //!
 //! ```
 //! use http::{HeaderMap, StatusCode};
-//! use ratewise::classify::{Classifier, DingTalkQpsLimit, ResponseView, Verdict};
+//! use ratewise::classify::{Classifier, DingTalkQpsLimit, ResponseView};
+//! use ratewise::{Verdict};
 //!
 //! let dt = DingTalkQpsLimit::new();
 //! let headers = HeaderMap::new();

@@ -7,7 +7,8 @@
 //!
 //! ```
 //! use http::{HeaderMap, StatusCode};
-//! use ratewise::classify::{Classifier, JsonFieldIn, ResponseView, Verdict};
+//! use ratewise::classify::{Classifier, JsonFieldIn, ResponseView};
+//! use ratewise::{Verdict};
 //!
 //! let glm = JsonFieldIn::new("/error/code", ["1302", "1303", "1305"]);
 //! let headers = HeaderMap::new();

@@ -31,7 +31,8 @@ use tower::Layer;
 /// use bytes::Bytes;
 /// use http::{Request, Response, StatusCode};
 /// use http_body_util::{BodyExt, Full};
-/// use ratewise::classify::{verdict_of, ClassifyLayer, Verdict};
+/// use ratewise::classify::{ClassifyLayer};
+/// use ratewise::{Verdict, verdict_of};
 /// use ratewise::Classifier;
 /// use tower::{service_fn, ServiceBuilder, ServiceExt};
 ///

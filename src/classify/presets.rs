@@ -20,7 +20,8 @@
 //! ```
 //! use std::time::Duration;
 //! use http::{HeaderMap, HeaderValue, StatusCode};
-//! use ratewise::classify::{presets, Classifier, ResponseView, Verdict};
+//! use ratewise::classify::{presets, Classifier, ResponseView};
+//! use ratewise::{Verdict};
 //!
 //! let openai = presets::openai();
 //! let mut headers = HeaderMap::new();

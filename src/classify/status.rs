@@ -5,7 +5,8 @@
 //! ```
 //! use std::time::Duration;
 //! use http::{HeaderMap, HeaderValue, StatusCode};
-//! use ratewise::classify::{Classifier, ResponseView, TooManyRequests, Verdict};
+//! use ratewise::classify::{Classifier, ResponseView, TooManyRequests};
+//! use ratewise::{Verdict};
 //!
 //! let mut headers = HeaderMap::new();
 //! headers.insert("retry-after", HeaderValue::from_static("30"));

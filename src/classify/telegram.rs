@@ -10,7 +10,8 @@
 //! ```
 //! use std::time::Duration;
 //! use http::{HeaderMap, StatusCode};
-//! use ratewise::classify::{Classifier, ResponseView, TelegramRetryAfter, Verdict};
+//! use ratewise::classify::{Classifier, ResponseView, TelegramRetryAfter};
+//! use ratewise::{Verdict};
 //!
 //! let tg = TelegramRetryAfter::new();
 //! let headers = HeaderMap::new();

@@ -4,7 +4,8 @@
 //!
 //! ```
 //! use http::{HeaderMap, StatusCode};
-//! use ratewise::classify::{Classifier, ResponseView, ServerErrors, Verdict};
+//! use ratewise::classify::{Classifier, ResponseView, ServerErrors};
+//! use ratewise::{Verdict};
 //!
 //! let headers = HeaderMap::new();
 //! let judge = |status| ServerErrors::new().classify(&ResponseView::new(status, &headers));

@@ -296,10 +296,7 @@ impl CooldownBuilder {
         }
         if let Some(max) = self.config.max_cooldown {
             if max.is_zero() {
-                return Err(config_error(
-                    "max_cooldown",
-                    "must be greater than zero",
-                ));
+                return Err(config_error("max_cooldown", "must be greater than zero"));
             }
             if max < backoff.base() {
                 return Err(config_error("max_cooldown", "must be at least `base`"));

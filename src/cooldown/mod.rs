@@ -105,7 +105,7 @@
 //! ```
 //! use std::time::Duration;
 //! use http::{Request, Response, StatusCode};
-//! use ratewise::{cooldown::{CoolingDown, KeyState}, BoxError, CooldownLayer};
+//! use ratewise::{cooldown::KeyState, BoxError, CooldownLayer, Refusal};
 //! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -130,9 +130,9 @@
 //!
 //! // The next request is refused at once, without reaching Telegram.
 //! let err = svc.ready().await?.call(req()).await.unwrap_err();
-//! let cooling = err.downcast_ref::<CoolingDown>().expect("typed error");
-//! assert_eq!(cooling.key().as_str(), "api.telegram.org");
-//! assert!(cooling.remaining() <= Duration::from_secs(600));
+//! let cooling = Refusal::find(&*err).expect("typed error");
+//! assert_eq!(cooling.key().map(|k| k.as_str()), Some("api.telegram.org"));
+//! assert!(cooling.retry_after() <= Some(Duration::from_secs(600)));
 //! # Ok(()) }
 //! ```
 

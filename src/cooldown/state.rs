@@ -16,9 +16,7 @@ use std::{
     collections::HashMap,
     fmt,
     pin::Pin,
-    sync::{
-        Arc, Mutex, MutexGuard,
-    },
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use tower::{Layer, Service};
 
 use super::{shared::FreshCounters, FreshClient, FreshStats};
-use crate::vocabulary::{ConfigError, LayerKind};
 use crate::redact::redact_urls;
+use crate::vocabulary::{ConfigError, LayerKind};
 
 /// The number of consecutive connection-level errors that retires a client unless
 /// [`FreshClientBuilder::threshold`] says otherwise.

@@ -84,8 +84,8 @@ mod layer;
 mod service;
 mod shared;
 
-pub use self::error::{ClientError, MakeClientError};
 pub(crate) use self::error::NotReady;
+pub use self::error::{ClientError, MakeClientError};
 pub use self::future::ResponseFuture;
 pub use self::layer::{FreshClientBuilder, FreshClientLayer};
 pub use self::service::FreshClient;

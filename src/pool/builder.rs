@@ -22,8 +22,7 @@ const PRIMARY: u32 = 0;
 /// The priority group of [`PoolBuilder::fallback`] backends.
 const FALLBACK: u32 = 1;
 
-type MakeBackend<ReqB, ResB> =
-    Box<dyn FnOnce(&CooldownLayer) -> BoxBackend<ReqB, ResB> + Send>;
+type MakeBackend<ReqB, ResB> = Box<dyn FnOnce(&CooldownLayer) -> BoxBackend<ReqB, ResB> + Send>;
 
 struct PendingBackend<ReqB, ResB> {
     name: Key,
@@ -103,9 +102,8 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
     {
         // For the pool's cooldown the backend stack is the upstream: a refusal by a layer
         // inside it (its own cooldown, its limiter's max wait) is that backend's answer.
-        let service = tower::ServiceExt::map_err(service, |e: S::Error| {
-            mark_reached(e.into(), true)
-        });
+        let service =
+            tower::ServiceExt::map_err(service, |e: S::Error| mark_reached(e.into(), true));
         let make: MakeBackend<ReqB, ResB> = Box::new(move |cooldown: &CooldownLayer| {
             BoxCloneSyncService::new(cooldown.layer(service))
         });
@@ -205,10 +203,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
     /// (`cooldown`).
     pub fn build(self) -> Result<Pool<ReqB, ResB>, ConfigError> {
         if self.backends.is_empty() {
-            return Err(config_error(
-                "backends",
-                "must hold at least one backend",
-            ));
+            return Err(config_error("backends", "must hold at least one backend"));
         }
         let mut index: HashMap<Key, usize> = HashMap::new();
         for (i, b) in self.backends.iter().enumerate() {
@@ -293,10 +288,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
                 for (model, names) in &self.routes {
                     let what = format!("the route for model `{model}`");
                     if names.is_empty() {
-                        return Err(config_error(
-                            "route",
-                            format!("{what} names no backend"),
-                        ));
+                        return Err(config_error("route", format!("{what} names no backend")));
                     }
                     let list = resolve("route", &what, names)?;
                     if table.insert(model.clone(), list).is_some() {
@@ -314,13 +306,9 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
             }
         };
 
-        let cooldown = self
-            .cooldown
-            .fail_fast()
-            .build()
-            .map_err(|e| {
-                config_error("cooldown", format!("field `{}` {}", e.field(), e.reason()))
-            })?;
+        let cooldown = self.cooldown.fail_fast().build().map_err(|e| {
+            config_error("cooldown", format!("field `{}` {}", e.field(), e.reason()))
+        })?;
         let mut infos = Vec::with_capacity(self.backends.len());
         let mut backends = Vec::with_capacity(self.backends.len());
         for b in self.backends {
@@ -368,7 +356,10 @@ impl<ReqB, ResB> fmt::Debug for PoolBuilder<ReqB, ResB> {
     }
 }
 
-fn config_error(field: &'static str, reason: impl Into<std::borrow::Cow<'static, str>>) -> ConfigError {
+fn config_error(
+    field: &'static str,
+    reason: impl Into<std::borrow::Cow<'static, str>>,
+) -> ConfigError {
     ConfigError::new(LayerKind::Pool, field, reason)
 }
 

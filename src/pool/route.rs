@@ -5,8 +5,8 @@ use std::{collections::HashMap, fmt, sync::Arc};
 
 use http::Request;
 
-use crate::vocabulary::{LayerKind, Refusal, RefusalKind};
 use crate::key::{key_of, Key, KeyExtractor, RequestRef, SharedKey};
+use crate::vocabulary::{LayerKind, Refusal, RefusalKind};
 
 /// The model a request asks for, as a request extension: what the pool's route table
 /// is keyed by unless [`route_key`](super::PoolBuilder::route_key) says otherwise.
@@ -158,6 +158,10 @@ pub(crate) fn by_priority(list: &mut [usize], groups: &[u32]) {
     list.sort_by_key(|&i| groups.get(i).copied().unwrap_or(u32::MAX));
 }
 
+fn no_route(model: Option<Key>) -> Refusal {
+    Refusal::new(LayerKind::Pool, RefusalKind::NoRoute { model })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,8 +207,4 @@ mod tests {
         };
         assert!(empty.candidates(&Request::new(())).is_err());
     }
-}
-
-fn no_route(model: Option<Key>) -> Refusal {
-    Refusal::new(LayerKind::Pool, RefusalKind::NoRoute { model })
 }

@@ -93,9 +93,16 @@ struct Admission<S, B, St> {
 /// Why a request was not admitted.
 enum Denial {
     /// No cell within the wait allowed.
-    Denied { key: Key, wait: Duration },
+    Denied {
+        key: Key,
+        wait: Duration,
+    },
     /// The request costs more cells than the burst.
-    TooCostly { key: Key, cost: u32, burst: u32 },
+    TooCostly {
+        key: Key,
+        cost: u32,
+        burst: u32,
+    },
     Store(StoreError),
     /// A layer above that holds the request (a cooldown) refused it while it waited.
     Held(Refusal),
@@ -419,8 +426,7 @@ where
                 Poll::Ready(Err(match denial {
                     Denial::Denied { key, wait } => {
                         limiter.counters().record_rejected();
-                        tracing::debug!(key = %key, wait = ?wait, max_wait = ?max_wait, "rate limit: wait exceeds max_wait, refusing");
-                        limiter.summarize_rejection(Instant::now());
+                        tracing::info!(key = %key, wait = ?wait, max_wait = ?max_wait, "rate limit: wait exceeds max_wait, refusing");
                         Box::new(
                             Refusal::new(LayerKind::RateLimit, RefusalKind::MaxWait { max_wait })
                                 .with_key(key)
@@ -429,8 +435,7 @@ where
                     }
                     Denial::TooCostly { key, cost, burst } => {
                         limiter.counters().record_rejected();
-                        tracing::debug!(key = %key, cost, burst, "rate limit: cost exceeds burst, refusing");
-                        limiter.summarize_rejection(Instant::now());
+                        tracing::info!(key = %key, cost, burst, "rate limit: cost exceeds burst, refusing");
                         Box::new(
                             Refusal::new(
                                 LayerKind::RateLimit,
@@ -504,7 +509,9 @@ where
                     }
                     // Reject mode never holds a request back, so it never checks a
                     // hold; answer like any refusal should it happen.
-                    Denial::Held(refusal) => headers::too_many_requests(quota, refusal.retry_after()),
+                    Denial::Held(refusal) => {
+                        headers::too_many_requests(quota, refusal.retry_after())
+                    }
                 }))
             }
         }

@@ -66,7 +66,9 @@ mod tests {
 
     #[test]
     fn header_forms() {
-        let q = Quota::per_second(NonZeroU32::new(10).unwrap()).with_burst(NonZeroU32::new(5).unwrap()).unwrap();
+        let q = Quota::per_second(NonZeroU32::new(10).unwrap())
+            .with_burst(NonZeroU32::new(5).unwrap())
+            .unwrap();
         assert_eq!(policy_value(q), "\"ratewise\";q=5;w=1");
         let q = Quota::per_minute(NonZeroU32::new(50).unwrap());
         assert_eq!(policy_value(q), "\"ratewise\";q=50;w=60");

@@ -242,7 +242,9 @@ impl<M> RateLimitBuilder<M> {
                 "is not set: call per_second, per_minute or per_period",
             ));
         };
-        let nonzero = |n: u32| NonZeroU32::new(n).ok_or(config_error(rate.field(), "must be at least 1 (got 0)"));
+        let nonzero = |n: u32| {
+            NonZeroU32::new(n).ok_or(config_error(rate.field(), "must be at least 1 (got 0)"))
+        };
         let quota = match rate {
             Rate::Second(n) => Quota::per_second(nonzero(n)?),
             Rate::Minute(n) => Quota::per_minute(nonzero(n)?),

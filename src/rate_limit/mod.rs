@@ -108,7 +108,7 @@
 //! ```
 //! use std::{convert::Infallible, time::Duration};
 //! use http::{Request, Response};
-//! use ratewise::rate_limit::{MaxWaitExceeded, RateLimitLayer};
+//! use ratewise::{key::RequestRef, rate_limit::RateLimitLayer, Refusal};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -117,7 +117,8 @@
 //!     .per_second(20)
 //!     .burst(20)
 //!     .max_wait(Duration::from_secs(2))
-//!     .bypass(|req: &Request<String>| req.headers().contains_key("x-card-final"))
+//!     // A cost of zero bypasses the limiter: final card edits are never throttled.
+//!     .cost(|req: &RequestRef<'_>| u32::from(!req.headers().contains_key("x-card-final")))
 //!     .build()?;
 //!
 //! let upstream = service_fn(|_req: Request<String>| async {
@@ -135,8 +136,8 @@
 //! let client = ServiceBuilder::new().layer(strict).service(upstream);
 //! client.clone().oneshot(Request::new(String::new())).await?;
 //! let err = client.oneshot(Request::new(String::new())).await.unwrap_err();
-//! let err = err.downcast_ref::<MaxWaitExceeded>().unwrap();
-//! assert_eq!(err.wait(), Duration::from_secs(60));
+//! let refusal = Refusal::find(&*err).unwrap();
+//! assert_eq!(refusal.retry_after(), Some(Duration::from_secs(60)));
 //! # Ok(()) }
 //! ```
 //!
@@ -146,15 +147,16 @@
 //! ```
 //! use std::convert::Infallible;
 //! use http::{Request, Response, StatusCode};
-//! use ratewise::rate_limit::RateLimitLayer;
+//! use ratewise::{key::{Key, RequestRef}, rate_limit::RateLimitLayer};
 //! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let per_client = RateLimitLayer::builder()
 //!     .per_second(1)
-//!     .key(|req: &Request<String>| {
-//!         req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+//!     // Never key by a raw credential: derive the key with a keyed hash.
+//!     .key(|req: &RequestRef<'_>| {
+//!         Key::from_secret(req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or(""))
 //!     })
 //!     .reject()
 //!     .build()?;

@@ -280,7 +280,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn admits_the_burst_then_says_how_long_to_wait() {
-        let store = GovernorStore::new(Quota::per_second(NonZeroU32::new(10).unwrap()).with_burst(NonZeroU32::new(3).unwrap()).unwrap());
+        let store = GovernorStore::new(
+            Quota::per_second(NonZeroU32::new(10).unwrap())
+                .with_burst(NonZeroU32::new(3).unwrap())
+                .unwrap(),
+        );
         let k = Key::from("k");
         for left in [2, 1, 0] {
             assert_eq!(
@@ -310,7 +314,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn n_cells_at_once_and_too_many_is_an_error() {
-        let store = GovernorStore::new(Quota::per_second(NonZeroU32::new(10).unwrap()).with_burst(NonZeroU32::new(5).unwrap()).unwrap());
+        let store = GovernorStore::new(
+            Quota::per_second(NonZeroU32::new(10).unwrap())
+                .with_burst(NonZeroU32::new(5).unwrap())
+                .unwrap(),
+        );
         let k = Key::from("k");
         let three = NonZeroU32::new(3).unwrap();
         assert_eq!(
@@ -333,7 +341,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn eviction_keeps_busy_keys_and_drops_rested_ones() {
-        let store = GovernorStore::new(Quota::per_second(NonZeroU32::new(1).unwrap()).with_burst(NonZeroU32::new(2).unwrap()).unwrap());
+        let store = GovernorStore::new(
+            Quota::per_second(NonZeroU32::new(1).unwrap())
+                .with_burst(NonZeroU32::new(2).unwrap())
+                .unwrap(),
+        );
         let busy = Key::from("busy");
         let idle = Key::from("idle");
         store.acquire(&busy, one()).await.unwrap();

@@ -45,12 +45,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(
-        inner: F,
-        timer: Option<Sleep>,
-        deadline: Duration,
-        stats: Counters,
-    ) -> Self {
+    pub(crate) fn new(inner: F, timer: Option<Sleep>, deadline: Duration, stats: Counters) -> Self {
         ResponseFuture {
             state: State::Running { inner },
             timer,

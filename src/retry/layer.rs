@@ -7,11 +7,11 @@ use std::time::Duration;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::Layer;
 
-use crate::vocabulary::{ConfigError, LayerId, LayerKind};
 use super::policy::{Config, RetryPolicy, Shared};
 use super::schedule::{Jitter, Schedule};
 use super::service::Retry;
 use super::stats::{Counters, RetryStats};
+use crate::vocabulary::{ConfigError, LayerId, LayerKind};
 
 /// Retries rate-limited and transient results as the server asks, or on a schedule,
 /// and never waits longer than configured.
@@ -204,22 +204,36 @@ impl RetryBuilder {
         let schedule = match self.schedule {
             ScheduleSpec::List(delays) => {
                 if delays.is_empty() {
-                    return Err(config_error("schedule", "must list at least one delay (got none)".into()));
+                    return Err(config_error(
+                        "schedule",
+                        "must list at least one delay (got none)".into(),
+                    ));
                 }
                 Schedule::List(delays.into_boxed_slice())
             }
             ScheduleSpec::Exponential { base, cap } => {
                 if base.is_zero() {
-                    return Err(config_error("exponential", "base must be greater than zero".into()));
+                    return Err(config_error(
+                        "exponential",
+                        "base must be greater than zero".into(),
+                    ));
                 }
                 if cap < base {
-                    return Err(config_error("exponential", format!("cap ({cap:?}) must not be below its base ({base:?})").into()));
+                    return Err(config_error(
+                        "exponential",
+                        format!("cap ({cap:?}) must not be below its base ({base:?})").into(),
+                    ));
                 }
                 Schedule::Exponential { base, cap }
             }
         };
         let max_attempts = match (self.max_attempts, &schedule) {
-            (Some(0), _) => return Err(config_error("max_attempts", "must be at least 1 (got 0)".into())),
+            (Some(0), _) => {
+                return Err(config_error(
+                    "max_attempts",
+                    "must be at least 1 (got 0)".into(),
+                ))
+            }
             (Some(n), _) => n,
             (None, Schedule::List(delays)) => {
                 u32::try_from(delays.len()).map_or(u32::MAX, |n| n.saturating_add(1))
@@ -276,13 +290,22 @@ fn config_error(field: &'static str, reason: std::borrow::Cow<'static, str>) -> 
 /// The ranges `TpsBudget::new` asserts, checked without panicking.
 fn check_tps(ttl: Duration, min_per_sec: u32, retry_percent: f32) -> Result<(), ConfigError> {
     if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(60) {
-        return Err(config_error("ttl", "(of `tps_budget`) must be between 1 s and 60 s".into()));
+        return Err(config_error(
+            "ttl",
+            "(of `tps_budget`) must be between 1 s and 60 s".into(),
+        ));
     }
     if min_per_sec >= i32::MAX as u32 {
-        return Err(config_error("min_per_sec", "(of `tps_budget`) must be below i32::MAX".into()));
+        return Err(config_error(
+            "min_per_sec",
+            "(of `tps_budget`) must be below i32::MAX".into(),
+        ));
     }
     if !(0.0..=1000.0).contains(&retry_percent) {
-        return Err(config_error("retry_percent", "(of `tps_budget`) must be between 0.0 and 1000.0".into()));
+        return Err(config_error(
+            "retry_percent",
+            "(of `tps_budget`) must be between 0.0 and 1000.0".into(),
+        ));
     }
     Ok(())
 }

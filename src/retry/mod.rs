@@ -81,7 +81,7 @@
 //!     }
 //! });
 //!
-//! let svc = ServiceBuilder::new().layer(retry).service(upstream);
+//! let svc = ServiceBuilder::new().layer(retry.clone()).service(upstream);
 //! let req = Request::get("http://127.0.0.1/gateway").body(Full::new(Bytes::new()))?;
 //! let res = svc.oneshot(req).await?;
 //! assert_eq!(res.status(), StatusCode::OK);
@@ -99,8 +99,8 @@ mod schedule;
 mod service;
 mod stats;
 
-pub use self::body::{buffer_request, RetryBody, TryCloneBody};
 pub(crate) use self::body::try_clone_request;
+pub use self::body::{buffer_request, RetryBody, TryCloneBody};
 pub use self::error::{BufferError, DeadlineExceeded};
 pub use self::future::ResponseFuture;
 pub use self::layer::{RetryBuilder, RetryLayer};

@@ -12,9 +12,9 @@ use tower::retry::Policy;
 use super::body::{try_clone_request, TryCloneBody};
 use super::schedule::{Jitter, Schedule};
 use super::stats::{Counters, GiveUp, RetryStats};
+use crate::redact::Redacted;
 use crate::vocabulary::{verdict_of, verdict_of_error, CallContext, LayerId, Verdict};
 use crate::BoxError;
-use crate::redact::Redacted;
 
 /// Validated configuration, shared by every clone.
 #[derive(Debug)]

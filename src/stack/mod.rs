@@ -69,7 +69,7 @@
 //!     .oneshot(Request::post("http://127.0.0.1:1/bot123/sendMessage").body(String::new())?)
 //!     .await?;
 //! assert!(res.status().is_success());
-//! assert_eq!(telegram.stats().rate_limit.admitted(), 1);
+//! assert_eq!(telegram.stats().rate_limit.admitted, 1);
 //! # Ok(()) }
 //! ```
 

@@ -27,7 +27,11 @@ pub struct ConfigError {
 impl ConfigError {
     /// A refusal of `field` in `layer`'s builder, for `reason` (a phrase that follows
     /// the field's name: "must be greater than zero").
-    pub fn new(layer: LayerKind, field: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(
+        layer: LayerKind,
+        field: &'static str,
+        reason: impl Into<Cow<'static, str>>,
+    ) -> Self {
         ConfigError {
             layer,
             field,

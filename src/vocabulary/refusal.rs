@@ -240,9 +240,7 @@ impl Refusal {
     /// or a failure when waiting can never cure it (a cost above the burst, no route).
     pub fn verdict(&self) -> Verdict {
         match self.kind {
-            RefusalKind::CostExceedsBurst { .. } | RefusalKind::NoRoute { .. } => {
-                Verdict::Failure
-            }
+            RefusalKind::CostExceedsBurst { .. } | RefusalKind::NoRoute { .. } => Verdict::Failure,
             _ => Verdict::rate_limited(self.retry_after),
         }
     }
@@ -410,7 +408,10 @@ mod tests {
             .with_key(Key::from("api.telegram.org"))
             .with_retry_after(Duration::from_millis(4_310_500));
         let s = e.to_string();
-        assert!(s.contains("api.telegram.org") && s.contains("4310.500 s"), "{s}");
+        assert!(
+            s.contains("api.telegram.org") && s.contains("4310.500 s"),
+            "{s}"
+        );
         let probing = Refusal::new(LayerKind::Cooldown, RefusalKind::Probing)
             .with_key(Key::from("h"))
             .with_retry_after(Duration::ZERO);
