@@ -1,10 +1,14 @@
-//! Small helpers shared by the layers: time arithmetic that cannot overflow, and a
-//! lock that survives poisoning.
+//! Small helpers shared by the layers: time arithmetic that cannot overflow, the one
+//! backoff (exponential or linear, capped) and its jitter, and a lock that survives
+//! poisoning.
 
 use std::{
+    cell::RefCell,
     sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
+
+use tower::util::rng::{HasherRng, Rng};
 
 use tokio::time::Instant;
 
@@ -26,6 +30,29 @@ pub(crate) fn far_future(now: Instant) -> Instant {
 /// Whole seconds, rounded up.
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+}
+
+/// The `n`-th exponential delay (`n` from 1; 0 counts as 1): `base * 2^(n-1)`, at most
+/// `cap`. Saturates at `cap`, never overflows.
+pub(crate) fn exponential(base: Duration, cap: Duration, n: u32) -> Duration {
+    1u32.checked_shl(n.max(1) - 1)
+        .and_then(|factor| base.checked_mul(factor))
+        .map_or(cap, |d| d.min(cap))
+}
+
+/// The `n`-th linear delay (`n` from 1; 0 counts as 1): `base * n`, at most `cap`.
+pub(crate) fn linear(base: Duration, cap: Duration, n: u32) -> Duration {
+    base.checked_mul(n.max(1)).map_or(cap, |d| d.min(cap))
+}
+
+thread_local! {
+    static RNG: RefCell<HasherRng> = RefCell::new(HasherRng::new());
+}
+
+/// A uniform number in `[0, 1)` for jitter, from tower's `HasherRng` (one per thread):
+/// spread, not cryptographic quality.
+pub(crate) fn unit_random() -> f64 {
+    RNG.with(|rng| rng.borrow_mut().next_f64())
 }
 
 /// Locks `mutex`. Every critical section in the crate leaves its state consistent

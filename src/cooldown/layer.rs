@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     key::{Authority, KeyExtractor, SharedKey},
+    util,
     vocabulary::{ConfigError, LayerKind},
 };
 
@@ -51,13 +52,9 @@ impl Backoff {
     /// The backoff after the `n`-th consecutive rate-limited answer (`n` from 1; 0 is
     /// treated as 1). Saturates at `cap`, never overflows.
     pub fn delay(&self, n: u32) -> Duration {
-        let n = n.max(1);
         match *self {
-            Backoff::Exponential { base, cap } => 1u32
-                .checked_shl(n - 1)
-                .and_then(|factor| base.checked_mul(factor))
-                .map_or(cap, |d| d.min(cap)),
-            Backoff::Linear { base, cap } => base.checked_mul(n).map_or(cap, |d| d.min(cap)),
+            Backoff::Exponential { base, cap } => util::exponential(base, cap, n),
+            Backoff::Linear { base, cap } => util::linear(base, cap, n),
         }
     }
 
@@ -87,14 +84,16 @@ impl Default for Backoff {
 pub enum Mode {
     /// Wait (in the response future, with `tokio::time`) when the cooldown ends within
     /// `max_wait` of the request's arrival; otherwise fail at once, without sleeping,
-    /// with [`CoolingDown`](super::CoolingDown). A request that meets a half-open key
-    /// waits for the probe's answer until the same deadline.
+    /// with a [`Refusal`](crate::Refusal) of kind
+    /// [`CoolingDown`](crate::vocabulary::RefusalKind::CoolingDown). A request that
+    /// meets a half-open key waits for the probe's answer until the same deadline.
     Wait {
         /// The longest a request may wait in total.
         max_wait: Duration,
     },
-    /// Fail at once with [`CoolingDown`](super::CoolingDown) while the key cools, and
-    /// while a probe is in flight on a half-open key.
+    /// Fail at once with a [`Refusal`](crate::Refusal) while the key cools
+    /// ([`CoolingDown`](crate::vocabulary::RefusalKind::CoolingDown)), and while a probe
+    /// is in flight on a half-open key ([`Probing`](crate::vocabulary::RefusalKind::Probing)).
     FailFast,
 }
 
@@ -246,13 +245,13 @@ impl CooldownBuilder {
         self
     }
 
-    /// The precheck margin (seed 003's `precheck_cooldown`; default zero): a key whose
-    /// cooldown ends within `threshold` of now still counts as cooling, on both sides
-    /// of the nominal end, so the key opens `threshold` after the cooldown the server
-    /// asked for. This keeps the probe from hitting the server right as its own window
-    /// expires (its clock, rounding and the request's transit all run late). The margin
-    /// is part of [`CoolingDown::remaining`](super::CoolingDown::remaining) and of
-    /// [`KeyState::Cooling`](super::KeyState::Cooling)'s `until`.
+    /// The precheck margin (an LLM sidecar's `precheck_cooldown`; default zero): a key
+    /// whose cooldown ends within `threshold` of now still counts as cooling, on both
+    /// sides of the nominal end, so the key opens `threshold` after the cooldown the
+    /// server asked for. This keeps the probe from hitting the server right as its own
+    /// window expires (its clock, rounding and the request's transit all run late). The
+    /// margin is part of a cooling refusal's [`retry_after`](crate::Refusal::retry_after)
+    /// and of [`KeyState::Cooling`](super::KeyState::Cooling)'s `until`.
     pub fn precheck(mut self, threshold: Duration) -> Self {
         self.config.precheck = threshold;
         self

@@ -1,8 +1,8 @@
 //! The delays between attempts when the server did not say how long to wait.
 
-use std::cell::Cell;
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
+
+use crate::util;
 
 /// How scheduled delays are randomised, so that many clients failing together do not
 /// retry together.
@@ -52,10 +52,7 @@ impl Schedule {
                 let i = (n as usize - 1).min(delays.len().saturating_sub(1));
                 delays.get(i).copied().unwrap_or(Duration::ZERO)
             }
-            Schedule::Exponential { base, cap } => {
-                let shift = (n - 1).min(31);
-                base.saturating_mul(1u32 << shift).min(*cap)
-            }
+            Schedule::Exponential { base, cap } => util::exponential(*base, *cap, n),
         }
     }
 
@@ -65,7 +62,7 @@ impl Schedule {
         if jitter == Jitter::None {
             d
         } else {
-            jitter.apply(d, unit_random())
+            jitter.apply(d, util::unit_random())
         }
     }
 
@@ -76,33 +73,6 @@ impl Schedule {
             Schedule::Exponential { cap, .. } => *cap,
         }
     }
-}
-
-thread_local! {
-    static RNG: Cell<u64> = Cell::new(seed());
-}
-
-/// A per-thread seed from the standard library's randomly keyed hasher.
-fn seed() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x9E37_79B9_7F4A_7C15);
-    // xorshift must not start at zero.
-    h.finish() | 1
-}
-
-/// A uniform number in `[0, 1)` from a per-thread xorshift64* generator. Jitter needs
-/// spread, not cryptographic quality, so no dependency is pulled in for it.
-fn unit_random() -> f64 {
-    RNG.with(|cell| {
-        let mut x = cell.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        cell.set(x);
-        let out = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        // The top 53 bits make an exact f64 in [0, 1).
-        (out >> 11) as f64 / (1u64 << 53) as f64
-    })
 }
 
 #[cfg(test)]
@@ -164,7 +134,7 @@ mod tests {
 
     #[test]
     fn unit_random_is_in_range_and_varies() {
-        let draws: Vec<f64> = (0..100).map(|_| unit_random()).collect();
+        let draws: Vec<f64> = (0..100).map(|_| util::unit_random()).collect();
         assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
         let first = draws[0];
         assert!(draws.iter().any(|u| *u != first));
