@@ -2,38 +2,21 @@
 //! behalf, inside upstream rate limits.
 //!
 //! ratewise waits when it should, backs off when told to, never hammers an upstream that
-//! is penalising it, and never loses a response.
-//!
-//! | module | what it does |
-//! |---|---|
-//! | [`classify`] | one [`Verdict`] per response (success, rate-limited, transient, failure), read from status, headers and, only when asked, a bounded body prefix; [`ClassifyLayer`] and per-platform [`presets`](classify::presets) |
-//! | [`retry_after`] | the one parser for every "wait this long" signal a server sends |
-//! | [`body`] | body peeking that hands the caller back every byte, in order |
-//! | [`key`] | which bucket, cooldown or cache entry a request belongs to: [`KeyExtractor`](key::KeyExtractor), [`Global`](key::Global), [`Authority`](key::Authority), [`MethodUri`](key::MethodUri) |
-//! | [`rate_limit`] | [`RateLimitLayer`]: keyed GCRA (governor) shared across clones, wait or reject |
-//! | [`cooldown`] | [`CooldownLayer`]: per-key backoff after a rate-limited answer, honouring Retry-After, with a single half-open probe |
-//! | [`retry`] | [`RetryLayer`]: retries as the server asks (its wait, a schedule or capped exponential), within attempts, a deadline and a budget |
-//! | [`cache`] | [`CachedEndpointLayer`]: the last good answer of a discovery endpoint, served while it is rate-limited, with single flight |
-//! | [`fresh`] | [`FreshClientLayer`]: rebuilds the inner client through a `MakeService` after N consecutive connection-level errors |
-//! | [`stack`] | [`ClientStackLayer`]: the standard client stack (`Retry → Cooldown → RateLimit → Classify`) from one config, with presets per platform |
-//! | [`pool`] | [`Pool`]: ordered backends (primary, fallback) with per-backend cooldown, failover within the call, model routing and stats |
-//! | `testing` (feature `testing`) | mock upstreams (QQ, DingTalk, Telegram, GLM, OpenAI-style) in-process or on 127.0.0.1, for tests and examples |
+//! is penalising it, and never loses a response. One module per layer ([`rate_limit`],
+//! [`cooldown`], [`retry`], [`cache`], [`fresh`], [`classify`], [`pool`]); [`stack`]
+//! puts the standard ones together, and [`vocabulary`] holds the words they share.
+//! [The guide](guide) explains every layer, one chapter each. The `testing` feature
+//! adds mock upstreams.
 //!
 //! # Example
 //!
-//! The standard client stack by hand, outermost first: retry, cooldown, rate limit,
-//! and one classification of every response. [`stack::ClientStackLayer`] builds the
-//! same from one config. Here the upstream answers GLM's 429 code 1302 once: the
-//! cooldown holds the key back, the retry tries again once it is over, and the caller
-//! gets the answer to the second call.
+//! The GLM preset of the standard stack. The upstream answers GLM's 429 code 1302 once:
+//! the stack cools the key down, retries once the cooldown is over, and gets the answer.
 //!
 //! ```
-//! use std::sync::atomic::{AtomicUsize, Ordering};
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//!
+//! use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
 //! use http::{Request, Response, StatusCode};
-//! use ratewise::{classify::presets, ClassifyLayer, CooldownLayer, RateLimitLayer, RetryLayer};
+//! use ratewise::{ClientStackLayer, Platform};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -44,27 +27,13 @@
 //!     let calls = calls.clone();
 //!     move |_req: Request<String>| {
 //!         let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
-//!         async move {
-//!             let (status, body) = if first {
-//!                 (StatusCode::TOO_MANY_REQUESTS, r#"{"error":{"code":"1302","message":"rate limited"}}"#)
-//!             } else {
-//!                 (StatusCode::OK, r#"{"choices":[]}"#)
-//!             };
-//!             Response::builder().status(status).body(body.to_owned())
-//!         }
+//!         let (status, body) = if first { (429, r#"{"error":{"code":"1302"}}"#) } else { (200, "{}") };
+//!         async move { Response::builder().status(status).body(body.to_owned()) }
 //!     }
 //! });
-//!
-//! let glm = ServiceBuilder::new()
-//!     .layer(RetryLayer::builder().exponential(Duration::from_secs(1), Duration::from_secs(30)).build()?)
-//!     .layer(CooldownLayer::new())
-//!     .layer(RateLimitLayer::builder().per_minute(50).burst(10).max_wait(Duration::from_secs(30)).build()?)
-//!     .layer(ClassifyLayer::new(presets::glm()))
-//!     .service(client);
-//!
-//! let req = Request::post("http://open.bigmodel.cn/api/paas/v4/chat/completions").body(String::new())?;
-//! let res = glm.oneshot(req).await?;
-//! assert_eq!(res.status(), StatusCode::OK);
+//! let glm = ServiceBuilder::new().layer(ClientStackLayer::preset(Platform::Glm).build()?).service(client);
+//! let req = Request::post("https://open.bigmodel.cn/api/paas/v4/chat/completions").body(String::new())?;
+//! assert_eq!(glm.oneshot(req).await?.status(), StatusCode::OK);
 //! assert_eq!(calls.load(Ordering::SeqCst), 2);
 //! # Ok(()) }
 //! ```
@@ -82,6 +51,8 @@ pub mod cache;
 pub mod classify;
 pub mod cooldown;
 pub mod fresh;
+/// The guide: every layer in depth, one chapter per layer (docs only).
+pub mod guide;
 pub mod key;
 pub mod pool;
 pub mod rate_limit;

@@ -1,22 +1,10 @@
 //! Body peeking that loses nothing: look at the first bytes of a body, then hand the
 //! caller back every byte, in order, with its trailers and its errors.
 //!
-//! Every ratewise layer that needs to see a body goes through this one module:
-//!
-//! - [`peek`] reads data frames until at least `cap` bytes are buffered or the body
-//!   ends, and resolves to a [`Peeked`]: the bounded [`prefix`](Peeked::prefix) a
-//!   classifier looks at, whether the whole body fitted in the cap
-//!   ([`is_complete`](Peeked::is_complete), what a cache needs before it stores a body,
-//!   see [`into_complete`](Peeked::into_complete)), and the body to give back
-//!   ([`into_body`](Peeked::into_body)).
-//! - [`PeekBody`] is the body the caller gets. It is either a zero-cost pass-through of
-//!   the inner body (nothing buffered, nothing boxed, frames forwarded as they arrive),
-//!   or a replay: the frames already read, then the rest of the inner body, then its
-//!   trailers. A body error met while peeking is delivered after the bytes read before
-//!   it, exactly as the upstream produced it.
-//!
-//! Only the peeking path boxes the inner body (so that no `Unpin` bound is needed);
-//! the pass-through path costs nothing.
+//! [`peek`] reads up to a cap and resolves to a [`Peeked`]: the bounded prefix a
+//! classifier looks at, whether the whole body fitted, and a [`PeekBody`] that replays
+//! every byte (or passes an unpeeked body through at no cost). Every ratewise layer that
+//! needs to see a body goes through this module; see [the guide](crate::guide#body-peeking).
 //!
 //! # Example
 //!

@@ -18,7 +18,7 @@ pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Keeps the last good answer of an endpoint per key and serves it while the endpoint
-/// is rate-limited or failing; see the [module docs](super) for the rules.
+/// is rate-limited or failing; see [the guide](crate::guide#cache) for the rules.
 ///
 /// Made by [`new`](Self::new) (defaults) or [`builder`](Self::builder). The layer
 /// creates the shared state: every clone of the layer, every service it makes and

@@ -5,7 +5,7 @@ use super::{Classify, DEFAULT_BODY_CAP};
 use tower::Layer;
 
 /// Classifies every response once and stores the [`Verdict`](super::Verdict) in its
-/// extensions, where [`verdict_of`](super::verdict_of) reads it.
+/// extensions, where [`verdict_of`](crate::verdict_of) reads it.
 ///
 /// For each response of the inner service:
 ///

@@ -11,7 +11,7 @@
 //! response stacked under several layers is classified once.
 //!
 //! Built-in classifiers, one per file, compose with [`Classifier::or`] and closures;
-//! [`presets`] bundles them per platform.
+//! [`presets`] bundles them per platform. See also [the guide](crate::guide#classify).
 //!
 //! # Example
 //!

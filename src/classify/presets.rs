@@ -183,10 +183,11 @@ pub fn telegram() -> Preset {
     )
 }
 
-/// GLM (Zhipu): a 4xx or 5xx response whose `error.code` is one of
-/// [`GLM_RATE_LIMIT_CODES`] (`{"error":{"code":"1302",...}}`) is rate-limited, and
-/// so is any other 429, except a 429 whose code is one of [`GLM_ACCOUNT_CODES`]
-/// (arrears, locked account): waiting will not cure those, so they are failures.
+/// GLM (Zhipu): a 4xx or 5xx response whose `error.code` is one of GLM's rate-limit
+/// codes, 1302, 1303 or 1305 (`{"error":{"code":"1302",...}}`), is rate-limited, and
+/// so is any other 429, except a 429 whose code is one of GLM's account codes, 1110 to
+/// 1113 or 1121 (arrears, locked account): waiting will not cure those, so they are
+/// failures.
 /// 5xx and 408 are transient.
 pub fn glm() -> Preset {
     Preset::new(

@@ -128,8 +128,8 @@ impl Default for Config {
 
 /// Per-key backoff after a rate-limited answer, honouring the server's retry hint.
 ///
-/// Built with [`CooldownLayer::builder`]; see the [module docs](super) for the whole
-/// behaviour. Cloning the layer (or the services it makes) shares one cooldown table:
+/// Built with [`CooldownLayer::builder`]; see [the guide](crate::guide#cooldown) for the
+/// whole behaviour. Cloning the layer (or the services it makes) shares one cooldown table:
 /// apply clones of one layer to several stacks to make them cool together, and use
 /// [`handle`](CooldownLayer::handle) to query keys and counters from outside.
 pub struct CooldownLayer {

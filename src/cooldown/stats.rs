@@ -22,8 +22,8 @@ pub struct CooldownStats {
     /// Of those, requests that waited and were then sent upstream (counted when their
     /// answer comes back).
     pub waited: u64,
-    /// Of those, requests refused with [`CoolingDown`](super::CoolingDown): by the
-    /// cooldown itself, or by its gate in a rate limiter below (requests that passed
+    /// Of those, requests refused with a [`Refusal`](crate::Refusal): by the
+    /// cooldown itself, or by its hold in a rate limiter below (requests that passed
     /// the cooldown while the key was open and were still waiting to be sent when it
     /// began cooling).
     pub rejected: u64,

@@ -1,8 +1,8 @@
 //! Errors of the fresh-client layer.
 //!
 //! Every error here has a `Display` that is never empty: a stale connection pool can
-//! produce errors whose own message is empty (the QQ Bot incident), and an empty log
-//! line is the worst kind.
+//! produce errors whose own message is empty (a QQ Bot gateway client's did), and an
+//! empty log line is the worst kind.
 
 use std::error::Error;
 use std::fmt;

@@ -27,7 +27,7 @@ pub struct FreshClientLayer<T = ()> {
 }
 
 impl FreshClientLayer<()> {
-    /// A layer with the default threshold ([`DEFAULT_THRESHOLD`]) and the target `()`:
+    /// A layer with the default threshold (3) and the target `()`:
     /// the `MakeService` is called as `make.call(())`.
     pub fn new() -> Self {
         FreshClientLayer {
@@ -117,7 +117,7 @@ pub struct FreshClientBuilder<T = ()> {
 
 impl<T> FreshClientBuilder<T> {
     /// How many consecutive connection-level errors from one client retire it
-    /// (default [`DEFAULT_THRESHOLD`]). Must be at least 1.
+    /// (default 3). Must be at least 1.
     pub fn threshold(mut self, threshold: u32) -> Self {
         self.threshold = threshold;
         self

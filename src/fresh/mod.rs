@@ -1,49 +1,10 @@
 //! A fresh client after a run of connection-level errors: [`FreshClientLayer`] rebuilds
 //! the inner client through a `MakeService` after N consecutive connection errors.
 //!
-//! A pooled HTTP client can go stale: every request on it fails at the connection
-//! level until the client is rebuilt, and the errors may not even say why (the QQ Bot
-//! gateway incident: a stale pool raised exceptions whose message was empty, so the
-//! logs said nothing). This layer fixes both halves:
-//!
-//! - It wraps a `MakeService` (any [`Service`](tower::Service) that takes a target
-//!   and returns a client, e.g. `tower::service_fn(|()| async { Ok(build_client()) })`)
-//!   in a [`FreshClient`]. The client is built lazily, on the first `poll_ready`, and
-//!   requests go through it. After `threshold` consecutive connection-level errors
-//!   from that client, it is dropped and the `MakeService` builds a new one before the
-//!   next request.
-//! - Every error the client returns comes back as a [`ClientError`] whose `Display`
-//!   names the client's generation and its run of errors and is never empty (it falls
-//!   back to the original's `Debug`, then its type name); `source()` is the original.
-//!
-//! # What counts
-//!
-//! Results are judged with [`verdict_of_error`](crate::classify::verdict_of_error):
-//!
-//! - an `Err` that is [`Verdict::Transient`](crate::Verdict::Transient) (every error
-//!   except ratewise's own "wait" errors) counts: it is a connection-level error;
-//! - a response of **any** status (a 500 or a 429 too) ends the run: the connection
-//!   worked;
-//! - ratewise's own errors that carry a wait (rate-limited, not connection-level) are
-//!   passed through unwrapped and neither count nor end the run.
-//!
-//! # Sharing and concurrency
-//!
-//! Clones share the current client, its generation and the run of errors. The client
-//! type must be `Clone`; each clone of the service holds its own copy of the current
-//! client, so requests in flight on a retired client finish on it. Results from a
-//! retired generation change nothing: N errors from the old client, arriving after a
-//! rebuild started, do not retire the new one. Only one build runs at a time: the
-//! `MakeService` future lives in the shared state, and every clone waiting for it helps
-//! drive it, so a caller that gives up cannot strand the others.
-//!
-//! A failed build is returned as a [`MakeClientError`] (naming the target) from the
-//! `call` of the request that was waiting for it; the next request tries again.
-//!
-//! [`FreshStats`] counts rebuilds and shows the current generation and run of errors.
-//! A rebuild is logged with `tracing` at `warn` (target `ratewise::fresh`) with the
-//! generation, the run length and the last error's text, URL paths and queries cut out
-//! so no token reaches the log.
+//! A pooled HTTP client can go stale, and its errors may not even say why. The layer
+//! builds the client lazily, rebuilds it after `threshold` consecutive connection-level
+//! errors (a response of any status ends the run), and returns every error as a
+//! [`ClientError`] whose message is never empty. See [the guide](crate::guide#fresh-client).
 //!
 //! # Example
 //!

@@ -17,8 +17,8 @@ use super::{shared::FreshCounters, FreshStats, NotReady, ResponseFuture};
 /// be `Clone` (HTTP clients are cheap handles to a shared pool; wrap one that is not in
 /// `tower::buffer::Buffer`).
 ///
-/// Clones share the current client, its generation and its run of errors. See the
-/// [module docs](super) for the rules.
+/// Clones share the current client, its generation and its run of errors. See
+/// [the guide](crate::guide#fresh-client) for the rules.
 pub struct FreshClient<M, T>
 where
     M: Service<T>,

@@ -57,7 +57,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
         }
     }
 
-    /// Adds a backend to the primary group ([`PRIMARY`], tried first).
+    /// Adds a backend to the primary group (group 0, tried first).
     ///
     /// `service` is any HTTP service (usually a client under its own rate limiter and a
     /// [`ClassifyLayer`](crate::ClassifyLayer) for its platform) that is `Clone`,
@@ -76,7 +76,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
         self.backend(PRIMARY, name, service)
     }
 
-    /// Adds a backend to the fallback group ([`FALLBACK`], tried after every primary
+    /// Adds a backend to the fallback group (group 1, tried after every primary
     /// backend). See [`primary`](Self::primary).
     pub fn fallback<S>(self, name: impl Into<Key>, service: S) -> Self
     where
@@ -157,7 +157,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
         self
     }
 
-    /// How the route table reads a request's key (default [`ModelKey`]: the
+    /// How the route table reads a request's key (default: the
     /// [`Model`](super::Model) extension). Any [`KeyExtractor`], closures included.
     pub fn route_key(mut self, key: impl KeyExtractor) -> Self {
         self.route_key = Some(Arc::new(key));

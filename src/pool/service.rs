@@ -72,7 +72,7 @@ pub(crate) struct Shared<ReqB, ResB> {
 /// that is not cooling down and has capacity, and moves on to the next within the same
 /// call when a backend answers rate-limited.
 ///
-/// Built with [`Pool::builder`]; see the [module docs](super) for the whole behaviour.
+/// Built with [`Pool::builder`]; see [the guide](crate::guide#pool) for the whole behaviour.
 /// Cloning a pool shares its backends, cooldown table and counters.
 ///
 /// Unlike the crate's middlewares, a pool wraps no single inner service (there is no

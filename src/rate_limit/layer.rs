@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Keyed GCRA rate limiting for a tower stack: waits (clients) or answers `429`
-/// (servers). See the [module docs](super) for the whole story.
+/// (servers). See [the guide](crate::guide#rate-limit) for the whole story.
 ///
 /// Built with [`RateLimitLayer::builder`]. It holds configuration and a handle to its
 /// [`RateLimiter`]: every clone of the layer, and every service it makes, shares that
@@ -187,7 +187,8 @@ impl<M> RateLimitBuilder<M> {
     }
 
     /// Wait mode: the longest a request may wait. A request that would need longer
-    /// fails at once with [`MaxWaitExceeded`](super::MaxWaitExceeded). Unbounded by
+    /// fails at once with a [`Refusal`](crate::Refusal) of kind
+    /// [`MaxWait`](crate::vocabulary::RefusalKind::MaxWait). Unbounded by
     /// default; `Duration::ZERO` refuses every request that cannot go now. Ignored in
     /// reject mode.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {

@@ -20,7 +20,7 @@ use super::{
 use crate::{key::Key, util::lock};
 
 /// One rate limiter: a store of buckets, the queues of requests waiting on them, and
-/// their [`Stats`].
+/// their counters ([`RateLimitStats`]).
 ///
 /// A cheap [`Clone`] handle: clones are the same limiter. Every
 /// [`RateLimitLayer`](super::RateLimitLayer) built from it (with

@@ -1,8 +1,8 @@
 //! The mode markers: [`Wait`] (clients) and [`Reject`] (servers).
 
 /// Wait mode (the default, for clients): a request over the limit waits until it is
-/// admitted, or fails at once with
-/// [`MaxWaitExceeded`](super::MaxWaitExceeded) when that would take longer than
+/// admitted, or fails at once with a [`Refusal`](crate::Refusal) of kind
+/// [`MaxWait`](crate::vocabulary::RefusalKind::MaxWait) when that would take longer than
 /// `max_wait`. The service's error type is [`BoxError`](crate::BoxError).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Wait;

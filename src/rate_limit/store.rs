@@ -56,7 +56,8 @@ pub enum Decision {
 ///     fails that request (wait mode: the error; reject mode: `503`), it does not retry.
 /// - The layer never asks for more cells than [`quota`](RateLimitStore::quota)'s burst
 ///   (it refuses such requests itself with
-///   [`CostExceedsBurst`](super::CostExceedsBurst)), and never for zero cells.
+///   [`CostExceedsBurst`](crate::vocabulary::RefusalKind::CostExceedsBurst)), and never
+///   for zero cells.
 /// - The layer calls the inner service in the same poll in which the future resolves
 ///   to `Admitted`, so no cell is taken for a request that is not sent. A future that is
 ///   dropped before it resolves must take nothing, or accept that the cells are lost:

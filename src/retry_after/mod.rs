@@ -1,42 +1,12 @@
 //! The one parser for every "wait this long" signal a server sends.
 //!
 //! [`parse`] reads the headers, and the body prefix when one is given, and returns how
-//! long the server asked the client to wait. Every ratewise layer and classifier gets
-//! its retry hint from here (through [`ResponseView::retry_after`]); nothing else in
-//! the crate parses `Retry-After`.
-//!
-//! # Sources, in order of precedence
-//!
-//! The first source that yields a usable value wins; an unusable value is skipped
-//! with a `tracing` warning naming the header (a body is never logged) and the next
-//! source is tried.
-//!
-//! | # | source | form |
-//! |---|---|---|
-//! | 1 | `retry-after-ms` (OpenAI, Azure) | milliseconds, integer or float |
-//! | 2 | `Retry-After` (RFC 9110) | seconds, integer or float, or an HTTP-date; a date in the past means zero |
-//! | 3 | `x-ratelimit-reset-after` (Discord and others) | seconds, float allowed |
-//! | 4a | `x-ratelimit-reset` | a reset value (see below) |
-//! | 4b | `x-ratelimit-reset-requests`, `x-ratelimit-reset-tokens` (OpenAI) | Go-style durations (`1s`, `6m0s`, `20ms`, `1h2m3.5s`); the larger of the two |
-//! | 5a | `RateLimit` (IETF draft) | `limit=10, remaining=0, reset=5` (draft-07) or `"default";r=0;t=30` (draft-08+); with several policies, the longest reset among exhausted ones (`r=0`), else the longest reset |
-//! | 5b | `RateLimit-Reset` (IETF drafts up to 06) | a reset value |
-//! | 6 | JSON body: `parameters.retry_after` (Telegram), then top-level `retry_after` | seconds |
-//! | 7 | text in the body | `retry after 4310`, `Retry-After: 5`, `Please retry after 7 seconds`, `try again in 20s`, `try again in 1m30s`; case-insensitive, a bare number is seconds |
-//!
-//! A **reset value** is a delta in seconds, or an absolute Unix time: values of at
-//! least 1 000 000 000 (10⁹ s is 31.7 years as a delta, September 2001 as a date) are
-//! epoch seconds, values of at least 10¹² are epoch milliseconds. Absolute times are
-//! measured against `now` and a time in the past means zero. Deltas may be floats.
-//!
-//! Malformed, empty, negative, NaN, infinite (`1e400`) and overflowing
-//! (`18446744073709551616`) values are skipped. When a header has several values, the
-//! first usable one counts (`RateLimit` lines are read together as one list). Header
-//! values that are not visible ASCII are skipped. The body may be a truncated prefix,
-//! invalid JSON or not UTF-8. The parser never panics.
-//!
-//! The result may be very long (a server may say `Retry-After: 4310`, or much more):
-//! callers compare it with their own maximum wait and add it to instants with
-//! `checked_add`.
+//! long the server asked the client to wait: `retry-after-ms`, `Retry-After`, the
+//! `x-ratelimit-reset*` headers, the IETF `RateLimit` headers, Telegram's JSON body and
+//! "retry after N" text, in that order. Every ratewise layer and classifier gets its
+//! retry hint from here (through [`ResponseView::retry_after`]); unusable values are
+//! skipped and it never panics. The sources, their forms and their precedence are in
+//! [the guide](crate::guide#retry-hints).
 //!
 //! # Example
 //!
@@ -96,7 +66,7 @@ const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 /// The server's retry hint, from headers and an optional body prefix, relative to
 /// the current system time.
 ///
-/// See the [module docs](self) for the sources and their precedence.
+/// See [the guide](crate::guide#retry-hints) for the sources and their precedence.
 pub fn parse(headers: &HeaderMap, body: Option<&[u8]>) -> Option<Duration> {
     parse_at(headers, body, SystemTime::now())
 }

@@ -1,48 +1,11 @@
 //! The standard client stack, from one config: `Retry → Cooldown → RateLimit →
 //! classification → client`.
 //!
-//! [`ClientStackLayer`] assembles the four layers in the documented order, so that:
-//!
-//! - every response is classified once, innermost ([`ClassifyLayer`] with a
-//!   [`Preset`]), and every outer layer reads that verdict;
-//! - the rate limiter paces what reaches the upstream (wait mode, bounded by its
-//!   `max_wait`);
-//! - the cooldown sits outside the limiter, so a key that the upstream is punishing
-//!   holds its callers back before they take a token, and lets exactly one probe
-//!   through when the penalty ends, after which the limiter paces the rest. Requests
-//!   that were already waiting in the limiter when the penalty began are stopped there
-//!   by the cooldown's gate, take no token, and go back to the retry with the
-//!   cooldown's [`CoolingDown`](crate::cooldown::CoolingDown), which it waits out. Only
-//!   requests already sent when the upstream sent its rate-limited answer can land in
-//!   the penalty (see [the cooldown's
-//!   docs](crate::cooldown#requests-held-back-below-the-cooldown));
-//! - the retry is outermost: it waits out a server's `Retry-After` (up to its
-//!   `max_delay`) and then goes through the cooldown again, so a retry never reaches
-//!   an upstream that is still penalising the client. A wait longer than `max_delay`
-//!   is not waited: the caller gets the upstream's answer (or the cooldown's
-//!   [`CoolingDown`](crate::cooldown::CoolingDown) error) at once.
-//!
-//! # Presets
-//!
-//! | preset | classifier | rate limit | cooldown | retry |
-//! |---|---|---|---|---|
-//! | [`Platform::Qq`] | [`presets::qq`] (400 + "频率限制") | 4/s, burst 1, max wait 10 s | exponential 1 s..60 s | schedule 0.5, 1.5, 3.0 s; max delay 10 s |
-//! | [`Platform::DingTalk`] | [`presets::dingtalk`] (403/429 QpsLimit) | 18/s, burst 2, max wait 2 s (the per-tenant card cap of 20 per second) | exponential 2 s..60 s | exponential 2 s..30 s, 4 attempts |
-//! | [`Platform::Telegram`] | [`presets::telegram`] (429 `retry_after`) | 28/s, burst 2, max wait 10 s (about 30 messages per second) | exponential 1 s..60 s, the server's `retry_after` wins | exponential 1 s..30 s, 5 attempts, max delay 60 s |
-//! | [`Platform::Glm`] | [`presets::glm`] (429 code 1302) | 45/min, burst 5, max wait 30 s (50 calls per 60 s) | exponential 1 s..60 s | exponential 1 s..30 s, 4 attempts, max delay 60 s |
-//! | [`Platform::OpenAi`] | [`presets::openai`] (429 `retry-after-ms`) | 50/min, burst 10, max wait 30 s (60 requests per minute) | exponential 1 s..60 s | exponential 0.5 s..20 s, 4 attempts, max delay 60 s |
-//!
-//! The limits are conservative defaults taken from the incidents behind this crate
-//! (DingTalk's 20 QPS per tenant, GLM's 50 calls per 60 s, Telegram's ~30 messages
-//! per second). Platforms count calls in fixed windows, and GCRA admits at most
-//! `burst + rate × window` calls in any window, so each preset keeps that sum at the
-//! platform's cap (DingTalk: 2 + 18/s × 1 s = 20) rather than setting the burst to the
-//! cap, which would let twice the cap through in the first window. Tune each field with [`ClientStackBuilder::rate_limit`],
-//! [`cooldown`](ClientStackBuilder::cooldown) and [`retry`](ClientStackBuilder::retry),
-//! which hand you that layer's own builder. Keys: the rate limiter has one bucket for
-//! the stack ([`Global`]: clone the layer into every stack that
-//! must share it), the cooldown is per authority (host and port). For other keys,
-//! stack the layers yourself in the same order.
+//! [`ClientStackLayer`] assembles the four layers in that order, from a [`Platform`]
+//! preset ([`ClientStackLayer::preset`]) or general defaults
+//! ([`ClientStackLayer::builder`]), every layer tunable through its own builder. Why
+//! this order, the presets' numbers and the stack by hand are in
+//! [the guide](crate::guide#stack).
 //!
 //! # Example
 //!
@@ -102,8 +65,8 @@ pub enum Platform {
     OpenAi,
 }
 
-/// The four layers of the standard client stack, in order. See the [module
-/// docs](self).
+/// The four layers of the standard client stack, in order. See
+/// [the guide](crate::guide#stack).
 #[derive(Clone, Debug)]
 pub struct ClientStackLayer {
     retry: RetryLayer,
@@ -138,7 +101,8 @@ impl ClientStackLayer {
         }
     }
 
-    /// A builder with a platform's preset (see the table in the [module docs](self)).
+    /// A builder with a platform's preset (see the table in
+    /// [the guide](crate::guide#presets)).
     pub fn preset(platform: Platform) -> ClientStackBuilder {
         let secs = Duration::from_secs;
         let b = Self::builder();

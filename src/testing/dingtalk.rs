@@ -1,9 +1,9 @@
 //! DingTalk AI cards: a QPS cap per tenant (403) and per robot (429), and a log of
 //! every card edit.
 //!
-//! Seed 001: the interactive-card PUT API enforces about 20 QPS per tenant and answers
-//! **403** beyond it; the AI-card streaming API allows 50 QPS per robot and answers
-//! **429**. Both bodies carry a `Forbidden.AccessDenied.QpsLimit…` code:
+//! The interactive-card PUT API enforces about 20 QPS per tenant and answers **403**
+//! beyond it; the AI-card streaming API allows 50 QPS per robot and answers **429**.
+//! Both bodies carry a `Forbidden.AccessDenied.QpsLimit…` code:
 //!
 //! - tenant over quota: `403 {"code":"Forbidden.AccessDenied.QpsLimitForApi","requestid":"…","message":"…"}`;
 //! - robot over quota: `429 {"code":"Forbidden.AccessDenied.QpsLimitForAppkeyAndApi","requestid":"…","message":"…"}`.
@@ -55,9 +55,9 @@ use tokio::time::Instant;
 use super::common::{handler, json, Core, FixedWindow, Incoming, Quota};
 use super::recorder::{Hits, Outcome};
 
-/// Default QPS per tenant: 20 (seed 001).
+/// Default QPS per tenant: 20 (DingTalk's card API limit).
 pub const DEFAULT_TENANT_QPS: u32 = 20;
-/// Default QPS per robot: 50 (seed 001).
+/// Default QPS per robot: 50 (DingTalk's AI-card streaming limit).
 pub const DEFAULT_ROBOT_QPS: u32 = 50;
 /// Default window the QPS caps count over: 1 s.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);

@@ -1,6 +1,6 @@
 //! GLM / Zhipu chat completions: N calls per window, then 429 with error code 1302.
 //!
-//! Seed 004: the API answers **429**
+//! The API answers **429**
 //! `{"error":{"code":"1302","message":"您的账户已达到速率限制,请您控制请求频率"}}`, and the
 //! team limited itself to 50 calls per 60 s. This mock serves
 //! `POST /api/paas/v4/chat/completions`:
@@ -45,9 +45,9 @@ use serde_json::{json, Value};
 use super::common::{handler, json, Core, Incoming, QuotaWindow};
 use super::recorder::{Hits, Outcome};
 
-/// Default calls per window: 50 (seed 004).
+/// Default calls per window: 50 (the self-imposed limit above).
 pub const DEFAULT_LIMIT: u32 = 50;
-/// Default window: 60 s (seed 004).
+/// Default window: 60 s (the self-imposed limit above).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 /// The path served.
 pub const PATH: &str = "/api/paas/v4/chat/completions";

