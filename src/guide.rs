@@ -178,10 +178,19 @@
 //!
 //! ## How long a key cools
 //!
-//! `max(retry_after, backoff(n))`, where `n` counts consecutive rate-limited answers
-//! and `backoff` is [`Backoff::Exponential`](crate::cooldown::Backoff::Exponential)
-//! (`base * 2^(n-1)`) or [`Backoff::Linear`](crate::cooldown::Backoff::Linear)
-//! (`base * n`), both capped. The server's hint wins when it is longer. An optional
+//! The server's hint is the cooldown; the layer's own backoff applies only when there
+//! is none. `n` counts consecutive rate-limited answers and `backoff(n)` is
+//! [`Backoff::Exponential`](crate::cooldown::Backoff::Exponential) (`base * 2^(n-1)`) or
+//! [`Backoff::Linear`](crate::cooldown::Backoff::Linear) (`base * n`), both capped.
+//!
+//! | the rate-limited answer | the key cools for |
+//! |---|---|
+//! | carries a hint (`Retry-After`, `retry_after`, ...) | the hint, plus the `precheck` margin: a string of `retry_after: 1` answers cools 1 s each time, however many |
+//! | carries no hint | `backoff(n)` plus the margin: 1, 2, 4, 8 s... for a 1 s base |
+//! | limited again right after a hinted cooldown, with no new hint | `backoff(n)`: `n` kept counting through the hinted cooldowns, so the backoff has escalated |
+//!
+//! A server that keeps answering with a short hint gets one probe per hint plus
+//! margin, as it asked: never more. An optional
 //! [`max_cooldown`](crate::cooldown::CooldownBuilder::max_cooldown) caps the total, the
 //! server's hint included, and the
 //! [`CooldownStarted`](crate::cooldown::CooldownStarted) event says so (`capped`,
@@ -612,7 +621,7 @@
 //!   backend name, in fail-fast mode, around every backend. A rate-limited answer
 //!   (read with [`verdict_of`](crate::verdict_of) /
 //!   [`verdict_of_error`](crate::verdict_of_error)) puts the backend into cooldown,
-//!   `max(retry_after, base * 2^(n-1))` by default; configure it with
+//!   the server's hint, else `base * 2^(n-1)` by default; configure it with
 //!   [`PoolBuilder::cooldown`](crate::pool::PoolBuilder::cooldown) (backoff,
 //!   `max_cooldown`, [`precheck`](crate::cooldown::CooldownBuilder::precheck)). After
 //!   the cooldown, one probe request goes to the backend and decides.

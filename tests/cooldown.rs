@@ -386,16 +386,18 @@ async fn linear_backoff_grows_by_base_and_caps() {
     );
 }
 
+/// Bug: the cooldown escalated past the server's hint (`max(Retry-After, base·2ⁿ⁻¹)`
+/// turned a string of short hints into 2, 4, 8 s waits). The hint is the cooldown.
 #[tokio::test(start_paused = true)]
-async fn server_retry_after_wins_when_longer() {
+async fn cooldown_escalated_past_the_servers_hint() {
     let up = Upstream::new([rl(Some(30)), rl(Some(1)), rl(Some(10))], ok());
     let (events, layer) = recorded(|b| b.exponential(s(1.0), s(60.0)).wait(s(60.0)));
     let (_, mut svc) = up.stack(layer);
 
     drive_sequentially(&mut svc, 4).await;
 
-    // n=1: max(30, 1) = 30; n=2: max(1, 2) = 2; n=3: max(10, 4) = 10.
-    assert_eq!(up.times(), [0.0, 30.0, 32.0, 42.0].map(s));
+    // n=1: the hint, 30; n=2: the hint, 1 (the backoff would say 2); n=3: the hint, 10.
+    assert_eq!(up.times(), [0.0, 30.0, 31.0, 41.0].map(s));
     let reasons: Vec<_> = events
         .lock()
         .unwrap()
@@ -409,10 +411,64 @@ async fn server_retry_after_wins_when_longer() {
         reasons,
         [
             (s(30.0), CooldownReason::RetryAfter, Some(s(30.0)), s(1.0)),
-            (s(2.0), CooldownReason::Backoff, Some(s(1.0)), s(2.0)),
+            (s(1.0), CooldownReason::RetryAfter, Some(s(1.0)), s(2.0)),
             (s(10.0), CooldownReason::RetryAfter, Some(s(10.0)), s(4.0)),
         ]
     );
+}
+
+/// The hint table, row 1: a string of `retry_after: 1` answers (every probe limited
+/// again) never cools longer than 1 s plus the margin.
+#[tokio::test(start_paused = true)]
+async fn a_string_of_one_second_hints_never_cools_longer_than_the_hint_plus_the_margin() {
+    let up = Upstream::new(std::array::from_fn::<_, 6, _>(|_| rl(Some(1))), ok());
+    let (events, layer) = recorded(|b| {
+        b.exponential(s(1.0), s(60.0))
+            .precheck(s(0.05))
+            .wait(s(60.0))
+    });
+    let (_, mut svc) = up.stack(layer);
+
+    drive_sequentially(&mut svc, 7).await;
+
+    let durations: Vec<_> = started(&events).into_iter().map(|(_, d)| d).collect();
+    assert_eq!(durations, [s(1.0); 6]);
+    // Each call goes 1 s plus the 50 ms margin after the previous one.
+    assert_eq!(
+        up.times(),
+        [0.0, 1.05, 2.1, 3.15, 4.2, 5.25, 6.3].map(s),
+        "one probe per hint plus margin"
+    );
+}
+
+/// The hint table, row 2: without a hint the cooldown escalates exponentially.
+#[tokio::test(start_paused = true)]
+async fn without_a_hint_the_cooldown_escalates_exponentially() {
+    let up = Upstream::new(std::array::from_fn::<_, 4, _>(|_| rl(None)), ok());
+    let (events, layer) = recorded(|b| b.exponential(s(1.0), s(60.0)).wait(s(60.0)));
+    let (_, mut svc) = up.stack(layer);
+
+    drive_sequentially(&mut svc, 5).await;
+
+    assert_eq!(
+        started(&events),
+        [(1, s(1.0)), (2, s(2.0)), (3, s(4.0)), (4, s(8.0))]
+    );
+    assert_eq!(up.times(), [0.0, 1.0, 3.0, 7.0, 15.0].map(s));
+}
+
+/// The hint table, row 3: limited again right after a hinted cooldown, without a new
+/// hint, the cooldown escalates from the consecutive count.
+#[tokio::test(start_paused = true)]
+async fn limited_again_right_after_a_hinted_cooldown_escalates() {
+    let up = Upstream::new([rl(Some(1)), rl(None), rl(None)], ok());
+    let (events, layer) = recorded(|b| b.exponential(s(1.0), s(60.0)).wait(s(60.0)));
+    let (_, mut svc) = up.stack(layer);
+
+    drive_sequentially(&mut svc, 4).await;
+
+    assert_eq!(started(&events), [(1, s(1.0)), (2, s(2.0)), (3, s(4.0))]);
+    assert_eq!(up.times(), [0.0, 1.0, 3.0, 7.0].map(s));
 }
 
 #[tokio::test(start_paused = true)]

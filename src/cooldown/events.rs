@@ -41,10 +41,10 @@ impl CooldownEvent {
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CooldownReason {
-    /// The server's retry hint was at least as long as the layer's own backoff.
+    /// The server gave a retry hint: the hint is the cooldown.
     RetryAfter,
-    /// The layer's backoff (`base * 2^(n-1)` or `base * n`, capped) was longer than the
-    /// server's hint, or the server gave none.
+    /// The server gave no hint: the layer's backoff (`base * 2^(n-1)` or `base * n`,
+    /// capped).
     Backoff,
 }
 
@@ -56,7 +56,7 @@ pub struct CooldownStarted {
     pub key: Key,
     /// Consecutive rate-limited answers, this one included (1 for the first).
     pub n: u32,
-    /// How long the key cools: `max(retry_after, backoff)`, shortened to `max_cooldown`
+    /// How long the key cools: the server's hint, else the backoff, shortened to `max_cooldown`
     /// when that is set and smaller (then `capped` is true). The precheck margin is not
     /// included.
     pub duration: Duration,
@@ -64,7 +64,7 @@ pub struct CooldownStarted {
     pub requested: Duration,
     /// Whether `max_cooldown` shortened `requested` to `duration`.
     pub capped: bool,
-    /// Which of the server's hint and the backoff won.
+    /// Whether the server's hint or the backoff set the duration.
     pub reason: CooldownReason,
     /// The server's retry hint, when it sent one.
     pub retry_after: Option<Duration>,

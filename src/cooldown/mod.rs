@@ -2,7 +2,7 @@
 //!
 //! When an answer is rate-limited (judged by its verdict: put a
 //! [`ClassifyLayer`](crate::ClassifyLayer) underneath for bodies such as QQ's 400), its
-//! key cools for `max(retry_after, backoff(n))`, and no request for the key reaches the
+//! key cools for the server's hint (else an escalating `backoff(n)`), and no request for the key reaches the
 //! upstream until a single probe after the cooldown has been answered: the others wait
 //! ([`Mode::Wait`]) or get a [`Refusal`](crate::Refusal) ([`Mode::FailFast`]). See
 //! [the guide](crate::guide#cooldown), requests held back in a rate limiter included.

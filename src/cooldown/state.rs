@@ -497,9 +497,14 @@ impl Shared {
         now: Instant,
     ) -> CooldownEvent {
         let backoff = self.config.backoff.delay(entry.n);
+        // The server's hint is the cooldown (plus the precheck margin): a string of
+        // `retry_after: 1` answers cools 1 s each time. The layer's own backoff, which
+        // escalates with `n`, applies only to answers without a hint, so an upstream
+        // that limits again without saying how long after a hinted cooldown gets the
+        // escalated backoff.
         let (requested, reason) = match retry_after {
-            Some(ra) if ra >= backoff => (ra, CooldownReason::RetryAfter),
-            _ => (backoff, CooldownReason::Backoff),
+            Some(ra) => (ra, CooldownReason::RetryAfter),
+            None => (backoff, CooldownReason::Backoff),
         };
         let duration = self
             .config
