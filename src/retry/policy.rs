@@ -13,7 +13,9 @@ use super::body::{try_clone_request, TryCloneBody};
 use super::schedule::{Jitter, Schedule};
 use super::stats::{Counters, GiveUp, RetryStats};
 use crate::redact::Redacted;
-use crate::vocabulary::{verdict_of, verdict_of_error, CallContext, LayerId, Verdict};
+use crate::vocabulary::{
+    verdict_of, verdict_of_error, CallContext, LayerId, Refusal, RefusalKind, Verdict,
+};
 use crate::BoxError;
 
 /// Validated configuration, shared by every clone.
@@ -43,6 +45,17 @@ impl fmt::Debug for Shared {
             .field("budget", &self.budget.as_ref().map(|_| "Budget"))
             .finish()
     }
+}
+
+/// Where a result came from, for the retry's count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Local {
+    /// The upstream's answer, or a connection error: an attempt.
+    Upstream,
+    /// A layer below held the request back (a cooldown, a pool): nothing was sent.
+    Held,
+    /// A layer below refused because the wait exceeds the caller's `max_wait`.
+    OverBudget,
 }
 
 /// Per-call state. tower's `Retry` clones the policy for every call (its
@@ -145,21 +158,32 @@ impl RetryPolicy {
         None
     }
 
-    fn decide(&mut self, verdict: Verdict, outcome: Outcome<'_>) -> Option<Sleep> {
+    fn decide(&mut self, verdict: Verdict, outcome: Outcome<'_>, local: Local) -> Option<Sleep> {
         if !verdict.is_retryable() {
             return None;
+        }
+        if local == Local::OverBudget {
+            return self.give_up(GiveUp::MaxWait, verdict, &outcome);
         }
         let now = Instant::now();
         let start = *self.call.start.get_or_insert(now);
         let attempt = self.call.attempt.max(1);
         let config = &self.shared.config;
-        if attempt >= config.max_attempts {
+        // A request a layer below held back never reached the upstream: within a
+        // deadline it is sent again without counting an attempt (`max_attempts` counts
+        // what the upstream was asked). Without a deadline it counts, so that nothing
+        // can wait forever.
+        let held = local == Local::Held && config.deadline.is_some();
+        if !held && attempt >= config.max_attempts {
             return self.give_up(GiveUp::Attempts, verdict, &outcome);
         }
         let delay = match verdict.retry_after() {
             Some(wait) if wait > config.max_delay => {
                 return self.give_up(GiveUp::MaxDelay, verdict, &outcome);
             }
+            // A held request whose holder gave no wait (a probe in flight) waits the
+            // schedule's first delay rather than spinning.
+            Some(wait) if held && wait.is_zero() => config.schedule.delay(1, config.jitter),
             Some(wait) => wait,
             None => config.schedule.delay(attempt, config.jitter),
         };
@@ -173,6 +197,17 @@ impl RetryPolicy {
             if !fits {
                 return self.give_up(GiveUp::Deadline, verdict, &outcome);
             }
+        }
+        if held {
+            self.call.retry_pending = true;
+            self.shared.stats.record_held();
+            tracing::debug!(
+                attempt,
+                delay = ?delay,
+                outcome = %outcome,
+                "retry: a layer below held the request back; sending it again, not counted as an attempt",
+            );
+            return Some(tokio::time::sleep(delay));
         }
         if let Some(budget) = &self.shared.budget {
             if !budget.withdraw() {
@@ -208,9 +243,16 @@ where
         match result {
             Ok(response) => {
                 let verdict = verdict_of(response);
-                self.decide(verdict, Outcome::Status(response.status()))
+                self.decide(verdict, Outcome::Status(response.status()), Local::Upstream)
             }
-            Err(err) => self.decide(verdict_of_error(&**err), Outcome::Error(&**err)),
+            Err(err) => {
+                let local = match Refusal::find(&**err) {
+                    Some(r) if matches!(r.kind(), RefusalKind::MaxWait { .. }) => Local::OverBudget,
+                    Some(r) if !r.reached_upstream() => Local::Held,
+                    _ => Local::Upstream,
+                };
+                self.decide(verdict_of_error(&**err), Outcome::Error(&**err), local)
+            }
         }
     }
 

@@ -19,6 +19,9 @@ pub enum GiveUp {
     MaxDelay,
     /// The shared retry budget is overdrawn (a retry storm is being stopped).
     Budget,
+    /// A layer below refused because the wait would exceed the caller's `max_wait`:
+    /// the caller's patience is spent, so the refusal goes back at once.
+    MaxWait,
 }
 
 impl GiveUp {
@@ -29,6 +32,7 @@ impl GiveUp {
             GiveUp::Deadline => "deadline",
             GiveUp::MaxDelay => "max_delay",
             GiveUp::Budget => "budget",
+            GiveUp::MaxWait => "max_wait",
         }
     }
 }
@@ -48,6 +52,8 @@ struct Atomics {
     deadline: AtomicU64,
     max_delay: AtomicU64,
     budget: AtomicU64,
+    max_wait: AtomicU64,
+    held: AtomicU64,
 }
 
 /// What a [`RetryLayer`](super::RetryLayer) did, counted since it was built: a
@@ -72,6 +78,11 @@ pub struct RetryStats {
     pub give_ups_max_delay: u64,
     /// Give-ups because the retry budget was overdrawn.
     pub give_ups_budget: u64,
+    /// Give-ups because a layer below refused past the caller's `max_wait`.
+    pub give_ups_max_wait: u64,
+    /// Times a call was held back by a layer below (nothing reached the upstream) and
+    /// sent again within its deadline, without counting an attempt.
+    pub held: u64,
 }
 
 impl RetryStats {
@@ -82,6 +93,7 @@ impl RetryStats {
             GiveUp::Deadline => self.give_ups_deadline,
             GiveUp::MaxDelay => self.give_ups_max_delay,
             GiveUp::Budget => self.give_ups_budget,
+            GiveUp::MaxWait => self.give_ups_max_wait,
         }
     }
 }
@@ -97,21 +109,24 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> RetryStats {
         let c = &*self.inner;
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
-        let (attempts, deadline, max_delay, budget) = (
+        let (attempts, deadline, max_delay, budget, max_wait) = (
             load(&c.attempts),
             load(&c.deadline),
             load(&c.max_delay),
             load(&c.budget),
+            load(&c.max_wait),
         );
         RetryStats {
             calls: load(&c.calls),
             retries: load(&c.retries),
             not_cloneable: load(&c.not_cloneable),
-            give_ups: attempts + deadline + max_delay + budget,
+            give_ups: attempts + deadline + max_delay + budget + max_wait,
             give_ups_attempts: attempts,
             give_ups_deadline: deadline,
             give_ups_max_delay: max_delay,
             give_ups_budget: budget,
+            give_ups_max_wait: max_wait,
+            held: load(&c.held),
         }
     }
 
@@ -121,7 +136,12 @@ impl Counters {
             GiveUp::Deadline => &self.inner.deadline,
             GiveUp::MaxDelay => &self.inner.max_delay,
             GiveUp::Budget => &self.inner.budget,
+            GiveUp::MaxWait => &self.inner.max_wait,
         }
+    }
+
+    pub(crate) fn record_held(&self) {
+        self.inner.held.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn record_call(&self) {
