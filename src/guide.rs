@@ -743,11 +743,17 @@
 //!
 //! | preset | classifier | rate limit | cooldown | retry |
 //! |---|---|---|---|---|
-//! | [`Platform::Qq`](crate::Platform::Qq) | [`presets::qq`](crate::classify::presets::qq) (400 + "频率限制") | 4/s, burst 1, max wait 10 s | exponential 1 s..60 s | schedule 0.5, 1.5, 3.0 s; max delay 10 s |
-//! | [`Platform::DingTalk`](crate::Platform::DingTalk) | [`presets::dingtalk`](crate::classify::presets::dingtalk) (403/429 QpsLimit) | 18/s, burst 2, max wait 2 s (the per-tenant card cap of 20 per second) | exponential 2 s..60 s | exponential 2 s..30 s, 4 attempts |
-//! | [`Platform::Telegram`](crate::Platform::Telegram) | [`presets::telegram`](crate::classify::presets::telegram) (429 `retry_after`) | 28/s, burst 2, max wait 10 s (about 30 messages per second) | exponential 1 s..60 s, the server's `retry_after` wins | exponential 1 s..30 s, 5 attempts, max delay 60 s |
-//! | [`Platform::Glm`](crate::Platform::Glm) | [`presets::glm`](crate::classify::presets::glm) (429 code 1302) | 45/min, burst 5, max wait 30 s (50 calls per 60 s) | exponential 1 s..60 s | exponential 1 s..30 s, 4 attempts, max delay 60 s |
-//! | [`Platform::OpenAi`](crate::Platform::OpenAi) | [`presets::openai`](crate::classify::presets::openai) (429 `retry-after-ms`) | 50/min, burst 10, max wait 30 s (60 requests per minute) | exponential 1 s..60 s | exponential 0.5 s..20 s, 4 attempts, max delay 60 s |
+//! | [`Platform::Qq`](crate::Platform::Qq) | [`presets::qq`](crate::classify::presets::qq) (400 + "频率限制") | 4/s, burst 1, max wait 10 s | exponential 1 s..60 s | schedule 0.5, 1.5, 3.0 s; max delay 10 s; deadline 30 s |
+//! | [`Platform::DingTalk`](crate::Platform::DingTalk) | [`presets::dingtalk`](crate::classify::presets::dingtalk) (403/429 QpsLimit) | 18/s, burst 2, max wait 2 s (the per-tenant card cap of 20 per second) | exponential 2 s..60 s | exponential 2 s..30 s, 4 attempts, deadline 30 s |
+//! | [`Platform::Telegram`](crate::Platform::Telegram) | [`presets::telegram`](crate::classify::presets::telegram) (429 `retry_after`) | 28/s, burst 2, max wait 10 s (about 30 messages per second) | exponential 1 s..60 s, the server's `retry_after` is the cooldown | exponential 1 s..30 s, 5 attempts, max delay 60 s, deadline 60 s |
+//! | [`Platform::Glm`](crate::Platform::Glm) | [`presets::glm`](crate::classify::presets::glm) (429 code 1302) | 45/min, burst 5, max wait 30 s (50 calls per 60 s) | exponential 1 s..60 s | exponential 1 s..30 s, 4 attempts, max delay 60 s, deadline 120 s |
+//! | [`Platform::OpenAi`](crate::Platform::OpenAi) | [`presets::openai`](crate::classify::presets::openai) (429 `retry-after-ms`) | 50/min, burst 10, max wait 30 s (60 requests per minute) | exponential 1 s..60 s | exponential 0.5 s..20 s, 4 attempts, max delay 60 s, deadline 120 s |
+//!
+//! The deadline is the whole call's budget: every attempt, every wait and the body of
+//! an error answer read for its classification end by then. A request a layer below
+//! held back (a cooldown that began while it waited in the limiter) is sent again within
+//! it without counting an attempt, and a refusal past the limiter's `max_wait` comes
+//! back at once.
 //!
 //! The limits are conservative defaults taken from the platforms' published or
 //! observed limits (DingTalk's 20 QPS per tenant, GLM's 50 calls per 60 s, Telegram's

@@ -45,7 +45,13 @@ async fn telegram_penalty_sixteen_senders_never_call_during_a_penalty_and_all_de
                 .max_wait(Duration::from_secs(60))
         })
         .cooldown(|c| c.wait(Duration::from_secs(60)))
-        .retry(|r| r.max_attempts(20).max_delay(Duration::from_secs(60)))
+        // A patient caller: the preset's 60 s deadline would give up on the messages
+        // queued behind a dozen penalties.
+        .retry(|r| {
+            r.max_attempts(20)
+                .max_delay(Duration::from_secs(60))
+                .deadline(Duration::from_secs(600))
+        })
         .build()
         .unwrap();
     let client = ServiceBuilder::new()

@@ -74,7 +74,9 @@ async fn telegram_preset_with_a_per_chat_key_limits_and_cools_each_chat_alone() 
     let layer = ClientStackLayer::preset(Platform::Telegram)
         .rate_limit(|rl| rl.per_second(1).burst(1).key(chat_of))
         .cooldown(|c| c.key(chat_of).fail_fast())
-        .retry(|r| r.max_attempts(1))
+        // A 5 s budget: the banned chat's 30 s cooldown cannot fit, so its caller gets
+        // the typed refusal at once.
+        .retry(|r| r.max_attempts(1).deadline(Duration::from_secs(5)))
         .build()
         .unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -107,7 +109,9 @@ async fn telegram_preset_with_a_per_chat_key_limits_and_cools_each_chat_alone() 
     let cooldown = layer.cooldown_layer().handle();
     assert!(matches!(cooldown.state("banned"), KeyState::Cooling { .. }));
     assert_eq!(cooldown.state("b"), KeyState::Ok);
+    let before = Instant::now();
     let err = bot.clone().oneshot(send("banned")).await.unwrap_err();
+    assert_eq!(Instant::now(), before, "refused at once");
     let refusal = Refusal::find(&*err).expect("a typed refusal");
     assert_eq!(refusal.key().map(Key::as_str), Some("banned"));
     assert_eq!(refusal.retry_after(), Some(Duration::from_secs(30)));

@@ -118,23 +118,37 @@ impl ClientStackLayer {
                     ])
                     .max_attempts(4)
                     .max_delay(secs(10))
+                    .deadline(secs(30))
                 }),
             Platform::DingTalk => b
                 .classifier(presets::dingtalk())
                 .rate_limit(|rl| rl.per_second(18).burst(2).max_wait(secs(2)))
                 .cooldown(|c| c.exponential(secs(2), secs(60)))
-                .retry(|r| r.exponential(secs(2), secs(30)).max_attempts(4)),
+                .retry(|r| {
+                    r.exponential(secs(2), secs(30))
+                        .max_attempts(4)
+                        .deadline(secs(30))
+                }),
             Platform::Telegram => b
                 .classifier(presets::telegram())
                 .rate_limit(|rl| rl.per_second(28).burst(2).max_wait(secs(10)))
-                .retry(|r| r.exponential(secs(1), secs(30)).max_attempts(5)),
+                .retry(|r| {
+                    r.exponential(secs(1), secs(30))
+                        .max_attempts(5)
+                        .deadline(secs(60))
+                }),
             Platform::Glm => b
                 .classifier(presets::glm())
                 .rate_limit(|rl| rl.per_minute(45).burst(5).max_wait(secs(30)))
-                .retry(|r| r.exponential(secs(1), secs(30)).max_attempts(4)),
+                .retry(|r| {
+                    r.exponential(secs(1), secs(30))
+                        .max_attempts(4)
+                        .deadline(secs(120))
+                }),
             Platform::OpenAi => b
                 .classifier(presets::openai())
-                .rate_limit(|rl| rl.per_minute(50).burst(10).max_wait(secs(30))),
+                .rate_limit(|rl| rl.per_minute(50).burst(10).max_wait(secs(30)))
+                .retry(|r| r.deadline(secs(120))),
         }
     }
 
