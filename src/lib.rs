@@ -73,7 +73,7 @@ pub use pool::Pool;
 pub use rate_limit::RateLimitLayer;
 pub use retry::RetryLayer;
 pub use stack::{ClientStackLayer, Platform};
-pub use vocabulary::{verdict_of, verdict_of_error, ConfigError, Refusal, Verdict};
+pub use vocabulary::{outcome, verdict_of, verdict_of_error, ConfigError, Refusal, Verdict};
 
 /// The boxed error type the layers return; every error ratewise creates can be
 /// downcast from it to its concrete type.

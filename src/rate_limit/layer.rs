@@ -162,21 +162,28 @@ pub struct RateLimitBuilder<M = Wait> {
 }
 
 impl<M> RateLimitBuilder<M> {
-    /// `n` cells per second (one every `1 s / n`); the burst defaults to `n`.
+    /// `n` cells per second (one every `1 s / n`), with a burst of `n` unless
+    /// [`burst`](Self::burst) is called after it. Setting a rate resets the burst, so a
+    /// preset's burst never outlives the rate it was chosen for.
     pub fn per_second(mut self, n: u32) -> Self {
         self.rate = Some(Rate::Second(n));
+        self.burst = None;
         self
     }
 
-    /// `n` cells per minute (one every `60 s / n`); the burst defaults to `n`.
+    /// `n` cells per minute (one every `60 s / n`), with a burst of `n` unless
+    /// [`burst`](Self::burst) is called after it.
     pub fn per_minute(mut self, n: u32) -> Self {
         self.rate = Some(Rate::Minute(n));
+        self.burst = None;
         self
     }
 
-    /// One cell every `period`; the burst defaults to 1.
+    /// One cell every `period`, with a burst of 1 unless [`burst`](Self::burst) is
+    /// called after it.
     pub fn per_period(mut self, period: Duration) -> Self {
         self.rate = Some(Rate::Period(period));
+        self.burst = None;
         self
     }
 

@@ -34,7 +34,7 @@ pub use self::config::ConfigError;
 pub(crate) use self::context::CallContext;
 pub(crate) use self::hold::{Hold, Holds};
 pub use self::refusal::{Candidate, Refusal, RefusalKind, Unavailable};
-pub use self::verdict::{verdict_of, verdict_of_error, Verdict};
+pub use self::verdict::{outcome, verdict_of, verdict_of_error, Verdict};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

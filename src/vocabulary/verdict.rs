@@ -81,6 +81,31 @@ pub fn verdict_of<B>(response: &Response<B>) -> Verdict {
     Verdict::from_status(status)
 }
 
+/// What a call's result means, whichever way it came back: an answer (a 429 the
+/// retry did not wait out, a success...) is judged by [`verdict_of`], an error (a
+/// [`Refusal`] of a layer that held the call back, a connection error) by
+/// [`verdict_of_error`]. One call tells the caller whether a call was rate-limited, and
+/// for how long.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::{Response, StatusCode};
+/// use ratewise::{outcome, BoxError, Verdict};
+///
+/// let answer: Result<Response<()>, BoxError> = Ok(Response::builder()
+///     .status(StatusCode::TOO_MANY_REQUESTS)
+///     .header("retry-after", "4310")
+///     .body(())
+///     .unwrap());
+/// assert_eq!(outcome(&answer), Verdict::rate_limited(Some(Duration::from_secs(4310))));
+/// ```
+pub fn outcome<B>(result: &Result<Response<B>, crate::BoxError>) -> Verdict {
+    match result {
+        Ok(response) => verdict_of(response),
+        Err(err) => verdict_of_error(&**err),
+    }
+}
+
 /// The verdict of an error returned instead of a response.
 ///
 /// A ratewise [`Refusal`] anywhere in the error's `source()` chain gives its own
