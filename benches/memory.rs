@@ -28,7 +28,7 @@ use criterion::{Criterion, SamplingMode};
 use governor::{clock::FakeRelativeClock, state::keyed::DashMapStateStore};
 use ratewise::{
     key::Key,
-    rate_limit::{GovernorStore, Quota, RateLimitStore},
+    rate_limit::{GovernorStore, Keys, Quota, RateLimitStore},
 };
 
 use crate::{heap_delta, runtime};
@@ -57,7 +57,10 @@ fn ratewise_realtime(rt: &tokio::runtime::Runtime, keys: &[Key]) -> GovernorStor
             .expect("valid quota");
         let store = GovernorStore::new(quota);
         for key in keys {
-            let decision = store.acquire(key, one()).await.expect("decided");
+            let decision = store
+                .acquire(&Keys::one(key.clone()), one())
+                .await
+                .expect("decided");
             std::hint::black_box(decision);
         }
         store
@@ -89,7 +92,10 @@ fn ratewise_simulated(rt: &tokio::runtime::Runtime, keys: &[Key]) -> GovernorSto
         let store = GovernorStore::new(quota);
         for batch in keys.chunks(BATCH) {
             for key in batch {
-                let decision = store.acquire(key, one()).await.expect("decided");
+                let decision = store
+                    .acquire(&Keys::one(key.clone()), one())
+                    .await
+                    .expect("decided");
                 std::hint::black_box(decision);
             }
             tokio::time::advance(STEP).await;

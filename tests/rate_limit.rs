@@ -17,8 +17,8 @@ use http::{Request, Response, StatusCode};
 use ratewise::{
     key::{Key, RequestRef},
     rate_limit::{
-        Decision, GovernorStore, Quota, RateLimit, RateLimitLayer, RateLimitStore, RateLimiter,
-        StoreError,
+        Decision, GovernorStore, Keys, Quota, RateLimit, RateLimitLayer, RateLimitStore,
+        RateLimiter, StoreError,
     },
     verdict_of_error,
     vocabulary::RefusalKind,
@@ -624,7 +624,7 @@ async fn memory_stays_bounded_with_a_million_distinct_keys() {
     for batch in 0..1000u32 {
         for i in 0..1000u32 {
             let key = Key::from((batch * 1000 + i).to_string());
-            let decision = store.acquire(&key, one).await.unwrap();
+            let decision = store.acquire(&Keys::one(key), one).await.unwrap();
             assert!(matches!(decision, Decision::Admitted { .. }));
         }
         most = most.max(store.len());
@@ -779,11 +779,11 @@ struct RoundTripStore(GovernorStore);
 impl RateLimitStore for RoundTripStore {
     type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
 
-    fn acquire(&self, key: &Key, cost: NonZeroU32) -> Self::Future {
-        let (store, key) = (self.0.clone(), key.clone());
+    fn acquire(&self, keys: &Keys, cost: NonZeroU32) -> Self::Future {
+        let (store, keys) = (self.0.clone(), keys.clone());
         Box::pin(async move {
             tokio::time::sleep(5 * MS).await;
-            store.acquire(&key, cost).await
+            store.acquire(&keys, cost).await
         })
     }
 

@@ -23,7 +23,7 @@ use super::{
     headers,
     limiter::{Join, RateLimiter, Ticket},
     policy::{Reject, Wait},
-    store::{Decision, RateLimitStore, StoreError},
+    store::{Decision, Keys, RateLimitStore, StoreError},
 };
 use crate::{
     key::Key,
@@ -74,7 +74,9 @@ pin_project! {
 /// ticket must leave the line before the permit wakes the next waiter.
 struct Admission<S, B, St> {
     limiter: RateLimiter<St>,
+    /// The line the request waits in (its keys joined), also its key in logs.
     key: Key,
+    keys: Keys,
     cost: NonZeroU32,
     max_wait: Option<Duration>,
     arrived: Option<Instant>,
@@ -123,7 +125,7 @@ where
 
     pub(super) fn limited(
         limiter: RateLimiter<St>,
-        key: Key,
+        keys: Keys,
         cost: NonZeroU32,
         max_wait: Option<Duration>,
         inner: S,
@@ -133,7 +135,8 @@ where
             state: State::Start,
             admission: Some(Admission {
                 limiter,
-                key,
+                key: keys.line(),
+                keys,
                 cost,
                 max_wait,
                 arrived: None,
@@ -303,7 +306,7 @@ where
                 Holds::check(request.extensions(), Instant::now()).map_err(Denial::Held)?;
             }
         }
-        Ok(self.limiter.store().acquire(&self.key, self.cost))
+        Ok(self.limiter.store().acquire(&self.keys, self.cost))
     }
 
     /// Joins the key's line with an estimated wait of at least `at_least` (when

@@ -1,16 +1,17 @@
 //! [`RateLimitLayer`] and its builder.
 
-use std::{fmt, marker::PhantomData, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{fmt, marker::PhantomData, sync::Arc, time::Duration};
 
 use tower::Layer;
 
 use super::{
     limiter::RateLimiter,
+    limits::{Limit, Margin, MemoryStore, Rate, Spec},
     policy::{Reject, Wait},
     quota::{config_error, Quota},
     service::RateLimit,
     stats::RateLimitStats,
-    store::{GovernorStore, RateLimitStore},
+    store::RateLimitStore,
 };
 use crate::{
     key::{Global, KeyExtractor, RequestRef, SharedKey},
@@ -28,7 +29,7 @@ use crate::{
 /// Type parameters: `M` the mode ([`Wait`] or [`Reject`]) and `St` the
 /// [`RateLimitStore`], both with defaults. The key and the cost are values, so a layer
 /// with a closure key is still a `RateLimitLayer`.
-pub struct RateLimitLayer<M = Wait, St = GovernorStore> {
+pub struct RateLimitLayer<M = Wait, St = MemoryStore> {
     policy: Arc<Policy>,
     limiter: RateLimiter<St>,
     mode: PhantomData<fn() -> M>,
@@ -40,6 +41,8 @@ pub(crate) type CostFn = Arc<dyn Fn(&RequestRef<'_>) -> u32 + Send + Sync>;
 /// The per-request rules of a layer, shared by its clones and services.
 pub(crate) struct Policy {
     pub(crate) key: SharedKey,
+    /// The keys of the layer's other limits, in order.
+    pub(crate) extra_keys: Vec<SharedKey>,
     /// `None`: one cell each.
     pub(crate) cost: Option<CostFn>,
     pub(crate) max_wait: Option<Duration>,
@@ -53,8 +56,10 @@ impl RateLimitLayer {
         RateLimitBuilder {
             rate: None,
             burst: None,
+            margin: Margin::default(),
             max_wait: None,
             key: Arc::new(Global),
+            limits: Vec::new(),
             cost: None,
             mode: PhantomData,
         }
@@ -118,23 +123,6 @@ fn mode_name<M>() -> &'static str {
     name.rsplit("::").next().unwrap_or(name)
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Rate {
-    Second(u32),
-    Minute(u32),
-    Period(Duration),
-}
-
-impl Rate {
-    fn field(self) -> &'static str {
-        match self {
-            Rate::Second(_) => "per_second",
-            Rate::Minute(_) => "per_minute",
-            Rate::Period(_) => "per_period",
-        }
-    }
-}
-
 /// Builds a [`RateLimitLayer`]. Each call changes one thing; the last rate set wins.
 ///
 /// ```
@@ -155,8 +143,10 @@ impl Rate {
 pub struct RateLimitBuilder<M = Wait> {
     rate: Option<Rate>,
     burst: Option<u32>,
+    margin: Margin,
     max_wait: Option<Duration>,
     key: SharedKey,
+    limits: Vec<Limit>,
     cost: Option<CostFn>,
     mode: PhantomData<fn() -> M>,
 }
@@ -184,6 +174,45 @@ impl<M> RateLimitBuilder<M> {
     pub fn per_period(mut self, period: Duration) -> Self {
         self.rate = Some(Rate::Period(period));
         self.burst = None;
+        self
+    }
+
+    /// At most `n` requests in any window of length `window` (a sliding window: the
+    /// upstream's "100 calls in any 5 s"), instead of a GCRA rate. Keeps at most `n`
+    /// timestamps per key.
+    pub fn sliding_window(mut self, n: u32, window: Duration) -> Self {
+        self.rate = Some(Rate::Sliding(n, window));
+        self.burst = None;
+        self
+    }
+
+    /// At most `n` requests per window of length `window`, windows aligned on the
+    /// limiter's start (a fixed window), instead of a GCRA rate. One counter per key.
+    pub fn fixed_window(mut self, n: u32, window: Duration) -> Self {
+        self.rate = Some(Rate::Fixed(n, window));
+        self.burst = None;
+        self
+    }
+
+    /// Pads the interval (or window) by `margin`: the safety margin that keeps jitter
+    /// between this client and the upstream from bringing two requests closer than the
+    /// upstream allows. Default zero; the presets set one.
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin.fixed = margin;
+        self
+    }
+
+    /// Pads the interval (or window) by `percent` of itself (see [`margin`](Self::margin)).
+    pub fn margin_percent(mut self, percent: u32) -> Self {
+        self.margin.per_mille = percent.saturating_mul(10);
+        self
+    }
+
+    /// Another limit, taken together with the main one (and any other): a request waits
+    /// until every limit has room, then takes from all of them at the same instant, so
+    /// no limit's slot is taken before the request leaves. Each limit has its own key.
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.limits.push(limit);
         self
     }
 
@@ -231,43 +260,46 @@ impl<M> RateLimitBuilder<M> {
         RateLimitBuilder {
             rate: self.rate,
             burst: self.burst,
+            margin: self.margin,
             max_wait: self.max_wait,
             key: self.key,
+            limits: self.limits,
             cost: self.cost,
             mode: PhantomData,
         }
     }
 
-    /// The layer, with a new in-memory [`GovernorStore`].
+    /// The layer, with a new [`MemoryStore`]: governor's GCRA for one plain rate, the
+    /// crate's own core for several limits, a window or a margin.
     ///
     /// Errors name the field: `rate` when no rate was set, `per_second` /
-    /// `per_minute` / `per_period` for a zero rate or period, `burst` for a zero burst
-    /// (or a window over 100 years).
-    pub fn build(self) -> Result<RateLimitLayer<M, GovernorStore>, ConfigError> {
+    /// `per_minute` / `per_period` / `sliding_window` / `fixed_window` for a zero rate,
+    /// period or window, `burst` for a zero burst (or a window over 100 years).
+    pub fn build(mut self) -> Result<RateLimitLayer<M, MemoryStore>, ConfigError> {
         let Some(rate) = self.rate else {
             return Err(config_error(
                 "rate",
-                "is not set: call per_second, per_minute or per_period",
+                "is not set: call per_second, per_minute, per_period or a window",
             ));
         };
-        let nonzero = |n: u32| {
-            NonZeroU32::new(n).ok_or(config_error(rate.field(), "must be at least 1 (got 0)"))
-        };
-        let quota = match rate {
-            Rate::Second(n) => Quota::per_second(nonzero(n)?),
-            Rate::Minute(n) => Quota::per_minute(nonzero(n)?),
-            Rate::Period(period) => Quota::per_period(period)?,
-        };
-        let quota = match self.burst {
-            Some(burst) => {
-                let burst = NonZeroU32::new(burst)
-                    .ok_or(config_error("burst", "must be at least 1 (got 0)"))?;
-                quota.with_burst(burst)?
-            }
-            None => quota,
-        };
-        let limiter = RateLimiter::new(GovernorStore::new(quota));
-        Ok(self.finish(limiter))
+        let mut main = Spec::new(rate);
+        if let Some(burst) = self.burst {
+            main = main.with_burst(burst);
+        }
+        main.margin = self.margin;
+        let mut specs = vec![main];
+        let mut keys = Vec::new();
+        for limit in std::mem::take(&mut self.limits) {
+            let (spec, key) = limit.into_parts();
+            specs.push(spec);
+            keys.push(key);
+        }
+        let limiter = RateLimiter::new(MemoryStore::new(&specs)?);
+        let mut layer = self.finish(limiter);
+        if let Some(policy) = Arc::get_mut(&mut layer.policy) {
+            policy.extra_keys = keys;
+        }
+        Ok(layer)
     }
 
     /// The layer, on an existing limiter: it shares that limiter's buckets, queues and
@@ -291,6 +323,12 @@ impl<M> RateLimitBuilder<M> {
                 "cannot be set with a shared limiter: the limiter's store has the quota",
             ));
         }
+        if !self.limits.is_empty() {
+            return Err(config_error(
+                "limit",
+                "cannot be added with a shared limiter: the limiter's store has the limits",
+            ));
+        }
         Ok(self.finish(limiter))
     }
 
@@ -298,6 +336,7 @@ impl<M> RateLimitBuilder<M> {
         RateLimitLayer {
             policy: Arc::new(Policy {
                 key: self.key,
+                extra_keys: Vec::new(),
                 cost: self.cost,
                 max_wait: self.max_wait,
             }),

@@ -16,9 +16,10 @@ use super::{
     future::ResponseFuture,
     layer::Policy,
     limiter::RateLimiter,
+    limits::MemoryStore,
     policy::{Mode, Reject, Wait},
     stats::RateLimitStats,
-    store::{GovernorStore, RateLimitStore},
+    store::{Keys, RateLimitStore},
 };
 use crate::{
     key::{key_of, RequestRef},
@@ -32,7 +33,7 @@ use crate::{
 /// inner service into its [`ResponseFuture`] (leaving a clone here), because the inner
 /// call happens only once the request is admitted. Bypassed requests call the inner
 /// service at once.
-pub struct RateLimit<S, M = Wait, St = GovernorStore> {
+pub struct RateLimit<S, M = Wait, St = MemoryStore> {
     inner: S,
     policy: Arc<Policy>,
     limiter: RateLimiter<St>,
@@ -91,11 +92,22 @@ impl<S, M, St> RateLimit<S, M, St> {
                 }
             },
         };
-        let key = key_of(&*self.policy.key, &request);
+        let first = key_of(&*self.policy.key, &request);
+        let keys = if self.policy.extra_keys.is_empty() {
+            Keys::one(first)
+        } else {
+            let rest = self
+                .policy
+                .extra_keys
+                .iter()
+                .map(|k| key_of(&**k, &request))
+                .collect();
+            Keys::new(first, rest)
+        };
         let clone = self.inner.clone();
         let inner = mem::replace(&mut self.inner, clone);
         let max_wait = if M::WAITS { self.policy.max_wait } else { None };
-        ResponseFuture::limited(self.limiter.clone(), key, cost, max_wait, inner, request)
+        ResponseFuture::limited(self.limiter.clone(), keys, cost, max_wait, inner, request)
     }
 }
 

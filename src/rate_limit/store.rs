@@ -25,6 +25,66 @@ use governor::{
 use super::{clock::TokioClock, quota::Quota};
 use crate::{key::Key, BoxError};
 
+/// The keys of one request: one per limit of its layer, in the limits' order (the main
+/// limit's first).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Keys {
+    first: Key,
+    rest: Vec<Key>,
+}
+
+impl Keys {
+    /// The keys of a request under a layer with one limit.
+    pub fn one(key: Key) -> Self {
+        Keys {
+            first: key,
+            rest: Vec::new(),
+        }
+    }
+
+    /// The keys of a request under several limits: the main limit's, then the others'.
+    pub fn new(first: Key, rest: Vec<Key>) -> Self {
+        Keys { first, rest }
+    }
+
+    /// The main limit's key.
+    pub fn first(&self) -> &Key {
+        &self.first
+    }
+
+    /// The key of limit `i` (the last key when there are fewer keys than limits).
+    pub fn get(&self, i: usize) -> &Key {
+        match i.checked_sub(1) {
+            None => &self.first,
+            Some(j) => self.rest.get(j).or(self.rest.last()).unwrap_or(&self.first),
+        }
+    }
+
+    /// How many keys (limits) there are.
+    pub fn len(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    /// Always false: there is at least the main limit's key.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The key a request waits in line under: the main key alone, or every key joined
+    /// (`tenant · card`), so that requests for other cards do not wait behind it.
+    pub(crate) fn line(&self) -> Key {
+        if self.rest.is_empty() {
+            return self.first.clone();
+        }
+        let mut joined = String::from(self.first.as_str());
+        for k in &self.rest {
+            joined.push_str(" · ");
+            joined.push_str(k.as_str());
+        }
+        Key::from(joined)
+    }
+}
+
 /// The answer of a store to "take `cost` cells for this key now".
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +133,10 @@ pub trait RateLimitStore: Clone + Send + Sync + 'static {
     /// The future of one [`acquire`](RateLimitStore::acquire).
     type Future: Future<Output = Result<Decision, StoreError>> + Send + 'static;
 
-    /// Takes `cost` cells from `key`'s bucket if they are all available now; otherwise
-    /// takes nothing and says how long until they would be.
-    fn acquire(&self, key: &Key, cost: NonZeroU32) -> Self::Future;
+    /// Takes `cost` cells from the bucket of every key of `keys` (one per limit) if they
+    /// are all available now; otherwise takes nothing and says how long until they
+    /// would be.
+    fn acquire(&self, keys: &Keys, cost: NonZeroU32) -> Self::Future;
 
     /// The quota every key's bucket follows.
     fn quota(&self) -> Quota;
@@ -204,7 +265,7 @@ impl GovernorStore {
         self.inner.sweep();
     }
 
-    fn decide(&self, key: &Key, cost: NonZeroU32) -> Result<Decision, StoreError> {
+    pub(crate) fn decide(&self, key: &Key, cost: NonZeroU32) -> Result<Decision, StoreError> {
         let inner = &*self.inner;
         let decision = match inner.limiter.check_key_n(key, cost) {
             Ok(Ok(state)) => Decision::Admitted {
@@ -249,8 +310,8 @@ impl Inner {
 impl RateLimitStore for GovernorStore {
     type Future = Ready<Result<Decision, StoreError>>;
 
-    fn acquire(&self, key: &Key, cost: NonZeroU32) -> Self::Future {
-        ready(self.decide(key, cost))
+    fn acquire(&self, keys: &Keys, cost: NonZeroU32) -> Self::Future {
+        ready(self.decide(keys.first(), cost))
     }
 
     fn quota(&self) -> Quota {
@@ -289,26 +350,26 @@ mod tests {
         let k = Key::from("k");
         for left in [2, 1, 0] {
             assert_eq!(
-                store.acquire(&k, one()).await.unwrap(),
+                store.acquire(&Keys::one(k.clone()), one()).await.unwrap(),
                 Decision::Admitted { remaining: left }
             );
         }
         assert_eq!(
-            store.acquire(&k, one()).await.unwrap(),
+            store.acquire(&Keys::one(k.clone()), one()).await.unwrap(),
             Decision::Denied {
                 wait: Duration::from_millis(100)
             }
         );
         tokio::time::advance(Duration::from_millis(40)).await;
         assert_eq!(
-            store.acquire(&k, one()).await.unwrap(),
+            store.acquire(&Keys::one(k.clone()), one()).await.unwrap(),
             Decision::Denied {
                 wait: Duration::from_millis(60)
             }
         );
         tokio::time::advance(Duration::from_millis(60)).await;
         assert!(matches!(
-            store.acquire(&k, one()).await.unwrap(),
+            store.acquire(&Keys::one(k.clone()), one()).await.unwrap(),
             Decision::Admitted { .. }
         ));
     }
@@ -323,18 +384,18 @@ mod tests {
         let k = Key::from("k");
         let three = NonZeroU32::new(3).unwrap();
         assert_eq!(
-            store.acquire(&k, three).await.unwrap(),
+            store.acquire(&Keys::one(k.clone()), three).await.unwrap(),
             Decision::Admitted { remaining: 2 }
         );
         // 2 left, 3 needed: one more cell, 100 ms.
         assert_eq!(
-            store.acquire(&k, three).await.unwrap(),
+            store.acquire(&Keys::one(k.clone()), three).await.unwrap(),
             Decision::Denied {
                 wait: Duration::from_millis(100)
             }
         );
         let err = store
-            .acquire(&k, NonZeroU32::new(6).unwrap())
+            .acquire(&Keys::one(k.clone()), NonZeroU32::new(6).unwrap())
             .await
             .unwrap_err();
         assert!(err.to_string().contains("at most 5"), "{err}");
@@ -349,21 +410,39 @@ mod tests {
         );
         let busy = Key::from("busy");
         let idle = Key::from("idle");
-        store.acquire(&busy, one()).await.unwrap();
-        store.acquire(&idle, one()).await.unwrap();
+        store
+            .acquire(&Keys::one(busy.clone()), one())
+            .await
+            .unwrap();
+        store
+            .acquire(&Keys::one(idle.clone()), one())
+            .await
+            .unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
-        store.acquire(&busy, one()).await.unwrap();
-        store.acquire(&busy, one()).await.unwrap();
+        store
+            .acquire(&Keys::one(busy.clone()), one())
+            .await
+            .unwrap();
+        store
+            .acquire(&Keys::one(busy.clone()), one())
+            .await
+            .unwrap();
         store.evict_idle();
         assert_eq!(store.len(), 1);
         // The busy key kept its state: its bucket is still empty.
         assert!(matches!(
-            store.acquire(&busy, one()).await.unwrap(),
+            store
+                .acquire(&Keys::one(busy.clone()), one())
+                .await
+                .unwrap(),
             Decision::Denied { .. }
         ));
         // The idle key's fresh state gives the same answer its old state would have.
         assert_eq!(
-            store.acquire(&idle, one()).await.unwrap(),
+            store
+                .acquire(&Keys::one(idle.clone()), one())
+                .await
+                .unwrap(),
             Decision::Admitted { remaining: 1 }
         );
     }

@@ -1,0 +1,678 @@
+//! Several limits taken together: [`Limit`] (a GCRA rate, a sliding window or a fixed
+//! window, each with its own key and margin) and [`MemoryStore`], the in-memory store
+//! that decides for all of a request's limits in one atomic step.
+//!
+//! governor keeps one GCRA state per key and takes cells as it checks them: it has no
+//! way to check several keys and take from all of them only if all have room, and no
+//! window quotas. So the crate has this small core of its own beside governor: one
+//! mutex, one map of `(limit, key)` states, integer nanoseconds on tokio's clock.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    future::{ready, Ready},
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use super::{
+    quota::{config_error, Quota},
+    store::{Decision, GovernorStore, Keys, RateLimitStore, StoreError},
+};
+use crate::{
+    key::{Key, KeyExtractor, SharedKey},
+    util::lock,
+    vocabulary::ConfigError,
+};
+
+/// How one limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// GCRA: one cell every `interval`, at most `burst` at once.
+    Rate { interval: Duration, burst: u32 },
+    /// At most `n` in any window of length `window`.
+    Sliding { n: u32, window: Duration },
+    /// At most `n` per window of length `window`, windows aligned on the store's start.
+    Fixed { n: u32, window: Duration },
+}
+
+/// A safety margin: how much a limit pads its interval (or window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Margin {
+    pub(crate) fixed: Duration,
+    /// In thousandths of the interval.
+    pub(crate) per_mille: u32,
+}
+
+impl Margin {
+    fn pad(self, d: Duration) -> Duration {
+        let relative = d
+            .checked_mul(self.per_mille)
+            .map_or(Duration::MAX, |x| x / 1000);
+        d.saturating_add(relative).saturating_add(self.fixed)
+    }
+}
+
+/// One limit of a [`RateLimitLayer`](super::RateLimitLayer) beside its main one: a
+/// quota, the key it counts by, and a safety margin.
+///
+/// ```
+/// use std::time::Duration;
+/// use ratewise::{key::RequestRef, rate_limit::{Limit, RateLimitLayer}};
+///
+/// let card = |req: &RequestRef<'_>| req.uri().path().to_owned();
+/// // DingTalk: 20 per second per tenant, and one edit per 800 ms per card, taken
+/// // together: a request waits until both have room, then takes from both at once.
+/// let layer = RateLimitLayer::builder()
+///     .per_second(20)
+///     .burst(1)
+///     .limit(Limit::per_period(Duration::from_millis(800)).key(card))
+///     .build()?;
+/// # let _ = layer;
+/// # Ok::<(), ratewise::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct Limit {
+    spec: Spec,
+    key: SharedKey,
+}
+
+/// A limit's quota and margin, without its key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Spec {
+    rate: Rate,
+    burst: Option<u32>,
+    pub(crate) margin: Margin,
+}
+
+/// What the builder was told, before validation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Rate {
+    Second(u32),
+    Minute(u32),
+    Period(Duration),
+    Sliding(u32, Duration),
+    Fixed(u32, Duration),
+}
+
+impl Rate {
+    pub(crate) fn field(self) -> &'static str {
+        match self {
+            Rate::Second(_) => "per_second",
+            Rate::Minute(_) => "per_minute",
+            Rate::Period(_) => "per_period",
+            Rate::Sliding(..) => "sliding_window",
+            Rate::Fixed(..) => "fixed_window",
+        }
+    }
+}
+
+impl Spec {
+    pub(crate) fn new(rate: Rate) -> Self {
+        Spec {
+            rate,
+            burst: None,
+            margin: Margin::default(),
+        }
+    }
+
+    pub(crate) fn with_burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// Whether this is a plain GCRA rate without margin (governor's job).
+    pub(crate) fn is_plain_rate(&self) -> bool {
+        matches!(
+            self.rate,
+            Rate::Second(_) | Rate::Minute(_) | Rate::Period(_)
+        ) && self.margin == Margin::default()
+    }
+
+    /// The GCRA quota of a plain rate, validated.
+    pub(crate) fn quota(&self) -> Result<Quota, ConfigError> {
+        let field = self.rate.field();
+        let nonzero =
+            |n: u32| NonZeroU32::new(n).ok_or(config_error(field, "must be at least 1 (got 0)"));
+        let quota = match self.rate {
+            Rate::Second(n) => Quota::per_second(nonzero(n)?),
+            Rate::Minute(n) => Quota::per_minute(nonzero(n)?),
+            Rate::Period(p) => Quota::per_period(p)?,
+            Rate::Sliding(n, w) | Rate::Fixed(n, w) => {
+                let n = nonzero(n)?;
+                if w.is_zero() {
+                    return Err(config_error(field, "window must be longer than zero"));
+                }
+                return Quota::per_period((w / n.get()).max(Duration::from_nanos(1)))?
+                    .with_burst(n);
+            }
+        };
+        match self.burst {
+            Some(burst) => {
+                let burst = NonZeroU32::new(burst)
+                    .ok_or(config_error("burst", "must be at least 1 (got 0)"))?;
+                quota.with_burst(burst)
+            }
+            None => Ok(quota),
+        }
+    }
+
+    /// The validated counting rule, margin applied.
+    fn kind(&self) -> Result<Kind, ConfigError> {
+        let quota = self.quota()?;
+        Ok(match self.rate {
+            Rate::Sliding(n, window) => Kind::Sliding {
+                n,
+                window: self.margin.pad(window),
+            },
+            Rate::Fixed(n, window) => Kind::Fixed {
+                n,
+                window: self.margin.pad(window),
+            },
+            _ => Kind::Rate {
+                interval: self.margin.pad(quota.replenish_interval()),
+                burst: quota.burst(),
+            },
+        })
+    }
+}
+
+impl Limit {
+    fn new(rate: Rate) -> Self {
+        Limit {
+            spec: Spec::new(rate),
+            key: Arc::new(crate::key::Global),
+        }
+    }
+
+    /// `n` per second (one every `1 s / n`), with a burst of `n`.
+    pub fn per_second(n: u32) -> Self {
+        Self::new(Rate::Second(n))
+    }
+
+    /// `n` per minute, with a burst of `n`.
+    pub fn per_minute(n: u32) -> Self {
+        Self::new(Rate::Minute(n))
+    }
+
+    /// One every `period`, with a burst of 1: DingTalk's one edit per 800 ms per card.
+    pub fn per_period(period: Duration) -> Self {
+        Self::new(Rate::Period(period))
+    }
+
+    /// At most `n` in any window of length `window` (a sliding window, the upstream's
+    /// "100 calls in any 5 s"). Keeps at most `n` timestamps per key.
+    pub fn sliding_window(n: u32, window: Duration) -> Self {
+        Self::new(Rate::Sliding(n, window))
+    }
+
+    /// At most `n` per window of length `window`, windows aligned on the limiter's
+    /// start (a fixed window). Keeps one counter per key.
+    pub fn fixed_window(n: u32, window: Duration) -> Self {
+        Self::new(Rate::Fixed(n, window))
+    }
+
+    /// The burst of a rate (ignored by windows).
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.spec.burst = Some(burst);
+        self
+    }
+
+    /// The key this limit counts by (default: one key for all).
+    pub fn key(mut self, key: impl KeyExtractor) -> Self {
+        self.key = Arc::new(key);
+        self
+    }
+
+    /// Pads the interval (or window) by `margin`, so that jitter between the client
+    /// and the upstream never brings two requests closer than the upstream allows.
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.spec.margin.fixed = margin;
+        self
+    }
+
+    /// Pads the interval (or window) by `percent` of itself.
+    pub fn margin_percent(mut self, percent: u32) -> Self {
+        self.spec.margin.per_mille = percent.saturating_mul(10);
+        self
+    }
+
+    pub(crate) fn into_parts(self) -> (Spec, SharedKey) {
+        (self.spec, self.key)
+    }
+}
+
+impl fmt::Debug for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limit")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state of one `(limit, key)`.
+enum State {
+    /// GCRA's theoretical arrival time, in ns since the store's origin.
+    Rate { tat: u64 },
+    /// The admissions within the last window, oldest first (at most `n`).
+    Sliding { stamps: VecDeque<u64> },
+    /// The current window's index and count.
+    Fixed { window: u64, count: u32 },
+}
+
+/// What one limit says about a request.
+struct Check {
+    /// Nanoseconds to wait (0: room now).
+    wait: u64,
+    /// Cells left after taking these, when there is room.
+    remaining: u32,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Kind {
+    fn fresh(&self) -> State {
+        match self {
+            Kind::Rate { .. } => State::Rate { tat: 0 },
+            Kind::Sliding { .. } => State::Sliding {
+                stamps: VecDeque::new(),
+            },
+            Kind::Fixed { .. } => State::Fixed {
+                window: 0,
+                count: 0,
+            },
+        }
+    }
+
+    /// Whether `cost` cells fit at `now`, and if not how long until they would.
+    fn check(&self, state: &mut State, now: u64, cost: u32) -> Check {
+        match (self, state) {
+            (Kind::Rate { interval, burst }, State::Rate { tat }) => {
+                let t = nanos(*interval);
+                let new_tat = (*tat)
+                    .max(now)
+                    .saturating_add(t.saturating_mul(u64::from(cost)));
+                let limit = now.saturating_add(t.saturating_mul(u64::from(*burst)));
+                if new_tat <= limit {
+                    let remaining = (limit - new_tat) / t.max(1);
+                    Check {
+                        wait: 0,
+                        remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+                    }
+                } else {
+                    Check {
+                        wait: new_tat - limit,
+                        remaining: 0,
+                    }
+                }
+            }
+            (Kind::Sliding { n, window }, State::Sliding { stamps }) => {
+                let w = nanos(*window);
+                // A stamp at `s` counts within [s, s + w).
+                while stamps.front().is_some_and(|s| s.saturating_add(w) <= now) {
+                    stamps.pop_front();
+                }
+                let used = u32::try_from(stamps.len()).unwrap_or(u32::MAX);
+                match used.checked_add(cost).filter(|total| total <= n) {
+                    Some(total) => Check {
+                        wait: 0,
+                        remaining: n - total,
+                    },
+                    None => {
+                        // The oldest stamps must leave the window first.
+                        let must_leave = (used + cost - n) as usize;
+                        let wait = stamps
+                            .get(must_leave - 1)
+                            .map_or(w, |s| s.saturating_add(w).saturating_sub(now));
+                        Check {
+                            wait: wait.max(1),
+                            remaining: 0,
+                        }
+                    }
+                }
+            }
+            (Kind::Fixed { n, window }, State::Fixed { window: idx, count }) => {
+                let w = nanos(*window).max(1);
+                let current = now / w;
+                if *idx != current {
+                    *idx = current;
+                    *count = 0;
+                }
+                match count.checked_add(cost).filter(|total| total <= n) {
+                    Some(total) => Check {
+                        wait: 0,
+                        remaining: n - total,
+                    },
+                    None => Check {
+                        wait: (current + 1).saturating_mul(w).saturating_sub(now).max(1),
+                        remaining: 0,
+                    },
+                }
+            }
+            _ => Check {
+                wait: 0,
+                remaining: 0,
+            },
+        }
+    }
+
+    /// Takes `cost` cells at `now` (after a [`check`](Self::check) found room).
+    fn take(&self, state: &mut State, now: u64, cost: u32) {
+        match (self, state) {
+            (Kind::Rate { interval, .. }, State::Rate { tat }) => {
+                *tat = (*tat)
+                    .max(now)
+                    .saturating_add(nanos(*interval).saturating_mul(u64::from(cost)));
+            }
+            (Kind::Sliding { .. }, State::Sliding { stamps }) => {
+                stamps.extend(std::iter::repeat_n(now, cost as usize));
+            }
+            (Kind::Fixed { .. }, State::Fixed { count, .. }) => *count += cost,
+            _ => {}
+        }
+    }
+
+    /// Whether a state is indistinguishable from a fresh one at `now`.
+    fn idle(&self, state: &State, now: u64) -> bool {
+        match (self, state) {
+            (Kind::Rate { .. }, State::Rate { tat }) => *tat <= now,
+            (Kind::Sliding { window, .. }, State::Sliding { stamps }) => stamps
+                .back()
+                .is_none_or(|s| s.saturating_add(nanos(*window)) <= now),
+            (Kind::Fixed { window, .. }, State::Fixed { window: idx, .. }) => {
+                *idx < now / nanos(*window).max(1)
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The in-memory store of a [`RateLimitLayer`](super::RateLimitLayer): one plain GCRA
+/// rate goes to governor ([`GovernorStore`]); several limits, a window quota or a
+/// margin go to the crate's own core, which decides every limit of a request in one
+/// atomic step, under one lock.
+///
+/// A request is admitted only when every one of its limits has room; then it takes
+/// from all of them at that same instant. When one has no room, nothing is taken and
+/// the wait is the longest of the limits'.
+///
+/// # Memory
+///
+/// A GCRA key holds one number, a fixed window one counter, a sliding window at most
+/// `n` timestamps. Keys whose state is back to fresh are dropped by an amortised sweep,
+/// as [`GovernorStore`](super::GovernorStore) does.
+#[derive(Clone)]
+pub struct MemoryStore {
+    engine: Engine,
+}
+
+#[derive(Clone)]
+enum Engine {
+    Governor(GovernorStore),
+    Own(Arc<Inner>),
+}
+
+struct Inner {
+    kinds: Box<[Kind]>,
+    quota: Quota,
+    origin: Instant,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    states: HashMap<(usize, Key), State>,
+    acquisitions: u64,
+    next_sweep: u64,
+}
+
+/// The fewest acquisitions between two sweeps of idle keys.
+const SWEEP_FLOOR: u64 = 1024;
+
+impl MemoryStore {
+    /// A store for these limits (in the order the request's keys come in). The first
+    /// limit's quota is the one the layer uses for its headers and wait estimates.
+    pub(crate) fn new(specs: &[Spec]) -> Result<Self, ConfigError> {
+        if let [spec] = specs {
+            if spec.is_plain_rate() {
+                let engine = Engine::Governor(GovernorStore::new(spec.quota()?));
+                return Ok(MemoryStore { engine });
+            }
+        }
+        let kinds = specs
+            .iter()
+            .map(Spec::kind)
+            .collect::<Result<Box<[Kind]>, _>>()?;
+        let quota = match specs.first() {
+            Some(spec) => spec.quota()?,
+            None => return Err(config_error("rate", "is not set")),
+        };
+        let inner = Arc::new(Inner {
+            kinds,
+            quota,
+            origin: Instant::now(),
+            table: Mutex::new(Table {
+                next_sweep: SWEEP_FLOOR,
+                ..Table::default()
+            }),
+        });
+        Ok(MemoryStore {
+            engine: Engine::Own(inner),
+        })
+    }
+
+    /// How many `(limit, key)` states the store holds.
+    pub fn len(&self) -> usize {
+        match &self.engine {
+            Engine::Governor(store) => store.len(),
+            Engine::Own(inner) => lock(&inner.table).states.len(),
+        }
+    }
+
+    /// Whether the store holds no state.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn decide(&self, keys: &Keys, cost: NonZeroU32) -> Result<Decision, StoreError> {
+        let inner = match &self.engine {
+            Engine::Governor(store) => return store.decide(keys.first(), cost),
+            Engine::Own(inner) => &**inner,
+        };
+        let now = nanos(Instant::now().saturating_duration_since(inner.origin));
+        let cost = cost.get();
+        let mut table = lock(&inner.table);
+        let table = &mut *table;
+        let mut wait = 0u64;
+        let mut remaining = u32::MAX;
+        for (i, kind) in inner.kinds.iter().enumerate() {
+            let key = keys.get(i);
+            let state = table
+                .states
+                .entry((i, key.clone()))
+                .or_insert_with(|| kind.fresh());
+            let check = kind.check(state, now, cost);
+            wait = wait.max(check.wait);
+            remaining = remaining.min(check.remaining);
+        }
+        table.acquisitions += 1;
+        if table.acquisitions >= table.next_sweep {
+            let kinds = &inner.kinds;
+            table
+                .states
+                .retain(|(i, _), state| !kinds[*i].idle(state, now));
+            table.next_sweep = table.acquisitions + SWEEP_FLOOR.max(table.states.len() as u64);
+        }
+        if wait > 0 {
+            return Ok(Decision::Denied {
+                wait: Duration::from_nanos(wait),
+            });
+        }
+        for (i, kind) in inner.kinds.iter().enumerate() {
+            if let Some(state) = table.states.get_mut(&(i, keys.get(i).clone())) {
+                kind.take(state, now, cost);
+            }
+        }
+        Ok(Decision::Admitted { remaining })
+    }
+}
+
+impl RateLimitStore for MemoryStore {
+    type Future = Ready<Result<Decision, StoreError>>;
+
+    fn acquire(&self, keys: &Keys, cost: NonZeroU32) -> Self::Future {
+        ready(self.decide(keys, cost))
+    }
+
+    fn quota(&self) -> Quota {
+        match &self.engine {
+            Engine::Governor(store) => store.quota(),
+            Engine::Own(inner) => inner.quota,
+        }
+    }
+
+    fn key_count(&self) -> Option<usize> {
+        Some(self.len())
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.engine {
+            Engine::Governor(store) => fmt::Debug::fmt(store, f),
+            Engine::Own(inner) => f
+                .debug_struct("MemoryStore")
+                .field("limits", &inner.kinds)
+                .field("keys", &self.len())
+                .finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one() -> NonZeroU32 {
+        NonZeroU32::MIN
+    }
+
+    fn keys(a: &str, b: &str) -> Keys {
+        Keys::new(Key::from(a), vec![Key::from(b)])
+    }
+
+    impl MemoryStore {
+        fn decide_ok(&self, keys: &Keys, cost: NonZeroU32) -> Decision {
+            self.decide(keys, cost).unwrap()
+        }
+    }
+
+    fn admitted(d: Decision) -> bool {
+        matches!(d, Decision::Admitted { .. })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_limits_take_together_or_not_at_all() {
+        // Tenant: 2 per second (burst 2); card: 1 per 800 ms.
+        let store = MemoryStore::new(&[
+            Spec::new(Rate::Second(2)),
+            Spec::new(Rate::Period(Duration::from_millis(800))),
+        ])
+        .unwrap();
+        assert!(admitted(store.decide_ok(&keys("t", "a"), one())));
+        // Card `a` has no room: nothing is taken from the tenant either.
+        assert_eq!(
+            store.decide_ok(&keys("t", "a"), one()),
+            Decision::Denied {
+                wait: Duration::from_millis(800)
+            }
+        );
+        assert!(admitted(store.decide_ok(&keys("t", "b"), one())));
+        // The tenant is empty now (2 taken, none by the refused request).
+        assert!(!admitted(store.decide_ok(&keys("t", "c"), one())));
+        tokio::time::advance(Duration::from_millis(800)).await;
+        assert!(admitted(store.decide_ok(&keys("t", "a"), one())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sliding_window_admits_n_in_any_window() {
+        let store =
+            MemoryStore::new(&[Spec::new(Rate::Sliding(3, Duration::from_secs(5)))]).unwrap();
+        let k = Keys::one(Key::from("k"));
+        for _ in 0..3 {
+            assert!(admitted(store.decide_ok(&k, one())));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // At 3 s: the first stamp (0 s) leaves the window at 5 s.
+        assert_eq!(
+            store.decide_ok(&k, one()),
+            Decision::Denied {
+                wait: Duration::from_secs(2)
+            }
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(admitted(store.decide_ok(&k, one())));
+        assert!(!admitted(store.decide_ok(&k, one())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fixed_window_resets_on_its_boundary() {
+        let store =
+            MemoryStore::new(&[Spec::new(Rate::Fixed(2, Duration::from_secs(10)))]).unwrap();
+        let k = Keys::one(Key::from("k"));
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert!(admitted(store.decide_ok(&k, one())));
+        assert!(admitted(store.decide_ok(&k, one())));
+        assert_eq!(
+            store.decide_ok(&k, one()),
+            Decision::Denied {
+                wait: Duration::from_secs(3)
+            }
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(admitted(store.decide_ok(&k, one())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_margin_pads_the_interval() {
+        let mut spec = Spec::new(Rate::Period(Duration::from_millis(800)));
+        spec.margin = Margin {
+            fixed: Duration::from_millis(10),
+            per_mille: 0,
+        };
+        let store = MemoryStore::new(&[spec]).unwrap();
+        let k = Keys::one(Key::from("card"));
+        assert!(admitted(store.decide_ok(&k, one())));
+        assert_eq!(
+            store.decide_ok(&k, one()),
+            Decision::Denied {
+                wait: Duration::from_millis(810)
+            }
+        );
+        let relative = Margin {
+            fixed: Duration::ZERO,
+            per_mille: 25,
+        };
+        assert_eq!(
+            relative.pad(Duration::from_secs(1)),
+            Duration::from_millis(1025)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_keys_are_swept() {
+        let store =
+            MemoryStore::new(&[Spec::new(Rate::Second(1000)), Spec::new(Rate::Second(1000))])
+                .unwrap();
+        for i in 0..5000 {
+            store.decide_ok(&Keys::one(Key::from(format!("k{i}"))), one());
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert!(store.len() <= 2 * 1024 + 16, "{} keys kept", store.len());
+    }
+}
