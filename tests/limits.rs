@@ -81,6 +81,11 @@ async fn dingtalk_tenant_and_card_limits_in_one_layer_run_at_the_real_cap() {
     let elapsed = start.elapsed();
 
     let edits = mock.edits();
+    let refused: Vec<_> = edits
+        .iter()
+        .filter(|e| e.status != StatusCode::OK)
+        .collect();
+    assert!(refused.is_empty(), "refused by the mock: {refused:?}");
     assert_eq!(edits.len(), CARDS * EDITS, "every edit sent once");
     assert!(
         edits.iter().all(|e| e.status == StatusCode::OK),

@@ -488,6 +488,15 @@ impl MemoryStore {
         let cost = cost.get();
         let mut table = lock(&inner.table);
         let table = &mut *table;
+        // Sweep first: a state dropped between a check and its take would lose the take.
+        table.acquisitions += 1;
+        if table.acquisitions >= table.next_sweep {
+            let kinds = &inner.kinds;
+            table
+                .states
+                .retain(|(i, _), state| !kinds[*i].idle(state, now));
+            table.next_sweep = table.acquisitions + SWEEP_FLOOR.max(table.states.len() as u64);
+        }
         let mut wait = 0u64;
         let mut remaining = u32::MAX;
         for (i, kind) in inner.kinds.iter().enumerate() {
@@ -499,14 +508,6 @@ impl MemoryStore {
             let check = kind.check(state, now, cost);
             wait = wait.max(check.wait);
             remaining = remaining.min(check.remaining);
-        }
-        table.acquisitions += 1;
-        if table.acquisitions >= table.next_sweep {
-            let kinds = &inner.kinds;
-            table
-                .states
-                .retain(|(i, _), state| !kinds[*i].idle(state, now));
-            table.next_sweep = table.acquisitions + SWEEP_FLOOR.max(table.states.len() as u64);
         }
         if wait > 0 {
             return Ok(Decision::Denied {
@@ -662,6 +663,26 @@ mod tests {
             relative.pad(Duration::from_secs(1)),
             Duration::from_millis(1025)
         );
+    }
+
+    /// Bug: the idle-key sweep ran between a request's checks and its takes, so the
+    /// request that triggered it took nothing and the next one got its slot too.
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_between_check_and_take_lost_the_take() {
+        let store = MemoryStore::new(&[
+            Spec::new(Rate::Second(20)).with_burst(1),
+            Spec::new(Rate::Second(20)).with_burst(1),
+        ])
+        .unwrap();
+        let k = Keys::one(Key::from("k"));
+        for _ in 0..3000 {
+            assert!(admitted(store.decide_ok(&k, one())));
+            assert!(
+                !admitted(store.decide_ok(&k, one())),
+                "two admissions at one instant"
+            );
+            tokio::time::advance(Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -109,7 +109,12 @@ impl ClientStackLayer {
         match platform {
             Platform::Qq => b
                 .classifier(presets::qq())
-                .rate_limit(|rl| rl.per_second(4).burst(1).max_wait(secs(10)))
+                .rate_limit(|rl| {
+                    rl.per_second(4)
+                        .burst(1)
+                        .max_wait(secs(10))
+                        .margin_percent(1)
+                })
                 .retry(|r| {
                     r.schedule([
                         Duration::from_millis(500),
@@ -122,7 +127,12 @@ impl ClientStackLayer {
                 }),
             Platform::DingTalk => b
                 .classifier(presets::dingtalk())
-                .rate_limit(|rl| rl.per_second(18).burst(2).max_wait(secs(2)))
+                .rate_limit(|rl| {
+                    rl.per_second(18)
+                        .burst(2)
+                        .max_wait(secs(2))
+                        .margin_percent(1)
+                })
                 .cooldown(|c| c.exponential(secs(2), secs(60)))
                 .retry(|r| {
                     r.exponential(secs(2), secs(30))
@@ -131,7 +141,12 @@ impl ClientStackLayer {
                 }),
             Platform::Telegram => b
                 .classifier(presets::telegram())
-                .rate_limit(|rl| rl.per_second(28).burst(2).max_wait(secs(10)))
+                .rate_limit(|rl| {
+                    rl.per_second(28)
+                        .burst(2)
+                        .max_wait(secs(10))
+                        .margin_percent(1)
+                })
                 .retry(|r| {
                     r.exponential(secs(1), secs(30))
                         .max_attempts(5)
@@ -139,7 +154,12 @@ impl ClientStackLayer {
                 }),
             Platform::Glm => b
                 .classifier(presets::glm())
-                .rate_limit(|rl| rl.per_minute(45).burst(5).max_wait(secs(30)))
+                .rate_limit(|rl| {
+                    rl.per_minute(45)
+                        .burst(5)
+                        .max_wait(secs(30))
+                        .margin_percent(1)
+                })
                 .retry(|r| {
                     r.exponential(secs(1), secs(30))
                         .max_attempts(4)
@@ -147,7 +167,12 @@ impl ClientStackLayer {
                 }),
             Platform::OpenAi => b
                 .classifier(presets::openai())
-                .rate_limit(|rl| rl.per_minute(50).burst(10).max_wait(secs(30)))
+                .rate_limit(|rl| {
+                    rl.per_minute(50)
+                        .burst(10)
+                        .max_wait(secs(30))
+                        .margin_percent(1)
+                })
                 .retry(|r| r.deadline(secs(120))),
         }
     }
