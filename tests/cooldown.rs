@@ -593,6 +593,58 @@ async fn half_open_lets_one_probe_go_then_the_rest() {
     );
 }
 
+/// Bug: when the probe's answer opened the key, the requests that had waited out the
+/// cooldown were only woken, while the probe's own caller ran on: its next request
+/// reached the upstream first. Against an upstream that limits per chat, that caller's
+/// next message was limited at once, the key cooled again, and the waiters were
+/// overtaken at every opening (a message waiting from the start was never sent). Now
+/// the waiters go first; a request arriving while they have not gone waits behind them.
+#[tokio::test(start_paused = true)]
+async fn waiters_go_before_a_newcomer_when_the_key_opens() {
+    let up = Upstream::new([rl(Some(1))], ok());
+    let layer = CooldownLayer::builder()
+        .key(|_: &RequestRef<'_>| "bot")
+        .wait(s(60.0))
+        .build()
+        .unwrap();
+    let (handle, svc) = up.stack(layer);
+
+    svc.clone().oneshot(req("first.test")).await.unwrap();
+    // Three callers wait out the cooldown; each sends a second request as soon as its
+    // first is answered (the host names the caller and the request).
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let a = svc.clone().oneshot(req(&format!("w{i}.test"))).await?;
+                let b = svc.oneshot(req(&format!("n{i}.test"))).await?;
+                Ok::<_, BoxError>((a.status(), b.status()))
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), (StatusCode::OK, StatusCode::OK));
+    }
+    let calls = up.calls.lock().unwrap().clone();
+    let hosts: Vec<_> = calls.iter().map(|c| c.1.as_str()).collect();
+    assert_eq!(
+        calls.iter().filter(|c| c.0 == s(1.0)).count(),
+        6,
+        "{calls:?}"
+    );
+    let first_newcomer = hosts.iter().position(|h| h.starts_with('n')).unwrap();
+    assert!(
+        hosts[..first_newcomer]
+            .iter()
+            .filter(|h| h.starts_with('w'))
+            .count()
+            == 3,
+        "every waiter before any newcomer: {hosts:?}"
+    );
+    assert_eq!(handle.stats().probes, 1);
+    assert_eq!(handle.tracked_keys(), 0, "the open key leaves the table");
+}
+
 #[tokio::test(start_paused = true)]
 async fn probe_rate_limited_again_keeps_the_others_out() {
     let up = Upstream::new(

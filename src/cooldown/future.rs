@@ -17,7 +17,7 @@ use tokio::{
 use tower::Service;
 
 use super::{
-    state::{Admission, Shared, Ticket},
+    state::{Admission, Shared, Ticket, WaitSlot},
     stats::Counters,
 };
 use crate::{
@@ -37,6 +37,7 @@ pin_project! {
         state: State<S::Future>,
         call: Option<(S, Req)>,
         ticket: Option<Ticket>,
+        slot: Option<WaitSlot>,
         shared: Arc<Shared>,
         key: Key,
         deadline: Option<Instant>,
@@ -79,6 +80,7 @@ where
             state: State::Check,
             call: Some((inner, req)),
             ticket: None,
+            slot: None,
             shared,
             key,
             deadline,
@@ -100,7 +102,12 @@ where
             match this.state.as_mut().project() {
                 StateProj::Check => {
                     let stats = &this.shared.stats;
-                    match this.shared.admit(this.key, Instant::now(), *this.deadline) {
+                    match this.shared.admit(
+                        this.key,
+                        Instant::now(),
+                        *this.deadline,
+                        this.slot.take(),
+                    ) {
                         Admission::Go(ticket) => {
                             let (mut inner, mut req) = this
                                 .call
@@ -123,7 +130,12 @@ where
                             let future = inner.call(req);
                             this.state.set(State::Call { future });
                         }
-                        Admission::Wait { wake_at, notified } => {
+                        Admission::Wait {
+                            wake_at,
+                            notified,
+                            slot,
+                        } => {
+                            *this.slot = slot;
                             if !*this.met {
                                 *this.met = true;
                                 Counters::bump(&stats.met);

@@ -223,6 +223,10 @@ struct Entry {
     episode_start: Option<Instant>,
     /// Wakes waiters on every change (`notify_waiters` only).
     notify: Arc<Notify>,
+    /// Requests waiting for this key's cooldown or probe (each holds a [`WaitSlot`]).
+    /// When the key opens they go first: a request arriving while any of them has not
+    /// yet re-checked waits behind them.
+    waiting: usize,
 }
 
 impl Entry {
@@ -235,6 +239,7 @@ impl Entry {
             last_signal: 0,
             episode_start: None,
             notify: Arc::new(Notify::new()),
+            waiting: 0,
         }
     }
 
@@ -256,7 +261,11 @@ impl Entry {
     }
 
     fn removable(&self, now: Instant) -> bool {
-        self.n == 0 && !self.half_open && self.probe.is_none() && self.cooling(now).is_none()
+        self.n == 0
+            && !self.half_open
+            && self.probe.is_none()
+            && self.waiting == 0
+            && self.cooling(now).is_none()
     }
 
     /// A waiter registration, taken under the lock so no `notify_waiters` is missed.
@@ -270,9 +279,12 @@ pub(crate) enum Admission {
     /// Send it upstream.
     Go(Ticket),
     /// Wait until `wake_at` or until the key's state changes, then ask again.
+    /// `slot`: the request counts as waiting for the key (it goes first when the key
+    /// opens); `None` for a request waiting behind those.
     Wait {
         wake_at: Instant,
         notified: Pin<Box<OwnedNotified>>,
+        slot: Option<WaitSlot>,
     },
     /// Refuse it.
     Reject(Refusal),
@@ -292,6 +304,23 @@ impl Ticket {
     /// The probe's id, when this request is the half-open probe.
     pub(crate) fn probe_id(&self) -> Option<u64> {
         self.probe.as_ref().map(|p| p.id)
+    }
+}
+
+/// A request waiting for a key's cooldown or probe: counted in `Entry::waiting` until it
+/// asks again or is dropped.
+pub(crate) struct WaitSlot {
+    shared: Arc<Shared>,
+    key: Key,
+    active: bool,
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        if self.active {
+            self.shared
+                .leave_wait(&mut self.shared.lock(), &self.key, Instant::now());
+        }
     }
 }
 
@@ -349,13 +378,23 @@ impl Shared {
 
     /// Decides what a request for `key` does at `now`. `deadline` is the latest it may
     /// wait until (`None`: fail-fast).
+    /// `slot`: the request's [`WaitSlot`] when it waited before (it is released here).
     pub(crate) fn admit(
         self: &Arc<Self>,
         key: &Key,
         now: Instant,
         deadline: Option<Instant>,
+        slot: Option<WaitSlot>,
     ) -> Admission {
         let mut table = self.lock();
+        let returning = match slot {
+            Some(mut slot) if slot.active => {
+                slot.active = false;
+                self.leave_wait(&mut table, key, now);
+                true
+            }
+            _ => false,
+        };
         let seq = table.seq;
         let Some(entry) = table.map.get_mut(key) else {
             return Admission::Go(Ticket { seq, probe: None });
@@ -365,6 +404,7 @@ impl Shared {
                 Some(d) if until <= d => Admission::Wait {
                     wake_at: until,
                     notified: entry.waiter(),
+                    slot: Some(self.enter_wait(entry, key)),
                 },
                 _ => Admission::Reject(refusal(key, until - now, false)),
             };
@@ -375,6 +415,7 @@ impl Shared {
                     Some(d) if now < d => Admission::Wait {
                         wake_at: d,
                         notified: entry.waiter(),
+                        slot: Some(self.enter_wait(entry, key)),
                     },
                     _ => Admission::Reject(refusal(key, Duration::ZERO, true)),
                 };
@@ -396,10 +437,44 @@ impl Shared {
                 probe: Some(probe),
             });
         }
+        // The key is open: the requests that waited for it go first.
+        if !returning && entry.waiting > 0 {
+            if let Some(d) = deadline.filter(|d| now < *d) {
+                return Admission::Wait {
+                    wake_at: d,
+                    notified: entry.waiter(),
+                    slot: None,
+                };
+            }
+        }
         if entry.removable(now) {
             table.map.remove(key);
         }
         Admission::Go(Ticket { seq, probe: None })
+    }
+
+    /// Counts a request as waiting for `entry`'s key.
+    fn enter_wait(self: &Arc<Self>, entry: &mut Entry, key: &Key) -> WaitSlot {
+        entry.waiting += 1;
+        WaitSlot {
+            shared: self.clone(),
+            key: key.clone(),
+            active: true,
+        }
+    }
+
+    /// A waiting request asked again or was dropped: when it was the last, the requests
+    /// queued behind the waiters are woken.
+    fn leave_wait(&self, table: &mut Table, key: &Key, now: Instant) {
+        if let Some(entry) = table.map.get_mut(key) {
+            entry.waiting = entry.waiting.saturating_sub(1);
+            if entry.waiting == 0 {
+                entry.notify.notify_waiters();
+                if entry.removable(now) {
+                    table.map.remove(key);
+                }
+            }
+        }
     }
 
     /// Records the verdict of an admitted request's answer.
