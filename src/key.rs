@@ -204,6 +204,81 @@ pub trait KeyExtractor: Send + Sync + 'static {
     {
         self.key(&RequestRef::from(request))
     }
+
+    /// Whether this extractor reads the request's body (a [`JsonBody`] extension), so
+    /// that a stack parses the body once per call for it. `false` by default.
+    fn needs_body(&self) -> bool {
+        false
+    }
+}
+
+/// A request's body parsed as JSON, in the request's extensions: parsed once per call
+/// by a [`RetryLayer`](crate::RetryLayer) built with
+/// [`parse_json_body`](crate::retry::RetryBuilder::parse_json_body) (a
+/// [`ClientStackLayer`](crate::ClientStackLayer) turns that on when one of its keys
+/// [needs the body](KeyExtractor::needs_body)), and shared by every layer and every
+/// retry of the call.
+#[derive(Debug, Clone)]
+pub struct JsonBody(Arc<serde_json::Value>);
+
+impl JsonBody {
+    /// `bytes` parsed as JSON, or `None` when they are not JSON.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes)
+            .ok()
+            .map(|v| JsonBody(Arc::new(v)))
+    }
+
+    /// The parsed value.
+    pub fn value(&self) -> &serde_json::Value {
+        &self.0
+    }
+}
+
+/// A key read from a field of the JSON request body, by JSON pointer: Telegram's
+/// `json_field("/chat_id")`, DingTalk's `json_field("/outTrackId")`. Strings are the
+/// key as they are, numbers and booleans their text; a missing field, or a body that is
+/// not JSON or was not parsed, is the empty key.
+///
+/// The body is read from the [`JsonBody`] extension, never parsed here: the stack
+/// parses it once per call.
+///
+/// ```
+/// use http::Request;
+/// use ratewise::key::{json_field, JsonBody, Key, KeyExtractor};
+///
+/// let mut req = Request::post("/bot1/sendMessage").body(()).unwrap();
+/// req.extensions_mut().insert(JsonBody::parse(br#"{"chat_id":42,"text":"hi"}"#).unwrap());
+/// assert_eq!(json_field("/chat_id").key_of(&req), Key::from("42"));
+/// ```
+pub fn json_field(pointer: impl Into<String>) -> JsonField {
+    JsonField {
+        pointer: pointer.into(),
+    }
+}
+
+/// The extractor [`json_field`] makes.
+#[derive(Debug, Clone)]
+pub struct JsonField {
+    pointer: String,
+}
+
+impl KeyExtractor for JsonField {
+    fn key(&self, request: &RequestRef<'_>) -> Key {
+        let value = request
+            .extensions()
+            .get::<JsonBody>()
+            .and_then(|body| body.value().pointer(&self.pointer));
+        match value {
+            Some(serde_json::Value::String(s)) => Key::from(s.as_str()),
+            Some(serde_json::Value::Null) | None => Key::from(""),
+            Some(other) => Key::from(other.to_string()),
+        }
+    }
+
+    fn needs_body(&self) -> bool {
+        true
+    }
 }
 
 impl<F, K> KeyExtractor for F

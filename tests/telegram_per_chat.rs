@@ -185,3 +185,52 @@ async fn per_chat_limit_not_configured_delivers_every_message_over_real_sockets(
     assert!(elapsed <= Duration::from_secs(120), "took {elapsed:?}");
     server.shutdown().await;
 }
+
+/// The per-chat limit configured from the body's `chat_id`: one limit of the preset's
+/// layer beside the global one, keyed by `json_field("/chat_id")` (the stack parses each
+/// body once per call for it). The same send: every message delivered, not one 429,
+/// in at most 10.5 s of paused time (10 messages per chat at one per second take 9 s).
+#[tokio::test(start_paused = true)]
+async fn per_chat_limit_configured_from_the_body_sends_no_429() {
+    use ratewise::key::json_field;
+    use ratewise::rate_limit::Limit;
+
+    let bot = telegram();
+    let stack = ClientStackLayer::preset(Platform::Telegram)
+        .rate_limit(|r| {
+            r.limit(
+                Limit::per_period(Duration::from_secs(1))
+                    .key(json_field("/chat_id"))
+                    .margin_percent(1),
+            )
+        })
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(stack.clone())
+        .service(bot.router());
+    let start = tokio::time::Instant::now();
+    let sent = tokio::time::timeout(
+        Duration::from_secs(600),
+        send_all(
+            client,
+            "http://api.telegram.test/bot123:secret/sendMessage",
+            Duration::from_secs(300),
+        ),
+    )
+    .await
+    .expect("the senders finish");
+    let elapsed = start.elapsed();
+    report(&bot, &stack, elapsed);
+    check(&bot, &sent, TOTAL);
+    assert_eq!(
+        bot.hits().rate_limited(),
+        0,
+        "a 429 reached the bot's client"
+    );
+    assert_eq!(bot.hits().count(), TOTAL, "one call per message");
+    assert!(
+        elapsed <= Duration::from_millis(10_500),
+        "took {elapsed:?} for 10 messages per chat at 1 per second"
+    );
+}

@@ -215,6 +215,11 @@ impl CooldownBuilder {
         self
     }
 
+    /// Whether the key reads the request body.
+    pub(crate) fn needs_body(&self) -> bool {
+        self.key.needs_body()
+    }
+
     /// Exponential backoff, `base * 2^(n-1)` capped at `cap` (the default, with 1 s and
     /// 60 s).
     pub fn exponential(self, base: Duration, cap: Duration) -> Self {

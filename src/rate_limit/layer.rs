@@ -216,6 +216,11 @@ impl<M> RateLimitBuilder<M> {
         self
     }
 
+    /// Whether one of the builder's keys reads the request body.
+    pub(crate) fn needs_body(&self) -> bool {
+        self.key.needs_body() || self.limits.iter().any(Limit::needs_body)
+    }
+
     /// The most cells available at once (and the most one request can cost).
     pub fn burst(mut self, burst: u32) -> Self {
         self.burst = Some(burst);

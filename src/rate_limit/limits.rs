@@ -240,6 +240,10 @@ impl Limit {
         self
     }
 
+    pub(crate) fn needs_body(&self) -> bool {
+        self.key.needs_body()
+    }
+
     pub(crate) fn into_parts(self) -> (Spec, SharedKey) {
         (self.spec, self.key)
     }

@@ -30,29 +30,65 @@ use crate::BoxError;
 pub trait TryCloneBody: Sized {
     /// A copy of this body carrying the same bytes, or `None` when it has none to give.
     fn try_clone_body(&self) -> Option<Self>;
+
+    /// The body's bytes, when it holds them in memory (for keys read from the body,
+    /// see [`key::json_field`](crate::key::json_field)). `None` by default.
+    fn try_bytes(&self) -> Option<Bytes> {
+        None
+    }
 }
 
 macro_rules! clone_body {
-    ($($t:ty),* $(,)?) => {$(
+    ($($t:ty => |$b:ident| $bytes:expr),* $(,)?) => {$(
         impl TryCloneBody for $t {
             fn try_clone_body(&self) -> Option<Self> {
                 Some(self.clone())
+            }
+
+            fn try_bytes(&self) -> Option<Bytes> {
+                let $b = self;
+                Some($bytes)
             }
         }
     )*};
 }
 
-clone_body!((), String, Vec<u8>, Bytes, &'static str, &'static [u8]);
+clone_body!(
+    () => |_b| Bytes::new(),
+    String => |b| Bytes::copy_from_slice(b.as_bytes()),
+    Vec<u8> => |b| Bytes::copy_from_slice(b),
+    Bytes => |b| b.clone(),
+    &'static str => |b| Bytes::from_static(b.as_bytes()),
+    &'static [u8] => |b| Bytes::from_static(b),
+);
 
-impl<D: Clone> TryCloneBody for http_body_util::Full<D> {
+impl<D: Buf + Clone> TryCloneBody for http_body_util::Full<D> {
     fn try_clone_body(&self) -> Option<Self> {
         Some(self.clone())
+    }
+
+    /// The bytes of a copy, read in one poll: a `Full` body yields its one frame at once.
+    fn try_bytes(&self) -> Option<Bytes> {
+        let mut copy = self.clone();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut copy).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .into_data()
+                .ok()
+                .map(|mut data| data.copy_to_bytes(data.remaining())),
+            Poll::Ready(None) => Some(Bytes::new()),
+            _ => None,
+        }
     }
 }
 
 impl<D> TryCloneBody for http_body_util::Empty<D> {
     fn try_clone_body(&self) -> Option<Self> {
         Some(*self)
+    }
+
+    fn try_bytes(&self) -> Option<Bytes> {
+        Some(Bytes::new())
     }
 }
 
@@ -175,6 +211,10 @@ impl<B> TryCloneBody for RetryBody<B> {
             }
             Inner::Streaming { .. } => None,
         }
+    }
+
+    fn try_bytes(&self) -> Option<Bytes> {
+        self.buffered_bytes().cloned()
     }
 }
 

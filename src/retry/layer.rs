@@ -95,6 +95,7 @@ impl fmt::Debug for BudgetSpec {
 /// them all.
 #[derive(Debug, Clone)]
 pub struct RetryBuilder {
+    parse_json_body: bool,
     max_attempts: Option<u32>,
     max_delay: Duration,
     deadline: Option<Duration>,
@@ -106,6 +107,7 @@ pub struct RetryBuilder {
 impl Default for RetryBuilder {
     fn default() -> Self {
         RetryBuilder {
+            parse_json_body: false,
             max_attempts: None,
             max_delay: Duration::from_secs(60),
             deadline: None,
@@ -154,6 +156,15 @@ impl RetryBuilder {
     /// made) is not part of the call.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
+        self
+    }
+
+    /// Parse each call's body as JSON once, when it is in memory, and put it in the
+    /// request's extensions ([`JsonBody`](crate::key::JsonBody)) for the layers below:
+    /// keys read from the body ([`json_field`](crate::key::json_field)) use it. A
+    /// [`ClientStackLayer`](crate::ClientStackLayer) turns this on when a key needs it.
+    pub fn parse_json_body(mut self, parse: bool) -> Self {
+        self.parse_json_body = parse;
         self
     }
 
@@ -270,6 +281,7 @@ impl RetryBuilder {
             shared: Arc::new(Shared {
                 id: LayerId::new(),
                 config: Config {
+                    parse_json_body: self.parse_json_body,
                     max_attempts,
                     max_delay: self.max_delay,
                     deadline: self.deadline,

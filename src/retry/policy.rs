@@ -21,6 +21,7 @@ use crate::BoxError;
 /// Validated configuration, shared by every clone.
 #[derive(Debug)]
 pub(crate) struct Config {
+    pub(crate) parse_json_body: bool,
     pub(crate) max_attempts: u32,
     pub(crate) max_delay: Duration,
     pub(crate) deadline: Option<Duration>,

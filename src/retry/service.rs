@@ -16,7 +16,7 @@ use tower::Service;
 use super::body::TryCloneBody;
 use super::future::ResponseFuture;
 use super::policy::{RetryPolicy, Shared};
-use crate::{vocabulary::CallContext, BoxError};
+use crate::{key::JsonBody, vocabulary::CallContext, BoxError};
 
 /// The service [`RetryLayer`](super::RetryLayer) makes: tower's own
 /// [`Retry`](tower::retry::Retry) driven by a [`RetryPolicy`], over the client with its
@@ -76,6 +76,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Keys read from the body: parse it once for the whole call (every retry's copy
+        // carries the extension).
+        if self.shared.config.parse_json_body && req.extensions().get::<JsonBody>().is_none() {
+            if let Some(body) = req.body().try_bytes().and_then(|b| JsonBody::parse(&b)) {
+                req.extensions_mut().insert(body);
+            }
+        }
         // One instant for the whole call: the policy reads it from the request (and its
         // copies) to refuse waits that would end past it, and the future's timer cuts
         // off whatever is in flight when it comes. A deadline too far off to represent

@@ -287,8 +287,15 @@ impl ClientStackBuilder {
                 "must be greater than zero",
             ));
         }
+        // Keys read from the body: the retry, outermost, parses it once per call.
+        let needs_body = self.rate_limit.needs_body() || self.cooldown.needs_body();
+        let retry = if needs_body {
+            self.retry.parse_json_body(true)
+        } else {
+            self.retry
+        };
         Ok(ClientStackLayer {
-            retry: self.retry.build()?,
+            retry: retry.build()?,
             cooldown: self.cooldown.build()?,
             rate_limit: self.rate_limit.build()?,
             classify: ClassifyLayer::new(self.classifier).body_cap(self.body_cap),
