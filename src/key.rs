@@ -330,16 +330,36 @@ pub struct Authority;
 
 impl KeyExtractor for Authority {
     fn key(&self, request: &RequestRef<'_>) -> Key {
-        if let Some(a) = request.uri().authority() {
-            return Key::from(without_userinfo(a.as_str()));
-        }
-        request
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(|h| Key::from(without_userinfo(h.trim())))
-            .unwrap_or_else(|| Key::from(""))
+        let text = match request.uri().authority() {
+            Some(a) => without_userinfo(a.as_str()),
+            None => request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map_or("", |h| without_userinfo(h.trim())),
+        };
+        cached(text)
     }
+}
+
+/// `text` as a key, reusing the last key this thread made when it is the same text: a
+/// client calls a handful of hosts, so the common case costs a comparison, not an
+/// allocation.
+fn cached(text: &str) -> Key {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<Key>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some(key) if key.as_str() == text => key.clone(),
+            _ => {
+                let key = Key::from(text);
+                *last = Some(key.clone());
+                key
+            }
+        }
+    })
 }
 
 /// `host[:port]` of an authority: everything after its last `@`.

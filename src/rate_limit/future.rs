@@ -195,14 +195,14 @@ where
                 }
                 StateProj::Acquire { fut } => {
                     let decision = ready!(fut.poll(cx));
-                    let now = Instant::now();
                     match decision {
                         Ok(Decision::Admitted { .. }) => {
-                            let fut = adm.admit(now);
+                            let fut = adm.admit();
                             state.set(State::Called { fut });
                             return Poll::Ready(Ok(()));
                         }
                         Ok(Decision::Denied { wait }) => {
+                            let now = Instant::now();
                             if !waits {
                                 return Poll::Ready(Err(adm.denied(wait)));
                             }
@@ -366,17 +366,18 @@ where
 
     /// Admission: leave the line (ticket first, then the permit, which wakes the next
     /// waiter), count it, and call the inner service.
-    fn admit(&mut self, now: Instant) -> S::Future {
+    fn admit(&mut self) -> S::Future {
         self.ticket = None;
         self.permit = None;
         self.turn = None;
         self.timer = None;
         // Only a request that was held back waited; the time a first-poll admission
-        // takes (a store's round trip, or microseconds on a real clock) is no wait.
+        // takes (a store's round trip, or microseconds on a real clock) is no wait, so
+        // the clock is read only for a request that waited.
         let waited = self
             .arrived
             .filter(|_| self.held)
-            .map(|arrived| now.saturating_duration_since(arrived));
+            .map(|arrived| Instant::now().saturating_duration_since(arrived));
         self.limiter.counters().record_admitted(waited);
         if let Some(waited) = waited {
             tracing::debug!(key = %self.key, waited = ?waited, "rate limit: admitted after waiting");

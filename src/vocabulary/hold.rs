@@ -25,7 +25,9 @@ pub(crate) trait Hold: Send + Sync + 'static {
 /// request's extensions.
 #[derive(Clone, Default)]
 pub(crate) struct Holds {
-    holds: Vec<Entry>,
+    /// The first hold, inline: a stack has one cooldown, so no allocation.
+    first: Option<Entry>,
+    rest: Vec<Entry>,
 }
 
 #[derive(Clone)]
@@ -54,12 +56,18 @@ impl Holds {
             ticket,
         };
         let Some(holds) = extensions.get_mut::<Holds>() else {
-            extensions.insert(Holds { holds: vec![entry] });
+            extensions.insert(Holds {
+                first: Some(entry),
+                rest: Vec::new(),
+            });
             return;
         };
-        match holds.holds.iter_mut().find(|e| e.by == by) {
-            Some(old) => *old = entry,
-            None => holds.holds.push(entry),
+        if holds.first.as_ref().is_none_or(|e| e.by == by) {
+            holds.first = Some(entry);
+        } else if let Some(i) = holds.rest.iter().position(|e| e.by == by) {
+            holds.rest[i] = entry;
+        } else {
+            holds.rest.push(entry);
         }
     }
 
@@ -70,7 +78,7 @@ impl Holds {
         let Some(holds) = extensions.get::<Holds>() else {
             return Ok(());
         };
-        holds.holds.iter().try_for_each(|e| {
+        holds.iter().try_for_each(|e| {
             e.hold
                 .check(&e.key, e.ticket, now)
                 .map_err(|r| r.with_held_by(e.by))
@@ -78,10 +86,16 @@ impl Holds {
     }
 }
 
+impl Holds {
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.first.iter().chain(self.rest.iter())
+    }
+}
+
 impl fmt::Debug for Holds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.holds.iter().map(|e| (e.by, &e.key, e.ticket)))
+            .entries(self.iter().map(|e| (e.by, &e.key, e.ticket)))
             .finish()
     }
 }
