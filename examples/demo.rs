@@ -3,8 +3,10 @@
 //! each caller got.
 //!
 //! 1. QQ Bot: a reconnect storm on `GET /gateway` (400 "接口调用超过频率限制").
-//! 2. DingTalk: AI cards streamed from concurrent conversations (403 QpsLimit).
-//! 3. Telegram: messages past the limit (429 retry_after), and a 4310 s ban.
+//! 2. DingTalk: AI cards at the tenant's real cap, 20 per second and 800 ms per card
+//!    (403 QpsLimit).
+//! 3. Telegram: one message per second per chat, keyed by the body's `chat_id` (no 429),
+//!    and a 4310 s ban.
 //! 4. GLM: a burst over the account's limit (429 code 1302).
 //! 5. LLM pool: an OpenAI-compatible gateway failing over from a GLM primary (1302) to
 //!    an OpenAI-compatible fallback, streaming SSE through, and answering at once when

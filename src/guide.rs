@@ -4,7 +4,7 @@
 //!
 //! | chapter | module | what it does |
 //! |---|---|---|
-//! | [Rate limit](#rate-limit) | [`rate_limit`](crate::rate_limit) | [`RateLimitLayer`](crate::RateLimitLayer): keyed GCRA (governor) shared across clones, wait or reject |
+//! | [Rate limit](#rate-limit) | [`rate_limit`](crate::rate_limit) | [`RateLimitLayer`](crate::RateLimitLayer): keyed GCRA rates and window quotas, several limits taken together, a safety margin; shared across clones, wait or reject |
 //! | [Cooldown](#cooldown) | [`cooldown`](crate::cooldown) | [`CooldownLayer`](crate::CooldownLayer): per-key backoff after a rate-limited answer, honouring Retry-After, with a single half-open probe |
 //! | [Retry](#retry) | [`retry`](crate::retry) | [`RetryLayer`](crate::RetryLayer): retries as the server asks (its wait, a schedule or capped exponential), within attempts, a deadline and a budget |
 //! | [Cache](#cache) | [`cache`](crate::cache) | [`CachedEndpointLayer`](crate::CachedEndpointLayer): the last good answer of a discovery endpoint, served while it is rate-limited, with single flight |
@@ -28,11 +28,12 @@
 //!
 //! A rate (`per_second(n)`, `per_minute(n)` or `per_period(d)`: one cell every
 //! `1 s / n`, `60 s / n` or `d`) plus a burst (the most cells available at once;
-//! defaults to `n`, or 1 for `per_period`). The algorithm is GCRA, through governor:
-//! a rested key takes `burst` cells at once, then one per interval. With
-//! `per_second(10).burst(5)`, requests at `t = 0` get 5 through at once, then one every
-//! 100 ms: 15 by `t = 1 s`. A zero rate, period or burst is a
-//! [`ConfigError`](crate::ConfigError) from `build()` that names the field.
+//! defaults to `n`, or 1 for `per_period`). The algorithm is GCRA: a rested key takes
+//! `burst` cells at once, then one per interval. With `per_second(10).burst(5)`,
+//! requests at `t = 0` get 5 through at once, then one every 100 ms: 15 by `t = 1 s`.
+//! Instead of a rate, a quota can be a [window](#window-quotas). A zero rate, period,
+//! window or burst is a [`ConfigError`](crate::ConfigError) from `build()` that names
+//! the field.
 //!
 //! ## Keys and cost
 //!
@@ -48,6 +49,104 @@
 //!   [`Refusal`](crate::Refusal) of kind
 //!   [`CostExceedsBurst`](crate::vocabulary::RefusalKind::CostExceedsBurst) (reject
 //!   mode: `429` without `Retry-After`), it does not hang.
+//!
+//! ## Several limits
+//!
+//! A layer can hold other limits beside its main one
+//! ([`limit`](crate::rate_limit::RateLimitBuilder::limit) with a
+//! [`Limit`](crate::rate_limit::Limit)), each with its own quota, key and margin:
+//! DingTalk's 20 calls per second per tenant and one edit per 800 ms per card,
+//! Telegram's 30 messages per second per bot and one per second per chat. A request
+//! waits until **every** limit has room, then takes from all of them at the same
+//! instant, in one atomic step of the store, in the poll that sends it. So:
+//!
+//! - no limit's slot is taken while the request still waits for another: every per-key
+//!   interval holds on the wire, and no budget is spent on requests still waiting;
+//! - when one limit has no room, nothing is taken from any, and the wait is the longest
+//!   of the limits';
+//! - a request's cost is taken from every limit;
+//! - waiters line up under all their keys joined (tenant and card), so an edit waiting
+//!   for its card's slot does not hold back an edit for another card; `max_wait`
+//!   bounds the whole wait.
+//!
+//! Two layers, one per limit, cannot do this: whichever is outer takes its slot before
+//! the inner one lets the request go. With the tenant outside, tenant budget is spent on
+//! edits still waiting for their card; with the card outside, the card's interval is
+//! counted from the wrong moment and shrinks on the wire.
+//!
+//! ```
+//! use std::{convert::Infallible, time::Duration};
+//! use http::{Request, Response};
+//! use ratewise::{key::RequestRef, rate_limit::{Limit, RateLimitLayer}};
+//! use tokio::time::Instant;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), ratewise::BoxError> {
+//! let card = |req: &RequestRef<'_>| req.uri().path().to_owned();
+//! let limits = RateLimitLayer::builder()
+//!     .per_second(20) // the tenant: one call every 50 ms
+//!     .burst(1)
+//!     .limit(Limit::per_period(Duration::from_millis(800)).key(card))
+//!     .build()?;
+//! let upstream = service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+//! let cards = ServiceBuilder::new().layer(limits).service(upstream);
+//! let edit = |card: &str| Request::put(format!("http://dingtalk.test/{card}")).body(());
+//!
+//! let start = Instant::now();
+//! cards.clone().oneshot(edit("a")?).await?;
+//! cards.clone().oneshot(edit("b")?).await?; // another card: the tenant's next slot
+//! assert_eq!(start.elapsed(), Duration::from_millis(50));
+//! cards.clone().oneshot(edit("a")?).await?; // card `a` again: its next 800 ms slot
+//! assert_eq!(start.elapsed(), Duration::from_millis(800));
+//! # Ok(()) }
+//! ```
+//!
+//! ## Window quotas
+//!
+//! Instead of a GCRA rate, a limit (the main one or another) can count "`n` per
+//! window", as many upstreams do. The burst does not apply to windows.
+//!
+//! | quota | admits | memory per key |
+//! |---|---|---|
+//! | [`sliding_window(n, w)`](crate::rate_limit::RateLimitBuilder::sliding_window) | at most `n` in **any** window of length `w`; a request that finds `n` waits until the oldest leaves the window | at most `n` timestamps |
+//! | [`fixed_window(n, w)`](crate::rate_limit::RateLimitBuilder::fixed_window) | at most `n` per window of length `w`, windows aligned on the limiter's start; a request that finds its window full waits for the next one | one counter |
+//!
+//! Use the upstream's own semantics. A GCRA rate can match "100 calls in any 5 s" only
+//! by keeping `burst + rate × window` at the cap, which runs well under it: 400 calls
+//! take about 21 s, where a sliding window of 100 per 5 s sends them in 15 s (100 at
+//! once, then the next as the first leave the window) with no rejection.
+//!
+//! A fixed window's boundaries are the limiter's, not the upstream's: `n` calls at the
+//! end of one window and `n` at the start of the next are `2n` within less than `w`,
+//! which an upstream counting on other boundaries (or sliding) can refuse. A sliding
+//! window never puts more than `n` in any window of length `w`, so it is safe against
+//! an upstream counting either way; a fixed window trades that for one counter per key.
+//!
+//! ## Safety margin
+//!
+//! A limit releases a request the instant its interval ends, but the upstream counts
+//! arrivals, on its own clock. Between the two lie the runtime, the connection and the
+//! network, which never take exactly the same time twice: two requests released 800 ms
+//! apart can arrive 795 ms apart, and an upstream that allows one per 800 ms refuses the
+//! second. Measured at DingTalk's per-card interval over loopback, this jitter caused up
+//! to 11 violations in a run; a margin of 10 ms removed them all.
+//!
+//! A margin pads a limit's interval (or window):
+//! [`margin(d)`](crate::rate_limit::RateLimitBuilder::margin) by a duration,
+//! [`margin_percent(p)`](crate::rate_limit::RateLimitBuilder::margin_percent) by a share
+//! of it (both can be set; they add up). The builder's set the main limit's; each
+//! [`Limit`](crate::rate_limit::Limit) has its own
+//! ([`Limit::margin`](crate::rate_limit::Limit::margin),
+//! [`Limit::margin_percent`](crate::rate_limit::Limit::margin_percent)), none by default.
+//!
+//! The trade-off: a margin of `p` % costs `p` % of the limit's throughput, and buys `p`
+//! % of each interval as headroom against jitter. At one request per second, 1 % is
+//! 10 ms; at one edit per 800 ms, 8 ms; at 20 per second, 0.5 ms per interval, or 10 ms
+//! over the 20 intervals that separate 21 calls (what keeps a 21st call out of an
+//! upstream's one-second window). Choose it from the jitter of the path to the upstream:
+//! a few milliseconds on loopback or a LAN, more across the internet. The
+//! [presets](#presets) pad their rate by 1 %.
 //!
 //! ## Wait mode (clients, the default)
 //!
@@ -145,13 +244,18 @@
 //!
 //! ## Stores
 //!
-//! The buckets sit behind [`RateLimitStore`](crate::rate_limit::RateLimitStore), one
-//! async "take n cells for this key" call whose contract is admitted /
-//! denied-with-wait / error (see the trait).
-//! [`GovernorStore`](crate::rate_limit::GovernorStore), the default, keeps them in
-//! memory with governor, on tokio's clock (so paused-clock tests drive it), with a
-//! ready future (no allocation), and evicts idle keys so memory stays bounded with
-//! millions of distinct keys (see its docs). Another store (Redis) plugs in through
+//! The state sits behind [`RateLimitStore`](crate::rate_limit::RateLimitStore), one
+//! async "take n cells for these keys" call (the request's
+//! [`Keys`](crate::rate_limit::Keys), one per limit) whose contract is admitted /
+//! denied-with-wait / error, decided atomically for every limit at once (see the
+//! trait). [`MemoryStore`](crate::rate_limit::MemoryStore), the default, keeps it in
+//! memory, on tokio's clock (so paused-clock tests drive it), with a ready future (no
+//! allocation): one plain GCRA rate goes to governor
+//! ([`GovernorStore`](crate::rate_limit::GovernorStore)); several limits, a window or a
+//! margin go to a small core of the crate's own, one lock over every limit's state,
+//! because governor cannot take from several keys only if all have room, and has no
+//! windows. Both evict idle keys, so memory stays bounded with millions of distinct keys
+//! (see their docs). Another store (Redis) plugs in through
 //! `build_with_limiter(RateLimiter::new(store))` without changing the layer.
 //!
 //! ## Observing a rate limiter
@@ -767,7 +871,42 @@
 //! builder. Keys: the rate limiter has one bucket for the stack
 //! ([`Global`](crate::key::Global): clone the layer into every stack that must share
 //! it), the cooldown is per authority (host and port). For other keys, set them through
-//! those builders, or stack the layers yourself in the same order.
+//! those builders, or stack the layers yourself in the same order. Every preset pads its
+//! rate by a 1 % [margin](#safety-margin); a [limit](#several-limits) you add through
+//! `rate_limit` has none until you give it one.
+//!
+//! ## Keys from the body
+//!
+//! The keys these platforms limit on are often in the JSON request body: Telegram's
+//! `chat_id`, DingTalk's `outTrackId`.
+//! [`key::json_field("/chat_id")`](crate::key::json_field) is a key extractor that reads
+//! one field, by JSON pointer (strings as they are, numbers and booleans as their
+//! text; a missing field, or a body that is not JSON, is the empty key). It reads the
+//! body parsed once per call, a [`JsonBody`](crate::key::JsonBody) in the request's
+//! extensions, and never parses it itself:
+//!
+//! - a [`ClientStackLayer`](crate::ClientStackLayer) whose rate limit or cooldown has a
+//!   key that [needs the body](crate::key::KeyExtractor::needs_body) has its retry, the
+//!   outermost layer, parse it once per call; every layer and every retry of the call
+//!   share that parse;
+//! - stacked by hand, build the outermost [`RetryLayer`](crate::RetryLayer) with
+//!   [`parse_json_body(true)`](crate::retry::RetryBuilder::parse_json_body).
+//!
+//! Only bodies held in memory are read, the ones a retry can copy
+//! ([`TryCloneBody::try_bytes`](crate::retry::TryCloneBody::try_bytes)); a streaming
+//! body gets the empty key.
+//!
+//! ```
+//! use ratewise::{key::json_field, rate_limit::Limit, ClientStackLayer, Platform};
+//!
+//! // Telegram: about 30 messages per second for the bot (the preset), and one per
+//! // second per chat, keyed by the body's `chat_id`.
+//! let telegram = ClientStackLayer::preset(Platform::Telegram)
+//!     .rate_limit(|r| r.limit(Limit::per_second(1).key(json_field("/chat_id")).margin_percent(1)))
+//!     .build()?;
+//! # let _ = telegram;
+//! # Ok::<(), ratewise::ConfigError>(())
+//! ```
 //!
 //! ## The stack by hand
 //!
