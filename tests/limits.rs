@@ -180,6 +180,44 @@ async fn a_sliding_window_quota_matches_the_upstream_400_calls_in_15_s() {
     );
 }
 
+/// Bug: a request costing more than an extra limit's burst was checked only against
+/// the main limit, so it waited out `max_wait` for room that could never come. It
+/// fails at once with the cost refusal.
+#[tokio::test(start_paused = true)]
+async fn a_cost_above_an_extra_limits_burst_waited_for_room_that_never_comes() {
+    use ratewise::vocabulary::RefusalKind;
+    use ratewise::Refusal;
+
+    let calls = Arc::new(Mutex::new(0usize));
+    let upstream = service_fn({
+        let calls = calls.clone();
+        move |_req: Request<Full<Bytes>>| {
+            *calls.lock().unwrap() += 1;
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }
+        }
+    });
+    let limited = ratewise::RateLimitLayer::builder()
+        .per_second(10)
+        .max_wait(Duration::from_secs(5))
+        .cost(|_: &RequestRef<'_>| 2)
+        .limit(Limit::per_period(Duration::from_millis(800)))
+        .build()
+        .unwrap()
+        .layer(upstream);
+    let start = Instant::now();
+    let req = Request::get("http://127.0.0.1:1/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let err = limited.oneshot(req).await.unwrap_err();
+    assert_eq!(Instant::now(), start, "refused at once");
+    let refusal = Refusal::find(&*err).unwrap();
+    assert_eq!(
+        refusal.kind(),
+        &RefusalKind::CostExceedsBurst { cost: 2, burst: 1 }
+    );
+    assert_eq!(*calls.lock().unwrap(), 0);
+}
+
 /// `join_all` without a dependency: spawn each future on the (current-thread, paused)
 /// runtime and await them in order.
 async fn futures_join_all<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>

@@ -170,11 +170,12 @@ where
                     // Waiting (and max_wait) count from the first poll.
                     let arrived = *adm.arrived.get_or_insert(now);
                     let cost = adm.cost.get();
-                    if cost > quota.burst() {
+                    let most = adm.limiter.store().max_cost();
+                    if cost > most {
                         return Poll::Ready(Err(Denial::TooCostly {
                             key: adm.key.clone(),
                             cost,
-                            burst: quota.burst(),
+                            burst: most,
                         }));
                     }
                     if waits {

@@ -280,6 +280,14 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl Kind {
+    /// The most cells one request can take.
+    fn capacity(&self) -> u32 {
+        match *self {
+            Kind::Rate { burst, .. } => burst,
+            Kind::Sliding { n, .. } | Kind::Fixed { n, .. } => n,
+        }
+    }
+
     fn fresh(&self) -> State {
         match self {
             Kind::Rate { .. } => State::Rate { tat: 0 },
@@ -543,6 +551,13 @@ impl RateLimitStore for MemoryStore {
 
     fn key_count(&self) -> Option<usize> {
         Some(self.len())
+    }
+
+    fn max_cost(&self) -> u32 {
+        match &self.engine {
+            Engine::Governor(store) => store.quota().burst(),
+            Engine::Own(inner) => inner.kinds.iter().map(Kind::capacity).min().unwrap_or(1),
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 //! [`GovernorStore`].
 //!
 //! The layer never touches limiter state directly; it asks a store to take cells for a
-//! key. [`GovernorStore`] (the default) keeps the state in this process with governor's
-//! GCRA; a store shared between processes (Redis) plugs into the same layer through the
-//! same trait.
+//! request's keys (one per limit). [`MemoryStore`](super::MemoryStore) (the default)
+//! keeps the state in this process, with governor's GCRA for one plain rate;
+//! [`GovernorStore`] is that governor engine alone; a store shared between processes
+//! (Redis) plugs into the same layer through the same trait.
 
 use std::{
     error::Error,
@@ -114,7 +115,7 @@ pub enum Decision {
 ///     time from the decision until `cost` cells could be taken;
 ///   - `Err(StoreError)`: the store could not decide (connection lost...). The layer
 ///     fails that request (wait mode: the error; reject mode: `503`), it does not retry.
-/// - The layer never asks for more cells than [`quota`](RateLimitStore::quota)'s burst
+/// - The layer never asks for more cells than [`max_cost`](RateLimitStore::max_cost)
 ///   (it refuses such requests itself with
 ///   [`CostExceedsBurst`](crate::vocabulary::RefusalKind::CostExceedsBurst)), and never
 ///   for zero cells.
@@ -144,6 +145,13 @@ pub trait RateLimitStore: Clone + Send + Sync + 'static {
     /// How many keys the store holds state for, if it can tell cheaply.
     fn key_count(&self) -> Option<usize> {
         None
+    }
+
+    /// The most cells one request can ever take: the smallest burst (or window) of
+    /// the store's limits. The layer refuses a costlier request at once. Defaults to
+    /// [`quota`](Self::quota)'s burst.
+    fn max_cost(&self) -> u32 {
+        self.quota().burst()
     }
 }
 
