@@ -124,14 +124,6 @@ impl Spec {
         self
     }
 
-    /// Whether this is a plain GCRA rate without margin (governor's job).
-    pub(crate) fn is_plain_rate(&self) -> bool {
-        matches!(
-            self.rate,
-            Rate::Second(_) | Rate::Minute(_) | Rate::Period(_)
-        ) && self.margin == Margin::default()
-    }
-
     /// The GCRA quota of a plain rate, validated.
     pub(crate) fn quota(&self) -> Result<Quota, ConfigError> {
         let field = self.rate.field();
@@ -404,9 +396,9 @@ impl Kind {
     }
 }
 
-/// The in-memory store of a [`RateLimitLayer`](super::RateLimitLayer): one plain GCRA
-/// rate goes to governor ([`GovernorStore`]); several limits, a window quota or a
-/// margin go to the crate's own core, which decides every limit of a request in one
+/// The in-memory store of a [`RateLimitLayer`](super::RateLimitLayer): one GCRA rate
+/// (padded by its margin) goes to governor ([`GovernorStore`]); several limits or a
+/// window quota go to the crate's own core, which decides every limit of a request in one
 /// atomic step, under one lock.
 ///
 /// A request is admitted only when every one of its limits has room; then it takes
@@ -450,9 +442,12 @@ impl MemoryStore {
     /// A store for these limits (in the order the request's keys come in). The first
     /// limit's quota is the one the layer uses for its headers and wait estimates.
     pub(crate) fn new(specs: &[Spec]) -> Result<Self, ConfigError> {
+        // One GCRA rate, padded or not: governor's job.
         if let [spec] = specs {
-            if spec.is_plain_rate() {
-                let engine = Engine::Governor(GovernorStore::new(spec.quota()?));
+            if let Kind::Rate { interval, burst } = spec.kind()? {
+                let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::per_period(interval)?.with_burst(burst)?;
+                let engine = Engine::Governor(GovernorStore::new(quota));
                 return Ok(MemoryStore { engine });
             }
         }

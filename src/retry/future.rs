@@ -8,7 +8,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::error::DeadlineExceeded;
 use super::stats::{Counters, GiveUp};
@@ -37,18 +37,22 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
+        // Made only once the call has to wait: a call answered in its first poll
+        // never touches the timer wheel.
         #[pin]
         timer: Option<Sleep>,
+        end: Option<Instant>,
         deadline: Duration,
         stats: Counters,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, timer: Option<Sleep>, deadline: Duration, stats: Counters) -> Self {
+    pub(crate) fn new(inner: F, end: Option<Instant>, deadline: Duration, stats: Counters) -> Self {
         ResponseFuture {
             state: State::Running { inner },
-            timer,
+            timer: None,
+            end,
             deadline,
             stats,
         }
@@ -59,7 +63,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("expired", &matches!(self.state, State::Expired))
-            .field("deadline", &self.timer.as_ref().map(|_| self.deadline))
+            .field("deadline", &self.end.map(|_| self.deadline))
             .finish()
     }
 }
@@ -78,6 +82,12 @@ where
         // A result that is ready at the deadline instant wins over the deadline.
         if let Poll::Ready(result) = inner.poll(cx) {
             return Poll::Ready(result);
+        }
+        if this.timer.is_none() {
+            match *this.end {
+                Some(end) => this.timer.set(Some(sleep_until(end))),
+                None => return Poll::Pending,
+            }
         }
         let Some(timer) = this.timer.as_pin_mut() else {
             return Poll::Pending;

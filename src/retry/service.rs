@@ -95,7 +95,7 @@ where
         }
         ResponseFuture::new(
             self.inner.call(req),
-            end.map(tokio::time::sleep_until),
+            end,
             deadline.unwrap_or_default(),
             self.shared.stats.clone(),
         )
