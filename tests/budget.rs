@@ -240,3 +240,38 @@ async fn slow_error_bodies_held_the_caller_past_its_deadline() {
     );
     server.abort();
 }
+
+/// The call's deadline is every layer's budget: the limiter does not queue a request
+/// past it (its `max_wait` is longer), it refuses at once with the typed refusal and
+/// the wait.
+#[tokio::test(start_paused = true)]
+async fn the_limiter_reads_what_is_left_of_the_calls_deadline() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let glm = ClientStackLayer::preset(Platform::Glm)
+        .rate_limit(|r| r.per_minute(6).burst(1).max_wait(Duration::from_secs(60)))
+        .retry(|r| r.deadline(Duration::from_secs(2)))
+        .build()
+        .unwrap()
+        .layer(upstream(calls.clone(), ok));
+
+    assert_eq!(glm.clone().oneshot(get()).await.unwrap().status(), 200);
+    // The bucket refills in 10 s: more than the call's 2 s, less than max_wait.
+    let start = Instant::now();
+    let err = glm.clone().oneshot(get()).await.unwrap_err();
+    assert_eq!(
+        Instant::now(),
+        start,
+        "refused at once, not at the deadline"
+    );
+    let refusal = Refusal::find(&*err).expect("the typed refusal, not DeadlineExceeded");
+    assert!(
+        matches!(refusal.kind(), RefusalKind::MaxWait { max_wait } if *max_wait == Duration::from_secs(2)),
+        "{refusal}"
+    );
+    let wait = refusal.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_secs(9) && wait <= Duration::from_secs(11),
+        "{wait:?}"
+    );
+    assert_eq!(calls.lock().unwrap().len(), 1);
+}

@@ -18,6 +18,7 @@ use super::{
 use crate::{
     key::{key_of, SharedKey},
     util::add,
+    vocabulary::CallContext,
     BoxError,
 };
 
@@ -93,8 +94,13 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let key = key_of(&*self.key, &req);
+        // Wait mode waits at most max_wait, and never past the call's deadline.
         let deadline = match self.shared.config.mode {
-            Mode::Wait { max_wait } => Some(add(Instant::now(), max_wait)),
+            Mode::Wait { max_wait } => {
+                let own = add(Instant::now(), max_wait);
+                let call = CallContext::get(req.extensions()).map(CallContext::deadline);
+                Some(call.map_or(own, |call| own.min(call)))
+            }
             Mode::FailFast => None,
         };
         // Keep the clone that was made ready; leave a fresh clone behind.

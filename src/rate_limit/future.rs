@@ -28,7 +28,7 @@ use super::{
 use crate::{
     key::Key,
     redact::Redacted,
-    vocabulary::{Holds, LayerKind, Refusal, RefusalKind},
+    vocabulary::{CallContext, Holds, LayerKind, Refusal, RefusalKind},
     BoxError,
 };
 
@@ -179,7 +179,18 @@ where
                         }));
                     }
                     if waits {
-                        adm.deadline = adm.max_wait.and_then(|max| arrived.checked_add(max));
+                        // The caller's budget: the limiter's max_wait, or what is left of
+                        // the call's deadline when that ends sooner.
+                        let own = adm.max_wait.and_then(|max| arrived.checked_add(max));
+                        let call = adm
+                            .pending
+                            .as_ref()
+                            .and_then(|(_, req)| CallContext::get(req.extensions()))
+                            .map(CallContext::deadline);
+                        adm.deadline = match (own, call) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
                         // Waiters for this key go first: queue behind them.
                         if adm.join_line(now, interval, Duration::ZERO, true)? {
                             state.set(State::Queued);
@@ -423,7 +434,11 @@ where
                 }
             }
             Err(denial) => {
-                let max_wait = adm.max_wait.unwrap_or(Duration::MAX);
+                // The budget the wait exceeded: max_wait, or the call's deadline.
+                let max_wait = match (adm.deadline, adm.arrived) {
+                    (Some(deadline), Some(arrived)) => deadline.saturating_duration_since(arrived),
+                    _ => adm.max_wait.unwrap_or(Duration::MAX),
+                };
                 let limiter = adm.limiter.clone();
                 // Leave the line before reporting.
                 *this.admission = None;
