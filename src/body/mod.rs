@@ -36,6 +36,9 @@
 //! # }
 //! ```
 
+/// The default cap on how much of a body a layer reads: 64 KiB.
+pub(crate) const DEFAULT_CAP: usize = 64 * 1024;
+
 mod peek;
 mod peek_body;
 

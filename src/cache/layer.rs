@@ -11,7 +11,7 @@ use crate::key::{KeyExtractor, MethodUri, SharedKey};
 use crate::vocabulary::{ConfigError, LayerKind};
 
 /// The default cap on a cached body: 64 KiB.
-pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
+const DEFAULT_BODY_CAP: usize = crate::body::DEFAULT_CAP;
 
 /// The default cooldown after a rate-limited answer that carries no retry hint: 10 s
 /// (the length of QQ's `/gateway` window).
@@ -30,7 +30,7 @@ pub struct CachedEndpointLayer {
 
 impl CachedEndpointLayer {
     /// A layer with the defaults: key [`MethodUri`], no TTL (an entry stays fresh until
-    /// invalidated), [`DEFAULT_BODY_CAP`], [`DEFAULT_BACKOFF`], no status header.
+    /// invalidated), a 64 KiB body cap, [`DEFAULT_BACKOFF`], no status header.
     pub fn new() -> Self {
         CachedEndpointLayer::from_parts(Arc::new(MethodUri), defaults())
     }
@@ -139,7 +139,7 @@ impl CacheBuilder {
         self
     }
 
-    /// The largest body kept (default [`DEFAULT_BODY_CAP`]). A good answer with a
+    /// The largest body kept (default 64 KiB). A good answer with a
     /// larger body is passed through whole and not cached. Must not be zero.
     pub fn body_cap(mut self, cap: usize) -> Self {
         self.config.body_cap = cap;

@@ -45,7 +45,7 @@ mod service;
 mod store;
 
 pub use self::future::ResponseFuture;
-pub use self::layer::{CacheBuilder, CachedEndpointLayer, DEFAULT_BACKOFF, DEFAULT_BODY_CAP};
+pub use self::layer::{CacheBuilder, CachedEndpointLayer, DEFAULT_BACKOFF};
 pub use self::service::CachedEndpoint;
 pub use self::store::{CacheHandle, CacheStats};
 

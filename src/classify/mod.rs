@@ -61,7 +61,7 @@ pub use self::transient::ServerErrors;
 use crate::vocabulary::Verdict;
 
 /// The default cap on how much of a body a classifier may see: 64 KiB.
-pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
+pub const DEFAULT_BODY_CAP: usize = crate::body::DEFAULT_CAP;
 
 /// What a classifier sees of a response.
 ///

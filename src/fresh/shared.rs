@@ -5,7 +5,9 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::util::lock;
 use std::task::{ready, Context, Poll, Wake, Waker};
 
 use tower::Service;
@@ -207,12 +209,6 @@ impl<S, F> Shared<S, F> {
         );
         MakeClientError::new(Arc::clone(&self.tally.name), generation, err, source_type)
     }
-}
-
-fn lock<X>(mutex: &Mutex<X>) -> MutexGuard<'_, X> {
-    // Every critical section leaves the state consistent between statements, so a
-    // panic elsewhere while a lock was held is no reason to refuse service.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A waker that wakes every task registered with it.

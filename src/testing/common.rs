@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -21,10 +21,7 @@ use super::recorder::{Hits, Outcome};
 /// The most body a mock reads; anything longer is answered 400.
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
-/// Locks a mutex, ignoring poisoning (a panicking test must not cascade into others).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub(crate) use crate::util::lock;
 
 /// N calls per window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
