@@ -166,9 +166,6 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Start => {
-                    let now = Instant::now();
-                    // Waiting (and max_wait) count from the first poll.
-                    let arrived = *adm.arrived.get_or_insert(now);
                     let cost = adm.cost.get();
                     let most = adm.limiter.store().max_cost();
                     if cost > most {
@@ -178,35 +175,38 @@ where
                             burst: most,
                         }));
                     }
-                    if waits {
-                        // The caller's budget: the limiter's max_wait, or what is left of
-                        // the call's deadline when that ends sooner.
-                        let own = adm.max_wait.and_then(|max| arrived.checked_add(max));
-                        let call = adm
-                            .pending
-                            .as_ref()
-                            .and_then(|(_, req)| CallContext::get(req.extensions()))
-                            .map(CallContext::deadline);
-                        adm.deadline = match (own, call) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        };
-                        // Waiters for this key go first: queue behind them.
-                        if adm.join_line(now, interval, Duration::ZERO, true)? {
-                            state.set(State::Queued);
-                            continue;
+                    // The fast path: a first poll while nobody waits for any key asks the
+                    // store at once, and reads the clock only if it must wait.
+                    let quiet = adm.arrived.is_none() && adm.limiter.queues().is_quiet();
+                    if !quiet {
+                        let now = Instant::now();
+                        adm.start_clock(now, waits);
+                        if waits {
+                            // Waiters for this key go first: queue behind them.
+                            if adm.join_line(now, interval, Duration::ZERO, true)? {
+                                state.set(State::Queued);
+                                continue;
+                            }
+                        } else if let Some(wait) =
+                            adm.limiter.queues().estimate(&adm.key, cost, now, interval)
+                        {
+                            // Cells that replenish are promised to the waiters.
+                            return Poll::Ready(Err(adm.denied(wait)));
                         }
-                    } else if let Some(wait) =
-                        adm.limiter.queues().estimate(&adm.key, cost, now, interval)
-                    {
-                        // Cells that replenish are promised to the waiters.
-                        return Poll::Ready(Err(adm.denied(wait)));
                     }
                     let fut = adm.acquire()?;
                     state.set(State::Acquire { fut });
                 }
                 StateProj::Acquire { fut } => {
-                    let decision = ready!(fut.poll(cx));
+                    let decision = match fut.poll(cx) {
+                        Poll::Ready(decision) => decision,
+                        Poll::Pending => {
+                            // A store that answers later (a round trip): the clock
+                            // starts now, in the first poll, as if it had at once.
+                            adm.start_clock(Instant::now(), waits);
+                            return Poll::Pending;
+                        }
+                    };
                     match decision {
                         Ok(Decision::Admitted { .. }) => {
                             let fut = adm.admit();
@@ -215,6 +215,7 @@ where
                         }
                         Ok(Decision::Denied { wait }) => {
                             let now = Instant::now();
+                            adm.start_clock(now, waits);
                             if !waits {
                                 return Poll::Ready(Err(adm.denied(wait)));
                             }
@@ -309,6 +310,29 @@ where
     S: Service<Request<B>>,
     St: RateLimitStore,
 {
+    /// Starts the request's clock at its first poll (on the fast path, when the store's
+    /// answer is not in hand in that same poll, or is a denial): waiting and `max_wait`
+    /// count from there, and the budget is the limiter's `max_wait` or what is left of the
+    /// call's deadline, whichever ends sooner.
+    fn start_clock(&mut self, now: Instant, waits: bool) {
+        if self.arrived.is_some() {
+            return;
+        }
+        self.arrived = Some(now);
+        if waits {
+            let own = self.max_wait.and_then(|max| now.checked_add(max));
+            let call = self
+                .pending
+                .as_ref()
+                .and_then(|(_, req)| CallContext::get(req.extensions()))
+                .map(CallContext::deadline);
+            self.deadline = match (own, call) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+
     /// Asks the store for the request's cells. A request that was held back first
     /// re-checks the [`Holds`] of the layers above that let it through: if one of them
     /// refuses now (its key began cooling meanwhile), it takes no cell and is not sent.

@@ -216,6 +216,11 @@ impl Queues {
         lock(&self.map)
     }
 
+    /// Whether no request waits for any key (the limiter's fast path).
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) == 0
+    }
+
     /// The estimated wait of `cost` more cells behind the requests waiting on `key`, or
     /// `None` when none waits.
     pub(crate) fn estimate(
