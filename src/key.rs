@@ -57,25 +57,30 @@ impl Key {
         Key::from(format!("secret#{:016x}", hasher.finish()))
     }
 
-    /// The key as logs show it: every run of [`SECRET_RUN`] or more token characters
-    /// (ASCII letters, digits, `-_~+=%`) becomes `***`, and a key that lost any part
-    /// gets ` #` and a fingerprint, so that two such keys still differ in a log.
+    /// The key as logs show it: a word (token characters, ASCII letters, digits and
+    /// `-_~+=%`, joined by dots) holding a run of [`SECRET_RUN`] or more token
+    /// characters becomes `***` whole (so a `<id>.<secret>` API key loses both parts),
+    /// and a key that lost any word gets ` #` and a fingerprint, so that two such keys
+    /// still differ in a log. Host names and paths, short runs joined by dots and
+    /// slashes, stay readable.
     fn write_redacted(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = self.as_str();
         let is_token =
             |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '~' | '+' | '=' | '%');
+        let in_word = |c: char| is_token(c) || c == '.';
         let mut masked = false;
         let mut rest = text;
         while !rest.is_empty() {
-            let run = rest.find(|c: char| !is_token(c)).unwrap_or(rest.len());
-            if run >= SECRET_RUN {
+            let end = rest.find(|c: char| !in_word(c)).unwrap_or(rest.len());
+            let word = &rest[..end];
+            if word.split('.').any(|run| run.len() >= SECRET_RUN) {
                 f.write_str("***")?;
                 masked = true;
             } else {
-                f.write_str(&rest[..run])?;
+                f.write_str(word)?;
             }
-            rest = &rest[run..];
-            let gap = rest.find(is_token).unwrap_or(rest.len());
+            rest = &rest[end..];
+            let gap = rest.find(in_word).unwrap_or(rest.len());
             f.write_str(&rest[..gap])?;
             rest = &rest[gap..];
         }
@@ -252,9 +257,12 @@ impl JsonBody {
 /// assert_eq!(json_field("/chat_id").key_of(&req), Key::from("42"));
 /// ```
 pub fn json_field(pointer: impl Into<String>) -> JsonField {
-    JsonField {
-        pointer: pointer.into(),
+    let mut pointer = pointer.into();
+    // `json_field("chat_id")` means the top-level field, as `/chat_id` does.
+    if !pointer.is_empty() && !pointer.starts_with('/') {
+        pointer.insert(0, '/');
     }
+    JsonField { pointer }
 }
 
 /// The extractor [`json_field`] makes.
@@ -569,6 +577,13 @@ mod tests {
         assert_eq!(Key::from("é ü").to_string(), "é ü");
         let other = Key::from("tenant sk-live-0123456789abcdefghijklmnoq");
         assert_ne!(key.to_string(), other.to_string());
+        // A GLM-style `<id>.<secret>` key loses both parts.
+        let glm = Key::from("0123456789abcdef0123456789abcdef.Sec4et5ecret6789");
+        let shown = glm.to_string();
+        assert!(
+            shown.starts_with("*** #") && !shown.contains("Sec4et"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -218,6 +218,39 @@ async fn a_cost_above_an_extra_limits_burst_waited_for_room_that_never_comes() {
     assert_eq!(*calls.lock().unwrap(), 0);
 }
 
+/// Bug: a layer built on a shared limiter (`build_with_limiter`) keyed the limiter's
+/// other limits by its own main key, so two cards shared one card bucket there.
+#[tokio::test(start_paused = true)]
+async fn a_layer_on_a_shared_limiter_lost_the_other_limits_keys() {
+    let ok = service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    });
+    let first = ratewise::RateLimitLayer::builder()
+        .per_second(20)
+        .burst(2)
+        .limit(Limit::per_period(Duration::from_millis(800)).key(card_of))
+        .build()
+        .unwrap();
+    let second = ratewise::RateLimitLayer::builder()
+        .max_wait(Duration::ZERO)
+        .build_with_limiter(first.limiter())
+        .unwrap()
+        .layer(ok);
+    let edit = |card: &str| {
+        let mut req = Request::put("http://127.0.0.1:1/v1.0/card/streaming")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        req.headers_mut().insert("x-card", card.parse().unwrap());
+        req
+    };
+    // Two cards at the same instant: each has its own card bucket, and the tenant has
+    // room for both.
+    assert!(second.clone().oneshot(edit("a")).await.is_ok());
+    assert!(second.clone().oneshot(edit("b")).await.is_ok());
+    // The same card again: its bucket is empty for 800 ms.
+    assert!(second.clone().oneshot(edit("a")).await.is_err());
+}
+
 /// `join_all` without a dependency: spawn each future on the (current-thread, paused)
 /// runtime and await them in order.
 async fn futures_join_all<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>

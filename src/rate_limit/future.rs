@@ -161,8 +161,7 @@ where
         waits: bool,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Denial>> {
-        let quota = adm.limiter.quota();
-        let interval = quota.replenish_interval();
+        let interval = adm.limiter.store().cell_interval();
         loop {
             match state.as_mut().project() {
                 StateProj::Start => {

@@ -41,8 +41,6 @@ pub(crate) type CostFn = Arc<dyn Fn(&RequestRef<'_>) -> u32 + Send + Sync>;
 /// The per-request rules of a layer, shared by its clones and services.
 pub(crate) struct Policy {
     pub(crate) key: SharedKey,
-    /// The keys of the layer's other limits, in order.
-    pub(crate) extra_keys: Vec<SharedKey>,
     /// `None`: one cell each.
     pub(crate) cost: Option<CostFn>,
     pub(crate) max_wait: Option<Duration>,
@@ -299,12 +297,8 @@ impl<M> RateLimitBuilder<M> {
             specs.push(spec);
             keys.push(key);
         }
-        let limiter = RateLimiter::new(MemoryStore::new(&specs)?);
-        let mut layer = self.finish(limiter);
-        if let Some(policy) = Arc::get_mut(&mut layer.policy) {
-            policy.extra_keys = keys;
-        }
-        Ok(layer)
+        let limiter = RateLimiter::with_keys(MemoryStore::new(&specs)?, keys);
+        Ok(self.finish(limiter))
     }
 
     /// The layer, on an existing limiter: it shares that limiter's buckets, queues and
@@ -341,7 +335,6 @@ impl<M> RateLimitBuilder<M> {
         RateLimitLayer {
             policy: Arc::new(Policy {
                 key: self.key,
-                extra_keys: Vec::new(),
                 cost: self.cost,
                 max_wait: self.max_wait,
             }),

@@ -17,7 +17,10 @@ use super::{
     stats::{RateLimitStats, Stats},
     store::{GovernorStore, RateLimitStore},
 };
-use crate::{key::Key, util::lock};
+use crate::{
+    key::{Key, SharedKey},
+    util::lock,
+};
 
 /// One rate limiter: a store of buckets, the queues of requests waiting on them, and
 /// their counters ([`RateLimitStats`]).
@@ -51,6 +54,8 @@ pub struct RateLimiter<St = GovernorStore> {
 
 struct Shared<St> {
     store: St,
+    /// The keys of the store's limits after the first (each layer has its own main key).
+    extra_keys: Box<[SharedKey]>,
     quota: Quota,
     queues: Arc<Queues>,
     stats: Stats,
@@ -70,10 +75,17 @@ const SUMMARY_WINDOW: Duration = Duration::from_secs(10);
 impl<St: RateLimitStore> RateLimiter<St> {
     /// A limiter over `store`, with empty queues and zeroed stats.
     pub fn new(store: St) -> Self {
+        Self::with_keys(store, Vec::new())
+    }
+
+    /// A limiter whose store has limits after the first, keyed by `extra_keys`: every
+    /// layer on this limiter keys those limits the same way.
+    pub(crate) fn with_keys(store: St, extra_keys: Vec<SharedKey>) -> Self {
         let quota = store.quota();
         RateLimiter {
             inner: Arc::new(Shared {
                 store,
+                extra_keys: extra_keys.into_boxed_slice(),
                 quota,
                 queues: Arc::new(Queues::default()),
                 stats: Stats::default(),
@@ -117,6 +129,11 @@ impl<St> RateLimiter<St> {
     /// Whether `self` and `other` are the same limiter (clones of one handle).
     pub fn same_as(&self, other: &RateLimiter<St>) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The keys of the limits after the first.
+    pub(crate) fn extra_keys(&self) -> &[SharedKey] {
+        &self.inner.extra_keys
     }
 
     pub(crate) fn queues(&self) -> &Arc<Queues> {

@@ -491,10 +491,11 @@ impl MemoryStore {
             Engine::Governor(store) => return store.decide(keys.first(), cost),
             Engine::Own(inner) => &**inner,
         };
-        let now = nanos(Instant::now().saturating_duration_since(inner.origin));
         let cost = cost.get();
         let mut table = lock(&inner.table);
         let table = &mut *table;
+        // Read under the lock, so that decisions are ordered like their instants.
+        let now = nanos(Instant::now().saturating_duration_since(inner.origin));
         // Sweep first: a state dropped between a check and its take would lose the take.
         table.acquisitions += 1;
         if table.acquisitions >= table.next_sweep {
@@ -546,6 +547,21 @@ impl RateLimitStore for MemoryStore {
 
     fn key_count(&self) -> Option<usize> {
         Some(self.len())
+    }
+
+    fn cell_interval(&self) -> Duration {
+        match &self.engine {
+            Engine::Governor(store) => store.quota().replenish_interval(),
+            Engine::Own(inner) => inner
+                .kinds
+                .iter()
+                .map(|kind| match *kind {
+                    Kind::Rate { interval, .. } => interval,
+                    Kind::Sliding { n, window } | Kind::Fixed { n, window } => window / n.max(1),
+                })
+                .max()
+                .unwrap_or(inner.quota.replenish_interval()),
+        }
     }
 
     fn max_cost(&self) -> u32 {

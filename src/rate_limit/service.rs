@@ -93,15 +93,11 @@ impl<S, M, St> RateLimit<S, M, St> {
             },
         };
         let first = key_of(&*self.policy.key, &request);
-        let keys = if self.policy.extra_keys.is_empty() {
+        let extra = self.limiter.extra_keys();
+        let keys = if extra.is_empty() {
             Keys::one(first)
         } else {
-            let rest = self
-                .policy
-                .extra_keys
-                .iter()
-                .map(|k| key_of(&**k, &request))
-                .collect();
+            let rest = extra.iter().map(|k| key_of(&**k, &request)).collect();
             Keys::new(first, rest)
         };
         let clone = self.inner.clone();

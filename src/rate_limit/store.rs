@@ -153,6 +153,14 @@ pub trait RateLimitStore: Clone + Send + Sync + 'static {
     fn max_cost(&self) -> u32 {
         self.quota().burst()
     }
+
+    /// How much one more cell waiting in a line adds to the wait, for the layer's
+    /// estimates of a queued request's wait (which let it refuse at once a wait that
+    /// cannot fit `max_wait`): the slowest limit's interval. Defaults to
+    /// [`quota`](Self::quota)'s replenish interval.
+    fn cell_interval(&self) -> Duration {
+        self.quota().replenish_interval()
+    }
 }
 
 /// A store failed to decide. Returned (boxed) by the layer in wait mode.

@@ -48,6 +48,9 @@ impl fmt::Debug for Shared {
     }
 }
 
+/// The shortest wait before a held request is sent again.
+const MIN_HELD_WAIT: Duration = Duration::from_millis(1);
+
 /// Where a result came from, for the retry's count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Local {
@@ -174,7 +177,10 @@ impl RetryPolicy {
         // deadline it is sent again without counting an attempt (`max_attempts` counts
         // what the upstream was asked). Without a deadline it counts, so that nothing
         // can wait forever.
-        let held = local == Local::Held && config.deadline.is_some();
+        let bounded = config
+            .deadline
+            .is_some_and(|d| self.call.end.or_else(|| start.checked_add(d)).is_some());
+        let held = local == Local::Held && bounded;
         if !held && attempt >= config.max_attempts {
             return self.give_up(GiveUp::Attempts, verdict, &outcome);
         }
@@ -187,6 +193,12 @@ impl RetryPolicy {
             Some(wait) if held && wait.is_zero() => config.schedule.delay(1, config.jitter),
             Some(wait) => wait,
             None => config.schedule.delay(attempt, config.jitter),
+        };
+        // Never spin on a layer that keeps holding the request back.
+        let delay = if held {
+            delay.max(MIN_HELD_WAIT)
+        } else {
+            delay
         };
         if let Some(deadline) = config.deadline {
             // An attempt starting at the deadline would have no time left: not taken.

@@ -88,7 +88,11 @@ where
         // off whatever is in flight when it comes. A deadline too far off to represent
         // is no deadline.
         let deadline = self.shared.config.deadline;
-        let end = deadline.and_then(|d| Instant::now().checked_add(d));
+        // A retry inside another's call keeps to the outer call's budget too.
+        let outer = CallContext::get(req.extensions()).map(CallContext::deadline);
+        let end = deadline
+            .and_then(|d| Instant::now().checked_add(d))
+            .map(|end| outer.map_or(end, |outer| end.min(outer)));
         if let Some(end) = end {
             req.extensions_mut()
                 .insert(CallContext::new(self.shared.id, end));

@@ -82,7 +82,7 @@ impl ClientStackLayer {
     /// A builder with general defaults: the [`presets::default`] classifier (every
     /// platform's rate-limit signals), 10 requests per second with a burst of 10 and a
     /// 10 s max wait, exponential cooldown 1 s..60 s, exponential retry 0.5 s..20 s with
-    /// 4 attempts and a 60 s max delay.
+    /// 4 attempts, a 60 s max delay and a 60 s deadline.
     pub fn builder() -> ClientStackBuilder {
         ClientStackBuilder {
             classifier: presets::default(),
@@ -97,7 +97,8 @@ impl ClientStackLayer {
             retry: RetryLayer::builder()
                 .exponential(Duration::from_millis(500), Duration::from_secs(20))
                 .max_attempts(4)
-                .max_delay(Duration::from_secs(60)),
+                .max_delay(Duration::from_secs(60))
+                .deadline(Duration::from_secs(60)),
         }
     }
 
