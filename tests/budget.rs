@@ -275,3 +275,45 @@ async fn the_limiter_reads_what_is_left_of_the_calls_deadline() {
     );
     assert_eq!(calls.lock().unwrap().len(), 1);
 }
+
+/// The pool reads the call's deadline too: with every backend cooling for longer than
+/// the call has left, it refuses at once instead of waiting until its own `max_wait`.
+#[tokio::test(start_paused = true)]
+async fn the_pool_reads_what_is_left_of_the_calls_deadline() {
+    use ratewise::{Pool, RetryLayer};
+
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let backend = upstream(calls.clone(), |_| {
+        Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("retry-after", "10")
+            .body(Body::from("{}"))
+            .unwrap()
+    });
+    let pool: Pool<Body, Body> = Pool::builder()
+        .primary("glm", backend)
+        .max_wait(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let client = RetryLayer::builder()
+        .deadline(Duration::from_secs(1))
+        .build()
+        .unwrap()
+        .layer(pool);
+
+    // The backend's own 429: its 10 s wait does not fit the call's 1 s.
+    let first = client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Now it cools for 10 s: refused at once, not at the deadline.
+    let start = Instant::now();
+    let err = client.clone().oneshot(get()).await.unwrap_err();
+    assert_eq!(Instant::now(), start, "refused at once");
+    let refusal = Refusal::find(&*err).expect("the pool's typed refusal");
+    assert_eq!(
+        refusal.kind(),
+        &RefusalKind::AllBackendsCooling {
+            max_wait: Duration::from_secs(1)
+        }
+    );
+    assert_eq!(calls.lock().unwrap().len(), 1);
+}

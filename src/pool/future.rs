@@ -28,8 +28,8 @@ use crate::{
     retry::{try_clone_request, TryCloneBody},
     util::far_future,
     vocabulary::{
-        verdict_of, verdict_of_error, Candidate, LayerKind, Refusal, RefusalKind, Unavailable,
-        Verdict,
+        verdict_of, verdict_of_error, CallContext, Candidate, LayerKind, Refusal, RefusalKind,
+        Unavailable, Verdict,
     },
     BoxError,
 };
@@ -119,9 +119,12 @@ impl<ReqB, ResB> ResponseFuture<ReqB, ResB> {
         req: Request<ReqB>,
         start: Instant,
     ) -> Self {
-        let deadline = start
+        // The pool waits at most max_wait, and never past the call's deadline.
+        let own = start
             .checked_add(shared.max_wait)
             .unwrap_or_else(|| far_future(start));
+        let deadline =
+            CallContext::get(req.extensions()).map_or(own, |call| own.min(call.deadline()));
         let slots = candidates
             .iter()
             .map(|_| Slot {
@@ -270,6 +273,7 @@ where
                 this.slots,
                 this.last,
                 *this.start,
+                *this.deadline,
             );
             this.state.set(State::Done);
             return Poll::Ready(out);
@@ -539,6 +543,7 @@ fn give_up<ReqB, ResB>(
     slots: &[Slot<ReqB, ResB>],
     last: &mut Option<(usize, Answer<ResB>)>,
     start: Instant,
+    deadline: Instant,
 ) -> Answer<ResB> {
     if let Some((pos, answer)) = last.take() {
         if let Some(backend) = candidates.get(pos).and_then(|&i| shared.backends.get(i)) {
@@ -574,8 +579,9 @@ fn give_up<ReqB, ResB>(
             bump(&totals.all_cooling);
             let err = Refusal::new(
                 LayerKind::Pool,
+                // The budget the wait exceeded: max_wait, or the call's deadline.
                 RefusalKind::AllBackendsCooling {
-                    max_wait: shared.max_wait,
+                    max_wait: deadline.saturating_duration_since(start),
                 },
             )
             .with_retry_after(retry_after)
