@@ -77,9 +77,19 @@ impl Keys {
         if self.rest.is_empty() {
             return self.first.clone();
         }
-        let mut joined = String::from(self.first.as_str());
-        for k in &self.rest {
-            joined.push_str(" · ");
+        const SEP: &str = " · ";
+        let keys = std::iter::once(&self.first).chain(&self.rest);
+        // Unambiguous: when a key holds the separator itself, every key is prefixed by
+        // its length, so two different key tuples never share a line.
+        let prefixed = keys.clone().any(|k| k.as_str().contains(SEP));
+        let mut joined = String::new();
+        for (i, k) in keys.enumerate() {
+            if i > 0 {
+                joined.push_str(SEP);
+            }
+            if prefixed {
+                joined.push_str(&format!("{}:", k.as_str().len()));
+            }
             joined.push_str(k.as_str());
         }
         Key::from(joined)
@@ -351,6 +361,14 @@ impl fmt::Debug for GovernorStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_of_different_key_tuples_differ() {
+        let line = |a: &str, b: &str| Keys::new(Key::from(a), vec![Key::from(b)]).line();
+        assert_eq!(line("tenant", "card-1").as_str(), "tenant · card-1");
+        assert_ne!(line("a · b", "c"), line("a", "b · c"));
+        assert_eq!(Keys::one(Key::from("k")).line(), Key::from("k"));
+    }
 
     fn one() -> NonZeroU32 {
         NonZeroU32::MIN
