@@ -1268,3 +1268,59 @@ async fn a_rate_limiters_max_wait_refusal_below_does_not_start_a_cooldown() {
     );
     assert_eq!(handle.stats().probes, 0);
 }
+
+/// A waiter that is never polled again (its caller parked the future) must not hold
+/// the requests that arrive after the key opens until their own deadline: they let the
+/// waiters go first for a short grace, then go.
+#[tokio::test(start_paused = true)]
+async fn a_parked_waiter_does_not_hold_newcomers_after_the_key_opens() {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Poll;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = tower::service_fn({
+        let calls = calls.clone();
+        move |_req: Request<()>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let res = if n == 0 {
+                    Response::builder()
+                        .status(429)
+                        .header("retry-after", "1")
+                        .body(())
+                } else {
+                    Response::builder().body(())
+                };
+                Ok::<_, BoxError>(res.unwrap())
+            }
+        }
+    });
+    let layer = CooldownLayer::builder().wait(s(30.0)).build().unwrap();
+    let svc = tower::ServiceBuilder::new().layer(layer).service(upstream);
+    let start = tokio::time::Instant::now();
+
+    // A: the 429 starts a 1 s cooldown.
+    let a = svc.clone().oneshot(req("a.test")).await.unwrap();
+    assert_eq!(a.status(), 429);
+    // B: waits for the cooldown, polled once, then parked forever (kept alive).
+    let mut parked = Box::pin(svc.clone().oneshot(req("a.test")));
+    std::future::poll_fn(|cx| {
+        assert!(parked.as_mut().poll(cx).is_pending());
+        Poll::Ready(())
+    })
+    .await;
+    // C at 1 s: the probe, served; the key opens.
+    tokio::time::sleep(s(1.0)).await;
+    let c = svc.clone().oneshot(req("a.test")).await.unwrap();
+    assert_eq!(c.status(), 200);
+    // D: a newcomer behind the parked waiter goes after the grace, not at 31 s.
+    let d = svc.clone().oneshot(req("a.test")).await.unwrap();
+    assert_eq!(d.status(), 200);
+    assert!(
+        start.elapsed() <= s(1.2),
+        "held until {:?}",
+        start.elapsed()
+    );
+    drop(parked);
+}

@@ -227,7 +227,13 @@ struct Entry {
     /// When the key opens they go first: a request arriving while any of them has not
     /// yet re-checked waits behind them.
     waiting: usize,
+    /// When the key last opened: newcomers wait behind its waiters at most
+    /// [`OPEN_GRACE`] after it, so a waiter that is never polled again cannot hold them.
+    opened_at: Option<Instant>,
 }
+
+/// How long newcomers let the waiters of a key that just opened go first.
+const OPEN_GRACE: Duration = Duration::from_millis(100);
 
 impl Entry {
     fn new() -> Self {
@@ -240,6 +246,7 @@ impl Entry {
             episode_start: None,
             notify: Arc::new(Notify::new()),
             waiting: 0,
+            opened_at: None,
         }
     }
 
@@ -437,11 +444,18 @@ impl Shared {
                 probe: Some(probe),
             });
         }
-        // The key is open: the requests that waited for it go first.
+        // The key is open: the requests that waited for it go first, for a short grace
+        // (they run within microseconds once woken; one that is never polled again
+        // must not hold the newcomers until their deadline).
+        let grace_end = entry.opened_at.and_then(|at| at.checked_add(OPEN_GRACE));
         if !returning && entry.waiting > 0 {
-            if let Some(d) = deadline.filter(|d| now < *d) {
+            let until = match (deadline, grace_end) {
+                (Some(d), Some(g)) => Some(d.min(g)),
+                (d, g) => d.and(g),
+            };
+            if let Some(until) = until.filter(|u| now < *u) {
                 return Admission::Wait {
-                    wake_at: d,
+                    wake_at: until,
                     notified: entry.waiter(),
                     slot: None,
                 };
@@ -543,6 +557,7 @@ impl Shared {
                             entry.probe = None;
                             if entry.cooling(now).is_none() {
                                 entry.half_open = false;
+                                entry.opened_at = Some(now);
                                 let start = entry.episode_start.take().unwrap_or(now);
                                 events.push(CooldownEvent::Ended(CooldownEnded {
                                     key: key.clone(),
