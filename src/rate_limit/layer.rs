@@ -47,8 +47,9 @@ pub(crate) struct Policy {
 }
 
 impl RateLimitLayer {
-    /// A builder: set a rate (`per_second`, `per_minute` or `per_period`), optionally a
-    /// burst, `max_wait`, key, mode, bypass and cost, then
+    /// A builder: set a rate (`per_second`, `per_minute`, `per_period`) or a window
+    /// (`sliding_window`, `fixed_window`), optionally a burst, a margin, other
+    /// [`limit`](RateLimitBuilder::limit)s, `max_wait`, key, mode and cost, then
     /// [`build`](RateLimitBuilder::build).
     pub fn builder() -> RateLimitBuilder {
         RateLimitBuilder {
