@@ -1,6 +1,7 @@
 //! The response future: admission (queue, sleep, take cells), then the inner call.
 
 use std::{
+    cell::OnceCell,
     fmt,
     future::Future,
     marker::PhantomData,
@@ -74,8 +75,9 @@ pin_project! {
 /// ticket must leave the line before the permit wakes the next waiter.
 struct Admission<S, B, St> {
     limiter: RateLimiter<St>,
-    /// The line the request waits in (its keys joined), also its key in logs.
-    key: Key,
+    /// The line the request waits in (its keys joined), also its key in logs: made
+    /// only when needed, so an admission at the first poll never builds it.
+    line: OnceCell<Key>,
     keys: Keys,
     cost: NonZeroU32,
     max_wait: Option<Duration>,
@@ -90,6 +92,13 @@ struct Admission<S, B, St> {
     turn: Option<Turn>,
     timer: Option<Pin<Box<Sleep>>>,
     pending: Option<(S, Request<B>)>,
+}
+
+impl<S, B, St> Admission<S, B, St> {
+    /// The request's line (and log) key.
+    fn line(&self) -> &Key {
+        self.line.get_or_init(|| self.keys.line())
+    }
 }
 
 /// Why a request was not admitted.
@@ -135,7 +144,7 @@ where
             state: State::Start,
             admission: Some(Admission {
                 limiter,
-                key: keys.line(),
+                line: OnceCell::new(),
                 keys,
                 cost,
                 max_wait,
@@ -169,7 +178,7 @@ where
                     let most = adm.limiter.store().max_cost();
                     if cost > most {
                         return Poll::Ready(Err(Denial::TooCostly {
-                            key: adm.key.clone(),
+                            key: adm.line().clone(),
                             cost,
                             burst: most,
                         }));
@@ -187,7 +196,9 @@ where
                                 continue;
                             }
                         } else if let Some(wait) =
-                            adm.limiter.queues().estimate(&adm.key, cost, now, interval)
+                            adm.limiter
+                                .queues()
+                                .estimate(adm.line(), cost, now, interval)
                         {
                             // Cells that replenish are promised to the waiters.
                             return Poll::Ready(Err(adm.denied(wait)));
@@ -242,7 +253,9 @@ where
                             }
                         }
                         Err(err) => {
-                            return Poll::Ready(Err(Denial::Store(err.with_key(adm.key.clone()))))
+                            return Poll::Ready(Err(Denial::Store(
+                                err.with_key(adm.line().clone()),
+                            )))
                         }
                     }
                 }
@@ -281,7 +294,7 @@ where
                                     let wait = adm
                                         .limiter
                                         .queues()
-                                        .estimate(&adm.key, 0, now, interval)
+                                        .estimate(adm.line(), 0, now, interval)
                                         .unwrap_or(interval);
                                     return Poll::Ready(Err(adm.denied(wait)));
                                 }
@@ -355,7 +368,7 @@ where
         only_if_queued: bool,
     ) -> Result<bool, Denial> {
         let join = self.limiter.queues().join(
-            &self.key,
+            self.line(),
             self.cost.get(),
             now,
             interval,
@@ -383,7 +396,7 @@ where
     S: Service<Request<B>>,
 {
     fn enqueue(&mut self, ticket: Ticket, turn: Arc<Semaphore>, estimate: Duration) {
-        tracing::debug!(key = %self.key, wait = ?estimate, "rate limit: waiting for a cell");
+        tracing::debug!(key = %self.line(), wait = ?estimate, "rate limit: waiting for a cell");
         self.held = true;
         self.ticket = Some(ticket);
         self.turn = Some(Box::pin(turn.acquire_owned()));
@@ -415,7 +428,7 @@ where
             .map(|arrived| Instant::now().saturating_duration_since(arrived));
         self.limiter.counters().record_admitted(waited);
         if let Some(waited) = waited {
-            tracing::debug!(key = %self.key, waited = ?waited, "rate limit: admitted after waiting");
+            tracing::debug!(key = %self.line(), waited = ?waited, "rate limit: admitted after waiting");
         }
         let (mut inner, request) = self
             .pending
@@ -426,7 +439,7 @@ where
 
     fn denied(&self, wait: Duration) -> Denial {
         Denial::Denied {
-            key: self.key.clone(),
+            key: self.line().clone(),
             wait,
         }
     }
@@ -569,7 +582,7 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ResponseFuture");
         if let Some(adm) = &self.admission {
-            d.field("key", &adm.key).field("cost", &adm.cost);
+            d.field("key", adm.line()).field("cost", &adm.cost);
         }
         d.finish_non_exhaustive()
     }
