@@ -48,6 +48,21 @@ fn upstream(
     })
 }
 
+/// Runs `call`, checks that it fails without the paused clock moving (refused at once,
+/// no sleep, not at a deadline), and returns its typed refusal.
+async fn refused_at_once<T: std::fmt::Debug>(
+    call: impl std::future::Future<Output = Result<T, BoxError>>,
+) -> Refusal {
+    let start = Instant::now();
+    let err = call.await.unwrap_err();
+    assert_eq!(
+        Instant::now(),
+        start,
+        "refused at once: the paused clock did not move"
+    );
+    Refusal::find(&*err).expect("a typed refusal").clone()
+}
+
 fn ok(_: usize) -> Response<Body> {
     Response::new(Body::from(r#"{"choices":[]}"#))
 }
@@ -64,14 +79,7 @@ async fn max_wait_was_not_the_callers_budget() {
         .layer(upstream(calls.clone(), ok));
 
     assert_eq!(glm.clone().oneshot(get()).await.unwrap().status(), 200);
-    let start = Instant::now();
-    let err = glm.clone().oneshot(get()).await.unwrap_err();
-    assert_eq!(
-        Instant::now(),
-        start,
-        "no sleep: the paused clock did not move"
-    );
-    let refusal = Refusal::find(&*err).expect("the typed refusal");
+    let refusal = refused_at_once(glm.clone().oneshot(get())).await;
     assert!(matches!(refusal.kind(), RefusalKind::MaxWait { .. }));
     // The bucket refills 60 s (plus the preset's 1 % margin) after the first call took
     // it, 100 ms ago.
@@ -255,15 +263,9 @@ async fn the_limiter_reads_what_is_left_of_the_calls_deadline() {
         .layer(upstream(calls.clone(), ok));
 
     assert_eq!(glm.clone().oneshot(get()).await.unwrap().status(), 200);
-    // The bucket refills in 10 s: more than the call's 2 s, less than max_wait.
-    let start = Instant::now();
-    let err = glm.clone().oneshot(get()).await.unwrap_err();
-    assert_eq!(
-        Instant::now(),
-        start,
-        "refused at once, not at the deadline"
-    );
-    let refusal = Refusal::find(&*err).expect("the typed refusal, not DeadlineExceeded");
+    // The bucket refills in 10 s: more than the call's 2 s, less than max_wait. The
+    // typed refusal at once, not `DeadlineExceeded` at 2 s.
+    let refusal = refused_at_once(glm.clone().oneshot(get())).await;
     assert!(
         matches!(refusal.kind(), RefusalKind::MaxWait { max_wait } if *max_wait == Duration::from_secs(2)),
         "{refusal}"
@@ -305,10 +307,7 @@ async fn the_pool_reads_what_is_left_of_the_calls_deadline() {
     let first = client.clone().oneshot(get()).await.unwrap();
     assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
     // Now it cools for 10 s: refused at once, not at the deadline.
-    let start = Instant::now();
-    let err = client.clone().oneshot(get()).await.unwrap_err();
-    assert_eq!(Instant::now(), start, "refused at once");
-    let refusal = Refusal::find(&*err).expect("the pool's typed refusal");
+    let refusal = refused_at_once(client.clone().oneshot(get())).await;
     assert_eq!(
         refusal.kind(),
         &RefusalKind::AllBackendsCooling {
