@@ -316,3 +316,40 @@ async fn the_pool_reads_what_is_left_of_the_calls_deadline() {
     );
     assert_eq!(calls.lock().unwrap().len(), 1);
 }
+
+/// A per-request budget: one call's own patience, through an extension, instead of the
+/// stack's deadline. The limiter reads it like the stack's.
+#[tokio::test(start_paused = true)]
+async fn a_request_carries_its_own_budget() {
+    use ratewise::vocabulary::Budget;
+
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let glm = ClientStackLayer::preset(Platform::Glm)
+        .rate_limit(|r| r.per_minute(6).burst(1).max_wait(Duration::from_secs(60)))
+        .build()
+        .unwrap()
+        .layer(upstream(calls.clone(), ok));
+    assert_eq!(glm.clone().oneshot(get()).await.unwrap().status(), 200);
+
+    // The bucket refills in 10 s. With a 2 s budget of its own, the call is refused at
+    // once; with the preset's 120 s deadline, the next one waits and goes.
+    let mut impatient = get();
+    impatient
+        .extensions_mut()
+        .insert(Budget(Duration::from_secs(2)));
+    let refusal = refused_at_once(glm.clone().oneshot(impatient)).await;
+    assert_eq!(
+        refusal.kind(),
+        &RefusalKind::MaxWait {
+            max_wait: Duration::from_secs(2)
+        }
+    );
+    let start = Instant::now();
+    assert_eq!(glm.clone().oneshot(get()).await.unwrap().status(), 200);
+    assert!(
+        start.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(calls.lock().unwrap().len(), 2);
+}

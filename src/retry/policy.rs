@@ -177,9 +177,13 @@ impl RetryPolicy {
         // deadline it is sent again without counting an attempt (`max_attempts` counts
         // what the upstream was asked). Without a deadline it counts, so that nothing
         // can wait forever.
-        let bounded = config
-            .deadline
-            .is_some_and(|d| self.call.end.or_else(|| start.checked_add(d)).is_some());
+        // The call's end: its context's (the layer's deadline, or the request's own
+        // budget), else counted from its start when the policy runs outside its layer.
+        let end = self
+            .call
+            .end
+            .or_else(|| config.deadline.and_then(|d| start.checked_add(d)));
+        let bounded = end.is_some();
         let held = local == Local::Held && bounded;
         if !held && attempt >= config.max_attempts {
             return self.give_up(GiveUp::Attempts, verdict, &outcome);
@@ -200,14 +204,10 @@ impl RetryPolicy {
         } else {
             delay
         };
-        if let Some(deadline) = config.deadline {
-            // An attempt starting at the deadline would have no time left: not taken.
-            // A deadline too far off to represent does not bound anything.
-            let fits = match self.call.end.or_else(|| start.checked_add(deadline)) {
-                Some(end) => now.checked_add(delay).is_some_and(|resume| resume < end),
-                None => true,
-            };
-            if !fits {
+        // An attempt starting at the deadline would have no time left: not taken. A
+        // deadline too far off to represent does not bound anything.
+        if let Some(end) = end {
+            if !now.checked_add(delay).is_some_and(|resume| resume < end) {
                 return self.give_up(GiveUp::Deadline, verdict, &outcome);
             }
         }

@@ -16,7 +16,11 @@ use tower::Service;
 use super::body::TryCloneBody;
 use super::future::ResponseFuture;
 use super::policy::{RetryPolicy, Shared};
-use crate::{key::JsonBody, vocabulary::CallContext, BoxError};
+use crate::{
+    key::JsonBody,
+    vocabulary::{Budget, CallContext},
+    BoxError,
+};
 
 /// The service [`RetryLayer`](super::RetryLayer) makes: tower's own
 /// [`Retry`](tower::retry::Retry) driven by a [`RetryPolicy`], over the client with its
@@ -87,7 +91,12 @@ where
         // copies) to refuse waits that would end past it, and the future's timer cuts
         // off whatever is in flight when it comes. A deadline too far off to represent
         // is no deadline.
-        let deadline = self.shared.config.deadline;
+        // The call's budget: the request's own `Budget`, else the layer's deadline.
+        let deadline = req
+            .extensions()
+            .get::<Budget>()
+            .map(|b| b.0)
+            .or(self.shared.config.deadline);
         // A retry inside another's call keeps to the outer call's budget too.
         let outer = CallContext::get(req.extensions()).map(CallContext::deadline);
         let end = deadline

@@ -5,6 +5,21 @@ use tokio::time::Instant;
 
 use super::LayerId;
 
+/// A caller's patience for one request: put it in the request's extensions to give
+/// this call its own total deadline, instead of the retry layer's `deadline` (the
+/// stack's budget). Every layer below reads what is left of it.
+///
+/// ```
+/// use std::time::Duration;
+/// use ratewise::vocabulary::Budget;
+///
+/// let mut req = http::Request::get("http://127.0.0.1:1/").body(()).unwrap();
+/// // This one call may take 5 s in all, whatever the stack's default.
+/// req.extensions_mut().insert(Budget(Duration::from_secs(5)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget(pub std::time::Duration);
+
 /// The per-call context a layer puts on a request (it rides every copy a retry makes):
 /// today the call's total deadline, and which layer set it.
 ///

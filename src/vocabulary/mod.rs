@@ -31,6 +31,7 @@ mod refusal;
 mod verdict;
 
 pub use self::config::ConfigError;
+pub use self::context::Budget;
 pub(crate) use self::context::CallContext;
 pub(crate) use self::hold::{Hold, Holds};
 pub use self::refusal::{Candidate, Refusal, RefusalKind, Unavailable};
