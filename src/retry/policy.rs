@@ -207,7 +207,7 @@ impl RetryPolicy {
         // An attempt starting at the deadline would have no time left: not taken. A
         // deadline too far off to represent does not bound anything.
         if let Some(end) = end {
-            if !now.checked_add(delay).is_some_and(|resume| resume < end) {
+            if now.checked_add(delay).is_none_or(|resume| resume >= end) {
                 return self.give_up(GiveUp::Deadline, verdict, &outcome);
             }
         }
