@@ -57,6 +57,8 @@ pub mod key;
 pub mod pool;
 pub mod rate_limit;
 mod redact;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod retry;
 pub mod retry_after;
 pub mod stack;

@@ -6,10 +6,11 @@ use tower::Layer;
 
 use super::{
     limiter::RateLimiter,
-    limits::{Limit, Margin, MemoryStore, Rate, Spec},
+    limits::{rules, Limit, Margin, MemoryStore, Rate, Rule, Spec},
     policy::{Reject, Wait},
     quota::{config_error, Quota},
     service::RateLimit,
+    shared::{MakeStore, Store},
     stats::RateLimitStats,
     store::RateLimitStore,
 };
@@ -29,7 +30,7 @@ use crate::{
 /// Type parameters: `M` the mode ([`Wait`] or [`Reject`]) and `St` the
 /// [`RateLimitStore`], both with defaults. The key and the cost are values, so a layer
 /// with a closure key is still a `RateLimitLayer`.
-pub struct RateLimitLayer<M = Wait, St = MemoryStore> {
+pub struct RateLimitLayer<M = Wait, St = Store> {
     policy: Arc<Policy>,
     limiter: RateLimiter<St>,
     mode: PhantomData<fn() -> M>,
@@ -60,6 +61,7 @@ impl RateLimitLayer {
             key: Arc::new(Global),
             limits: Vec::new(),
             cost: None,
+            store: None,
             mode: PhantomData,
         }
     }
@@ -147,8 +149,12 @@ pub struct RateLimitBuilder<M = Wait> {
     key: SharedKey,
     limits: Vec<Limit>,
     cost: Option<CostFn>,
+    store: Option<MakeShared>,
     mode: PhantomData<fn() -> M>,
 }
+
+/// Builds the shared store of a layer from its rules and quota.
+type MakeShared = Arc<dyn Fn(&[Rule], Quota) -> Result<Store, ConfigError> + Send + Sync>;
 
 impl<M> RateLimitBuilder<M> {
     /// `n` cells per second (one every `1 s / n`), with a burst of `n` unless
@@ -250,6 +256,17 @@ impl<M> RateLimitBuilder<M> {
         self
     }
 
+    /// Keeps the buckets in a store built from this layer's limits by `make` (every
+    /// limit, key and margin as set here), instead of in this process's memory: with
+    /// [`Redis::rate_limit`](crate::redis::Redis::rate_limit), every process using the
+    /// same name shares one limit. The layer's type does not change.
+    pub fn store(mut self, make: impl MakeStore) -> Self {
+        self.store = Some(Arc::new(move |rules: &[Rule], quota: Quota| {
+            make.make_store(rules, quota).map(Store::shared)
+        }));
+        self
+    }
+
     /// Reject mode (servers): over the limit, answer `429` at once.
     pub fn reject(self) -> RateLimitBuilder<Reject> {
         self.with_mode()
@@ -269,6 +286,7 @@ impl<M> RateLimitBuilder<M> {
             key: self.key,
             limits: self.limits,
             cost: self.cost,
+            store: self.store,
             mode: PhantomData,
         }
     }
@@ -279,7 +297,7 @@ impl<M> RateLimitBuilder<M> {
     /// Errors name the field: `rate` when no rate was set, `per_second` /
     /// `per_minute` / `per_period` / `sliding_window` / `fixed_window` for a zero rate,
     /// period or window, `burst` for a zero burst (or a window over 100 years).
-    pub fn build(mut self) -> Result<RateLimitLayer<M, MemoryStore>, ConfigError> {
+    pub fn build(mut self) -> Result<RateLimitLayer<M, Store>, ConfigError> {
         let Some(rate) = self.rate else {
             return Err(config_error(
                 "rate",
@@ -298,7 +316,11 @@ impl<M> RateLimitBuilder<M> {
             specs.push(spec);
             keys.push(key);
         }
-        let limiter = RateLimiter::with_keys(MemoryStore::new(&specs)?, keys);
+        let store = match &self.store {
+            None => Store::memory(MemoryStore::new(&specs)?),
+            Some(make) => make(&rules(&specs)?, main.quota()?)?,
+        };
+        let limiter = RateLimiter::with_keys(store, keys);
         Ok(self.finish(limiter))
     }
 

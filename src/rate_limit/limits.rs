@@ -28,15 +28,34 @@ use crate::{
     vocabulary::ConfigError,
 };
 
-/// How one limit counts.
+/// How one limit of a layer counts, validated and with its margin applied: what a
+/// [`MakeStore`](super::MakeStore) is given to build a store that follows the same
+/// limits (the in-memory store and a shared one decide alike).
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Rule {
     /// GCRA: one cell every `interval`, at most `burst` at once.
-    Rate { interval: Duration, burst: u32 },
+    Rate {
+        /// One cell per this.
+        interval: Duration,
+        /// The most cells at once.
+        burst: u32,
+    },
     /// At most `n` in any window of length `window`.
-    Sliding { n: u32, window: Duration },
-    /// At most `n` per window of length `window`, windows aligned on the store's start.
-    Fixed { n: u32, window: Duration },
+    Sliding {
+        /// Cells per window.
+        n: u32,
+        /// The window's length.
+        window: Duration,
+    },
+    /// At most `n` per window of length `window`, windows aligned on the store's clock
+    /// (its start in memory; the Unix epoch on a server clock).
+    Fixed {
+        /// Cells per window.
+        n: u32,
+        /// The window's length.
+        window: Duration,
+    },
 }
 
 /// A safety margin: how much a limit pads its interval (or window).
@@ -153,18 +172,18 @@ impl Spec {
     }
 
     /// The validated counting rule, margin applied.
-    fn kind(&self) -> Result<Kind, ConfigError> {
+    pub(crate) fn rule(&self) -> Result<Rule, ConfigError> {
         let quota = self.quota()?;
         Ok(match self.rate {
-            Rate::Sliding(n, window) => Kind::Sliding {
+            Rate::Sliding(n, window) => Rule::Sliding {
                 n,
                 window: self.margin.pad(window),
             },
-            Rate::Fixed(n, window) => Kind::Fixed {
+            Rate::Fixed(n, window) => Rule::Fixed {
                 n,
                 window: self.margin.pad(window),
             },
-            _ => Kind::Rate {
+            _ => Rule::Rate {
                 interval: self.margin.pad(quota.replenish_interval()),
                 burst: quota.burst(),
             },
@@ -249,6 +268,33 @@ impl fmt::Debug for Limit {
     }
 }
 
+/// The validated rules of `specs`, margins applied, in order.
+pub(crate) fn rules(specs: &[Spec]) -> Result<Vec<Rule>, ConfigError> {
+    specs.iter().map(Spec::rule).collect()
+}
+
+impl Rule {
+    /// The same limit at `1/share` of its quota (at least one cell): what one of
+    /// `share` processes may take alone when the store they share is unreachable.
+    pub(crate) fn share(self, share: u32) -> Rule {
+        let share = share.max(1);
+        match self {
+            Rule::Rate { interval, burst } => Rule::Rate {
+                interval: interval.saturating_mul(share),
+                burst: (burst / share).max(1),
+            },
+            Rule::Sliding { n, window } => Rule::Sliding {
+                n: (n / share).max(1),
+                window,
+            },
+            Rule::Fixed { n, window } => Rule::Fixed {
+                n: (n / share).max(1),
+                window,
+            },
+        }
+    }
+}
+
 /// The state of one `(limit, key)`.
 enum State {
     /// GCRA's theoretical arrival time, in ns since the store's origin.
@@ -271,22 +317,22 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl Kind {
+impl Rule {
     /// The most cells one request can take.
-    fn capacity(&self) -> u32 {
+    pub(crate) fn capacity(&self) -> u32 {
         match *self {
-            Kind::Rate { burst, .. } => burst,
-            Kind::Sliding { n, .. } | Kind::Fixed { n, .. } => n,
+            Rule::Rate { burst, .. } => burst,
+            Rule::Sliding { n, .. } | Rule::Fixed { n, .. } => n,
         }
     }
 
     fn fresh(&self) -> State {
         match self {
-            Kind::Rate { .. } => State::Rate { tat: 0 },
-            Kind::Sliding { .. } => State::Sliding {
+            Rule::Rate { .. } => State::Rate { tat: 0 },
+            Rule::Sliding { .. } => State::Sliding {
                 stamps: VecDeque::new(),
             },
-            Kind::Fixed { .. } => State::Fixed {
+            Rule::Fixed { .. } => State::Fixed {
                 window: 0,
                 count: 0,
             },
@@ -296,7 +342,7 @@ impl Kind {
     /// Whether `cost` cells fit at `now`, and if not how long until they would.
     fn check(&self, state: &mut State, now: u64, cost: u32) -> Check {
         match (self, state) {
-            (Kind::Rate { interval, burst }, State::Rate { tat }) => {
+            (Rule::Rate { interval, burst }, State::Rate { tat }) => {
                 let t = nanos(*interval);
                 let new_tat = (*tat)
                     .max(now)
@@ -315,7 +361,7 @@ impl Kind {
                     }
                 }
             }
-            (Kind::Sliding { n, window }, State::Sliding { stamps }) => {
+            (Rule::Sliding { n, window }, State::Sliding { stamps }) => {
                 let w = nanos(*window);
                 // A stamp at `s` counts within [s, s + w).
                 while stamps.front().is_some_and(|s| s.saturating_add(w) <= now) {
@@ -340,7 +386,7 @@ impl Kind {
                     }
                 }
             }
-            (Kind::Fixed { n, window }, State::Fixed { window: idx, count }) => {
+            (Rule::Fixed { n, window }, State::Fixed { window: idx, count }) => {
                 let w = nanos(*window).max(1);
                 let current = now / w;
                 if *idx != current {
@@ -368,15 +414,15 @@ impl Kind {
     /// Takes `cost` cells at `now` (after a [`check`](Self::check) found room).
     fn take(&self, state: &mut State, now: u64, cost: u32) {
         match (self, state) {
-            (Kind::Rate { interval, .. }, State::Rate { tat }) => {
+            (Rule::Rate { interval, .. }, State::Rate { tat }) => {
                 *tat = (*tat)
                     .max(now)
                     .saturating_add(nanos(*interval).saturating_mul(u64::from(cost)));
             }
-            (Kind::Sliding { .. }, State::Sliding { stamps }) => {
+            (Rule::Sliding { .. }, State::Sliding { stamps }) => {
                 stamps.extend(std::iter::repeat_n(now, cost as usize));
             }
-            (Kind::Fixed { .. }, State::Fixed { count, .. }) => *count += cost,
+            (Rule::Fixed { .. }, State::Fixed { count, .. }) => *count += cost,
             _ => {}
         }
     }
@@ -384,11 +430,11 @@ impl Kind {
     /// Whether a state is indistinguishable from a fresh one at `now`.
     fn idle(&self, state: &State, now: u64) -> bool {
         match (self, state) {
-            (Kind::Rate { .. }, State::Rate { tat }) => *tat <= now,
-            (Kind::Sliding { window, .. }, State::Sliding { stamps }) => stamps
+            (Rule::Rate { .. }, State::Rate { tat }) => *tat <= now,
+            (Rule::Sliding { window, .. }, State::Sliding { stamps }) => stamps
                 .back()
                 .is_none_or(|s| s.saturating_add(nanos(*window)) <= now),
-            (Kind::Fixed { window, .. }, State::Fixed { window: idx, .. }) => {
+            (Rule::Fixed { window, .. }, State::Fixed { window: idx, .. }) => {
                 *idx < now / nanos(*window).max(1)
             }
             _ => true,
@@ -422,7 +468,7 @@ enum Engine {
 }
 
 struct Inner {
-    kinds: Box<[Kind]>,
+    kinds: Box<[Rule]>,
     quota: Quota,
     origin: Instant,
     table: Mutex<Table>,
@@ -442,25 +488,23 @@ impl MemoryStore {
     /// A store for these limits (in the order the request's keys come in). The first
     /// limit's quota is the one the layer uses for its headers and wait estimates.
     pub(crate) fn new(specs: &[Spec]) -> Result<Self, ConfigError> {
-        // One GCRA rate, padded or not: governor's job.
-        if let [spec] = specs {
-            if let Kind::Rate { interval, burst } = spec.kind()? {
-                let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-                let quota = Quota::per_period(interval)?.with_burst(burst)?;
-                let engine = Engine::Governor(GovernorStore::new(quota));
-                return Ok(MemoryStore { engine });
-            }
-        }
-        let kinds = specs
-            .iter()
-            .map(Spec::kind)
-            .collect::<Result<Box<[Kind]>, _>>()?;
-        let quota = match specs.first() {
-            Some(spec) => spec.quota()?,
-            None => return Err(config_error("rate", "is not set")),
+        let Some(first) = specs.first() else {
+            return Err(config_error("rate", "is not set"));
         };
+        Self::with_rules(rules(specs)?, first.quota()?)
+    }
+
+    /// A store following `rules` (validated), whose headers and estimates use `quota`.
+    pub(crate) fn with_rules(rules: Vec<Rule>, quota: Quota) -> Result<Self, ConfigError> {
+        // One GCRA rate, padded or not: governor's job.
+        if let [Rule::Rate { interval, burst }] = rules[..] {
+            let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+            let quota = Quota::per_period(interval)?.with_burst(burst)?;
+            let engine = Engine::Governor(GovernorStore::new(quota));
+            return Ok(MemoryStore { engine });
+        }
         let inner = Arc::new(Inner {
-            kinds,
+            kinds: rules.into_boxed_slice(),
             quota,
             origin: Instant::now(),
             table: Mutex::new(Table {
@@ -556,8 +600,8 @@ impl RateLimitStore for MemoryStore {
                 .kinds
                 .iter()
                 .map(|kind| match *kind {
-                    Kind::Rate { interval, .. } => interval,
-                    Kind::Sliding { n, window } | Kind::Fixed { n, window } => window / n.max(1),
+                    Rule::Rate { interval, .. } => interval,
+                    Rule::Sliding { n, window } | Rule::Fixed { n, window } => window / n.max(1),
                 })
                 .max()
                 .unwrap_or(inner.quota.replenish_interval()),
@@ -567,7 +611,7 @@ impl RateLimitStore for MemoryStore {
     fn max_cost(&self) -> u32 {
         match &self.engine {
             Engine::Governor(store) => store.quota().burst(),
-            Engine::Own(inner) => inner.kinds.iter().map(Kind::capacity).min().unwrap_or(1),
+            Engine::Own(inner) => inner.kinds.iter().map(Rule::capacity).min().unwrap_or(1),
         }
     }
 }

@@ -16,8 +16,8 @@ use super::{
     future::ResponseFuture,
     layer::Policy,
     limiter::RateLimiter,
-    limits::MemoryStore,
     policy::{Mode, Reject, Wait},
+    shared::Store,
     stats::RateLimitStats,
     store::{Keys, RateLimitStore},
 };
@@ -33,7 +33,7 @@ use crate::{
 /// inner service into its [`ResponseFuture`] (leaving a clone here), because the inner
 /// call happens only once the request is admitted. Bypassed requests call the inner
 /// service at once.
-pub struct RateLimit<S, M = Wait, St = MemoryStore> {
+pub struct RateLimit<S, M = Wait, St = Store> {
     inner: S,
     policy: Arc<Policy>,
     limiter: RateLimiter<St>,

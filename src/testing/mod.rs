@@ -47,6 +47,7 @@ pub mod glm;
 pub mod openai;
 pub mod qq;
 mod recorder;
+mod redis;
 mod server;
 pub mod telegram;
 
@@ -55,6 +56,7 @@ pub use self::glm::GlmApi;
 pub use self::openai::OpenAiApi;
 pub use self::qq::QqGateway;
 pub use self::recorder::{Hit, Hits, Outcome};
+pub use self::redis::RedisServer;
 pub use self::server::{
     body_bytes, body_json, client, empty_request, json_request, MockServer, TestClient,
 };

@@ -1,0 +1,369 @@
+//! The Redis store of a rate limit: [`RedisLimits`] (what the builder is given) and
+//! [`RedisStore`] (what the layer holds).
+
+use std::{fmt, future::Future, num::NonZeroU32, pin::Pin, sync::Arc, time::Duration};
+
+use redis::Script;
+
+use super::{FailMode, Redis};
+use crate::{
+    rate_limit::{Decision, Keys, MakeStore, MemoryStore, Quota, RateLimitStore, Rule, StoreError},
+    vocabulary::{ConfigError, LayerKind},
+};
+
+/// The script: every limit of one request, checked and taken in one atomic step.
+const SCRIPT: &str = include_str!("rate_limit.lua");
+
+/// The Redis store of a rate limit named `name`, from
+/// [`Redis::rate_limit`](super::Redis::rate_limit): give it to
+/// [`RateLimitBuilder::store`](crate::rate_limit::RateLimitBuilder::store), which
+/// builds a [`RedisStore`] that follows the builder's limits.
+#[derive(Debug, Clone)]
+pub struct RedisLimits {
+    redis: Redis,
+    name: String,
+}
+
+impl RedisLimits {
+    pub(crate) fn new(redis: Redis, name: &str) -> Self {
+        RedisLimits {
+            redis,
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl MakeStore for RedisLimits {
+    type Store = RedisStore;
+
+    fn make_store(&self, rules: &[Rule], quota: Quota) -> Result<RedisStore, ConfigError> {
+        RedisStore::new(&self.redis, &self.name, rules, quota)
+    }
+}
+
+/// A rate limit store in Redis: one Lua script per decision (one round trip), on the
+/// server's clock, shared by every process that uses the same prefix and name.
+///
+/// A decision whose future is dropped after the script ran keeps the cells it took:
+/// the limit errs on the safe side.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: Redis,
+    namespace: String,
+    script: Script,
+    /// Three numbers per limit: kind, a, b (see the script).
+    args: Vec<u64>,
+    quota: Quota,
+    max_cost: u32,
+    cell_interval: Duration,
+    /// The local limiter at `1/instances` of each quota, in fail-open mode.
+    fallback: Option<MemoryStore>,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The largest integer a Lua number (a double) holds exactly.
+const LUA_EXACT: u64 = 1 << 53;
+
+impl RedisStore {
+    fn new(redis: &Redis, name: &str, rules: &[Rule], quota: Quota) -> Result<Self, ConfigError> {
+        let namespace = redis.namespace(LayerKind::RateLimit, name)?;
+        let mut args = Vec::with_capacity(rules.len() * 3);
+        for rule in rules {
+            let (kind, a, b, span) = match *rule {
+                Rule::Rate { interval, burst } => {
+                    let us = micros(interval);
+                    (0, us, u64::from(burst), us.saturating_mul(u64::from(burst)))
+                }
+                Rule::Sliding { n, window } => (1, u64::from(n), micros(window), micros(window)),
+                Rule::Fixed { n, window } => (2, u64::from(n), micros(window), micros(window)),
+            };
+            // The script adds spans to a microsecond clock near 2^51: both must stay
+            // exact in Lua's doubles.
+            if span > LUA_EXACT / 4 {
+                return Err(ConfigError::new(
+                    LayerKind::RateLimit,
+                    "store",
+                    "a limit's window is too long for the Redis store (over 71 years)",
+                ));
+            }
+            args.extend([kind, a, b]);
+        }
+        let fallback = match redis.fail {
+            FailMode::Open { instances } => {
+                let shared: Vec<Rule> = rules.iter().map(|r| r.share(instances)).collect();
+                Some(MemoryStore::with_rules(shared, quota)?)
+            }
+            FailMode::Closed => None,
+        };
+        let max_cost = rules.iter().map(Rule::capacity).min().unwrap_or(1);
+        let cell_interval = rules
+            .iter()
+            .map(|rule| match *rule {
+                Rule::Rate { interval, .. } => interval,
+                Rule::Sliding { n, window } | Rule::Fixed { n, window } => window / n.max(1),
+            })
+            .max()
+            .unwrap_or(quota.replenish_interval());
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                redis: redis.clone(),
+                namespace,
+                script: Script::new(SCRIPT),
+                args,
+                quota,
+                max_cost,
+                cell_interval,
+                fallback,
+            }),
+        })
+    }
+
+    /// The Redis key of limit `i` for `key`.
+    fn redis_key(&self, i: usize, key: &str) -> String {
+        format!("{}:{i}:{key}", self.inner.namespace)
+    }
+
+    /// One decision at `at` microseconds (`0`: the server's clock).
+    pub(crate) async fn decide_at(
+        &self,
+        keys: &Keys,
+        cost: NonZeroU32,
+        at: u64,
+    ) -> Result<Decision, StoreError> {
+        let inner = &*self.inner;
+        let conn = &inner.redis.conn;
+        let result = match conn.get().await {
+            Ok(mut c) => {
+                let mut call = inner.script.prepare_invoke();
+                for i in 0..inner.args.len() / 3 {
+                    call.key(self.redis_key(i, keys.get(i).as_str()));
+                }
+                call.arg(at).arg(cost.get());
+                for a in &inner.args {
+                    call.arg(*a);
+                }
+                match call.invoke_async::<(u8, i64, i64)>(&mut c).await {
+                    Ok(answer) => Ok(answer),
+                    Err(err) => {
+                        conn.failed(&err);
+                        Err(StoreError::new(err))
+                    }
+                }
+            }
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok((1, remaining, _)) => Ok(Decision::Admitted {
+                remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+            }),
+            Ok((_, _, wait)) => Ok(Decision::Denied {
+                wait: Duration::from_micros(u64::try_from(wait.max(1)).unwrap_or(1)),
+            }),
+            Err(err) => match &inner.fallback {
+                Some(local) if conn.is_down() => local.acquire(keys, cost).await,
+                _ => Err(err),
+            },
+        }
+    }
+}
+
+impl RateLimitStore for RedisStore {
+    type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
+
+    fn acquire(&self, keys: &Keys, cost: NonZeroU32) -> Self::Future {
+        let (store, keys) = (self.clone(), keys.clone());
+        Box::pin(async move { store.decide_at(&keys, cost, 0).await })
+    }
+
+    fn quota(&self) -> Quota {
+        self.inner.quota
+    }
+
+    fn max_cost(&self) -> u32 {
+        self.inner.max_cost
+    }
+
+    fn cell_interval(&self) -> Duration {
+        self.inner.cell_interval
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("namespace", &self.inner.namespace)
+            .field("quota", &self.inner.quota)
+            .field("fallback", &self.inner.fallback.is_some())
+            .finish()
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::{key::Key, testing::RedisServer};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A deterministic sequence: (milliseconds since the start, key, second key, cost).
+    fn sequence(seed: u64, len: usize) -> Vec<(u64, String, String, u32)> {
+        let mut x = seed;
+        let mut next = move || {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut t = 0;
+        (0..len)
+            .map(|_| {
+                t += next() % 120;
+                let key = format!("tenant{}", next() % 2);
+                let card = format!("card{}", next() % 3);
+                let cost = 1 + u32::from(next() % 4 == 0);
+                (t, key, card, cost)
+            })
+            .collect()
+    }
+
+    fn keys_of(key: &str, card: &str, n: usize) -> Keys {
+        if n == 1 {
+            Keys::one(Key::from(key))
+        } else {
+            Keys::new(Key::from(key), vec![Key::from(card)])
+        }
+    }
+
+    fn quota() -> Quota {
+        Quota::per_period(100 * MS).unwrap()
+    }
+
+    /// The in-memory decisions, on tokio's paused clock.
+    fn in_memory(rules: &[Rule], seq: &[(u64, String, String, u32)]) -> Vec<Decision> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = MemoryStore::with_rules(rules.to_vec(), quota()).unwrap();
+            let start = tokio::time::Instant::now();
+            let mut out = Vec::new();
+            for (t, key, card, cost) in seq {
+                tokio::time::advance(
+                    (start + Duration::from_millis(*t)) - tokio::time::Instant::now(),
+                )
+                .await;
+                let cost = NonZeroU32::new(*cost).unwrap();
+                out.push(
+                    store
+                        .acquire(&keys_of(key, card, rules.len()), cost)
+                        .await
+                        .unwrap(),
+                );
+            }
+            out
+        })
+    }
+
+    /// The Redis decisions, at the same instants (given to the script as its clock).
+    fn in_redis(
+        url: &str,
+        name: &str,
+        rules: &[Rule],
+        seq: &[(u64, String, String, u32)],
+    ) -> Vec<Decision> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let redis = Redis::new(url).unwrap().fail_closed();
+            let store = RedisStore::new(&redis, name, rules, quota()).unwrap();
+            // A whole number of seconds (and so of every window), like the memory
+            // store's origin.
+            let base: u64 = 1_700_000_000_000_000;
+            let mut out = Vec::new();
+            for (t, key, card, cost) in seq {
+                let cost = NonZeroU32::new(*cost).unwrap();
+                let keys = keys_of(key, card, rules.len());
+                out.push(store.decide_at(&keys, cost, base + t * 1000).await.unwrap());
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn the_memory_and_redis_stores_make_the_same_decisions() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let cases: [(&str, Vec<Rule>); 4] = [
+            (
+                "gcra",
+                vec![Rule::Rate {
+                    interval: 100 * MS,
+                    burst: 5,
+                }],
+            ),
+            (
+                "sliding",
+                vec![Rule::Sliding {
+                    n: 5,
+                    window: 1000 * MS,
+                }],
+            ),
+            (
+                "fixed",
+                vec![Rule::Fixed {
+                    n: 4,
+                    window: 1000 * MS,
+                }],
+            ),
+            (
+                "two_keys",
+                vec![
+                    Rule::Rate {
+                        interval: 50 * MS,
+                        burst: 3,
+                    },
+                    Rule::Rate {
+                        interval: 300 * MS,
+                        burst: 1,
+                    },
+                ],
+            ),
+        ];
+        let unique = std::process::id();
+        for (i, (label, rules)) in cases.iter().enumerate() {
+            let seq = sequence(0x9e37_79b9_7f4a_7c15 + i as u64, 400);
+            let memory = in_memory(rules, &seq);
+            let redis = in_redis(
+                server.url(),
+                &format!("agree-{label}-{unique}"),
+                rules,
+                &seq,
+            );
+            let admitted = memory
+                .iter()
+                .filter(|d| matches!(d, Decision::Admitted { .. }))
+                .count();
+            // The sequence is dense enough that both answers occur often.
+            assert!(
+                (40..=360).contains(&admitted),
+                "{label}: {admitted} of 400 admitted"
+            );
+            for (n, (m, r)) in memory.iter().zip(&redis).enumerate() {
+                assert_eq!(m, r, "{label}: decision {n} at {} ms differs", seq[n].0);
+            }
+        }
+    }
+}
