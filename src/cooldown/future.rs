@@ -6,6 +6,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use http::{Request, Response};
@@ -19,12 +20,41 @@ use tower::Service;
 use super::{
     state::{Admission, Shared, Ticket, WaitSlot},
     stats::Counters,
+    store::{Answer, Probe, Remote, StoreFuture},
 };
 use crate::{
     key::Key,
-    vocabulary::{verdict_of, verdict_of_error, Hold, Holds, Refusal},
+    vocabulary::{
+        verdict_of, verdict_of_error, Hold, Holds, LayerKind, Refusal, RefusalKind, Verdict,
+    },
     BoxError,
 };
+
+/// How long a request may hold a key's shared probe (should its process die with it).
+const PROBE_FOR: Duration = Duration::from_secs(30);
+
+/// A token unique to one request across processes, for the shared probe.
+fn token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Each `RandomState` is seeded differently (per process, and per call).
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// What the shared store must hear of an answer: every rate limit, and what a probe or
+/// a key with a count learned.
+fn answer(verdict: Verdict, probe: bool, remote: &Remote) -> Option<Answer> {
+    let probe = probe || remote.probe == Probe::Mine;
+    match verdict {
+        Verdict::RateLimited { retry_after } => Some(Answer::RateLimited(retry_after)),
+        Verdict::Success if probe || remote.n > 0 || remote.half_open => Some(Answer::Success),
+        Verdict::Transient if probe => Some(Answer::Transient),
+        Verdict::Transient | Verdict::Success => None,
+        _ if probe => Some(Answer::Served),
+        _ => None,
+    }
+}
 
 pin_project! {
     /// The response future of [`Cooldown`](super::Cooldown): waits out or refuses a
@@ -42,6 +72,10 @@ pin_project! {
         key: Key,
         deadline: Option<Instant>,
         met: bool,
+        // The answer, held while the shared store records it.
+        result: Option<Result<S::Response, BoxError>>,
+        // This request's token in the shared store.
+        token: u64,
     }
 }
 
@@ -50,6 +84,12 @@ pin_project! {
     enum State<F> {
         // Ask the table what to do.
         Check,
+        // Ask the shared store where the key stands across processes.
+        Remote { future: StoreFuture },
+        // Send the request.
+        Send,
+        // Tell the shared store the answer.
+        Record { future: StoreFuture },
         // Wait until the cooldown ends, or the key's state changes.
         Wait {
             #[pin]
@@ -85,6 +125,8 @@ where
             key,
             deadline,
             met: false,
+            result: None,
+            token: 0,
         }
     }
 }
@@ -109,26 +151,15 @@ where
                         this.slot.take(),
                     ) {
                         Admission::Go(ticket) => {
-                            let (mut inner, mut req) = this
-                                .call
-                                .take()
-                                .expect("cooldown ResponseFuture admitted twice");
-                            if ticket.is_probe() {
-                                tracing::debug!(target: "ratewise::cooldown", key = %this.key, "probe request after cooldown");
-                            }
-                            // Layers below that hold the request back re-check the key
-                            // through this hold before sending it.
-                            let hold: Arc<dyn Hold> = this.shared.clone();
-                            Holds::attach(
-                                req.extensions_mut(),
-                                this.shared.id,
-                                hold,
-                                this.key,
-                                ticket.probe_id(),
-                            );
                             *this.ticket = Some(ticket);
-                            let future = inner.call(req);
-                            this.state.set(State::Call { future });
+                            match &this.shared.store {
+                                Some((store, _)) => {
+                                    *this.token = token();
+                                    let future = store.admit(this.key, *this.token, PROBE_FOR);
+                                    this.state.set(State::Remote { future });
+                                }
+                                None => this.state.set(State::Send),
+                            }
                         }
                         Admission::Wait {
                             wake_at,
@@ -157,6 +188,76 @@ where
                         }
                     }
                 }
+                StateProj::Remote { future } => {
+                    let remote = ready!(future.as_mut().poll(cx));
+                    let Some(mut ticket) = this.ticket.take() else {
+                        this.state.set(State::Check);
+                        continue;
+                    };
+                    match remote {
+                        Err(err) => {
+                            // The store fails closed: nothing is sent.
+                            drop(ticket);
+                            Counters::bump(&this.shared.stats.rejected);
+                            tracing::debug!(target: "ratewise::cooldown", error = %err, "cooldown store unavailable, refusing");
+                            this.state.set(State::Done);
+                            let refusal =
+                                Refusal::new(LayerKind::Cooldown, RefusalKind::StoreUnavailable)
+                                    .with_key(this.key.clone());
+                            return Poll::Ready(Err(Box::new(refusal)));
+                        }
+                        Ok(remote)
+                            if remote.cooling.is_some()
+                                || matches!(remote.probe, Probe::Elsewhere(_)) =>
+                        {
+                            // Limited by another process: mirror it and ask again (the
+                            // table now says wait, or refuse).
+                            drop(ticket);
+                            this.shared.merge(this.key, &remote, Instant::now());
+                            this.state.set(State::Check);
+                        }
+                        Ok(remote) => {
+                            if remote.probe == Probe::Mine {
+                                this.shared.adopt_probe(this.key, &mut ticket);
+                            }
+                            ticket.remote = Some(remote);
+                            *this.ticket = Some(ticket);
+                            this.state.set(State::Send);
+                        }
+                    }
+                }
+                StateProj::Send => {
+                    let Some(ticket) = this.ticket.as_ref() else {
+                        this.state.set(State::Check);
+                        continue;
+                    };
+                    let (mut inner, mut req) = this
+                        .call
+                        .take()
+                        .expect("cooldown ResponseFuture sent twice");
+                    if ticket.is_probe() {
+                        tracing::debug!(target: "ratewise::cooldown", key = %this.key, "probe request after cooldown");
+                    }
+                    // Layers below that hold the request back re-check the key
+                    // through this hold before sending it.
+                    let hold: Arc<dyn Hold> = this.shared.clone();
+                    Holds::attach(
+                        req.extensions_mut(),
+                        this.shared.id,
+                        hold,
+                        this.key,
+                        ticket.probe_id(),
+                    );
+                    let future = inner.call(req);
+                    this.state.set(State::Call { future });
+                }
+                StateProj::Record { future } => {
+                    if let Ok(remote) = ready!(future.as_mut().poll(cx)) {
+                        this.shared.merge(this.key, &remote, Instant::now());
+                    }
+                    this.state.set(State::Done);
+                    return Poll::Ready(this.result.take().expect("cooldown answer held"));
+                }
                 StateProj::Wait { sleep, notified } => {
                     if notified.as_mut().poll(cx).is_pending() && sleep.poll(cx).is_pending() {
                         return Poll::Pending;
@@ -177,13 +278,45 @@ where
                         }
                         Counters::bump(&stats.rejected);
                         tracing::debug!(target: "ratewise::cooldown", refusal = %refusal, "request held back below the cooldown: the key began cooling while it waited");
-                        this.ticket.take();
-                        return Poll::Ready(result);
+                        let ticket = this.ticket.take();
+                        let remote = ticket.and_then(|t| t.remote);
+                        match (&this.shared.store, remote) {
+                            (Some((store, rules)), Some(r)) if r.probe == Probe::Mine => {
+                                // It never reached the upstream: free the shared probe.
+                                let future = store.record(
+                                    this.key,
+                                    *this.token,
+                                    r.signal,
+                                    Answer::Transient,
+                                    rules,
+                                );
+                                *this.result = Some(result);
+                                this.state.set(State::Record { future });
+                                continue;
+                            }
+                            _ => return Poll::Ready(result),
+                        }
                     }
                     if refusal.is_some_and(|r| r.held_by().is_some()) {
                         // Another layer's hold refused it: no signal either.
-                        this.ticket.take();
-                        return Poll::Ready(result);
+                        let ticket = this.ticket.take();
+                        let remote = ticket.and_then(|t| t.remote);
+                        match (&this.shared.store, remote) {
+                            (Some((store, rules)), Some(r)) if r.probe == Probe::Mine => {
+                                // It never reached the upstream: free the shared probe.
+                                let future = store.record(
+                                    this.key,
+                                    *this.token,
+                                    r.signal,
+                                    Answer::Transient,
+                                    rules,
+                                );
+                                *this.result = Some(result);
+                                this.state.set(State::Record { future });
+                                continue;
+                            }
+                            _ => return Poll::Ready(result),
+                        }
                     }
                     if *this.met {
                         Counters::bump(&stats.waited);
@@ -193,18 +326,45 @@ where
                         // max wait, a pool with every backend cooling...): it never
                         // reached the upstream, so it is no signal either way. Dropping
                         // the ticket frees a probe's slot.
-                        this.ticket.take();
+                        let ticket = this.ticket.take();
+                        let remote = ticket.and_then(|t| t.remote);
+                        match (&this.shared.store, remote) {
+                            (Some((store, rules)), Some(r)) if r.probe == Probe::Mine => {
+                                // It never reached the upstream: free the shared probe.
+                                let future = store.record(
+                                    this.key,
+                                    *this.token,
+                                    r.signal,
+                                    Answer::Transient,
+                                    rules,
+                                );
+                                *this.result = Some(result);
+                                this.state.set(State::Record { future });
+                                continue;
+                            }
+                            _ => return Poll::Ready(result),
+                        }
+                    }
+                    let Some(ticket) = this.ticket.take() else {
                         return Poll::Ready(result);
+                    };
+                    let verdict = match &result {
+                        Ok(response) => verdict_of(response),
+                        Err(err) => verdict_of_error(&**err),
+                    };
+                    let (remote, probe) = (ticket.remote, ticket.is_probe());
+                    this.shared
+                        .report(this.key, ticket, verdict, Instant::now());
+                    let record = remote.and_then(|r| answer(verdict, probe, &r).map(|a| (r, a)));
+                    match (&this.shared.store, record) {
+                        (Some((store, rules)), Some((remote, answer))) => {
+                            let future =
+                                store.record(this.key, *this.token, remote.signal, answer, rules);
+                            *this.result = Some(result);
+                            this.state.set(State::Record { future });
+                        }
+                        _ => return Poll::Ready(result),
                     }
-                    if let Some(ticket) = this.ticket.take() {
-                        let verdict = match &result {
-                            Ok(response) => verdict_of(response),
-                            Err(err) => verdict_of_error(&**err),
-                        };
-                        this.shared
-                            .report(this.key, ticket, verdict, Instant::now());
-                    }
-                    return Poll::Ready(result);
                 }
                 StateProj::Done => panic!("cooldown ResponseFuture polled after completion"),
             }
@@ -219,6 +379,9 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Check => "Check",
+            State::Remote { .. } => "Remote",
+            State::Send => "Send",
+            State::Record { .. } => "Record",
             State::Wait { .. } => "Wait",
             State::Call { .. } => "Call",
             State::Done => "Done",

@@ -9,6 +9,7 @@ use super::{
     service::Cooldown,
     state::{CooldownHandle, Shared},
     stats::CooldownStats,
+    store::CooldownStore,
 };
 use crate::{
     key::{Authority, KeyExtractor, SharedKey},
@@ -142,7 +143,7 @@ impl CooldownLayer {
     /// capped at 60 s, no `max_cooldown`, no precheck, waiting up to 10 s.
     pub fn new() -> Self {
         CooldownLayer {
-            shared: Shared::new(Config::default(), Arc::new(DefaultOnCooldownEvent)),
+            shared: Shared::new(Config::default(), Arc::new(DefaultOnCooldownEvent), None),
             key: Arc::new(Authority),
         }
     }
@@ -153,6 +154,7 @@ impl CooldownLayer {
             key: Arc::new(Authority),
             config: Config::default(),
             on_event: Arc::new(DefaultOnCooldownEvent),
+            store: None,
         }
     }
 }
@@ -205,6 +207,7 @@ pub struct CooldownBuilder {
     key: SharedKey,
     config: Config,
     on_event: Arc<dyn OnCooldownEvent>,
+    store: Option<Arc<dyn CooldownStore>>,
 }
 
 impl CooldownBuilder {
@@ -286,6 +289,16 @@ impl CooldownBuilder {
         self
     }
 
+    /// Shares the cooldowns with every process that uses the same store (for example
+    /// [`Redis::cooldown`](crate::redis::Redis::cooldown)): each admission asks the
+    /// store where the key stands, so a cooldown started by another process holds
+    /// here before this process sends again, and one probe goes at its end, across
+    /// all processes.
+    pub fn store(mut self, store: impl CooldownStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
     /// The layer, or the first setting that makes no sense.
     ///
     /// Refused: a zero `base`; a `cap` below `base`; a `max_cooldown` of zero or below
@@ -307,7 +320,7 @@ impl CooldownBuilder {
             }
         }
         Ok(CooldownLayer {
-            shared: Shared::new(self.config, self.on_event),
+            shared: Shared::new(self.config, self.on_event, self.store),
             key: self.key,
         })
     }

@@ -44,6 +44,7 @@ pub(crate) mod layer;
 mod service;
 mod state;
 mod stats;
+mod store;
 
 pub use self::events::{
     CooldownEnded, CooldownEvent, CooldownExtended, CooldownReason, CooldownStarted,
@@ -54,3 +55,4 @@ pub use self::layer::{Backoff, CooldownBuilder, CooldownLayer, Mode};
 pub use self::service::Cooldown;
 pub use self::state::{CooldownHandle, KeyState};
 pub use self::stats::CooldownStats;
+pub use self::store::{Answer, CooldownStore, Probe, Remote, Rules, StoreFuture};

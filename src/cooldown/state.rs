@@ -32,6 +32,7 @@ use super::{
     },
     layer::Config,
     stats::{CooldownStats, Counters},
+    store::{CooldownStore, Probe, Remote, Rules},
 };
 use crate::{
     key::Key,
@@ -198,6 +199,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Counters,
     table: Mutex<Table>,
     on_event: Arc<dyn OnCooldownEvent>,
+    /// The table shared between processes, and what it needs to start a cooldown.
+    pub(crate) store: Option<(Arc<dyn CooldownStore>, Rules)>,
 }
 
 #[derive(Default)]
@@ -230,7 +233,15 @@ struct Entry {
     /// When the key last opened: newcomers wait behind its waiters at most
     /// [`OPEN_GRACE`] after it, so a waiter that is never polled again cannot hold them.
     opened_at: Option<Instant>,
+    /// The shared store says another process holds the probe: ask it again then.
+    elsewhere: Option<Instant>,
 }
+
+/// How much later than this table's a shared cooldown must end to extend it.
+const MERGE_TOLERANCE: Duration = Duration::from_millis(5);
+
+/// How often a request waiting for a probe held in another process asks the store again.
+const ELSEWHERE_RECHECK: Duration = Duration::from_millis(50);
 
 /// How long newcomers let the waiters of a key that just opened go first.
 const OPEN_GRACE: Duration = Duration::from_millis(100);
@@ -247,6 +258,7 @@ impl Entry {
             notify: Arc::new(Notify::new()),
             waiting: 0,
             opened_at: None,
+            elsewhere: None,
         }
     }
 
@@ -301,6 +313,8 @@ pub(crate) enum Admission {
 pub(crate) struct Ticket {
     seq: u64,
     probe: Option<ProbeSlot>,
+    /// What the shared store said at admission, when there is one.
+    pub(crate) remote: Option<Remote>,
 }
 
 impl Ticket {
@@ -362,14 +376,90 @@ pub(crate) fn refusal(key: &Key, remaining: Duration, probing: bool) -> Refusal 
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, on_event: Arc<dyn OnCooldownEvent>) -> Arc<Self> {
+    pub(crate) fn new(
+        config: Config,
+        on_event: Arc<dyn OnCooldownEvent>,
+        store: Option<Arc<dyn CooldownStore>>,
+    ) -> Arc<Self> {
+        let store = store.map(|store| {
+            let rules = Rules {
+                backoff: (1..=16).map(|n| config.backoff.delay(n)).collect(),
+                max_cooldown: config.max_cooldown,
+                precheck: config.precheck,
+            };
+            (store, rules)
+        });
         Arc::new(Shared {
             id: LayerId::new(),
             config,
             stats: Counters::default(),
             table: Mutex::new(Table::default()),
             on_event,
+            store,
         })
+    }
+
+    /// Mirrors what the shared store said about `key` into the table: a cooldown
+    /// started elsewhere (only ever extending this table's), or a probe held elsewhere.
+    /// The request that asked goes back to [`admit`](Self::admit).
+    pub(crate) fn merge(&self, key: &Key, remote: &Remote, now: Instant) {
+        let mut events = Vec::new();
+        {
+            let mut table = self.lock();
+            let entry = table.map.entry(key.clone()).or_insert_with(Entry::new);
+            entry.n = entry.n.max(remote.n);
+            if let Some(remaining) = remote.cooling {
+                let until = add(now, remaining);
+                if entry.until.is_none_or(|u| until > u) {
+                    // Clocks and round trips differ by a little: only a clearly later
+                    // end is news (an event).
+                    let news = entry.until.is_none_or(|u| until > add(u, MERGE_TOLERANCE));
+                    if !entry.half_open || entry.episode_start.is_none() {
+                        entry.episode_start = Some(now);
+                    }
+                    entry.until = Some(until);
+                    entry.half_open = true;
+                    if news {
+                        Counters::bump(&self.stats.extended);
+                        events.push(CooldownEvent::Extended(CooldownExtended {
+                            key: key.clone(),
+                            n: entry.n,
+                            retry_after: remaining,
+                            until,
+                        }));
+                    }
+                }
+            }
+            if let Probe::Elsewhere(for_at_most) = remote.probe {
+                entry.half_open = true;
+                // Ask again soon: the probe's answer opens the key in the store.
+                entry.elsewhere = Some(add(now, for_at_most.min(ELSEWHERE_RECHECK)));
+            }
+            entry.notify.notify_waiters();
+        }
+        self.emit(events);
+    }
+
+    /// The shared store made this request the probe: so is it in this table.
+    pub(crate) fn adopt_probe(self: &Arc<Self>, key: &Key, ticket: &mut Ticket) {
+        if ticket.probe.is_some() {
+            return;
+        }
+        let mut table = self.lock();
+        let id = table.next_probe;
+        let entry = table.map.entry(key.clone()).or_insert_with(Entry::new);
+        entry.half_open = true;
+        entry.elsewhere = None;
+        if entry.probe.is_none() {
+            entry.probe = Some(id);
+            table.next_probe += 1;
+            ticket.probe = Some(ProbeSlot {
+                shared: self.clone(),
+                key: key.clone(),
+                id,
+                reported: false,
+            });
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -404,7 +494,11 @@ impl Shared {
         };
         let seq = table.seq;
         let Some(entry) = table.map.get_mut(key) else {
-            return Admission::Go(Ticket { seq, probe: None });
+            return Admission::Go(Ticket {
+                seq,
+                probe: None,
+                remote: None,
+            });
         };
         if let Some(until) = entry.cooling(now) {
             return match deadline {
@@ -417,10 +511,11 @@ impl Shared {
             };
         }
         if entry.half_open {
-            if entry.probe.is_some() {
+            let elsewhere = entry.elsewhere.filter(|t| now < *t);
+            if entry.probe.is_some() || elsewhere.is_some() {
                 return match deadline {
                     Some(d) if now < d => Admission::Wait {
-                        wake_at: d,
+                        wake_at: elsewhere.map_or(d, |t| t.min(d)),
                         notified: entry.waiter(),
                         slot: Some(self.enter_wait(entry, key)),
                     },
@@ -442,6 +537,7 @@ impl Shared {
             return Admission::Go(Ticket {
                 seq,
                 probe: Some(probe),
+                remote: None,
             });
         }
         // The key is open: the requests that waited for it go first, for a short grace
@@ -464,7 +560,11 @@ impl Shared {
         if entry.removable(now) {
             table.map.remove(key);
         }
-        Admission::Go(Ticket { seq, probe: None })
+        Admission::Go(Ticket {
+            seq,
+            probe: None,
+            remote: None,
+        })
     }
 
     /// Counts a request as waiting for `entry`'s key.

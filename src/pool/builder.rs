@@ -71,7 +71,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
         ReqB: Send + 'static,
-        ResB: 'static,
+        ResB: Send + 'static,
     {
         self.backend(PRIMARY, name, service)
     }
@@ -84,7 +84,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
         ReqB: Send + 'static,
-        ResB: 'static,
+        ResB: Send + 'static,
     {
         self.backend(FALLBACK, name, service)
     }
@@ -98,7 +98,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
         ReqB: Send + 'static,
-        ResB: 'static,
+        ResB: Send + 'static,
     {
         // For the pool's cooldown the backend stack is the upstream: a refusal by a layer
         // inside it (its own cooldown, its limiter's max wait) is that backend's answer.

@@ -501,9 +501,15 @@ where
                         )
                     }
                     Denial::Store(err) => {
+                        // The store logs its outage once; each request only at debug.
                         limiter.counters().record_store_error();
-                        tracing::warn!(error = %Redacted(&err), "rate limit: store failed");
-                        Box::new(err)
+                        tracing::debug!(error = %Redacted(&err), "rate limit: store failed, refusing");
+                        let refusal =
+                            Refusal::new(LayerKind::RateLimit, RefusalKind::StoreUnavailable);
+                        Box::new(match err.key() {
+                            Some(key) => refusal.with_key(key.clone()),
+                            None => refusal,
+                        })
                     }
                     Denial::Held(refusal) => {
                         // The layer that holds counts it; the limiter took no cell.
@@ -560,7 +566,7 @@ where
                     }
                     Denial::Store(err) => {
                         limiter.counters().record_store_error();
-                        tracing::warn!(error = %Redacted(&err), "rate limit: store failed, answering 503");
+                        tracing::debug!(error = %Redacted(&err), "rate limit: store failed, answering 503");
                         headers::unavailable()
                     }
                     // Reject mode never holds a request back, so it never checks a

@@ -8,7 +8,6 @@
 //! (Redis) plugs into the same layer through the same trait.
 
 use std::{
-    error::Error,
     fmt,
     future::{ready, Future, Ready},
     num::NonZeroU32,
@@ -24,7 +23,8 @@ use governor::{
 };
 
 use super::{clock::TokioClock, quota::Quota};
-use crate::{key::Key, BoxError};
+use crate::key::Key;
+pub use crate::vocabulary::StoreError;
 
 /// The keys of one request: one per limit of its layer, in the limits' order (the main
 /// limit's first).
@@ -170,54 +170,6 @@ pub trait RateLimitStore: Clone + Send + Sync + 'static {
     /// [`quota`](Self::quota)'s replenish interval.
     fn cell_interval(&self) -> Duration {
         self.quota().replenish_interval()
-    }
-}
-
-/// A store failed to decide. Returned (boxed) by the layer in wait mode.
-#[derive(Debug)]
-pub struct StoreError {
-    key: Option<Key>,
-    source: BoxError,
-}
-
-impl StoreError {
-    /// A store error caused by `source`.
-    pub fn new(source: impl Into<BoxError>) -> Self {
-        StoreError {
-            key: None,
-            source: source.into(),
-        }
-    }
-
-    /// The key whose cells were asked for, once the layer has seen the error.
-    pub fn key(&self) -> Option<&Key> {
-        self.key.as_ref()
-    }
-
-    pub(crate) fn with_key(mut self, key: Key) -> Self {
-        self.key = Some(key);
-        self
-    }
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("rate limit store failed")?;
-        if let Some(key) = &self.key {
-            write!(f, " for key \"{key}\"")?;
-        }
-        let cause = self.source.to_string();
-        if cause.is_empty() {
-            f.write_str(" (no details)")
-        } else {
-            write!(f, ": {cause}")
-        }
-    }
-}
-
-impl Error for StoreError {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.source)
     }
 }
 

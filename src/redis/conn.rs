@@ -9,7 +9,7 @@ use std::{
 use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, RedisError};
 use tokio::time::Instant;
 
-use crate::{rate_limit::StoreError, util::lock};
+use crate::{util::lock, vocabulary::StoreError};
 
 /// How often a caller may try to reconnect while Redis is down: the store is back on
 /// Redis within this (plus one connect) of Redis returning, while requests flow.

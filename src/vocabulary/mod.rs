@@ -28,6 +28,7 @@ mod config;
 mod context;
 mod hold;
 mod refusal;
+mod store;
 mod verdict;
 
 pub use self::config::ConfigError;
@@ -35,6 +36,7 @@ pub use self::context::Budget;
 pub(crate) use self::context::CallContext;
 pub(crate) use self::hold::{Hold, Holds};
 pub use self::refusal::{Candidate, Refusal, RefusalKind, Unavailable};
+pub use self::store::StoreError;
 pub use self::verdict::{outcome, verdict_of, verdict_of_error, Verdict};
 
 use std::sync::atomic::{AtomicU64, Ordering};

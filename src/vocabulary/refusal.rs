@@ -42,6 +42,9 @@ pub enum RefusalKind {
         /// How long the call waited.
         waited: Duration,
     },
+    /// The store that shares this layer's state between processes (Redis) is
+    /// unreachable, and the layer is set to fail closed: nothing was sent.
+    StoreUnavailable,
     /// A pool's route chose no backend.
     NoRoute {
         /// The route key (the model) the table was asked about, when it routes by table.
@@ -240,7 +243,9 @@ impl Refusal {
     /// or a failure when waiting can never cure it (a cost above the burst, no route).
     pub fn verdict(&self) -> Verdict {
         match self.kind {
-            RefusalKind::CostExceedsBurst { .. } | RefusalKind::NoRoute { .. } => Verdict::Failure,
+            RefusalKind::CostExceedsBurst { .. }
+            | RefusalKind::NoRoute { .. }
+            | RefusalKind::StoreUnavailable => Verdict::Failure,
             _ => Verdict::rate_limited(self.retry_after),
         }
     }
@@ -319,6 +324,11 @@ impl fmt::Display for Refusal {
                 "no backend had capacity within {:.3} s (candidates: {})",
                 waited.as_secs_f64(),
                 CandidateList(&self.candidates)
+            ),
+            RefusalKind::StoreUnavailable => write!(
+                f,
+                "the shared store of this {} layer is unreachable and it fails closed: key `{key}` was not sent",
+                self.layer.as_str()
             ),
             RefusalKind::NoRoute { model } => match model {
                 Some(m) if m.as_str().is_empty() => {
