@@ -89,7 +89,7 @@ pub struct Rules {
 ///   `Remote::signal` its admission saw) with `token`: a counted rate limit raises the
 ///   count and starts a cooldown from the hint or `rules.backoff`; any rate limit only
 ///   ever extends the deadline, never shortens it, in the same atomic step.
-/// - An `Err` refuses the request ([`StoreUnavailable`](crate::RefusalKind::StoreUnavailable)):
+/// - An `Err` refuses the request ([`StoreUnavailable`](crate::vocabulary::RefusalKind::StoreUnavailable)):
 ///   a store that fails open answers [`Remote::open`] instead, and the layer decides
 ///   alone.
 pub trait CooldownStore: Send + Sync + 'static {

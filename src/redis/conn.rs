@@ -20,16 +20,20 @@ pub(crate) struct Conn {
     client: redis::Client,
     timeout: Duration,
     state: Mutex<State>,
+    /// Held by the one caller connecting.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
 struct State {
     conn: Option<MultiplexedConnection>,
-    /// A caller is connecting now: the others do not wait for it.
-    connecting: bool,
     last_attempt: Option<Instant>,
     /// Since when Redis has been unreachable (one warning per outage).
     down_since: Option<Instant>,
+}
+
+fn unreachable() -> StoreError {
+    StoreError::new("redis is unreachable (reconnecting)")
 }
 
 impl Conn {
@@ -38,6 +42,7 @@ impl Conn {
             client,
             timeout,
             state: Mutex::new(State::default()),
+            connecting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -45,9 +50,25 @@ impl Conn {
         &self.client
     }
 
-    /// The connection, or an error at once while Redis is down and another caller (or a
-    /// recent one) is already trying to reconnect.
+    /// The connection. While Redis is known to be down, an error at once unless it is
+    /// this caller's turn to try again (one caller every [`RECONNECT_EVERY`]); before
+    /// that, callers wait for the one connect in flight.
     pub(crate) async fn get(&self) -> Result<MultiplexedConnection, StoreError> {
+        let down = {
+            let state = lock(&self.state);
+            if let Some(conn) = &state.conn {
+                return Ok(conn.clone());
+            }
+            state.down_since.is_some()
+        };
+        let _turn = if down {
+            match self.connecting.try_lock() {
+                Ok(turn) => turn,
+                Err(_) => return Err(unreachable()),
+            }
+        } else {
+            self.connecting.lock().await
+        };
         {
             let mut state = lock(&self.state);
             if let Some(conn) = &state.conn {
@@ -57,10 +78,9 @@ impl Conn {
             let recent = state
                 .last_attempt
                 .is_some_and(|at| now.saturating_duration_since(at) < RECONNECT_EVERY);
-            if state.connecting || recent {
-                return Err(StoreError::new("redis is unreachable (reconnecting)"));
+            if state.down_since.is_some() && recent {
+                return Err(unreachable());
             }
-            state.connecting = true;
             state.last_attempt = Some(now);
         }
         let config = AsyncConnectionConfig::new()
@@ -73,7 +93,6 @@ impl Conn {
         )
         .await;
         let mut state = lock(&self.state);
-        state.connecting = false;
         match result {
             Ok(Ok(conn)) => {
                 if let Some(since) = state.down_since.take() {

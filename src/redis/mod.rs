@@ -14,7 +14,7 @@
 //! - **Redis unreachable:** [`fail_open`](Redis::fail_open) (the default, with one
 //!   instance) falls back to a local in-memory limiter at `1/instances` of each quota;
 //!   [`fail_closed`](Redis::fail_closed) refuses with
-//!   [`RefusalKind::StoreUnavailable`](crate::RefusalKind::StoreUnavailable). Either way
+//!   [`RefusalKind::StoreUnavailable`](crate::vocabulary::RefusalKind::StoreUnavailable). Either way
 //!   one warning is logged per outage, and the handle reconnects on its own (within
 //!   about 100 ms of Redis returning, while requests flow).
 //!
@@ -65,7 +65,7 @@ pub enum FailMode {
         instances: u32,
     },
     /// Refuse every request with
-    /// [`RefusalKind::StoreUnavailable`](crate::RefusalKind::StoreUnavailable), at once.
+    /// [`RefusalKind::StoreUnavailable`](crate::vocabulary::RefusalKind::StoreUnavailable), at once.
     Closed,
 }
 
