@@ -5,6 +5,7 @@
 //! cargo bench --bench ratewise                 # everything (about 3 minutes)
 //! cargo bench --bench ratewise -- rate_limit   # one group: rate_limit, classify, retry,
 //!                                              # retry_decision, stack, memory
+//! cargo bench --bench ratewise --features redis,testing -- redis   # the Redis store
 //! ```
 //!
 //! Layout (governor's): this file holds the shared helpers and `main`; one module per
@@ -30,6 +31,8 @@ use tower::{Service, ServiceExt};
 mod classify;
 mod memory;
 mod rate_limit;
+#[cfg(all(feature = "redis", feature = "testing"))]
+mod redis_store;
 mod retry;
 mod stack;
 
@@ -203,6 +206,13 @@ pub(crate) fn response(status: StatusCode, body: Bytes) -> Response<Body> {
     res
 }
 
+/// The Redis group, with the features that make it (`redis`, `testing`).
+fn redis(c: &mut criterion::Criterion) {
+    #[cfg(all(feature = "redis", feature = "testing"))]
+    redis_store::bench(c);
+    let _ = c;
+}
+
 criterion_group!(
     benches,
     rate_limit::bench,
@@ -210,6 +220,7 @@ criterion_group!(
     retry::bench,
     retry::bench_decision,
     stack::bench,
+    redis,
     // Last: its simulated-time report pauses tokio's clock, which makes every later
     // `tokio::time::Instant::now` in the process take the (slower) paused-clock path.
     memory::bench,
