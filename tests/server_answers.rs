@@ -61,7 +61,9 @@ fn parse_list(value: &str) -> Option<Vec<Item>> {
         let mut params = BTreeMap::new();
         while let Some(after) = rest.strip_prefix(';') {
             let key_len = after
-                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.*".contains(c)))
+                .find(|c: char| {
+                    !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.*".contains(c))
+                })
                 .unwrap_or(after.len());
             let key = &after[..key_len];
             if key.is_empty() || !key.starts_with(|c: char| c.is_ascii_lowercase() || c == '*') {
@@ -71,7 +73,9 @@ fn parse_list(value: &str) -> Option<Vec<Item>> {
             let (value, after) = if after.starts_with('"') {
                 string(after)?
             } else {
-                let len = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
+                let len = after
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(after.len());
                 if len == 0 || len > 15 {
                     return None;
                 }
@@ -100,7 +104,13 @@ fn field(headers: &HeaderMap, name: &str) -> (String, BTreeMap<String, u64>) {
     let ints = item
         .params
         .iter()
-        .map(|(k, v)| (k.clone(), v.parse::<u64>().unwrap_or_else(|_| panic!("{name}: {k}={v}"))))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.parse::<u64>()
+                    .unwrap_or_else(|_| panic!("{name}: {k}={v}")),
+            )
+        })
         .collect();
     (item.name, ints)
 }
@@ -112,7 +122,14 @@ fn the_test_parser_follows_the_drafts_examples() {
     assert_eq!(items[1].name, "daily");
     assert_eq!(items[1].params["w"], "86400");
     assert!(parse_list(r#""peruser";q=65535;qu="content-bytes";w=10"#).is_some());
-    for bad in ["default;r=50;t=30", r#""default";r=-1"#, r#""default";R=1"#, r#""a" "b""#, r#""a";r="#, ""] {
+    for bad in [
+        "default;r=50;t=30",
+        r#""default";r=-1"#,
+        r#""default";R=1"#,
+        r#""a" "b""#,
+        r#""a";r="#,
+        "",
+    ] {
         assert!(parse_list(bad).is_none(), "{bad:?}");
     }
 }
@@ -131,10 +148,16 @@ async fn serve(app: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
 /// `GET /` on `addr`: the status, the headers and the body.
 async fn fetch(addr: SocketAddr) -> (StatusCode, HeaderMap, Bytes) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::get(format!("http://{addr}/")).body(Full::default()).unwrap();
+    let req = Request::get(format!("http://{addr}/"))
+        .body(Full::default())
+        .unwrap();
     let res = client.request(req).await.unwrap();
     let (parts, body) = res.into_parts();
-    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
 }
 
 /// 6 per minute (one cell every 10 s), burst 3: the bucket refills in 30 s. Real time
@@ -162,8 +185,14 @@ async fn admitted_responses_carry_the_drafts_ratelimit_fields_and_the_429_is_a_p
         assert_eq!(name, "ratewise");
         assert_eq!(policy, BTreeMap::from([("q".into(), 3), ("w".into(), 30)]));
         let (name, limit) = field(&headers, "ratelimit");
-        assert_eq!(name, "ratewise", "RateLimit names the policy of RateLimit-Policy");
-        assert_eq!(limit, BTreeMap::from([("r".into(), remaining), ("t".into(), refill)]));
+        assert_eq!(
+            name, "ratewise",
+            "RateLimit names the policy of RateLimit-Policy"
+        );
+        assert_eq!(
+            limit,
+            BTreeMap::from([("r".into(), remaining), ("t".into(), refill)])
+        );
     }
 
     let (status, headers, body) = fetch(addr).await;
@@ -173,7 +202,11 @@ async fn admitted_responses_carry_the_drafts_ratelimit_fields_and_the_429_is_a_p
     let (_, limit) = field(&headers, "ratelimit");
     assert_eq!(limit, BTreeMap::from([("r".into(), 0), ("t".into(), 10)]));
     // Retry-After is not earlier than the end of the effective window (draft §6).
-    let retry_after: u64 = headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry_after >= limit["t"]);
     let (name, _) = field(&headers, "ratelimit-policy");
     let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -213,7 +246,9 @@ async fn a_users_answer_replaces_the_problem_and_keeps_retry_after() {
             log.lock()
                 .unwrap()
                 .push((refusal.kind().clone(), refusal.key().cloned()));
-            let secs = refusal.retry_after().map_or(0, |d| d.as_millis().div_ceil(1000));
+            let secs = refusal
+                .retry_after()
+                .map_or(0, |d| d.as_millis().div_ceil(1000));
             let mut res = Response::new(format!("slow down: {secs} s\n"));
             *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             res.headers_mut()
@@ -240,7 +275,10 @@ async fn a_users_answer_replaces_the_problem_and_keeps_retry_after() {
     let kind = RefusalKind::MaxWait {
         max_wait: Duration::ZERO,
     };
-    assert_eq!(*seen.lock().unwrap(), vec![(kind, Some(Key::from("127.0.0.1")))]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(kind, Some(Key::from("127.0.0.1")))]
+    );
     task.abort();
 }
 
@@ -255,11 +293,12 @@ async fn a_request_over_the_burst_gets_a_problem_without_retry_after() {
         .reject()
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new()
-        .layer(limit)
-        .service(service_fn(|_req: Request<String>| async {
-            Ok::<_, Infallible>(Response::new(String::from("ok")))
-        }));
+    let svc =
+        ServiceBuilder::new()
+            .layer(limit)
+            .service(service_fn(|_req: Request<String>| async {
+                Ok::<_, Infallible>(Response::new(String::from("ok")))
+            }));
     let res = svc.oneshot(Request::new(String::new())).await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(res.headers().get(header::RETRY_AFTER).is_none());

@@ -105,7 +105,10 @@ async fn get_status(
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
-    let res = client.request(req.body(Full::default()).unwrap()).await.unwrap();
+    let res = client
+        .request(req.body(Full::default()).unwrap())
+        .await
+        .unwrap();
     let status = res.status();
     res.into_body().collect().await.unwrap();
     status
@@ -131,13 +134,20 @@ async fn a_spoofed_forwarded_for_does_not_change_the_bucket_and_ipv6_clients_sha
     let b = client_from(Ipv4Addr::new(127, 0, 0, 3).into());
 
     // A connects directly, an untrusted peer: its headers are ignored, whatever they say.
-    assert_eq!(get_status(&a, app_addr, &[("x-forwarded-for", "203.0.113.1")]).await, OK);
+    assert_eq!(
+        get_status(&a, app_addr, &[("x-forwarded-for", "203.0.113.1")]).await,
+        OK
+    );
     for spoof in [
         ("x-forwarded-for", "203.0.113.2"),
         ("x-forwarded-for", "127.0.0.3"),
         ("forwarded", "for=203.0.113.3"),
     ] {
-        assert_eq!(get_status(&a, app_addr, &[spoof]).await, LIMITED, "{spoof:?}");
+        assert_eq!(
+            get_status(&a, app_addr, &[spoof]).await,
+            LIMITED,
+            "{spoof:?}"
+        );
     }
 
     // B through the trusted proxy: keyed by its own address, which the proxy appended;
@@ -156,11 +166,20 @@ async fn a_spoofed_forwarded_for_does_not_change_the_bucket_and_ipv6_clients_sha
             let v6 = client_from(Ipv6Addr::LOCALHOST.into());
             let via = |client: &'static str| [("x-forwarded-for", client)];
             assert_eq!(get_status(&v6, app6, &via("2001:db8:1:2::a")).await, OK);
-            assert_eq!(get_status(&v6, app6, &via("2001:db8:1:2:ffff::b")).await, LIMITED);
+            assert_eq!(
+                get_status(&v6, app6, &via("2001:db8:1:2:ffff::b")).await,
+                LIMITED
+            );
             assert_eq!(get_status(&v6, app6, &via("2001:db8:1:3::a")).await, OK);
-            assert_eq!(get_status(&v6, app6, &via("6.6.6.6, 2001:db8:1:3::b")).await, LIMITED);
+            assert_eq!(
+                get_status(&v6, app6, &via("6.6.6.6, 2001:db8:1:3::b")).await,
+                LIMITED
+            );
             // An IPv4-mapped address is the IPv4 client: B's bucket, spent above.
-            assert_eq!(get_status(&v6, app6, &via("::ffff:127.0.0.3")).await, LIMITED);
+            assert_eq!(
+                get_status(&v6, app6, &via("::ffff:127.0.0.3")).await,
+                LIMITED
+            );
             // ::1 with no header is a client of its own (trusted, so the chain's first).
             assert_eq!(get_status(&v6, app6, &[]).await, OK);
             assert_eq!(get_status(&v6, app6, &[]).await, LIMITED);
@@ -186,11 +205,12 @@ async fn ipv6_peers_in_one_64_share_a_bucket() {
         .reject()
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new()
-        .layer(limit)
-        .service(service_fn(|_req: Request<String>| async {
-            Ok::<_, Infallible>(Response::new(String::from("ok")))
-        }));
+    let svc =
+        ServiceBuilder::new()
+            .layer(limit)
+            .service(service_fn(|_req: Request<String>| async {
+                Ok::<_, Infallible>(Response::new(String::from("ok")))
+            }));
     let from = |peer: &str| {
         let mut req = Request::new(String::new());
         let peer: SocketAddr = peer.parse().unwrap();
@@ -202,7 +222,10 @@ async fn ipv6_peers_in_one_64_share_a_bucket() {
         async move { svc.oneshot(from(peer)).await.unwrap().status() }
     };
     assert_eq!(status("[2001:db8:1:2::a]:4000").await, StatusCode::OK);
-    assert_eq!(status("[2001:db8:1:2:ffff::b]:4001").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        status("[2001:db8:1:2:ffff::b]:4001").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     assert_eq!(status("[2001:db8:1:3::a]:4000").await, StatusCode::OK);
     assert_eq!(
         ClientIp::peer().key_of(&from("[2001:db8:1:2::a]:1")),
@@ -223,7 +246,11 @@ async fn a_server_without_peer_addresses_answers_500_and_logs_once() {
     let client = client_from(Ipv4Addr::LOCALHOST.into());
     for _ in 0..3 {
         let res = client
-            .request(Request::get(format!("http://{addr}/")).body(Full::default()).unwrap())
+            .request(
+                Request::get(format!("http://{addr}/"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -231,13 +258,19 @@ async fn a_server_without_peer_addresses_answers_500_and_logs_once() {
         let body = res.into_body().collect().await.unwrap().to_bytes();
         let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(problem["status"], 500);
-        assert!(!problem["detail"].as_str().unwrap().contains("extensions"), "no internals");
+        assert!(
+            !problem["detail"].as_str().unwrap().contains("extensions"),
+            "no internals"
+        );
     }
     let errors: Vec<_> = common::capture::events()
         .into_iter()
         .filter(|e| e.starts_with("ERROR"))
         .collect();
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].contains("into_make_service_with_connect_info"), "{errors:?}");
+    assert!(
+        errors[0].contains("into_make_service_with_connect_info"),
+        "{errors:?}"
+    );
     task.abort();
 }

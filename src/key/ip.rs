@@ -327,24 +327,23 @@ impl ClientIpBuilder {
                 format!("must be between 1 and 32 (got {})", self.ipv4_prefix),
             ));
         }
-        let trust = match (self.count, self.networks.is_empty()) {
-            (Some(_), false) => {
-                return Err(err(
+        let trust =
+            match (self.count, self.networks.is_empty()) {
+                (Some(_), false) => return Err(err(
                     "trusted_proxy_count",
                     "cannot be combined with trusted_proxy: trust proxies by count or by address"
                         .into(),
-                ))
-            }
-            (Some(0), true) => {
-                return Err(err(
-                    "trusted_proxy_count",
-                    "must be at least 1 (with no proxy in front, use ClientIp::peer())".into(),
-                ))
-            }
-            (Some(n), true) => Trust::Count(n),
-            (None, false) => Trust::Networks(self.networks),
-            (None, true) => Trust::Nobody,
-        };
+                )),
+                (Some(0), true) => {
+                    return Err(err(
+                        "trusted_proxy_count",
+                        "must be at least 1 (with no proxy in front, use ClientIp::peer())".into(),
+                    ))
+                }
+                (Some(n), true) => Trust::Count(n),
+                (None, false) => Trust::Networks(self.networks),
+                (None, true) => Trust::Nobody,
+            };
         Ok(ClientIp {
             trust,
             header: self.header,
@@ -499,7 +498,9 @@ fn bits_of(ip: IpAddr) -> u8 {
 fn mask(ip: IpAddr, len: u8) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
-            let keep = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
+            let keep = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
             IpAddr::V4(Ipv4Addr::from(u32::from(v4) & keep))
         }
         IpAddr::V6(v6) => {
@@ -577,9 +578,19 @@ mod tests {
         ];
         assert_eq!(key(&two, "10.0.0.1:1", &lines), "203.0.113.7");
         // Fewer hops than proxies, or a malformed hop: the peer.
-        assert_eq!(key(&two, "10.0.0.1:1", &[("x-forwarded-for", "10.0.0.2")]), "10.0.0.1");
+        assert_eq!(
+            key(&two, "10.0.0.1:1", &[("x-forwarded-for", "10.0.0.2")]),
+            "10.0.0.1"
+        );
         assert_eq!(key(&one, "10.0.0.1:1", &[]), "10.0.0.1");
-        assert_eq!(key(&one, "10.0.0.1:1", &[("x-forwarded-for", "1.2.3.4, nonsense")]), "10.0.0.1");
+        assert_eq!(
+            key(
+                &one,
+                "10.0.0.1:1",
+                &[("x-forwarded-for", "1.2.3.4, nonsense")]
+            ),
+            "10.0.0.1"
+        );
     }
 
     #[test]
@@ -591,19 +602,40 @@ mod tests {
             .unwrap();
         let xff = |v| [("x-forwarded-for", v)];
         // Two trusted proxies, then the client; what the client wrote is left of it.
-        assert_eq!(key(&ip, "10.0.0.1:1", &xff("6.6.6.6, 203.0.113.7, 10.9.9.9")), "203.0.113.7");
+        assert_eq!(
+            key(&ip, "10.0.0.1:1", &xff("6.6.6.6, 203.0.113.7, 10.9.9.9")),
+            "203.0.113.7"
+        );
         // An untrusted peer is the client, whatever it claims.
-        assert_eq!(key(&ip, "198.51.100.7:1", &xff("10.0.0.5, 6.6.6.6")), "198.51.100.7");
+        assert_eq!(
+            key(&ip, "198.51.100.7:1", &xff("10.0.0.5, 6.6.6.6")),
+            "198.51.100.7"
+        );
         // An IPv6 proxy, ports and brackets.
         assert_eq!(
             key(&ip, "[2001:db8:ffff::1]:1", &xff("[2001:db8:7:7::9]:4711")),
             "2001:db8:7:7::/64"
         );
-        assert_eq!(key(&ip, "10.0.0.1:1", &xff("203.0.113.7:8080")), "203.0.113.7");
+        assert_eq!(
+            key(&ip, "10.0.0.1:1", &xff("203.0.113.7:8080")),
+            "203.0.113.7"
+        );
         // Every hop trusted: the first.
-        assert_eq!(key(&ip, "10.0.0.1:1", &xff("10.0.0.3, 10.0.0.2")), "10.0.0.3");
+        assert_eq!(
+            key(&ip, "10.0.0.1:1", &xff("10.0.0.3, 10.0.0.2")),
+            "10.0.0.3"
+        );
         // Malformed entries fall back to the peer, and never panic.
-        for bad in ["", "garbage", "1.2.3.4:99999999", "[::1", "[::1]x", "1.2.3.4/8", "[]:1", ",,,"] {
+        for bad in [
+            "",
+            "garbage",
+            "1.2.3.4:99999999",
+            "[::1",
+            "[::1]x",
+            "1.2.3.4/8",
+            "[]:1",
+            ",,,",
+        ] {
             assert_eq!(key(&ip, "10.0.0.1:1", &xff(bad)), "10.0.0.1", "{bad:?}");
         }
     }
@@ -617,11 +649,19 @@ mod tests {
             .unwrap();
         let fwd = |v| [("forwarded", v), ("x-forwarded-for", "6.6.6.6")];
         assert_eq!(
-            key(&ip, "10.0.0.1:1", &fwd("for=6.6.6.6, for=192.0.2.60;proto=http;by=203.0.113.43")),
+            key(
+                &ip,
+                "10.0.0.1:1",
+                &fwd("for=6.6.6.6, for=192.0.2.60;proto=http;by=203.0.113.43")
+            ),
             "192.0.2.60"
         );
         assert_eq!(
-            key(&ip, "10.0.0.1:1", &fwd(r#"For="[2001:db8:cafe::17]:4711", for=10.0.0.2"#)),
+            key(
+                &ip,
+                "10.0.0.1:1",
+                &fwd(r#"For="[2001:db8:cafe::17]:4711", for=10.0.0.2"#)
+            ),
             "2001:db8:cafe::/64"
         );
         // A quoted comma does not split an element; a quoted `for` is unquoted.
@@ -634,7 +674,10 @@ mod tests {
             assert_eq!(key(&ip, "10.0.0.1:1", &fwd(bad)), "10.0.0.1", "{bad:?}");
         }
         // `X-Forwarded-For` is not read: only the `Forwarded` the proxy writes.
-        assert_eq!(key(&ip, "10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6")]), "10.0.0.1");
+        assert_eq!(
+            key(&ip, "10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6")]),
+            "10.0.0.1"
+        );
     }
 
     #[test]
@@ -642,7 +685,10 @@ mod tests {
         let ip = ClientIp::builder().trusted_proxy_count(1).build().unwrap();
         let r = req(None, &[("x-forwarded-for", "203.0.113.7")]);
         let err = ip.try_key(&RequestRef::from(&r)).unwrap_err();
-        assert!(err.reason().contains("into_make_service_with_connect_info"), "{err}");
+        assert!(
+            err.reason().contains("into_make_service_with_connect_info"),
+            "{err}"
+        );
         // A layer that cannot refuse gets a key that says so.
         assert_eq!(ip.key_of(&r), Key::from("unknown-peer"));
     }
@@ -650,12 +696,29 @@ mod tests {
     #[test]
     fn bad_configuration_names_the_field() {
         let field = |b: ClientIpBuilder| b.build().unwrap_err().field();
-        for bad in ["10.0.0.0/33", "::/129", "10.0.0/8", "10.0.0.0/", "10.0.0.0/+8", "host", ""] {
-            assert_eq!(field(ClientIp::builder().trusted_proxy(bad)), "trusted_proxy", "{bad:?}");
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "host",
+            "",
+        ] {
+            assert_eq!(
+                field(ClientIp::builder().trusted_proxy(bad)),
+                "trusted_proxy",
+                "{bad:?}"
+            );
         }
-        let both = ClientIp::builder().trusted_proxy_count(1).trusted_proxy("10.0.0.1");
+        let both = ClientIp::builder()
+            .trusted_proxy_count(1)
+            .trusted_proxy("10.0.0.1");
         assert_eq!(field(both), "trusted_proxy_count");
-        assert_eq!(field(ClientIp::builder().trusted_proxy_count(0)), "trusted_proxy_count");
+        assert_eq!(
+            field(ClientIp::builder().trusted_proxy_count(0)),
+            "trusted_proxy_count"
+        );
         assert_eq!(field(ClientIp::builder().ipv6_prefix(0)), "ipv6_prefix");
         assert_eq!(field(ClientIp::builder().ipv6_prefix(129)), "ipv6_prefix");
         assert_eq!(field(ClientIp::builder().ipv4_prefix(33)), "ipv4_prefix");
@@ -674,6 +737,8 @@ mod tests {
         let v6 = Network::parse("2001:db8::/32").unwrap();
         assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
         assert!(!v6.contains("2001:db9::1".parse().unwrap()));
-        assert!(Network::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Network::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
     }
 }

@@ -497,7 +497,9 @@ where
         match this.state.as_mut().project() {
             StateProj::Called { fut } => return fut.poll(cx).map_err(Into::into),
             StateProj::Unkeyed { err } => {
-                let err = err.take().expect("rate limit ResponseFuture polled after completion");
+                let err = err
+                    .take()
+                    .expect("rate limit ResponseFuture polled after completion");
                 this.state.set(State::Done);
                 return Poll::Ready(Err(Box::new(err)));
             }

@@ -104,10 +104,7 @@ fn quota_exceeded(refusal: &Refusal) -> Response<String> {
         (RefusalKind::CostExceedsBurst { cost, burst }, _) => format!(
             "This request costs {cost} units and the quota never allows more than {burst} at once."
         ),
-        (_, Some(wait)) => format!(
-            "Too many requests: retry in {} s.",
-            ceil_secs(wait).max(1)
-        ),
+        (_, Some(wait)) => format!("Too many requests: retry in {} s.", ceil_secs(wait).max(1)),
         (_, None) => "Too many requests.".to_owned(),
     };
     problem(
@@ -148,8 +145,7 @@ pub(crate) fn unkeyed<B: From<String>>() -> Response<B> {
 fn problem(status: StatusCode, body: serde_json::Value) -> Response<String> {
     let mut res = Response::new(body.to_string());
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, PROBLEM_JSON);
+    res.headers_mut().insert(header::CONTENT_TYPE, PROBLEM_JSON);
     res
 }
 
