@@ -372,8 +372,9 @@ impl<M> RateLimitBuilder<M> {
 impl RateLimitBuilder<Reject> {
     /// Adds the IETF `RateLimit-Policy` and `RateLimit` fields to every admitted
     /// response (draft-ietf-httpapi-ratelimit-headers): `"ratewise";q=<burst>;w=<window>`
-    /// and `"ratewise";r=<cells left>;t=<seconds until the bucket is full>`, for the
-    /// layer's main limit, added to any the inner service wrote (both are lists). Off
+    /// and `"ratewise";r=<cells left>;t=<seconds until the bucket is full>`: `q` and `w`
+    /// of the main limit, `r` the fewest cells any of the request's limits has left.
+    /// They are added to any the inner service wrote (both are lists). Off
     /// by default; a bypassed request (cost 0) gets none. A `429` always carries them.
     pub fn ratelimit_headers(mut self, on: bool) -> Self {
         self.stamp = on;
