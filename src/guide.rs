@@ -189,16 +189,36 @@
 //! retry-after: <wait in whole seconds, rounded up>
 //! ratelimit-policy: "ratewise";q=<burst>;w=<window>
 //! ratelimit: "ratewise";r=0;t=<wait in whole seconds, rounded up>
+//! content-type: application/problem+json
+//!
+//! {"type":"https://iana.org/assignments/http-problem-types#quota-exceeded",
+//!  "title":"Request cannot be satisfied as assigned quota has been exceeded",
+//!  "status":429,"detail":"Too many requests: retry in 3 s.","violated-policies":["ratewise"]}
 //! ```
 //!
 //! `RateLimit-Policy` and `RateLimit` follow the structured-field form of the IETF
-//! draft-ietf-httpapi-ratelimit-headers (draft 08 and later): the policy is named
+//! draft-ietf-httpapi-ratelimit-headers (drafts 09 to 11): the policy is named
 //! `"ratewise"`, `q` is the burst, `w` the time an empty bucket takes to refill
 //! (`burst × interval`) in whole seconds rounded up (at least 1), `r` the cells left
-//! (0) and `t` the seconds until the request could be admitted. The body is the body
-//! type's `Default` (empty). If the store fails, the answer is `503 Service Unavailable`.
-//! The inner service's error type is kept, so axum can use the layer directly, without
-//! `HandleErrorLayer`:
+//! and `t` the seconds until the request could be admitted. The body is the draft's
+//! `quota-exceeded` problem (RFC 9457); a request that costs more than the burst gets
+//! one without `Retry-After`, since waiting cannot help.
+//! [`respond_with`](crate::rate_limit::RateLimitBuilder::respond_with) replaces it with
+//! the answer of a closure over the [`Refusal`](crate::Refusal) (the headers are added
+//! unless it has them). [`ratelimit_headers(true)`](crate::rate_limit::RateLimitBuilder::ratelimit_headers)
+//! adds both fields to admitted responses too: `r` the cells the key has left, `t` the
+//! seconds until its bucket is full again. If the store fails, the answer is `503`; if
+//! the key cannot be made (a [`ClientIp`](crate::key::ClientIp) on a server that does
+//! not pass peer addresses), `500`, and the error is logged once at `ERROR`: a request
+//! is never put in a bucket every client shares. The inner service's error type is
+//! kept, so axum can use the layer directly, without `HandleErrorLayer`; its response
+//! body must be `From<String>` (axum's `Body`, `Full<Bytes>`, `String`).
+//!
+//! Per-client limits key by [`ClientIp`](crate::key::ClientIp): the peer address
+//! (axum's `ConnectInfo` with the `axum` feature, or a `SocketAddr` extension), or,
+//! behind proxies trusted by count or by CIDR, the address they forward in
+//! `X-Forwarded-For` or `Forwarded`, read from the right so that a client cannot
+//! choose its own bucket; IPv6 clients by their `/64`.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -215,6 +235,7 @@
 //!         Key::from_secret(req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or(""))
 //!     })
 //!     .reject()
+//!     .ratelimit_headers(true)
 //!     .build()?;
 //! let mut app = ServiceBuilder::new().layer(per_client).service(service_fn(
 //!     |_req: Request<String>| async { Ok::<_, Infallible>(Response::new(String::new())) },
@@ -223,11 +244,13 @@
 //! let req = || Request::builder().header("x-api-key", "alice").body(String::new()).unwrap();
 //! let first = app.ready().await?.call(req()).await?;
 //! assert_eq!(first.status(), StatusCode::OK);
+//! assert_eq!(first.headers()["ratelimit"], r#""ratewise";r=0;t=1"#);
 //! let second = app.ready().await?.call(req()).await?;
 //! assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
 //! assert_eq!(second.headers()["retry-after"], "1");
 //! assert_eq!(second.headers()["ratelimit-policy"], r#""ratewise";q=1;w=1"#);
 //! assert_eq!(second.headers()["ratelimit"], r#""ratewise";r=0;t=1"#);
+//! assert_eq!(second.headers()["content-type"], "application/problem+json");
 //! # Ok(()) }
 //! ```
 //!

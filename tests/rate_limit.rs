@@ -358,7 +358,9 @@ async fn reject_mode_answers_429_with_rate_limit_headers_and_skips_upstream() {
         ratewise::retry_after::parse(h, None),
         Some(Duration::from_secs(3))
     );
-    assert_eq!(res.body(), "");
+    // The body is the IETF draft's quota-exceeded problem (tests/server_answers.rs).
+    assert_eq!(h["content-type"], "application/problem+json");
+    assert!(res.body().contains("#quota-exceeded"), "{}", res.body());
     assert_eq!(
         ids(&hits),
         vec![1, 2],

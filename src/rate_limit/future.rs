@@ -21,13 +21,14 @@ use tokio::{
 use tower::Service;
 
 use super::{
-    headers,
+    headers::{self, AnswerFn},
     limiter::{Join, RateLimiter, Ticket},
     policy::{Reject, Wait},
+    quota::Quota,
     store::{Decision, Keys, RateLimitStore, StoreError},
 };
 use crate::{
-    key::Key,
+    key::{Key, KeyError},
     redact::Redacted,
     vocabulary::{CallContext, Holds, LayerKind, Refusal, RefusalKind},
     BoxError,
@@ -49,6 +50,8 @@ pin_project! {
         #[pin]
         state: State<St::Future, S::Future>,
         admission: Option<Admission<S, B, St>>,
+        // Reject mode: the `RateLimit` fields to add to the admitted response.
+        stamp: Option<(Quota, u32)>,
         mode: PhantomData<fn() -> M>,
     }
 }
@@ -66,6 +69,8 @@ pin_project! {
         Sleeping,
         // Admitted (or bypassed): the inner service's future.
         Called { #[pin] fut: F },
+        // The request has no key: refused without asking the store.
+        Unkeyed { err: Option<KeyError> },
         // Refused.
         Done,
     }
@@ -87,6 +92,12 @@ struct Admission<S, B, St> {
     /// Held back: denied cells or queued behind other waiters at least once. Only such
     /// a request counts as having waited, and only it re-checks cooldown gates.
     held: bool,
+    /// Reject mode: the user's answer to a refusal.
+    answer: Option<AnswerFn>,
+    /// Reject mode: whether the admitted response gets `RateLimit` fields.
+    stamp: bool,
+    /// The cells the store said were left when it admitted the request.
+    remaining: u32,
     ticket: Option<Ticket>,
     permit: Option<OwnedSemaphorePermit>,
     turn: Option<Turn>,
@@ -128,8 +139,29 @@ where
         ResponseFuture {
             state: State::Called { fut },
             admission: None,
+            stamp: None,
             mode: PhantomData,
         }
+    }
+
+    /// A request whose key could not be made: refused at its first poll.
+    pub(super) fn unkeyed(err: KeyError) -> Self {
+        ResponseFuture {
+            state: State::Unkeyed { err: Some(err) },
+            admission: None,
+            stamp: None,
+            mode: PhantomData,
+        }
+    }
+
+    /// Reject mode: answer a refusal with `answer` (else the default problem), and
+    /// add `RateLimit` fields to the admitted response when `stamp`.
+    pub(super) fn answering(mut self, answer: Option<AnswerFn>, stamp: bool) -> Self {
+        if let Some(adm) = self.admission.as_mut() {
+            adm.answer = answer;
+            adm.stamp = stamp;
+        }
+        self
     }
 
     pub(super) fn limited(
@@ -152,12 +184,16 @@ where
                 deadline: None,
                 known_earliest: None,
                 held: false,
+                answer: None,
+                stamp: false,
+                remaining: 0,
                 ticket: None,
                 permit: None,
                 turn: None,
                 timer: None,
                 pending: Some((inner, request)),
             }),
+            stamp: None,
             mode: PhantomData,
         }
     }
@@ -218,7 +254,8 @@ where
                         }
                     };
                     match decision {
-                        Ok(Decision::Admitted { .. }) => {
+                        Ok(Decision::Admitted { remaining }) => {
+                            adm.remaining = remaining;
                             let fut = adm.admit();
                             state.set(State::Called { fut });
                             return Poll::Ready(Ok(()));
@@ -311,7 +348,9 @@ where
                     state.set(State::Acquire { fut });
                 }
                 StateProj::Called { .. } => return Poll::Ready(Ok(())),
-                StateProj::Done => panic!("rate limit ResponseFuture polled after completion"),
+                StateProj::Unkeyed { .. } | StateProj::Done => {
+                    panic!("rate limit ResponseFuture polled after completion")
+                }
             }
         }
     }
@@ -455,8 +494,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let StateProj::Called { fut } = this.state.as_mut().project() {
-            return fut.poll(cx).map_err(Into::into);
+        match this.state.as_mut().project() {
+            StateProj::Called { fut } => return fut.poll(cx).map_err(Into::into),
+            StateProj::Unkeyed { err } => {
+                let err = err
+                    .take()
+                    .expect("rate limit ResponseFuture polled after completion");
+                this.state.set(State::Done);
+                return Poll::Ready(Err(Box::new(err)));
+            }
+            _ => {}
         }
         let Some(adm) = this.admission.as_mut() else {
             panic!("rate limit ResponseFuture polled after completion");
@@ -525,59 +572,89 @@ where
 impl<S, B, St, ResBody> Future for ResponseFuture<S, B, St, Reject>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
-    ResBody: Default,
+    ResBody: From<String>,
     St: RateLimitStore,
 {
     type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let StateProj::Called { fut } = this.state.as_mut().project() {
-            return fut.poll(cx);
+        match this.state.as_mut().project() {
+            StateProj::Called { fut } => return stamped(fut.poll(cx), *this.stamp),
+            StateProj::Unkeyed { .. } => {
+                // Logged by the service, where the key was asked for.
+                this.state.set(State::Done);
+                return Poll::Ready(Ok(headers::unkeyed()));
+            }
+            _ => {}
         }
         let Some(adm) = this.admission.as_mut() else {
             panic!("rate limit ResponseFuture polled after completion");
         };
         match ready!(Self::poll_admit(this.state.as_mut(), adm, false, cx)) {
             Ok(()) => {
+                if adm.stamp {
+                    *this.stamp = Some((adm.limiter.quota(), adm.remaining));
+                }
                 *this.admission = None;
                 match this.state.project() {
-                    StateProj::Called { fut } => fut.poll(cx),
+                    StateProj::Called { fut } => stamped(fut.poll(cx), *this.stamp),
                     _ => panic!("rate limit ResponseFuture admitted without a call"),
                 }
             }
             Err(denial) => {
                 let limiter = adm.limiter.clone();
+                let answer = adm.answer.take();
                 let quota = limiter.quota();
                 *this.admission = None;
                 this.state.set(State::Done);
-                Poll::Ready(Ok(match denial {
+                let refusal = match denial {
                     Denial::Denied { key, wait } => {
                         limiter.counters().record_rejected();
                         tracing::debug!(key = %key, retry_after = ?wait, "rate limit: rejected with 429");
                         limiter.summarize_rejection(Instant::now());
-                        headers::too_many_requests(quota, Some(wait))
+                        // Reject mode is wait mode with no wait allowed.
+                        let kind = RefusalKind::MaxWait {
+                            max_wait: Duration::ZERO,
+                        };
+                        Refusal::new(LayerKind::RateLimit, kind)
+                            .with_key(key)
+                            .with_retry_after(wait)
                     }
                     Denial::TooCostly { key, cost, burst } => {
                         limiter.counters().record_rejected();
                         tracing::debug!(key = %key, cost, burst, "rate limit: cost exceeds burst, rejected with 429");
                         limiter.summarize_rejection(Instant::now());
-                        headers::too_many_requests(quota, None)
+                        let kind = RefusalKind::CostExceedsBurst { cost, burst };
+                        Refusal::new(LayerKind::RateLimit, kind).with_key(key)
                     }
                     Denial::Store(err) => {
                         limiter.counters().record_store_error();
                         tracing::debug!(error = %Redacted(&err), "rate limit: store failed, answering 503");
-                        headers::unavailable()
+                        return Poll::Ready(Ok(headers::unavailable()));
                     }
                     // Reject mode never holds a request back, so it never checks a
                     // hold; answer like any refusal should it happen.
-                    Denial::Held(refusal) => {
-                        headers::too_many_requests(quota, refusal.retry_after())
-                    }
-                }))
+                    Denial::Held(refusal) => refusal,
+                };
+                Poll::Ready(Ok(headers::refused(answer.as_ref(), &refusal, quota)))
             }
         }
     }
+}
+
+/// The inner service's answer, with the `RateLimit` fields of an admitted request when
+/// the layer adds them.
+fn stamped<T, E>(
+    poll: Poll<Result<Response<T>, E>>,
+    stamp: Option<(Quota, u32)>,
+) -> Poll<Result<Response<T>, E>> {
+    poll.map_ok(|mut res| {
+        if let Some((quota, remaining)) = stamp {
+            headers::stamp_admitted(res.headers_mut(), quota, remaining);
+        }
+        res
+    })
 }
 
 impl<S, B, St, M> fmt::Debug for ResponseFuture<S, B, St, M>

@@ -1,10 +1,17 @@
 //! [`RateLimitLayer`] and its builder.
 
-use std::{fmt, marker::PhantomData, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    marker::PhantomData,
+    sync::{atomic::AtomicBool, Arc},
+    time::Duration,
+};
 
+use http::Response;
 use tower::Layer;
 
 use super::{
+    headers::AnswerFn,
     limiter::RateLimiter,
     limits::{rules, Limit, Margin, MemoryStore, Rate, Rule, Spec},
     policy::{Reject, Wait},
@@ -17,6 +24,7 @@ use super::{
 use crate::{
     key::{Global, KeyExtractor, RequestRef, SharedKey},
     vocabulary::ConfigError,
+    Refusal,
 };
 
 /// Keyed GCRA rate limiting for a tower stack: waits (clients) or answers `429`
@@ -45,6 +53,12 @@ pub(crate) struct Policy {
     /// `None`: one cell each.
     pub(crate) cost: Option<CostFn>,
     pub(crate) max_wait: Option<Duration>,
+    /// Reject mode: the user's answer to a refused request (`None`: the problem).
+    pub(crate) answer: Option<AnswerFn>,
+    /// Reject mode: `RateLimit` fields on admitted responses.
+    pub(crate) stamp: bool,
+    /// Whether a request that could not be keyed has been logged at `ERROR`.
+    pub(crate) unkeyed_logged: AtomicBool,
 }
 
 impl RateLimitLayer {
@@ -62,6 +76,8 @@ impl RateLimitLayer {
             limits: Vec::new(),
             cost: None,
             store: None,
+            answer: None,
+            stamp: false,
             mode: PhantomData,
         }
     }
@@ -150,6 +166,8 @@ pub struct RateLimitBuilder<M = Wait> {
     limits: Vec<Limit>,
     cost: Option<CostFn>,
     store: Option<MakeShared>,
+    answer: Option<AnswerFn>,
+    stamp: bool,
     mode: PhantomData<fn() -> M>,
 }
 
@@ -287,6 +305,8 @@ impl<M> RateLimitBuilder<M> {
             limits: self.limits,
             cost: self.cost,
             store: self.store,
+            answer: self.answer,
+            stamp: self.stamp,
             mode: PhantomData,
         }
     }
@@ -360,10 +380,61 @@ impl<M> RateLimitBuilder<M> {
                 key: self.key,
                 cost: self.cost,
                 max_wait: self.max_wait,
+                answer: self.answer,
+                stamp: self.stamp,
+                unkeyed_logged: AtomicBool::new(false),
             }),
             limiter,
             mode: PhantomData,
         }
+    }
+}
+
+/// # Reject mode: the server's answers
+impl RateLimitBuilder<Reject> {
+    /// Adds the IETF `RateLimit-Policy` and `RateLimit` fields to every admitted
+    /// response (draft-ietf-httpapi-ratelimit-headers): `"ratewise";q=<burst>;w=<window>`
+    /// and `"ratewise";r=<cells left>;t=<seconds until the bucket is full>`: `q` and `w`
+    /// of the main limit, `r` the fewest cells any of the request's limits has left.
+    /// They are added to any the inner service wrote (both are lists). Off
+    /// by default; a bypassed request (cost 0) gets none. A `429` always carries them.
+    pub fn ratelimit_headers(mut self, on: bool) -> Self {
+        self.stamp = on;
+        self
+    }
+
+    /// Answers a refused request with `answer(&refusal)` instead of the default
+    /// `application/problem+json` body. The [`Refusal`] tells why
+    /// ([`kind`](Refusal::kind)), for which key and how long waiting would take
+    /// ([`retry_after`](Refusal::retry_after)). The layer adds `Retry-After`,
+    /// `RateLimit` and `RateLimit-Policy` unless the answer has them, and turns the
+    /// `String` body into the service's body type (`From<String>`: axum's `Body`,
+    /// `Full<Bytes>`, `String`...).
+    ///
+    /// ```
+    /// use http::{header, Response, StatusCode};
+    /// use ratewise::{RateLimitLayer, Refusal};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .per_second(10)
+    ///     .reject()
+    ///     .respond_with(|refusal: &Refusal| {
+    ///         let secs = refusal.retry_after().map_or(1, |d| d.as_secs().max(1));
+    ///         let mut res = Response::new(format!("slow down, try again in {secs} s\n"));
+    ///         *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    ///         res.headers_mut().insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+    ///         res
+    ///     })
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), ratewise::ConfigError>(())
+    /// ```
+    pub fn respond_with(
+        mut self,
+        answer: impl Fn(&Refusal) -> Response<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.answer = Some(Arc::new(answer));
+        self
     }
 }
 

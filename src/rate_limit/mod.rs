@@ -4,7 +4,9 @@
 //! A quota is a rate plus a burst. In wait mode (the default) a request over the limit
 //! waits its turn, in arrival order, or fails at once with a [`Refusal`](crate::Refusal)
 //! past [`max_wait`](RateLimitBuilder::max_wait); in [reject](RateLimitBuilder::reject)
-//! mode it is answered `429` with `Retry-After`. A cost of zero bypasses the limiter.
+//! mode it is answered `429` with `Retry-After` and a problem+json body (servers: see
+//! [`ClientIp`](crate::key::ClientIp) for per-client keys). A cost of zero bypasses the
+//! limiter.
 //! Keys, sharing, stores and tracing: [the guide](crate::guide#rate-limit).
 //!
 //! # Example

@@ -8,8 +8,11 @@
 pub struct Wait;
 
 /// Reject mode (for servers): a request over the limit is answered at once with
-/// `429 Too Many Requests` and `Retry-After`, `RateLimit-Policy` and `RateLimit`
-/// headers. The inner service's error type is kept.
+/// `429 Too Many Requests`, an `application/problem+json` body of the IETF draft's
+/// `quota-exceeded` type (or the answer given to
+/// [`respond_with`](super::RateLimitBuilder::respond_with)), and `Retry-After`,
+/// `RateLimit-Policy` and `RateLimit` headers. The inner service's error type is kept;
+/// its response body must be `From<String>` (axum's `Body`, `Full<Bytes>`, `String`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reject;
 

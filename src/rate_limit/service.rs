@@ -5,7 +5,7 @@ use std::{
     marker::PhantomData,
     mem,
     num::NonZeroU32,
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     task::{Context, Poll},
 };
 
@@ -22,7 +22,7 @@ use super::{
     store::{Keys, RateLimitStore},
 };
 use crate::{
-    key::{key_of, RequestRef},
+    key::{try_key_of, Key, KeyError, RequestRef},
     BoxError,
 };
 
@@ -92,18 +92,49 @@ impl<S, M, St> RateLimit<S, M, St> {
                 }
             },
         };
-        let first = key_of(&*self.policy.key, &request);
-        let extra = self.limiter.extra_keys();
-        let keys = if extra.is_empty() {
-            Keys::one(first)
-        } else {
-            let rest = extra.iter().map(|k| key_of(&**k, &request)).collect();
-            Keys::new(first, rest)
+        let keys = match self.keys(&request) {
+            Ok(keys) => keys,
+            Err(err) => return self.unkeyed(err),
         };
         let clone = self.inner.clone();
         let inner = mem::replace(&mut self.inner, clone);
         let max_wait = if M::WAITS { self.policy.max_wait } else { None };
-        ResponseFuture::limited(self.limiter.clone(), keys, cost, max_wait, inner, request)
+        let fut =
+            ResponseFuture::limited(self.limiter.clone(), keys, cost, max_wait, inner, request);
+        if M::WAITS {
+            fut
+        } else {
+            fut.answering(self.policy.answer.clone(), self.policy.stamp)
+        }
+    }
+
+    /// The request's key for each limit, or why one of them cannot be made.
+    fn keys<B>(&self, request: &Request<B>) -> Result<Keys, KeyError> {
+        let first = try_key_of(&*self.policy.key, request)?;
+        let extra = self.limiter.extra_keys();
+        if extra.is_empty() {
+            return Ok(Keys::one(first));
+        }
+        let rest = extra
+            .iter()
+            .map(|k| try_key_of(&**k, request))
+            .collect::<Result<Vec<Key>, _>>()?;
+        Ok(Keys::new(first, rest))
+    }
+
+    /// A request that cannot be keyed is refused, never put in a shared bucket: loudly
+    /// the first time (a server set up without peer addresses fails every request).
+    fn unkeyed<B>(&self, err: KeyError) -> ResponseFuture<S, B, St, M>
+    where
+        S: Service<Request<B>>,
+        St: RateLimitStore,
+    {
+        if !self.policy.unkeyed_logged.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %err, "rate limit: refusing requests that cannot be keyed");
+        } else {
+            tracing::debug!(error = %err, "rate limit: refusing a request that cannot be keyed");
+        }
+        ResponseFuture::unkeyed(err)
     }
 }
 
@@ -129,7 +160,7 @@ where
 impl<S, B, ResBody, St> Service<Request<B>> for RateLimit<S, Reject, St>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone,
-    ResBody: Default,
+    ResBody: From<String>,
     St: RateLimitStore,
 {
     type Response = Response<ResBody>;

@@ -2,9 +2,10 @@
 //!
 //! Every keyed layer takes a [`KeyExtractor`]: [`Global`] (one key for everything),
 //! [`Authority`] (the request's host and port), [`MethodUri`] (method, host, path and a
-//! fingerprint of the whole URI, with no secret in it), or any closure
-//! `Fn(&RequestRef<'_>) -> K` where `K: Into<Key>` (a header, a path segment, an
-//! extension). Layers hold it as a value, so it is never a type parameter.
+//! fingerprint of the whole URI, with no secret in it), [`ClientIp`] (a server's client
+//! address, behind trusted proxies), or any closure `Fn(&RequestRef<'_>) -> K` where
+//! `K: Into<Key>` (a header, a path segment, an extension). Layers hold it as a value,
+//! so it is never a type parameter.
 //!
 //! Keys are logged and appear in error messages, always through one redaction path: a
 //! [`Key`]'s `Display` and `Debug` mask every run of 24 or more token characters. To key
@@ -28,9 +29,13 @@
 //! assert!(!Key::from(api_key).to_string().contains("0123456789"), "Display redacts");
 //! ```
 
-use std::{borrow::Borrow, fmt, sync::Arc};
+mod ip;
+
+use std::{borrow::Borrow, borrow::Cow, fmt, sync::Arc};
 
 use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
+
+pub use self::ip::{ClientIp, ClientIpBuilder};
 
 /// A key: a cheap-to-clone shared string.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -195,12 +200,21 @@ impl<'a, B> From<&'a Request<B>> for RequestRef<'a> {
 
 /// Chooses the key of a request.
 ///
-/// Implemented by [`Global`], [`Authority`], [`MethodUri`] and every closure
-/// `Fn(&RequestRef<'_>) -> K` where `K: Into<Key>`. Layers hold it as a value
+/// Implemented by [`Global`], [`Authority`], [`MethodUri`], [`ClientIp`] and every
+/// closure `Fn(&RequestRef<'_>) -> K` where `K: Into<Key>`. Layers hold it as a value
 /// (`SharedKey`), so a key never becomes a type parameter of a stack.
 pub trait KeyExtractor: Send + Sync + 'static {
     /// The request's key.
     fn key(&self, request: &RequestRef<'_>) -> Key;
+
+    /// The request's key, or why this request cannot have one (a server's key needs the
+    /// peer address and the request carries none). [`RateLimitLayer`](crate::RateLimitLayer)
+    /// asks this: it refuses such a request (`500` in reject mode, the [`KeyError`] in
+    /// wait mode) rather than put it in a bucket shared with every other such request.
+    /// Defaults to `Ok(self.key(request))`; implement it for an extractor that can fail.
+    fn try_key(&self, request: &RequestRef<'_>) -> Result<Key, KeyError> {
+        Ok(self.key(request))
+    }
 
     /// The key of a whole request: [`key`](Self::key) of its [`RequestRef`].
     fn key_of<B>(&self, request: &Request<B>) -> Key
@@ -299,12 +313,55 @@ where
     }
 }
 
+/// A request that cannot be keyed: a [`KeyExtractor::try_key`] refused it.
+///
+/// [`RateLimitLayer`](crate::RateLimitLayer) answers such a request `500` in reject
+/// mode (and logs this error once, at `ERROR`) and fails it with this error in wait
+/// mode: a request is never put in a bucket it does not belong to.
+///
+/// ```
+/// use http::Request;
+/// use ratewise::key::{ClientIp, KeyExtractor, RequestRef};
+///
+/// // No peer address in the request's extensions: the server was not set up for it.
+/// let req = Request::get("/").body(()).unwrap();
+/// let err = ClientIp::peer().try_key(&RequestRef::from(&req)).unwrap_err();
+/// assert!(err.to_string().contains("no peer address"), "{err}");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot key the request: {reason}")]
+pub struct KeyError {
+    reason: Cow<'static, str>,
+}
+
+impl KeyError {
+    /// A request that cannot be keyed, for `reason` (a phrase: "no `x-tenant` header").
+    pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
+        KeyError {
+            reason: reason.into(),
+        }
+    }
+
+    /// Why the request cannot be keyed.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
 /// A key extractor held as a value: what every keyed layer stores.
 pub(crate) type SharedKey = Arc<dyn KeyExtractor>;
 
 /// The key of `request` by `extractor`.
 pub(crate) fn key_of<B>(extractor: &dyn KeyExtractor, request: &Request<B>) -> Key {
     extractor.key(&RequestRef::from(request))
+}
+
+/// The key of `request` by `extractor`, or why it has none.
+pub(crate) fn try_key_of<B>(
+    extractor: &dyn KeyExtractor,
+    request: &Request<B>,
+) -> Result<Key, KeyError> {
+    extractor.try_key(&RequestRef::from(request))
 }
 
 /// One key for every request: `"*"`.
