@@ -153,6 +153,7 @@ impl CooldownLayer {
             key: Arc::new(Authority),
             config: Config::default(),
             on_event: Arc::new(DefaultOnCooldownEvent),
+            name: None,
         }
     }
 }
@@ -205,6 +206,7 @@ pub struct CooldownBuilder {
     key: SharedKey,
     config: Config,
     on_event: Arc<dyn OnCooldownEvent>,
+    name: Option<Arc<str>>,
 }
 
 impl CooldownBuilder {
@@ -286,6 +288,12 @@ impl CooldownBuilder {
         self
     }
 
+    /// The `name` label of the layer's [metrics](crate::metrics) (default `"default"`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into().into());
+        self
+    }
+
     /// The layer, or the first setting that makes no sense.
     ///
     /// Refused: a zero `base`; a `cap` below `base`; a `max_cooldown` of zero or below
@@ -306,8 +314,10 @@ impl CooldownBuilder {
                 return Err(config_error("max_cooldown", "must be at least `base`"));
             }
         }
+        let shared = Shared::new(self.config, self.on_event);
+        shared.stats.meter.set_name(self.name);
         Ok(CooldownLayer {
-            shared: Shared::new(self.config, self.on_event),
+            shared,
             key: self.key,
         })
     }

@@ -24,6 +24,7 @@ use super::{
     headers,
     limiter::{Join, RateLimiter, Ticket},
     policy::{Reject, Wait},
+    stats::Rejection,
     store::{Decision, Keys, RateLimitStore, StoreError},
 };
 use crate::{
@@ -481,7 +482,7 @@ where
                 this.state.set(State::Done);
                 Poll::Ready(Err(match denial {
                     Denial::Denied { key, wait } => {
-                        limiter.counters().record_rejected();
+                        limiter.counters().record_rejected(Rejection::MaxWait);
                         tracing::info!(key = %key, wait = ?wait, max_wait = ?max_wait, "rate limit: wait exceeds max_wait, refusing");
                         Box::new(
                             Refusal::new(LayerKind::RateLimit, RefusalKind::MaxWait { max_wait })
@@ -490,7 +491,7 @@ where
                         )
                     }
                     Denial::TooCostly { key, cost, burst } => {
-                        limiter.counters().record_rejected();
+                        limiter.counters().record_rejected(Rejection::CostExceedsBurst);
                         tracing::info!(key = %key, cost, burst, "rate limit: cost exceeds burst, refusing");
                         Box::new(
                             Refusal::new(
@@ -547,13 +548,13 @@ where
                 this.state.set(State::Done);
                 Poll::Ready(Ok(match denial {
                     Denial::Denied { key, wait } => {
-                        limiter.counters().record_rejected();
+                        limiter.counters().record_rejected(Rejection::OverLimit);
                         tracing::debug!(key = %key, retry_after = ?wait, "rate limit: rejected with 429");
                         limiter.summarize_rejection(Instant::now());
                         headers::too_many_requests(quota, Some(wait))
                     }
                     Denial::TooCostly { key, cost, burst } => {
-                        limiter.counters().record_rejected();
+                        limiter.counters().record_rejected(Rejection::CostExceedsBurst);
                         tracing::debug!(key = %key, cost, burst, "rate limit: cost exceeds burst, rejected with 429");
                         limiter.summarize_rejection(Instant::now());
                         headers::too_many_requests(quota, None)

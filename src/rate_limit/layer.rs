@@ -60,6 +60,7 @@ impl RateLimitLayer {
             key: Arc::new(Global),
             limits: Vec::new(),
             cost: None,
+            name: None,
             mode: PhantomData,
         }
     }
@@ -147,6 +148,7 @@ pub struct RateLimitBuilder<M = Wait> {
     key: SharedKey,
     limits: Vec<Limit>,
     cost: Option<CostFn>,
+    name: Option<Arc<str>>,
     mode: PhantomData<fn() -> M>,
 }
 
@@ -250,6 +252,13 @@ impl<M> RateLimitBuilder<M> {
         self
     }
 
+    /// The `name` label of the limiter's [metrics](crate::metrics) (default
+    /// `"default"`). A limiter shared by several layers keeps the first name given.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into().into());
+        self
+    }
+
     /// Reject mode (servers): over the limit, answer `429` at once.
     pub fn reject(self) -> RateLimitBuilder<Reject> {
         self.with_mode()
@@ -269,6 +278,7 @@ impl<M> RateLimitBuilder<M> {
             key: self.key,
             limits: self.limits,
             cost: self.cost,
+            name: self.name,
             mode: PhantomData,
         }
     }
@@ -333,6 +343,7 @@ impl<M> RateLimitBuilder<M> {
     }
 
     fn finish<St>(self, limiter: RateLimiter<St>) -> RateLimitLayer<M, St> {
+        limiter.counters().meter().set_name(self.name);
         RateLimitLayer {
             policy: Arc::new(Policy {
                 key: self.key,
