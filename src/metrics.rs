@@ -135,21 +135,33 @@ pub fn describe() {
         (BYPASSED, "Requests that skipped the rate limiter."),
         (WAITED, "Requests held back first that then went on."),
         (REJECTED, "Requests refused, by reason."),
-        (STORE_ERRORS, "Requests failed because the store could not decide."),
+        (
+            STORE_ERRORS,
+            "Requests failed because the store could not decide.",
+        ),
         (COOLDOWNS_STARTED, "Cooldowns started."),
         (COOLDOWNS_EXTENDED, "Cooldowns extended by a late answer."),
-        (MET_COOLDOWN, "Requests that met a cooling or half-open key."),
+        (
+            MET_COOLDOWN,
+            "Requests that met a cooling or half-open key.",
+        ),
         (PROBES, "Probe requests sent after a cooldown."),
         (CALLS, "Calls made through the layer."),
         (RETRIES, "Retries taken."),
         (HELD, "Resends of a request a layer below held back."),
-        (NOT_CLONEABLE, "Calls sent once because their body could not be cloned."),
+        (
+            NOT_CLONEABLE,
+            "Calls sent once because their body could not be cloned.",
+        ),
         (GIVE_UPS, "Calls given up, by reason."),
         (CACHE_HITS, "Requests answered from a fresh cache entry."),
         (STALE_SERVES, "Requests answered from a stale cache entry."),
         (CACHE_MISSES, "Requests that found no fresh cache entry."),
         (UPSTREAM_CALLS, "Calls the cache made upstream."),
-        (COALESCED, "Requests that waited for another's upstream call."),
+        (
+            COALESCED,
+            "Requests that waited for another's upstream call.",
+        ),
         (FAILOVERS, "Times a pool's call went on to another backend."),
     ];
     for (name, help) in counters {
@@ -235,7 +247,10 @@ impl Meter {
             None => SharedString::const_str(DEFAULT_NAME),
         };
         let mut labels = Vec::with_capacity(3);
-        labels.push(Label::from_static_parts(LAYER_LABEL, self.inner.layer.as_str()));
+        labels.push(Label::from_static_parts(
+            LAYER_LABEL,
+            self.inner.layer.as_str(),
+        ));
         labels.push(Label::new(NAME_LABEL, name));
         if let Some(reason) = reason {
             labels.push(Label::from_static_parts(REASON_LABEL, reason));
