@@ -491,9 +491,7 @@ where
                         )
                     }
                     Denial::TooCostly { key, cost, burst } => {
-                        limiter
-                            .counters()
-                            .record_rejected(Rejection::CostExceedsBurst);
+                        limiter.counters().record_rejected(Rejection::Cost);
                         tracing::info!(key = %key, cost, burst, "rate limit: cost exceeds burst, refusing");
                         Box::new(
                             Refusal::new(
@@ -556,9 +554,7 @@ where
                         headers::too_many_requests(quota, Some(wait))
                     }
                     Denial::TooCostly { key, cost, burst } => {
-                        limiter
-                            .counters()
-                            .record_rejected(Rejection::CostExceedsBurst);
+                        limiter.counters().record_rejected(Rejection::Cost);
                         tracing::debug!(key = %key, cost, burst, "rate limit: cost exceeds burst, rejected with 429");
                         limiter.summarize_rejection(Instant::now());
                         headers::too_many_requests(quota, None)

@@ -53,7 +53,7 @@ pub(crate) enum Rejection {
     /// Wait mode: the wait exceeds `max_wait` (or the call's deadline).
     MaxWait,
     /// The request costs more than the burst.
-    CostExceedsBurst,
+    Cost,
     /// Reject mode: over the limit, answered `429`.
     OverLimit,
 }
@@ -181,7 +181,7 @@ impl Stats {
         let c = &*self.inner;
         match why {
             Rejection::MaxWait => c.rejected_max_wait.bump(),
-            Rejection::CostExceedsBurst => c.rejected_cost.bump(),
+            Rejection::Cost => c.rejected_cost.bump(),
             Rejection::OverLimit => c.rejected_over_limit.bump(),
         }
     }
