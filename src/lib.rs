@@ -54,6 +54,7 @@ pub mod fresh;
 /// The guide: every layer in depth, one chapter per layer (docs only).
 pub mod guide;
 pub mod key;
+pub mod metrics;
 pub mod pool;
 pub mod rate_limit;
 mod redact;

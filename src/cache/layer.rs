@@ -40,6 +40,7 @@ impl CachedEndpointLayer {
         CacheBuilder {
             key: Arc::new(MethodUri),
             config: defaults(),
+            name: None,
         }
     }
 }
@@ -121,6 +122,7 @@ impl<S> Layer<S> for CachedEndpointLayer {
 pub struct CacheBuilder {
     key: SharedKey,
     config: Config,
+    name: Option<Arc<str>>,
 }
 
 impl CacheBuilder {
@@ -162,6 +164,12 @@ impl CacheBuilder {
         self
     }
 
+    /// The `name` label of the cache's [metrics](crate::metrics) (default `"default"`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into().into());
+        self
+    }
+
     /// The layer, or the first setting that is wrong.
     pub fn build(self) -> Result<CachedEndpointLayer, ConfigError> {
         if self.config.body_cap == 0 {
@@ -179,7 +187,9 @@ impl CacheBuilder {
         if self.config.default_backoff.is_zero() {
             return Err(config_error("default_backoff", "must be greater than zero: an answer without a retry hint would not stop the next caller"));
         }
-        Ok(CachedEndpointLayer::from_parts(self.key, self.config))
+        let layer = CachedEndpointLayer::from_parts(self.key, self.config);
+        layer.shared.set_name(self.name);
+        Ok(layer)
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::{CacheStatus, StaleReason};
 use crate::body::PeekBody;
 use crate::key::Key;
+use crate::metrics::{self, Counter, Meter};
 use crate::vocabulary::{LayerKind, Refusal, RefusalKind};
 
 /// The settings a [`CacheBuilder`](super::CacheBuilder) checked.
@@ -159,18 +160,36 @@ struct Flight {
     rx: watch::Receiver<Option<Outcome>>,
 }
 
-#[derive(Debug, Default)]
+/// The live counters behind [`CacheStats`], each also reported to its metric (see
+/// [`crate::metrics`]).
+#[derive(Debug)]
 struct Counters {
-    hits: AtomicU64,
-    stale: AtomicU64,
-    misses: AtomicU64,
-    upstream_calls: AtomicU64,
-    coalesced: AtomicU64,
-    refused: AtomicU64,
+    meter: Meter,
+    hits: Counter,
+    stale: Counter,
+    misses: Counter,
+    upstream_calls: Counter,
+    coalesced: Counter,
+    refused: Counter,
 }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+impl Default for Counters {
+    fn default() -> Self {
+        let meter = Meter::new(LayerKind::Cache);
+        Counters {
+            hits: meter.counter(metrics::CACHE_HITS),
+            stale: meter.counter(metrics::STALE_SERVES),
+            misses: meter.counter(metrics::CACHE_MISSES),
+            upstream_calls: meter.counter(metrics::UPSTREAM_CALLS),
+            coalesced: meter.counter(metrics::COALESCED),
+            refused: meter.counter_for(metrics::REJECTED, "endpoint_limited"),
+            meter,
+        }
+    }
+}
+
+fn bump(counter: &Counter) {
+    counter.bump();
 }
 
 /// Everything the layer's clones, services and futures share.
@@ -189,6 +208,11 @@ impl Shared {
             counters: Counters::default(),
             next_flight: AtomicU64::new(0),
         })
+    }
+
+    /// Names the counters' meter (the `name` label of the cache's metrics).
+    pub(crate) fn set_name(&self, name: Option<Arc<str>>) {
+        self.counters.meter.set_name(name);
     }
 
     /// The slots. A panic while the lock was held cannot leave a slot half-written
@@ -491,14 +515,13 @@ impl CacheHandle {
     /// The counters so far.
     pub fn stats(&self) -> CacheStats {
         let c = &self.shared.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         CacheStats {
-            hits: load(&c.hits),
-            stale_serves: load(&c.stale),
-            misses: load(&c.misses),
-            upstream_calls: load(&c.upstream_calls),
-            coalesced: load(&c.coalesced),
-            refused: load(&c.refused),
+            hits: c.hits.get(),
+            stale_serves: c.stale.get(),
+            misses: c.misses.get(),
+            upstream_calls: c.upstream_calls.get(),
+            coalesced: c.coalesced.get(),
+            refused: c.refused.get(),
         }
     }
 }
@@ -577,8 +600,8 @@ mod tests {
         assert!(rx.borrow().is_none(), "no outcome was sent");
         // The key is free: the next request leads.
         let _next = lead(&shared, &key);
-        assert_eq!(shared.counters.upstream_calls.load(Ordering::Relaxed), 2);
-        assert_eq!(shared.counters.coalesced.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.counters.upstream_calls.get(), 2);
+        assert_eq!(shared.counters.coalesced.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]

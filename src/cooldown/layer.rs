@@ -155,6 +155,7 @@ impl CooldownLayer {
             config: Config::default(),
             on_event: Arc::new(DefaultOnCooldownEvent),
             store: None,
+            name: None,
         }
     }
 }
@@ -208,6 +209,7 @@ pub struct CooldownBuilder {
     config: Config,
     on_event: Arc<dyn OnCooldownEvent>,
     store: Option<Arc<dyn CooldownStore>>,
+    name: Option<Arc<str>>,
 }
 
 impl CooldownBuilder {
@@ -299,6 +301,12 @@ impl CooldownBuilder {
         self
     }
 
+    /// The `name` label of the layer's [metrics](crate::metrics) (default `"default"`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into().into());
+        self
+    }
+
     /// The layer, or the first setting that makes no sense.
     ///
     /// Refused: a zero `base`; a `cap` below `base`; a `max_cooldown` of zero or below
@@ -319,8 +327,10 @@ impl CooldownBuilder {
                 return Err(config_error("max_cooldown", "must be at least `base`"));
             }
         }
+        let shared = Shared::new(self.config, self.on_event, self.store);
+        shared.stats.meter.set_name(self.name);
         Ok(CooldownLayer {
-            shared: Shared::new(self.config, self.on_event, self.store),
+            shared,
             key: self.key,
         })
     }

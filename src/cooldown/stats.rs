@@ -1,6 +1,9 @@
 //! Counters of the cooldown layer.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use crate::{
+    metrics::{self, Counter, Meter},
+    vocabulary::LayerKind,
+};
 
 /// A snapshot of the layer's counters, from [`CooldownHandle::stats`](super::CooldownHandle::stats).
 ///
@@ -31,29 +34,46 @@ pub struct CooldownStats {
     pub probes: u64,
 }
 
-#[derive(Debug, Default)]
+/// The live counters, each also reported to its metric (see [`crate::metrics`]).
+#[derive(Debug)]
 pub(crate) struct Counters {
-    pub(crate) started: AtomicU64,
-    pub(crate) extended: AtomicU64,
-    pub(crate) met: AtomicU64,
-    pub(crate) waited: AtomicU64,
-    pub(crate) rejected: AtomicU64,
-    pub(crate) probes: AtomicU64,
+    pub(crate) meter: Meter,
+    pub(crate) started: Counter,
+    pub(crate) extended: Counter,
+    pub(crate) met: Counter,
+    pub(crate) waited: Counter,
+    pub(crate) rejected: Counter,
+    pub(crate) probes: Counter,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let meter = Meter::new(LayerKind::Cooldown);
+        Counters {
+            started: meter.counter(metrics::COOLDOWNS_STARTED),
+            extended: meter.counter(metrics::COOLDOWNS_EXTENDED),
+            met: meter.counter(metrics::MET_COOLDOWN),
+            waited: meter.counter(metrics::WAITED),
+            rejected: meter.counter_for(metrics::REJECTED, "cooling_down"),
+            probes: meter.counter(metrics::PROBES),
+            meter,
+        }
+    }
 }
 
 impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
+    pub(crate) fn bump(counter: &Counter) {
+        counter.bump();
     }
 
     pub(crate) fn snapshot(&self) -> CooldownStats {
         CooldownStats {
-            cooldowns_started: self.started.load(Relaxed),
-            cooldowns_extended: self.extended.load(Relaxed),
-            met_cooldown: self.met.load(Relaxed),
-            waited: self.waited.load(Relaxed),
-            rejected: self.rejected.load(Relaxed),
-            probes: self.probes.load(Relaxed),
+            cooldowns_started: self.started.get(),
+            cooldowns_extended: self.extended.get(),
+            met_cooldown: self.met.get(),
+            waited: self.waited.get(),
+            rejected: self.rejected.get(),
+            probes: self.probes.get(),
         }
     }
 }

@@ -41,6 +41,7 @@ pub struct PoolBuilder<ReqB, ResB> {
     routes: Vec<(Key, Vec<Key>)>,
     route_fn: Option<RouteFn<ReqB>>,
     default_route: Option<Vec<Key>>,
+    name: Option<Arc<str>>,
 }
 
 impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
@@ -54,6 +55,7 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
             routes: Vec::new(),
             route_fn: None,
             default_route: None,
+            name: None,
         }
     }
 
@@ -125,6 +127,13 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
     /// across backends, within its own [`max_wait`](Self::max_wait)).
     pub fn cooldown(mut self, cooldown: CooldownBuilder) -> Self {
         self.cooldown = cooldown.key(ByBackend);
+        self
+    }
+
+    /// The `name` label of the pool's [metrics](crate::metrics), and of its cooldown
+    /// table's (default `"default"`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into().into());
         self
     }
 
@@ -306,7 +315,11 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
             }
         };
 
-        let cooldown = self.cooldown.fail_fast().build().map_err(|e| {
+        let mut cooldown = self.cooldown.fail_fast();
+        if let Some(name) = &self.name {
+            cooldown = cooldown.name(name.as_ref());
+        }
+        let cooldown = cooldown.build().map_err(|e| {
             config_error("cooldown", format!("field `{}` {}", e.field(), e.reason()))
         })?;
         let mut infos = Vec::with_capacity(self.backends.len());
@@ -322,9 +335,11 @@ impl<ReqB, ResB> PoolBuilder<ReqB, ResB> {
                 service: (b.make)(&cooldown),
             });
         }
+        let totals = PoolCounters::default();
+        totals.meter.set_name(self.name);
         let stats = Arc::new(StatsShared {
             backends: infos,
-            totals: PoolCounters::default(),
+            totals,
             cooldown: cooldown.handle(),
         });
         Ok(Pool::from_shared(Arc::new(Shared {

@@ -1,16 +1,12 @@
 //! The pool's [`PoolHandle`]: each backend's state and counters.
 
-use std::{
-    fmt,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
-    },
-};
+use std::{fmt, sync::Arc};
 
 use crate::{
     cooldown::{CooldownHandle, KeyState},
     key::Key,
+    metrics::{self, Counter, Meter},
+    vocabulary::LayerKind,
 };
 
 /// A snapshot of one backend: its cooldown state and its counters.
@@ -65,29 +61,48 @@ pub struct PoolStats {
     pub no_route: u64,
 }
 
+/// Per-backend counters: in the stats only, not reported as metrics (a backend's name
+/// would be one more label).
 #[derive(Debug, Default)]
 pub(crate) struct BackendCounters {
-    pub(crate) requests: AtomicU64,
-    pub(crate) successes: AtomicU64,
-    pub(crate) rate_limited: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) failovers: AtomicU64,
-    pub(crate) skipped_cooling: AtomicU64,
-    pub(crate) skipped_busy: AtomicU64,
+    pub(crate) requests: Counter,
+    pub(crate) successes: Counter,
+    pub(crate) rate_limited: Counter,
+    pub(crate) failed: Counter,
+    pub(crate) failovers: Counter,
+    pub(crate) skipped_cooling: Counter,
+    pub(crate) skipped_busy: Counter,
 }
 
-#[derive(Debug, Default)]
+/// Pool-wide counters, each also reported to its metric (see [`crate::metrics`]).
+#[derive(Debug)]
 pub(crate) struct PoolCounters {
-    pub(crate) calls: AtomicU64,
-    pub(crate) failovers: AtomicU64,
-    pub(crate) waited: AtomicU64,
-    pub(crate) all_cooling: AtomicU64,
-    pub(crate) no_backend_ready: AtomicU64,
-    pub(crate) no_route: AtomicU64,
+    pub(crate) meter: Meter,
+    pub(crate) calls: Counter,
+    pub(crate) failovers: Counter,
+    pub(crate) waited: Counter,
+    pub(crate) all_cooling: Counter,
+    pub(crate) no_backend_ready: Counter,
+    pub(crate) no_route: Counter,
 }
 
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Relaxed);
+impl Default for PoolCounters {
+    fn default() -> Self {
+        let meter = Meter::new(LayerKind::Pool);
+        PoolCounters {
+            calls: meter.counter(metrics::CALLS),
+            failovers: meter.counter(metrics::FAILOVERS),
+            waited: meter.counter(metrics::WAITED),
+            all_cooling: meter.counter_for(metrics::REJECTED, "all_backends_cooling"),
+            no_backend_ready: meter.counter_for(metrics::REJECTED, "no_backend_ready"),
+            no_route: meter.counter_for(metrics::REJECTED, "no_route"),
+            meter,
+        }
+    }
+}
+
+pub(crate) fn bump(counter: &Counter) {
+    counter.bump();
 }
 
 #[derive(Debug)]
@@ -142,12 +157,12 @@ impl PoolHandle {
     pub fn totals(&self) -> PoolStats {
         let t = &self.shared.totals;
         PoolStats {
-            calls: t.calls.load(Relaxed),
-            failovers: t.failovers.load(Relaxed),
-            waited: t.waited.load(Relaxed),
-            all_cooling: t.all_cooling.load(Relaxed),
-            no_backend_ready: t.no_backend_ready.load(Relaxed),
-            no_route: t.no_route.load(Relaxed),
+            calls: t.calls.get(),
+            failovers: t.failovers.get(),
+            waited: t.waited.get(),
+            all_cooling: t.all_cooling.get(),
+            no_backend_ready: t.no_backend_ready.get(),
+            no_route: t.no_route.get(),
         }
     }
 
@@ -162,13 +177,13 @@ impl PoolHandle {
             name: b.name.clone(),
             group: b.group,
             state: self.shared.cooldown.state(&b.name),
-            requests: c.requests.load(Relaxed),
-            successes: c.successes.load(Relaxed),
-            rate_limited: c.rate_limited.load(Relaxed),
-            failed: c.failed.load(Relaxed),
-            failovers: c.failovers.load(Relaxed),
-            skipped_cooling: c.skipped_cooling.load(Relaxed),
-            skipped_busy: c.skipped_busy.load(Relaxed),
+            requests: c.requests.get(),
+            successes: c.successes.get(),
+            rate_limited: c.rate_limited.get(),
+            failed: c.failed.get(),
+            failovers: c.failovers.get(),
+            skipped_cooling: c.skipped_cooling.get(),
+            skipped_busy: c.skipped_busy.get(),
         }
     }
 }

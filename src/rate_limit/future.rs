@@ -25,6 +25,7 @@ use super::{
     limiter::{Join, RateLimiter, Ticket},
     policy::{Reject, Wait},
     quota::Quota,
+    stats::Rejection,
     store::{Decision, Keys, RateLimitStore, StoreError},
 };
 use crate::{
@@ -528,7 +529,7 @@ where
                 this.state.set(State::Done);
                 Poll::Ready(Err(match denial {
                     Denial::Denied { key, wait } => {
-                        limiter.counters().record_rejected();
+                        limiter.counters().record_rejected(Rejection::MaxWait);
                         tracing::info!(key = %key, wait = ?wait, max_wait = ?max_wait, "rate limit: wait exceeds max_wait, refusing");
                         Box::new(
                             Refusal::new(LayerKind::RateLimit, RefusalKind::MaxWait { max_wait })
@@ -537,7 +538,7 @@ where
                         )
                     }
                     Denial::TooCostly { key, cost, burst } => {
-                        limiter.counters().record_rejected();
+                        limiter.counters().record_rejected(Rejection::Cost);
                         tracing::info!(key = %key, cost, burst, "rate limit: cost exceeds burst, refusing");
                         Box::new(
                             Refusal::new(
@@ -610,7 +611,7 @@ where
                 this.state.set(State::Done);
                 let refusal = match denial {
                     Denial::Denied { key, wait } => {
-                        limiter.counters().record_rejected();
+                        limiter.counters().record_rejected(Rejection::OverLimit);
                         tracing::debug!(key = %key, retry_after = ?wait, "rate limit: rejected with 429");
                         limiter.summarize_rejection(Instant::now());
                         // Reject mode is wait mode with no wait allowed.
@@ -622,7 +623,7 @@ where
                             .with_retry_after(wait)
                     }
                     Denial::TooCostly { key, cost, burst } => {
-                        limiter.counters().record_rejected();
+                        limiter.counters().record_rejected(Rejection::Cost);
                         tracing::debug!(key = %key, cost, burst, "rate limit: cost exceeds burst, rejected with 429");
                         limiter.summarize_rejection(Instant::now());
                         let kind = RefusalKind::CostExceedsBurst { cost, burst };

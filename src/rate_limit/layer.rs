@@ -78,6 +78,7 @@ impl RateLimitLayer {
             store: None,
             answer: None,
             stamp: false,
+            name: None,
             mode: PhantomData,
         }
     }
@@ -168,6 +169,7 @@ pub struct RateLimitBuilder<M = Wait> {
     store: Option<MakeShared>,
     answer: Option<AnswerFn>,
     stamp: bool,
+    name: Option<Arc<str>>,
     mode: PhantomData<fn() -> M>,
 }
 
@@ -285,6 +287,13 @@ impl<M> RateLimitBuilder<M> {
         self
     }
 
+    /// The `name` label of the limiter's [metrics](crate::metrics) (default
+    /// `"default"`). A limiter shared by several layers keeps the first name given.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into().into());
+        self
+    }
+
     /// Reject mode (servers): over the limit, answer `429` at once.
     pub fn reject(self) -> RateLimitBuilder<Reject> {
         self.with_mode()
@@ -307,6 +316,7 @@ impl<M> RateLimitBuilder<M> {
             store: self.store,
             answer: self.answer,
             stamp: self.stamp,
+            name: self.name,
             mode: PhantomData,
         }
     }
@@ -375,6 +385,7 @@ impl<M> RateLimitBuilder<M> {
     }
 
     fn finish<St>(self, limiter: RateLimiter<St>) -> RateLimitLayer<M, St> {
+        limiter.counters().meter().set_name(self.name);
         RateLimitLayer {
             policy: Arc::new(Policy {
                 key: self.key,

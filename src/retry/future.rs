@@ -44,17 +44,26 @@ pin_project! {
         end: Option<Instant>,
         deadline: Duration,
         stats: Counters,
+        // The call's span, entered on every poll.
+        span: tracing::Span,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, end: Option<Instant>, deadline: Duration, stats: Counters) -> Self {
+    pub(crate) fn new(
+        inner: F,
+        end: Option<Instant>,
+        deadline: Duration,
+        stats: Counters,
+        span: tracing::Span,
+    ) -> Self {
         ResponseFuture {
             state: State::Running { inner },
             timer: None,
             end,
             deadline,
             stats,
+            span,
         }
     }
 }
@@ -76,6 +85,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         let StateProj::Running { inner } = this.state.as_mut().project() else {
             return Poll::Ready(Err(DeadlineExceeded::new(*this.deadline).into()));
         };

@@ -102,6 +102,7 @@ pub struct RetryBuilder {
     schedule: ScheduleSpec,
     jitter: Jitter,
     budget: BudgetSpec,
+    name: Option<Arc<str>>,
 }
 
 impl Default for RetryBuilder {
@@ -117,6 +118,7 @@ impl Default for RetryBuilder {
             },
             jitter: Jitter::None,
             budget: BudgetSpec::None,
+            name: None,
         }
     }
 }
@@ -210,6 +212,13 @@ impl RetryBuilder {
         self
     }
 
+    /// The `name` label of the layer's [metrics](crate::metrics) and of its `call`
+    /// span (default `"default"`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into().into());
+        self
+    }
+
     /// Checks the configuration and makes the layer.
     pub fn build(self) -> Result<RetryLayer, ConfigError> {
         let schedule = match self.schedule {
@@ -277,6 +286,8 @@ impl RetryBuilder {
                 Some(Arc::new(TpsBudget::new(ttl, min_per_sec, retry_percent)))
             }
         };
+        let stats = Counters::default();
+        stats.meter().set_name(self.name);
         Ok(RetryLayer {
             shared: Arc::new(Shared {
                 id: LayerId::new(),
@@ -288,7 +299,7 @@ impl RetryBuilder {
                     schedule,
                     jitter: self.jitter,
                 },
-                stats: Counters::default(),
+                stats,
                 budget,
             }),
         })

@@ -48,6 +48,11 @@ impl fmt::Debug for Shared {
     }
 }
 
+/// The number of the attempt a request is sent as (1 when absent), set by the policy on
+/// the copy it sends again and read by the service for its `attempt` span.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempt(pub(crate) u32);
+
 /// The shortest wait before a held request is sent again.
 const MIN_HELD_WAIT: Duration = Duration::from_millis(1);
 
@@ -250,10 +255,10 @@ where
 
     fn retry(
         &mut self,
-        _req: &mut Request<B>,
+        req: &mut Request<B>,
         result: &mut Result<Response<ResB>, BoxError>,
     ) -> Option<Self::Future> {
-        match result {
+        let wait = match result {
             Ok(response) => {
                 let verdict = verdict_of(response);
                 self.decide(verdict, Outcome::Status(response.status()), Local::Upstream)
@@ -266,7 +271,12 @@ where
                 };
                 self.decide(verdict_of_error(&**err), Outcome::Error(&**err), local)
             }
+        };
+        if wait.is_some() {
+            // The number the request is sent again as: its `attempt` span's `n`.
+            req.extensions_mut().insert(Attempt(self.call.attempt));
         }
+        wait
     }
 
     fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {

@@ -15,7 +15,7 @@ use tower::Service;
 
 use super::body::TryCloneBody;
 use super::future::ResponseFuture;
-use super::policy::{RetryPolicy, Shared};
+use super::policy::{Attempt, RetryPolicy, Shared};
 use crate::{
     key::JsonBody,
     vocabulary::{Budget, CallContext},
@@ -106,11 +106,15 @@ where
             req.extensions_mut()
                 .insert(CallContext::new(self.shared.id, end));
         }
+        // One span for the whole call; each attempt gets a child span (`BoxErrors`).
+        let span = tracing::info_span!("call", name = self.shared.stats.meter().name());
+        let inner = span.in_scope(|| self.inner.call(req));
         ResponseFuture::new(
-            self.inner.call(req),
+            inner,
             end,
             deadline.unwrap_or_default(),
             self.shared.stats.clone(),
+            span,
         )
     }
 }
@@ -135,9 +139,9 @@ impl<S> BoxErrors<S> {
     }
 }
 
-impl<S, R> Service<R> for BoxErrors<S>
+impl<S, B> Service<Request<B>> for BoxErrors<S>
 where
-    S: Service<R>,
+    S: Service<Request<B>>,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
@@ -148,20 +152,25 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // The attempt's number, from the policy; it goes no further down.
+        let n = req.extensions_mut().remove::<Attempt>().map_or(1, |a| a.0);
+        let span = tracing::info_span!("attempt", n);
         BoxErrorsFuture {
-            inner: self.inner.call(req),
+            inner: span.in_scope(|| self.inner.call(req)),
+            span,
         }
     }
 }
 
 pin_project! {
-    /// The future of `BoxErrors`.
+    /// The future of `BoxErrors`: one attempt, inside its `attempt` span.
     #[allow(unreachable_pub)]
     #[derive(Debug)]
     pub struct BoxErrorsFuture<F> {
         #[pin]
         inner: F,
+        span: tracing::Span,
     }
 }
 
@@ -173,6 +182,8 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(Into::into))
+        let this = self.project();
+        let _entered = this.span.enter();
+        Poll::Ready(ready!(this.inner.poll(cx)).map_err(Into::into))
     }
 }

@@ -1,8 +1,12 @@
 //! Counters shared by every clone of one retry layer.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use crate::{
+    metrics::{self, Counter, Meter},
+    vocabulary::LayerKind,
+};
 
 /// Why the layer stopped retrying a call and handed the last result back.
 ///
@@ -43,17 +47,37 @@ impl fmt::Display for GiveUp {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Atomics {
-    calls: AtomicU64,
-    retries: AtomicU64,
-    not_cloneable: AtomicU64,
-    attempts: AtomicU64,
-    deadline: AtomicU64,
-    max_delay: AtomicU64,
-    budget: AtomicU64,
-    max_wait: AtomicU64,
-    held: AtomicU64,
+    meter: Meter,
+    calls: Counter,
+    retries: Counter,
+    not_cloneable: Counter,
+    attempts: Counter,
+    deadline: Counter,
+    max_delay: Counter,
+    budget: Counter,
+    max_wait: Counter,
+    held: Counter,
+}
+
+impl Default for Atomics {
+    fn default() -> Self {
+        let meter = Meter::new(LayerKind::Retry);
+        let give_up = |reason: GiveUp| meter.counter_for(metrics::GIVE_UPS, reason.as_str());
+        Atomics {
+            calls: meter.counter(metrics::CALLS),
+            retries: meter.counter(metrics::RETRIES),
+            not_cloneable: meter.counter(metrics::NOT_CLONEABLE),
+            attempts: give_up(GiveUp::Attempts),
+            deadline: give_up(GiveUp::Deadline),
+            max_delay: give_up(GiveUp::MaxDelay),
+            budget: give_up(GiveUp::Budget),
+            max_wait: give_up(GiveUp::MaxWait),
+            held: meter.counter(metrics::HELD),
+            meter,
+        }
+    }
 }
 
 /// What a [`RetryLayer`](super::RetryLayer) did, counted since it was built: a
@@ -98,7 +122,8 @@ impl RetryStats {
     }
 }
 
-/// The live counters behind [`RetryStats`], shared by every clone of a layer.
+/// The live counters behind [`RetryStats`], shared by every clone of a layer, each also
+/// reported to its metric (see [`crate::metrics`]).
 #[derive(Clone, Default)]
 pub(crate) struct Counters {
     inner: Arc<Atomics>,
@@ -108,29 +133,33 @@ impl Counters {
     /// A snapshot of the counters.
     pub(crate) fn snapshot(&self) -> RetryStats {
         let c = &*self.inner;
-        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         let (attempts, deadline, max_delay, budget, max_wait) = (
-            load(&c.attempts),
-            load(&c.deadline),
-            load(&c.max_delay),
-            load(&c.budget),
-            load(&c.max_wait),
+            c.attempts.get(),
+            c.deadline.get(),
+            c.max_delay.get(),
+            c.budget.get(),
+            c.max_wait.get(),
         );
         RetryStats {
-            calls: load(&c.calls),
-            retries: load(&c.retries),
-            not_cloneable: load(&c.not_cloneable),
+            calls: c.calls.get(),
+            retries: c.retries.get(),
+            not_cloneable: c.not_cloneable.get(),
             give_ups: attempts + deadline + max_delay + budget + max_wait,
             give_ups_attempts: attempts,
             give_ups_deadline: deadline,
             give_ups_max_delay: max_delay,
             give_ups_budget: budget,
             give_ups_max_wait: max_wait,
-            held: load(&c.held),
+            held: c.held.get(),
         }
     }
 
-    fn counter(&self, reason: GiveUp) -> &AtomicU64 {
+    /// The labels the counters report with.
+    pub(crate) fn meter(&self) -> &Meter {
+        &self.inner.meter
+    }
+
+    fn counter(&self, reason: GiveUp) -> &Counter {
         match reason {
             GiveUp::Attempts => &self.inner.attempts,
             GiveUp::Deadline => &self.inner.deadline,
@@ -141,23 +170,23 @@ impl Counters {
     }
 
     pub(crate) fn record_held(&self) {
-        self.inner.held.fetch_add(1, Ordering::Relaxed);
+        self.inner.held.bump();
     }
 
     pub(crate) fn record_call(&self) {
-        self.inner.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.calls.bump();
     }
 
     pub(crate) fn record_retry(&self) {
-        self.inner.retries.fetch_add(1, Ordering::Relaxed);
+        self.inner.retries.bump();
     }
 
     pub(crate) fn record_not_cloneable(&self) {
-        self.inner.not_cloneable.fetch_add(1, Ordering::Relaxed);
+        self.inner.not_cloneable.bump();
     }
 
     pub(crate) fn record_give_up(&self, reason: GiveUp) {
-        self.counter(reason).fetch_add(1, Ordering::Relaxed);
+        self.counter(reason).bump();
     }
 }
 

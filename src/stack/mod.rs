@@ -65,6 +65,19 @@ pub enum Platform {
     OpenAi,
 }
 
+impl Platform {
+    /// The `name` label a preset gives its layers' metrics.
+    fn name(self) -> &'static str {
+        match self {
+            Platform::Qq => "qq",
+            Platform::DingTalk => "dingtalk",
+            Platform::Telegram => "telegram",
+            Platform::Glm => "glm",
+            Platform::OpenAi => "openai",
+        }
+    }
+}
+
 /// The four layers of the standard client stack, in order. See
 /// [the guide](crate::guide#stack).
 #[derive(Clone, Debug)]
@@ -106,7 +119,7 @@ impl ClientStackLayer {
     /// [the guide](crate::guide#presets)).
     pub fn preset(platform: Platform) -> ClientStackBuilder {
         let secs = Duration::from_secs;
-        let b = Self::builder();
+        let b = Self::builder().name(platform.name());
         match platform {
             Platform::Qq => b
                 .classifier(presets::qq())
@@ -257,6 +270,17 @@ impl ClientStackBuilder {
     /// How much of a body the classifier may see (default 64 KiB).
     pub fn body_cap(mut self, cap: usize) -> Self {
         self.body_cap = cap;
+        self
+    }
+
+    /// The `name` label of every layer's [metrics](crate::metrics) and of the retry's
+    /// `call` span (default `"default"`; a preset's is its platform's, e.g.
+    /// `"telegram"`). A layer's own `name`, set after this, wins.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.rate_limit = self.rate_limit.name(name.as_str());
+        self.cooldown = self.cooldown.name(name.as_str());
+        self.retry = self.retry.name(name);
         self
     }
 
