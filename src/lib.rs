@@ -49,6 +49,8 @@
 pub mod body;
 pub mod cache;
 pub mod classify;
+#[cfg(feature = "serde")]
+pub mod config;
 pub mod cooldown;
 pub mod fresh;
 /// The guide: every layer in depth, one chapter per layer (docs only).
