@@ -6,7 +6,8 @@
 //! [`cooldown`], [`retry`], [`cache`], [`fresh`], [`classify`], [`pool`]); [`stack`]
 //! puts the standard ones together, and [`vocabulary`] holds the words they share.
 //! [The guide](guide) explains every layer, one chapter each. The `testing` feature
-//! adds mock upstreams.
+//! adds mock upstreams; the `serde` feature reads the stack from a config file
+//! (`ratewise::config`).
 //!
 //! # Example
 //!

@@ -14,30 +14,6 @@
 //! Closures (a key or a cost computed in code, an event callback, a shared budget)
 //! stay in code: [`StackConfig::builder`] returns the [`ClientStackBuilder`] for them.
 //!
-//! # Environment variables over the file
-//!
-//! [`StackConfig`] reads from any serde `Deserializer`, so a layered loader such as
-//! the `config` crate (or figment) puts the environment over the file. The convention
-//! used in this crate's tests: the prefix `RATEWISE_`, then the key's path in upper
-//! case with `__` between the levels. `RATEWISE_RATE_LIMIT__PER_SECOND=5` sets
-//! `rate_limit.per_second`; `RATEWISE_PLATFORM=glm` the platform.
-//!
-//! ```
-//! use config::{Config, Environment, File, FileFormat};
-//! use ratewise::config::StackConfig;
-//!
-//! # let env = std::collections::HashMap::from([("RATEWISE_RATE_LIMIT__PER_SECOND".to_owned(), "5".to_owned())]);
-//! let layered = Config::builder()
-//!     .add_source(File::from_str("platform = \"telegram\"", FileFormat::Toml)) // or File::with_name("ratewise.toml")
-//!     .add_source(Environment::with_prefix("RATEWISE").prefix_separator("_").separator("__")
-//! #       .source(Some(env))
-//!     )
-//!     .build()?;
-//! let stack = StackConfig::from_deserializer(layered)?.build()?;
-//! assert_eq!(stack.rate_limit_layer().quota().burst(), 5);
-//! # Ok::<(), ratewise::BoxError>(())
-//! ```
-//!
 //! # Example
 //!
 //! ```
@@ -101,6 +77,32 @@ impl StackConfig {
     /// `serde_json::Deserializer`, `serde_yaml::Deserializer`, a `config::Config`...
     /// An unknown key, a wrong type or a bad duration is a [`ParseError`] naming its
     /// path in the file.
+    ///
+    /// # Environment variables over the file
+    ///
+    /// A layered loader such as the `config` crate (or figment) puts the environment
+    /// over the file, and its result is a `Deserializer`. The convention ratewise
+    /// documents and tests: the prefix `RATEWISE_`, then the key's path in upper case
+    /// with `__` between the levels. `RATEWISE_RATE_LIMIT__PER_SECOND=5` sets
+    /// `rate_limit.per_second`, `RATEWISE_PLATFORM=glm` the platform; a misspelled
+    /// variable is an unknown key like any other. Lists (`rate_limit.limits`) stay in
+    /// the file.
+    ///
+    /// ```
+    /// use config::{Config, Environment, File, FileFormat};
+    /// use ratewise::config::StackConfig;
+    ///
+    /// # let env = std::collections::HashMap::from([("RATEWISE_RATE_LIMIT__PER_SECOND".to_owned(), "5".to_owned())]);
+    /// let layered = Config::builder()
+    ///     .add_source(File::from_str("platform = \"telegram\"", FileFormat::Toml)) // or File::with_name("ratewise.toml")
+    ///     .add_source(Environment::with_prefix("RATEWISE").prefix_separator("_").separator("__")
+    /// #       .source(Some(env))
+    ///     )
+    ///     .build()?;
+    /// let stack = StackConfig::from_deserializer(layered)?.build()?;
+    /// assert_eq!(stack.rate_limit_layer().quota().burst(), 5);
+    /// # Ok::<(), ratewise::BoxError>(())
+    /// ```
     pub fn from_deserializer<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Self, ParseError> {
