@@ -406,6 +406,55 @@ fn left_out_keys_keep_the_presets_values() {
     );
 }
 
+/// The sample in YAML: the same stack, and the bot sees the same thing. The key's
+/// one-entry form (`{ json_field: /chat_id }`) reads as it does in TOML; a misspelled
+/// key names its path.
+#[tokio::test(start_paused = true)]
+async fn yaml_configures_the_same_stack() {
+    let yaml = "
+platform: telegram
+rate_limit:
+  per_second: 25
+  burst: 1
+  max_wait: 20s
+  limits:
+    - per_period: 1s
+      margin_percent: 1
+      key: { json_field: /chat_id }
+cooldown:
+  precheck: 250ms
+  max_cooldown: 10m
+retry:
+  max_attempts: 5
+  deadline: 90s
+";
+    let from_yaml = StackConfig::from_deserializer(serde_yaml_ng::Deserializer::from_str(yaml))
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut delivered = Vec::new();
+    for stack in [from_yaml, stack(TELEGRAM_TOML)] {
+        // A new bot each time: its times count from its creation.
+        let bot = TelegramBot::new().per_chat(1, Duration::from_secs(1));
+        assert_eq!(send(&bot, &stack, 2, 2).await, vec![StatusCode::OK; 4]);
+        assert_eq!(bot.hits().rate_limited(), 0);
+        let times: Vec<Duration> = bot.delivered().iter().map(|d| d.at).collect();
+        delivered.push(times);
+    }
+    assert_eq!(delivered[0], delivered[1]);
+    assert_eq!(delivered[0].len(), 4);
+    assert!(delivered[0][3] >= ms(1010), "{:?}", delivered[0]);
+
+    let typo = "rate_limit:\n  limits:\n    - per_perod: 1s\n";
+    let err =
+        StackConfig::from_deserializer(serde_yaml_ng::Deserializer::from_str(typo)).unwrap_err();
+    assert_eq!(err.path(), "rate_limit.limits[0].per_perod");
+    assert!(
+        err.message().starts_with("unknown field `per_perod`"),
+        "{err}"
+    );
+}
+
 /// Environment variables over the file, by the documented convention (`RATEWISE_`,
 /// the key's path with `__` between levels), through the `config` crate: the
 /// environment's 5 per second is what the upstream sees, and the file's other keys

@@ -1,8 +1,10 @@
 //! The keys a file can name: a small declarative set over [`crate::key`]. Closures stay
 //! in code (`builder()?.rate_limit(|rl| rl.key(...))`).
 
+use std::fmt;
+
 use http::HeaderName;
-use serde::Deserialize;
+use serde::{de, Deserialize, Deserializer};
 
 use crate::key::{
     json_field, Authority, Global, JsonField, Key, KeyExtractor, MethodUri, RequestRef,
@@ -10,9 +12,10 @@ use crate::key::{
 
 /// A key as a file writes it: `"global"`, `"authority"`, `"method_uri"`, `"path"`, or a
 /// one-entry table `{ header = "x-tenant" }`, `{ secret_header = "authorization" }`,
-/// `{ path_segment = 0 }`, `{ json_field = "/chat_id" }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+/// `{ path_segment = 0 }`, `{ json_field = "/chat_id" }`. Read by hand rather than
+/// derived, so that the table form reads the same in TOML, JSON and YAML (serde's
+/// derived enums want a YAML tag).
+#[derive(Debug, Clone)]
 pub(super) enum KeyConfig {
     Global,
     Authority,
@@ -29,12 +32,69 @@ pub(super) enum KeyConfig {
     JsonField(String),
 }
 
+/// The names a key can have, for "expected one of" messages.
+const NAMES: &[&str] = &[
+    "global",
+    "authority",
+    "method_uri",
+    "path",
+    "path_segment",
+    "header",
+    "secret_header",
+    "json_field",
+];
+
+impl<'de> Deserialize<'de> for KeyConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> de::Visitor<'de> for KeyVisitor {
+    type Value = KeyConfig;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key: \"global\", \"authority\", \"method_uri\", \"path\", or one entry such as { header = \"x-tenant\" }")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<KeyConfig, E> {
+        match name {
+            "global" => Ok(KeyConfig::Global),
+            "authority" => Ok(KeyConfig::Authority),
+            "method_uri" => Ok(KeyConfig::MethodUri),
+            "path" => Ok(KeyConfig::Path),
+            other => Err(E::unknown_variant(other, NAMES)),
+        }
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<KeyConfig, A::Error> {
+        let Some(name) = map.next_key::<String>()? else {
+            return Err(de::Error::invalid_length(0, &"one entry"));
+        };
+        let key = match name.as_str() {
+            "path_segment" => KeyConfig::PathSegment(map.next_value()?),
+            "header" => KeyConfig::Header(map.next_value()?),
+            "secret_header" => KeyConfig::SecretHeader(map.next_value()?),
+            "json_field" => KeyConfig::JsonField(map.next_value()?),
+            other => return Err(de::Error::unknown_variant(other, NAMES)),
+        };
+        if let Some(extra) = map.next_key::<String>()? {
+            return Err(de::Error::custom(format_args!(
+                "a key has one entry, `{name}`; `{extra}` is one too many"
+            )));
+        }
+        Ok(key)
+    }
+}
+
 impl KeyConfig {
-    /// The extractor, or why the header name is not one (the reason of a `ConfigError`).
-    pub(super) fn extractor(&self) -> Result<FileKey, String> {
-        let header = |name: &str| {
+    /// The extractor, or the variant at fault (`header`, `secret_header`) and why.
+    pub(super) fn extractor(&self) -> Result<FileKey, (&'static str, String)> {
+        let header = |variant: &'static str, name: &str| {
             HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("is not a valid header name ({name:?})"))
+                .map_err(|_| (variant, format!("is not a valid header name ({name:?})")))
         };
         Ok(match self {
             KeyConfig::Global => FileKey::Global,
@@ -42,18 +102,10 @@ impl KeyConfig {
             KeyConfig::MethodUri => FileKey::MethodUri,
             KeyConfig::Path => FileKey::Path,
             KeyConfig::PathSegment(n) => FileKey::PathSegment(*n),
-            KeyConfig::Header(name) => FileKey::Header(header(name)?),
-            KeyConfig::SecretHeader(name) => FileKey::SecretHeader(header(name)?),
+            KeyConfig::Header(name) => FileKey::Header(header("header", name)?),
+            KeyConfig::SecretHeader(name) => FileKey::SecretHeader(header("secret_header", name)?),
             KeyConfig::JsonField(pointer) => FileKey::Json(json_field(pointer.as_str())),
         })
-    }
-
-    /// The config key of this variant's value (`header`, `json_field`...), for a path.
-    pub(super) fn field(&self) -> &'static str {
-        match self {
-            KeyConfig::SecretHeader(_) => "secret_header",
-            _ => "header",
-        }
     }
 }
 
@@ -157,10 +209,18 @@ mod tests {
     #[test]
     fn a_bad_header_name_is_refused() {
         let config: KeyConfig = serde_json::from_str(r#"{"header":"x tenant"}"#).unwrap();
-        assert!(config
-            .extractor()
-            .unwrap_err()
-            .contains("not a valid header name"));
-        assert!(serde_json::from_str::<KeyConfig>(r#""ip""#).is_err());
+        let (variant, reason) = config.extractor().unwrap_err();
+        assert_eq!(variant, "header");
+        assert!(reason.contains("not a valid header name"), "{reason}");
+        let err = |text: &str| {
+            serde_json::from_str::<KeyConfig>(text)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(r#""ip""#).contains("unknown variant `ip`"));
+        assert!(err(r#"{"json_feild":"/a"}"#).contains("unknown variant `json_feild`"));
+        assert!(err(r#"{"header":"a","json_field":"/b"}"#).contains("one too many"));
+        assert!(err(r#"{}"#).contains("one entry"));
+        assert!(err("3").contains("a key:"));
     }
 }

@@ -106,9 +106,17 @@ impl StackConfig {
     pub fn from_deserializer<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Self, ParseError> {
-        serde_path_to_error::deserialize(deserializer).map_err(|err| ParseError {
-            path: err.path().to_string(),
-            message: err.inner().to_string(),
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let message = err.inner().to_string();
+            // Some formats (YAML) start their message with the path, or a part of it.
+            let message = match message.split_once(": ") {
+                Some((head, rest)) if !head.contains(' ') && path.starts_with(head) => {
+                    rest.to_owned()
+                }
+                _ => message,
+            };
+            ParseError { path, message }
         })
     }
 

@@ -140,9 +140,9 @@ fn extractor(
     section: &str,
 ) -> Result<Option<super::key::FileKey>, ConfigError> {
     let Some(key) = key else { return Ok(None) };
-    key.extractor().map(Some).map_err(|reason| {
+    key.extractor().map(Some).map_err(|(variant, reason)| {
         let err = ConfigError::new(layer, "key", reason);
-        at(err, &format!("{section}.key.{}", key.field()))
+        at(err, &format!("{section}.key.{variant}"))
     })
 }
 
