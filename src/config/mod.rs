@@ -58,7 +58,8 @@ use crate::{
 /// A [`ClientStackLayer`]'s configuration as a file writes it. Read it with
 /// [`from_deserializer`](Self::from_deserializer); make the layer with
 /// [`build`](Self::build), or the builder with [`builder`](Self::builder). The keys
-/// are in the [module docs](self).
+/// are in the [module docs](self). It is `Deserialize`, so it can also be one field of
+/// an application's own configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StackConfig {
@@ -74,7 +75,7 @@ pub struct StackConfig {
 
 impl StackConfig {
     /// Reads a configuration from any serde `Deserializer`: `toml::Deserializer`,
-    /// `serde_json::Deserializer`, `serde_yaml::Deserializer`, a `config::Config`...
+    /// `serde_json::Deserializer`, `serde_yaml_ng::Deserializer`, a `config::Config`...
     /// An unknown key, a wrong type or a bad duration is a [`ParseError`] naming its
     /// path in the file.
     ///
