@@ -6,7 +6,8 @@
 //! [`cooldown`], [`retry`], [`cache`], [`fresh`], [`classify`], [`pool`]); [`stack`]
 //! puts the standard ones together, and [`vocabulary`] holds the words they share.
 //! [The guide](guide) explains every layer, one chapter each. The `testing` feature
-//! adds mock upstreams.
+//! adds mock upstreams; the `serde` feature reads the stack from a config file
+//! (`ratewise::config`).
 //!
 //! # Example
 //!
@@ -49,6 +50,8 @@
 pub mod body;
 pub mod cache;
 pub mod classify;
+#[cfg(feature = "serde")]
+pub mod config;
 pub mod cooldown;
 pub mod fresh;
 /// The guide: every layer in depth, one chapter per layer (docs only).

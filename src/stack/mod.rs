@@ -49,9 +49,15 @@ use crate::{
     RateLimitLayer,
 };
 
-/// The platforms with a preset.
+/// The platforms with a preset. With the `serde` feature, a config file names one in
+/// lower case: `platform = "telegram"` (`qq`, `dingtalk`, `telegram`, `glm`, `openai`).
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum Platform {
     /// QQ Bot open platform.
     Qq,
