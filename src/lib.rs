@@ -57,6 +57,9 @@ pub mod key;
 pub mod pool;
 pub mod rate_limit;
 mod redact;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
 pub mod retry;
 pub mod retry_after;
 pub mod stack;
