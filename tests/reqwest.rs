@@ -159,7 +159,11 @@ async fn glm_sse_reaches_the_caller_chunk_by_chunk() {
     assert_eq!(content, "glm mock reply #1");
 
     let (first_at, first) = &chunks[0];
-    assert_eq!(first, events[0].as_bytes(), "the first chunk is the first event");
+    assert_eq!(
+        first,
+        events[0].as_bytes(),
+        "the first chunk is the first event"
+    );
     assert!(
         *first_at < gap * 5,
         "the first event arrived at {first_at:?}, not before the mock could send the last"
@@ -177,7 +181,11 @@ async fn a_refusal_comes_back_out_of_the_reqwest_middleware_error() {
     let glm = GlmApi::new();
     let server = MockServer::start(glm.router()).await.unwrap();
     let stack = ratewise::reqwest::Middleware::preset(Platform::Glm)
-        .rate_limit(|r| r.per_minute(1).burst(1).max_wait(Duration::from_millis(100)))
+        .rate_limit(|r| {
+            r.per_minute(1)
+                .burst(1)
+                .max_wait(Duration::from_millis(100))
+        })
         .build()
         .unwrap();
     let client = client(&stack);
@@ -195,7 +203,9 @@ async fn a_refusal_comes_back_out_of_the_reqwest_middleware_error() {
     let refusal = Refusal::find(err).expect("a Refusal in the error's chain");
     assert_eq!(refusal.layer(), LayerKind::RateLimit);
     assert!(matches!(refusal.kind(), RefusalKind::MaxWait { .. }));
-    let wait = refusal.retry_after().expect("the wait it would have needed");
+    let wait = refusal
+        .retry_after()
+        .expect("the wait it would have needed");
     assert!(wait > Duration::from_secs(58), "{wait:?}");
     // ...or anyhow's, on the `Middleware` variant.
     let reqwest_middleware::Error::Middleware(inner) = err else {
@@ -203,12 +213,19 @@ async fn a_refusal_comes_back_out_of_the_reqwest_middleware_error() {
     };
     let root = inner.root_cause().downcast_ref::<Refusal>();
     assert!(root.is_some_and(|r| std::ptr::eq(r, refusal)), "{inner:?}");
-    assert!(err.to_string().starts_with("ratewise: rate limited"), "{err}");
+    assert!(
+        err.to_string().starts_with("ratewise: rate limited"),
+        "{err}"
+    );
     // The one-outcome call says the same.
     assert_eq!(ratewise::reqwest::outcome(&result), refusal.verdict());
     assert!(ratewise::reqwest::outcome(&result).is_rate_limited());
 
-    assert_eq!(glm.hits().count(), 1, "the refused call never reached the upstream");
+    assert_eq!(
+        glm.hits().count(),
+        1,
+        "the refused call never reached the upstream"
+    );
     server.shutdown().await;
 }
 
@@ -246,7 +263,10 @@ async fn a_ban_comes_back_at_once_then_the_cooldown_refuses() {
     assert_eq!(body["parameters"]["retry_after"], 4310, "the body, whole");
 
     let refused = send("third").await;
-    assert!(start.elapsed() < Duration::from_secs(5), "no wait for a ban");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "no wait for a ban"
+    );
     let refusal = Refusal::find(refused.as_ref().unwrap_err()).expect("a Refusal");
     assert_eq!(refusal.layer(), LayerKind::Cooldown);
     assert!(refusal.retry_after().unwrap() > Duration::from_secs(4300));
@@ -292,7 +312,13 @@ async fn a_streaming_request_body_is_sent_once() {
     let server = MockServer::start(streamed.router()).await.unwrap();
     let url = server.url("/bot123:secret/sendMessage");
     assert_eq!(
-        client.post(&url).json(&json!({"chat_id": 1, "text": "a"})).send().await.unwrap().status(),
+        client
+            .post(&url)
+            .json(&json!({"chat_id": 1, "text": "a"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
     let body = reqwest::Body::wrap(http_body_util::Full::new(Bytes::from(message("b"))));
@@ -380,6 +406,11 @@ async fn beside_reqwest_retry_nothing_reaches_a_penalised_upstream() {
     // The first call and the 429; every retry of reqwest-retry's was refused here.
     assert_eq!(bot.hits().count(), 2);
     assert_eq!(bot.calls_during_penalty(), 0);
-    assert_eq!(stack.stats().cooldown.cooldowns_started, 1, "{:?}", stack.stats());
+    assert_eq!(
+        stack.stats().cooldown.cooldowns_started,
+        1,
+        "{:?}",
+        stack.stats()
+    );
     server.shutdown().await;
 }
