@@ -414,3 +414,54 @@ async fn beside_reqwest_retry_nothing_reaches_a_penalised_upstream() {
     );
     server.shutdown().await;
 }
+
+/// What reqwest returned comes back unchanged: reqwest's own per-request timeout holds
+/// for each attempt (it rides the conversion), a timeout is transient so the stack
+/// tries again, and the caller gets `reqwest_middleware::Error::Reqwest` with
+/// `is_timeout()`.
+#[tokio::test]
+async fn reqwest_errors_come_back_unchanged_and_its_timeout_bounds_each_attempt() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let slow = Router::new().route(
+        "/slow",
+        post({
+            let calls = calls.clone();
+            move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }
+        }),
+    );
+    let server = MockServer::start(slow).await.unwrap();
+    let stack = ratewise::reqwest::Middleware::builder()
+        .retry(|r| {
+            r.exponential(Duration::from_millis(10), Duration::from_millis(10))
+                .max_attempts(2)
+        })
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let err = client(&stack)
+        .post(server.url("/slow"))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await
+        .unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(
+        matches!(err, reqwest_middleware::Error::Reqwest(_)),
+        "{err:?}"
+    );
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(Refusal::find(&err).is_none());
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "two attempts");
+    assert!(
+        elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    server.shutdown().await;
+}
