@@ -62,7 +62,11 @@ pub mod pool;
 pub mod rate_limit;
 mod redact;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
 pub mod retry;
 pub mod retry_after;
 pub mod stack;

@@ -7,6 +7,10 @@
 //!
 //! - within quota: 200 with a chat-completion body whose reply is
 //!   `"glm mock reply #<n>"` (n counts served calls from 1);
+//! - within quota with `"stream": true`: 200 `text/event-stream`, GLM's SSE: one
+//!   `data: {chunk}` event per word of that reply, one with `finish_reason: "stop"`
+//!   and the usage, then `data: [DONE]`, each event its own body frame, sent
+//!   [`GlmApi::stream_gap`] apart (default 50 ms, on tokio's clock);
 //! - over quota, or always when [`GlmApi::always_rate_limited`] is on: the 429 above,
 //!   with no `Retry-After` (GLM sends none);
 //! - a body that is not a JSON object: `400 {"error":{"code":"1214",…}}` (the code is
@@ -33,14 +37,22 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::Router;
-use http::{Method, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode};
+use http_body::Frame;
 use serde_json::{json, Value};
+use tokio::time::Sleep;
 
 use super::common::{handler, json, Core, Incoming, QuotaWindow};
 use super::recorder::{Hits, Outcome};
@@ -55,6 +67,8 @@ pub const PATH: &str = "/api/paas/v4/chat/completions";
 pub const RATE_LIMIT_CODE: &str = "1302";
 /// The `error.message` of the over-limit body, as the real API sends it.
 pub const RATE_LIMIT_MESSAGE: &str = "您的账户已达到速率限制,请您控制请求频率";
+/// Default gap between SSE events: 50 ms.
+pub const DEFAULT_STREAM_GAP: Duration = Duration::from_millis(50);
 
 /// The GLM mock. Clones share state.
 #[derive(Clone)]
@@ -67,13 +81,15 @@ struct State {
     rate: QuotaWindow,
     always_limited: bool,
     served: u64,
+    gap: Duration,
 }
 
 impl fmt::Debug for GlmApi {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.core.debug(f, "GlmApi", |out, state| {
             out.field("quota", &state.rate.quota)
-                .field("always_rate_limited", &state.always_limited);
+                .field("always_rate_limited", &state.always_limited)
+                .field("stream_gap", &state.gap);
         })
     }
 }
@@ -92,6 +108,7 @@ impl GlmApi {
                 rate: QuotaWindow::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
                 always_limited: false,
                 served: 0,
+                gap: DEFAULT_STREAM_GAP,
             }),
         }
     }
@@ -105,6 +122,13 @@ impl GlmApi {
     /// The window length.
     pub fn window(self, window: Duration) -> Self {
         self.core.state().rate.quota.window = window;
+        self
+    }
+
+    /// The gap between the events of a streamed answer (`"stream": true`), so a test
+    /// can tell a stream passed through from one buffered on the way.
+    pub fn stream_gap(self, gap: Duration) -> Self {
+        self.core.state().gap = gap;
         self
     }
 
@@ -137,16 +161,17 @@ impl GlmApi {
 
     fn answer(&self, inc: &Incoming) -> (Outcome, Response) {
         let body = inc.json_object();
-        let admitted = {
+        let (admitted, gap) = {
             let mut state = self.core.state();
-            if state.always_limited || state.rate.admit(inc.now).is_err() {
+            let admitted = if state.always_limited || state.rate.admit(inc.now).is_err() {
                 None
             } else if body.is_ok() {
                 state.served += 1;
                 Some(state.served)
             } else {
                 Some(0)
-            }
+            };
+            (admitted, state.gap)
         };
         match (admitted, body) {
             (None, _) => (
@@ -165,10 +190,12 @@ impl GlmApi {
             ),
             (Some(n), Ok(body)) => {
                 let model = body.get("model").cloned().unwrap_or_else(|| json!("glm-4"));
-                (
-                    Outcome::Served,
-                    json(StatusCode::OK, &completion(n, &model)),
-                )
+                let resp = if body.get("stream").and_then(Value::as_bool) == Some(true) {
+                    stream(n, &model, gap)
+                } else {
+                    json(StatusCode::OK, &completion(n, &model))
+                };
+                (Outcome::Served, resp)
             }
         }
     }
@@ -187,4 +214,126 @@ fn completion(n: u64, model: &Value) -> Value {
         }],
         "usage": { "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0 },
     })
+}
+
+/// GLM's SSE for reply `n`: a chunk per word, the `stop` chunk with the usage, `[DONE]`.
+fn stream(n: u64, model: &Value, gap: Duration) -> Response {
+    let event = |choice: Value, usage: Option<Value>| {
+        let mut chunk = json!({ "id": format!("glm-mock-{n}"), "created": 0, "model": model, "choices": [choice] });
+        if let Some(usage) = usage {
+            chunk["usage"] = usage;
+        }
+        Bytes::from(format!("data: {chunk}\n\n"))
+    };
+    let reply = format!("glm mock reply #{n}");
+    let mut events: VecDeque<Bytes> = reply
+        .split_inclusive(' ')
+        .map(|word| {
+            let delta = json!({ "role": "assistant", "content": word });
+            event(json!({ "index": 0, "delta": delta }), None)
+        })
+        .collect();
+    let delta = json!({ "role": "assistant", "content": "" });
+    let usage = json!({ "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0 });
+    events.push_back(event(
+        json!({ "index": 0, "finish_reason": "stop", "delta": delta }),
+        Some(usage),
+    ));
+    events.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+    let mut resp = Response::new(Body::new(SseBody {
+        events,
+        gap,
+        sleep: None,
+    }));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Hands out its events one frame at a time, sleeping `gap` between them.
+struct SseBody {
+    events: VecDeque<Bytes>,
+    gap: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(sleep) = this.sleep.as_mut() {
+            ready!(sleep.as_mut().poll(cx));
+            this.sleep = None;
+        }
+        let Some(event) = this.events.pop_front() else {
+            return Poll::Ready(None);
+        };
+        if !this.events.is_empty() && !this.gap.is_zero() {
+            this.sleep = Some(Box::pin(tokio::time::sleep(this.gap)));
+        }
+        Poll::Ready(Some(Ok(Frame::data(event))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::json_request;
+    use http_body_util::BodyExt;
+    use tokio::time::Instant;
+    use tower::ServiceExt;
+
+    /// `"stream": true` gets GLM's SSE, one event per frame, `stream_gap` apart.
+    #[tokio::test(start_paused = true)]
+    async fn a_streamed_answer_sends_its_events_a_gap_apart() {
+        let gap = Duration::from_millis(300);
+        let glm = GlmApi::new().stream_gap(gap);
+        let req =
+            json_request(Method::POST, PATH, &json!({"stream": true, "messages": []})).unwrap();
+        let start = Instant::now();
+        let resp = glm.router().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+
+        let mut body = resp.into_body();
+        let mut events = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            events.push((start.elapsed(), String::from_utf8(data.to_vec()).unwrap()));
+        }
+        // "glm ", "mock ", "reply ", "#1", stop, [DONE].
+        assert_eq!(events.len(), 6, "{events:?}");
+        for (i, (at, _)) in events.iter().enumerate() {
+            assert_eq!(*at, gap * i as u32, "event {i}");
+        }
+        let content: String = events[..4]
+            .iter()
+            .map(|(_, e)| {
+                let chunk: Value = serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap();
+                chunk["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(content, "glm mock reply #1");
+        let stop: Value =
+            serde_json::from_str(events[4].1.strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(stop["choices"][0]["finish_reason"], "stop");
+        assert_eq!(events[5].1, "data: [DONE]\n\n");
+        assert_eq!(glm.hits().served(), 1);
+    }
 }
