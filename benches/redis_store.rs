@@ -45,7 +45,8 @@ pub(crate) fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("redis");
     configure(&mut group);
     group.bench_function("ping", |b| {
-        b.to_async(&rt).iter(|| async { redis.ping().await.unwrap() })
+        b.to_async(&rt)
+            .iter(|| async { redis.ping().await.unwrap() })
     });
     group.bench_function("acquire", |b| {
         b.to_async(&rt)
