@@ -16,10 +16,9 @@ use std::{
 
 use axum::{extract::State, routing::post, Router};
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body_util::Full;
 use ratewise::{
-    outcome,
     redis::Redis,
     stack::{ClientStackLayer, Platform},
     testing::{client, json_request, GlmApi, MockServer, RedisServer, TelegramBot},
@@ -55,6 +54,7 @@ fn child_process() {
         match mode.as_str() {
             "limit" => child_limit().await,
             "telegram" => child_telegram().await,
+            "cooldown" => child_cooldown().await,
             other => panic!("unknown child mode {other}"),
         }
     });
@@ -147,6 +147,45 @@ async fn child_telegram() -> String {
     let mut ok = 0;
     while let Some(n) = set.join_next().await {
         ok += n.unwrap();
+    }
+    format!("ok={ok}")
+}
+
+/// The Telegram preset with the Redis stores and no retry: `COUNT` messages at once,
+/// named `p<CHILD>-<i>`; reports how many were answered 200.
+async fn child_cooldown() -> String {
+    let redis = Redis::new(&env("REDIS_URL")).unwrap().fail_closed();
+    let name = env("NAME");
+    let stack = ClientStackLayer::preset(Platform::Telegram)
+        .rate_limit(|r| r.store(redis.rate_limit(&name)))
+        .cooldown(|c| c.store(redis.cooldown(&name)))
+        .retry(|r| r.max_attempts(1))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(stack).service(client());
+    let url = env("UPSTREAM");
+    let count: usize = env("COUNT").parse().unwrap();
+    let me = env("ROLE");
+    let mut set = JoinSet::new();
+    for i in 0..count {
+        let (svc, url) = (svc.clone(), url.clone());
+        let who = format!("{me}{i}");
+        set.spawn(async move {
+            let req = Request::post(&url)
+                .header("content-type", "application/json")
+                .body(Full::from(who))
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(20), svc.oneshot(req)).await
+        });
+    }
+    let mut ok = 0;
+    while let Some(done) = set.join_next().await {
+        match done.unwrap() {
+            Ok(Ok(res)) if res.status() == 200 => ok += 1,
+            Ok(Ok(res)) => eprintln!("failed: status {}", res.status()),
+            Ok(Err(err)) => eprintln!("failed: {err}"),
+            Err(_) => eprintln!("failed: no answer within 20 s"),
+        }
     }
     format!("ok={ok}")
 }
@@ -336,9 +375,10 @@ async fn upstream(State(up): State<Upstream>, body: Bytes) -> Response<Full<Byte
         .unwrap()
 }
 
-/// Process A gets a 429 `retry_after: 1`; process B, which shares only Redis with it,
-/// then sends five messages. None reaches the upstream until the cooldown ends; then
-/// B's probe is the only call until it is answered, and the other four follow it.
+/// Process A (an OS process) gets a 429 `retry_after: 1`; process B, another OS process
+/// that shares only Redis with it, then sends five messages. None reaches the upstream
+/// until the cooldown ends; then B's probe is the only call until it is answered (it
+/// takes 300 ms), and the other four follow it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cooldown_started_in_one_process_holds_in_another() {
     let Some(redis) = RedisServer::start() else {
@@ -351,55 +391,34 @@ async fn a_cooldown_started_in_one_process_holds_in_another() {
     let server = MockServer::start(router).await.unwrap();
     let url = server.url("/bot1:x/sendMessage");
     let name = unique("cooldown");
-    // Each "process" has its own Redis handle (connection) and its own stack.
-    let stack = |label: &str| {
-        let redis = Redis::new(redis.url()).unwrap().fail_closed();
-        let _ = label;
-        ClientStackLayer::preset(Platform::Telegram)
-            .rate_limit(|r| r.store(redis.rate_limit(&name)))
-            .cooldown(|c| c.store(redis.cooldown(&name)))
-            .retry(|r| r.max_attempts(1))
-            .build()
-            .unwrap()
+    let run = |role: &'static str, count: &'static str| {
+        let (redis_url, name, url) = (redis.url().to_owned(), name.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            run_children(
+                1,
+                "cooldown",
+                &[
+                    ("REDIS_URL", &redis_url),
+                    ("NAME", &name),
+                    ("UPSTREAM", &url),
+                    ("COUNT", count),
+                    ("ROLE", role),
+                ],
+            )
+        })
     };
-    let a = ServiceBuilder::new().layer(stack("a")).service(client());
-    let b_stack = stack("b");
-    let b = ServiceBuilder::new()
-        .layer(b_stack.clone())
-        .service(client());
-    let send = |svc: tower::util::BoxCloneSyncService<_, _, _>, who: String| {
-        let url = url.clone();
-        async move {
-            let req = Request::post(&url)
-                .header("content-type", "application/json")
-                .body(Full::from(who))
-                .unwrap();
-            svc.oneshot(req).await
-        }
-    };
-    let a = tower::util::BoxCloneSyncService::new(a);
-    let b = tower::util::BoxCloneSyncService::new(b);
+    // A: one message, answered 429 (its caller sees the 429: no retry).
+    assert_eq!(run("a", "1").await.unwrap(), [0]);
+    // B: five messages, every one delivered once the cooldown is over.
+    assert_eq!(run("b", "5").await.unwrap(), [5]);
 
-    let start = Instant::now();
-    let first = send(a.clone(), "a".into()).await.unwrap();
-    assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
-    let mut set = JoinSet::new();
-    for i in 0..5 {
-        set.spawn(send(b.clone(), format!("b{i}")));
-    }
-    let mut statuses = Vec::new();
-    while let Some(done) = set.join_next().await {
-        let res = tokio::time::timeout(Duration::from_secs(15), async { done.unwrap() })
-            .await
-            .expect("no hung call");
-        statuses.push(format!("{:?}", outcome(&res)));
-        assert_eq!(res.unwrap().status(), StatusCode::OK);
-    }
     let calls = up.calls.lock().unwrap().clone();
+    let start = calls[0].0;
     let at: Vec<_> = calls.iter().map(|(t, w)| (*t - start, w.clone())).collect();
     println!("calls: {at:?}");
     assert_eq!(calls.len(), 6, "A's call, then B's five");
-    assert_eq!(calls[0].1, "a");
+    assert_eq!(calls[0].1, "a0");
+    assert!(calls[1..].iter().all(|(_, who)| who.starts_with('b')));
     // B's first call is its probe, at the cooldown's end (1 s after A's 429).
     let probe = calls[1].0 - calls[0].0;
     assert!(
@@ -407,7 +426,7 @@ async fn a_cooldown_started_in_one_process_holds_in_another() {
         "B called {probe:?} after A's 429"
     );
     assert!(probe < Duration::from_secs(3), "B's probe waited {probe:?}");
-    // The probe is the only call until it is answered (it takes 300 ms).
+    // The probe is the only call until it is answered.
     for (t, who) in &calls[2..] {
         assert!(
             *t >= calls[1].0 + 300 * MS,
@@ -415,7 +434,6 @@ async fn a_cooldown_started_in_one_process_holds_in_another() {
             *t - calls[1].0
         );
     }
-    println!("b: {:?}", b_stack.cooldown_layer().stats());
     server.shutdown().await;
 }
 
@@ -461,6 +479,60 @@ where
     (ok, limited, unavailable)
 }
 
+/// Counts the Redis handle's outage warnings ("unreachable") and recoveries, across
+/// every thread of this test binary (no other test here has an outage in-process).
+mod outages {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        OnceLock,
+    };
+    use tracing_subscriber::{layer::SubscriberExt, Layer};
+
+    pub static DOWN: AtomicUsize = AtomicUsize::new(0);
+    pub static BACK: AtomicUsize = AtomicUsize::new(0);
+
+    struct Count;
+
+    struct Message(String);
+
+    impl tracing::field::Visit for Message {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Count {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if *event.metadata().level() != tracing::Level::WARN
+                || !event.metadata().target().starts_with("ratewise::redis")
+            {
+                return;
+            }
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            if message.0.contains("unreachable") {
+                DOWN.fetch_add(1, Ordering::SeqCst);
+            } else if message.0.contains("reachable again") {
+                BACK.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub fn install() {
+        static ONCE: OnceLock<()> = OnceLock::new();
+        ONCE.get_or_init(|| {
+            let subscriber = tracing_subscriber::registry().with(Count);
+            tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        });
+    }
+}
+
 /// A DBSIZE on the restarted server, by a connection of the test's own.
 async fn dbsize(url: &str) -> usize {
     let client = redis::Client::open(url).unwrap();
@@ -472,7 +544,8 @@ async fn dbsize(url: &str) -> usize {
 
 /// Redis is killed mid-run and restarted. Fail-open keeps serving at its local share
 /// (20 per 2 s over 4 instances: 5); fail-closed refuses with `StoreUnavailable` at
-/// once; both are back on Redis within 1 s of the restart; no call hangs.
+/// once; both are back on Redis within 1 s of the restart; no call hangs; each handle
+/// logs one warning for the outage, not one per request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_redis_killed_mid_run_then_restarted() {
     let Some(mut server) = RedisServer::start() else {
@@ -495,6 +568,7 @@ async fn fault_redis_killed_mid_run_then_restarted() {
             .build()
             .unwrap()
     };
+    outages::install();
     let (open_calls, up) = counting();
     let open = ServiceBuilder::new()
         .layer(make(Redis::new(&open_url).unwrap().fail_open(4)))
@@ -509,6 +583,7 @@ async fn fault_redis_killed_mid_run_then_restarted() {
     assert_eq!(batch(&closed, 30).await, (20, 10, 0));
     assert_eq!(*open_calls.lock().unwrap(), 20);
 
+    assert_eq!(outages::DOWN.load(std::sync::atomic::Ordering::SeqCst), 0);
     server.kill();
     let down = Instant::now();
     // Fail-open: the local share, 5 of the next 30.
