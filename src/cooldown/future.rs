@@ -270,92 +270,41 @@ where
                     let stats = &this.shared.stats;
                     let refusal = result.as_ref().err().and_then(|err| Refusal::find(&**err));
                     if let Some(refusal) = refusal.filter(|r| r.held_by() == Some(this.shared.id)) {
-                        // This cooldown's own hold refused the request below: it never
-                        // reached the upstream, so its answer is no signal. Dropping
-                        // the ticket frees a probe's slot for the next request.
+                        // This cooldown's own hold refused the request below: the key
+                        // began cooling while it waited.
                         if !*this.met {
                             Counters::bump(&stats.met);
                         }
                         Counters::bump(&stats.rejected);
                         tracing::debug!(target: "ratewise::cooldown", refusal = %refusal, "request held back below the cooldown: the key began cooling while it waited");
-                        let ticket = this.ticket.take();
-                        let remote = ticket.and_then(|t| t.remote);
-                        match (&this.shared.store, remote) {
-                            (Some((store, rules)), Some(r)) if r.probe == Probe::Mine => {
-                                // It never reached the upstream: free the shared probe.
-                                let future = store.record(
-                                    this.key,
-                                    *this.token,
-                                    r.signal,
-                                    Answer::Transient,
-                                    rules,
-                                );
-                                *this.result = Some(result);
-                                this.state.set(State::Record { future });
-                                continue;
-                            }
-                            _ => return Poll::Ready(result),
-                        }
-                    }
-                    if refusal.is_some_and(|r| r.held_by().is_some()) {
-                        // Another layer's hold refused it: no signal either.
-                        let ticket = this.ticket.take();
-                        let remote = ticket.and_then(|t| t.remote);
-                        match (&this.shared.store, remote) {
-                            (Some((store, rules)), Some(r)) if r.probe == Probe::Mine => {
-                                // It never reached the upstream: free the shared probe.
-                                let future = store.record(
-                                    this.key,
-                                    *this.token,
-                                    r.signal,
-                                    Answer::Transient,
-                                    rules,
-                                );
-                                *this.result = Some(result);
-                                this.state.set(State::Record { future });
-                                continue;
-                            }
-                            _ => return Poll::Ready(result),
-                        }
-                    }
-                    if *this.met {
+                    } else if *this.met && refusal.is_none_or(|r| r.held_by().is_none()) {
                         Counters::bump(&stats.waited);
                     }
-                    if refusal.is_some_and(|r| !r.reached_upstream()) {
-                        // A ratewise layer below refused the request (a rate limiter's
-                        // max wait, a pool with every backend cooling...): it never
-                        // reached the upstream, so it is no signal either way. Dropping
-                        // the ticket frees a probe's slot.
-                        let ticket = this.ticket.take();
-                        let remote = ticket.and_then(|t| t.remote);
-                        match (&this.shared.store, remote) {
-                            (Some((store, rules)), Some(r)) if r.probe == Probe::Mine => {
-                                // It never reached the upstream: free the shared probe.
-                                let future = store.record(
-                                    this.key,
-                                    *this.token,
-                                    r.signal,
-                                    Answer::Transient,
-                                    rules,
-                                );
-                                *this.result = Some(result);
-                                this.state.set(State::Record { future });
-                                continue;
-                            }
-                            _ => return Poll::Ready(result),
-                        }
-                    }
+                    // Held back below (by a hold, a rate limiter's max wait, a pool with
+                    // every backend cooling...): it never reached the upstream, so its
+                    // answer is no signal either way.
+                    let unsent =
+                        refusal.is_some_and(|r| r.held_by().is_some() || !r.reached_upstream());
                     let Some(ticket) = this.ticket.take() else {
                         return Poll::Ready(result);
                     };
-                    let verdict = match &result {
-                        Ok(response) => verdict_of(response),
-                        Err(err) => verdict_of_error(&**err),
-                    };
                     let (remote, probe) = (ticket.remote, ticket.is_probe());
-                    this.shared
-                        .report(this.key, ticket, verdict, Instant::now());
-                    let record = remote.and_then(|r| answer(verdict, probe, &r).map(|a| (r, a)));
+                    let record = if unsent {
+                        // Dropping the ticket frees a local probe's slot; a shared probe
+                        // is freed in the store.
+                        drop(ticket);
+                        remote
+                            .filter(|r| r.probe == Probe::Mine)
+                            .map(|r| (r, Answer::Transient))
+                    } else {
+                        let verdict = match &result {
+                            Ok(response) => verdict_of(response),
+                            Err(err) => verdict_of_error(&**err),
+                        };
+                        this.shared
+                            .report(this.key, ticket, verdict, Instant::now());
+                        remote.and_then(|r| answer(verdict, probe, &r).map(|a| (r, a)))
+                    };
                     match (&this.shared.store, record) {
                         (Some((store, rules)), Some((remote, answer))) => {
                             let future =
