@@ -119,8 +119,9 @@ impl Redis {
     }
 
     /// The connect and response timeout (default 500 ms): how long a decision waits
-    /// for Redis before it counts as unreachable. Keys are rebuilt with a new
-    /// connection, so call it before making stores.
+    /// for Redis before it counts as unreachable. It gives this handle a connection of
+    /// its own: call it before making stores, which keep the connection they were made
+    /// with.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.conn = Conn::new(self.conn.client().clone(), timeout);
         self

@@ -301,6 +301,42 @@ mod tests {
         })
     }
 
+    /// The hash tag Redis Cluster hashes: the text between the first `{` and the next
+    /// `}`, when not empty.
+    fn hash_tag(key: &str) -> &str {
+        key.find('{')
+            .and_then(|open| {
+                let rest = &key[open + 1..];
+                rest.find('}')
+                    .filter(|close| *close > 0)
+                    .map(|close| &rest[..close])
+            })
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn every_key_of_a_request_shares_one_hash_tag_whatever_the_key_holds() {
+        let redis = Redis::new("redis://127.0.0.1:1/").unwrap().prefix("app");
+        let rules = [
+            Rule::Rate {
+                interval: 50 * MS,
+                burst: 2,
+            },
+            Rule::Sliding {
+                n: 3,
+                window: 1000 * MS,
+            },
+        ];
+        let store = RedisStore::new(&redis, "dingtalk", &rules, quota()).unwrap();
+        for key in ["tenant", "{card}", "a}b{c", ""] {
+            for i in 0..2 {
+                assert_eq!(hash_tag(&store.redis_key(i, key)), "app:dingtalk", "{key}");
+            }
+        }
+        let err = RedisStore::new(&redis, "a{b}", &rules, quota()).unwrap_err();
+        assert_eq!(err.field(), "redis.name");
+    }
+
     #[test]
     fn the_memory_and_redis_stores_make_the_same_decisions() {
         let Some(server) = RedisServer::start() else {
