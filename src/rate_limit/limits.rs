@@ -276,6 +276,7 @@ pub(crate) fn rules(specs: &[Spec]) -> Result<Vec<Rule>, ConfigError> {
 impl Rule {
     /// The same limit at `1/share` of its quota (at least one cell): what one of
     /// `share` processes may take alone when the store they share is unreachable.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn share(self, share: u32) -> Rule {
         let share = share.max(1);
         match self {
