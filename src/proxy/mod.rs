@@ -1,0 +1,3 @@
+//! ratewise-proxy, an OpenAI-compatible LLM gateway.
+
+pub mod stats;
