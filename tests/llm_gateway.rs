@@ -77,9 +77,7 @@ fn glm_stack() -> (ClientStackLayer, Cooldowns) {
                 .wait(HOLD)
                 .on_event(move |event: &CooldownEvent| {
                     if let CooldownEvent::Started(started) = event {
-                        log.lock()
-                            .unwrap()
-                            .push((Instant::now(), started.until));
+                        log.lock().unwrap().push((Instant::now(), started.until));
                     }
                 })
         })
@@ -259,8 +257,16 @@ async fn glm_1302_burst_is_cooled_and_retried_and_every_answer_reaches_one_calle
     let answers: Vec<&String> = got.iter().filter_map(|(r, _)| r.as_ref().ok()).collect();
     let distinct: BTreeSet<&String> = answers.iter().copied().collect();
     assert!(!answers.is_empty(), "no caller got an answer");
-    assert_eq!(answers.len(), hits.served(), "answers vs GLM's served calls");
-    assert_eq!(distinct.len(), answers.len(), "an answer reached two callers");
+    assert_eq!(
+        answers.len(),
+        hits.served(),
+        "answers vs GLM's served calls"
+    );
+    assert_eq!(
+        distinct.len(),
+        answers.len(),
+        "an answer reached two callers"
+    );
 }
 
 /// The account stays limited (every call 1302): every caller degrades on a typed
@@ -399,13 +405,19 @@ impl Gateway {
 
     /// One call to the gateway, read to the end.
     async fn ask(&self, model: &str) -> Answer {
-        let res = self.router.clone().oneshot(Self::request(&chat_body(model, false)));
+        let res = self
+            .router
+            .clone()
+            .oneshot(Self::request(&chat_body(model, false)));
         Answer::read(res.await.unwrap()).await.unwrap()
     }
 
     /// One streaming call, each event with the time it arrived.
     async fn ask_stream(&self) -> Streamed {
-        let res = self.router.clone().oneshot(Self::request(&chat_body(MODEL, true)));
+        let res = self
+            .router
+            .clone()
+            .oneshot(Self::request(&chat_body(MODEL, true)));
         Streamed::read(res.await.unwrap()).await.unwrap()
     }
 
@@ -434,9 +446,15 @@ async fn a_primary_1302_fails_over_to_the_fallback_within_the_same_call() {
     // The fallback echoes the request's `model`: it got the whole buffered body, a copy
     // made before the primary consumed its own.
     assert_eq!(answer.body["model"], MODEL);
-    assert_eq!(gw.glm.hits().times_of(testing::Outcome::RateLimited), [ms(0)]);
+    assert_eq!(
+        gw.glm.hits().times_of(testing::Outcome::RateLimited),
+        [ms(0)]
+    );
     assert_eq!(gw.glm.hits().count(), 1);
-    assert_eq!(gw.fallback.hits().times_of(testing::Outcome::Served), [ms(0)]);
+    assert_eq!(
+        gw.fallback.hits().times_of(testing::Outcome::Served),
+        [ms(0)]
+    );
     assert_eq!(gw.fallback.hits().count(), 1);
 
     let g = gw.handle.backend("glm").unwrap();
@@ -506,7 +524,11 @@ async fn an_sse_stream_crosses_the_gateway_event_by_event() {
     let stop: Value = serde_json::from_str(&texts[4]["data: ".len()..]).unwrap();
     assert_eq!(stop["choices"][0]["finish_reason"], "stop");
     assert_eq!(texts[5], "data: [DONE]");
-    assert_eq!(gw.glm.hits().count(), 1, "the stream went to the cooling primary");
+    assert_eq!(
+        gw.glm.hits().count(),
+        1,
+        "the stream went to the cooling primary"
+    );
 }
 
 /// The OpenAI-compatible fallback's 429 body, exactly as the mock sends it.
@@ -537,7 +559,10 @@ async fn with_every_backend_cooling_the_caller_gets_the_real_429_else_the_gatewa
     assert_eq!(limited.body, fallback_429_body());
     assert_eq!(limited.header("retry-after-ms"), Some("9000"));
     assert_eq!(limited.header("x-ratelimit-reset-requests"), Some("9s"));
-    assert_eq!(limited.header(testing::openai::BACKEND_HEADER), Some("fallback"));
+    assert_eq!(
+        limited.header(testing::openai::BACKEND_HEADER),
+        Some("fallback")
+    );
     assert_eq!(gw.hits(), (1, 2));
     assert_eq!(gw.handle.totals().all_cooling, 0);
 
@@ -590,14 +615,28 @@ async fn the_pool_stats_account_for_every_call_of_the_scenario() {
 
     let g = gw.handle.backend("glm").unwrap();
     assert_eq!(
-        (g.group, g.requests, g.successes, g.rate_limited, g.failovers, g.skipped_cooling),
+        (
+            g.group,
+            g.requests,
+            g.successes,
+            g.rate_limited,
+            g.failovers,
+            g.skipped_cooling
+        ),
         (0, 1, 0, 1, 1, 6),
         "glm: group, requests, ok, rate-limited, failovers, skipped while cooling"
     );
     assert!(matches!(g.state, KeyState::Cooling { n: 1, .. }));
     let f = gw.handle.backend("fallback").unwrap();
     assert_eq!(
-        (f.group, f.requests, f.successes, f.rate_limited, f.failovers, f.skipped_cooling),
+        (
+            f.group,
+            f.requests,
+            f.successes,
+            f.rate_limited,
+            f.failovers,
+            f.skipped_cooling
+        ),
         (1, 6, 5, 1, 0, 1),
         "fallback: group, requests, ok, rate-limited, failovers, skipped while cooling"
     );
@@ -672,7 +711,11 @@ async fn the_gateway_scenario_holds_over_real_sockets() {
     let ask = |body: Value| {
         let req = json_request(Method::POST, &url, &body).unwrap();
         let res = client.request(req);
-        async move { bounded("a gateway call", Answer::read(res.await.unwrap())).await.unwrap() }
+        async move {
+            bounded("a gateway call", Answer::read(res.await.unwrap()))
+                .await
+                .unwrap()
+        }
     };
 
     let first = ask(chat_body(MODEL, false)).await;
@@ -681,7 +724,10 @@ async fn the_gateway_scenario_holds_over_real_sockets() {
         (StatusCode::OK, Some("fallback"))
     );
     assert_eq!(first.body["model"], MODEL);
-    assert_eq!((glm.hits().rate_limited(), fallback.hits().served()), (1, 1));
+    assert_eq!(
+        (glm.hits().rate_limited(), fallback.hits().served()),
+        (1, 1)
+    );
 
     let second = ask(chat_body(MODEL, false)).await;
     assert_eq!(second.served_by(), Some("fallback"));
@@ -699,19 +745,30 @@ async fn the_gateway_scenario_holds_over_real_sockets() {
     // The mock sends the last event 5 gaps after the first: the first reached the
     // client long before the last was sent, not with it.
     let span = stream.events[STREAM_EVENTS - 1].0 - stream.events[0].0;
-    assert!(span >= STREAM_GAP * 4, "the events came together: {:?}", stream.events);
+    assert!(
+        span >= STREAM_GAP * 4,
+        "the events came together: {:?}",
+        stream.events
+    );
 
     let limited = ask(chat_body(MODEL, false)).await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(limited.served_by(), Some("fallback"));
     assert_eq!(limited.body, fallback_429_body());
     let retry_ms: u64 = limited.header("retry-after-ms").unwrap().parse().unwrap();
-    assert!(retry_ms > 0 && retry_ms <= 10_000, "retry-after-ms {retry_ms}");
+    assert!(
+        retry_ms > 0 && retry_ms <= 10_000,
+        "retry-after-ms {retry_ms}"
+    );
 
     let hits = (glm.hits().count(), fallback.hits().count());
     let asked = Instant::now();
     let refused = ask(chat_body(MODEL, false)).await;
-    assert!(asked.elapsed() < POOL_MAX_WAIT, "the gateway waited {:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < POOL_MAX_WAIT,
+        "the gateway waited {:?}",
+        asked.elapsed()
+    );
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.served_by(), None);
     assert_eq!(refused.error_code(), Some("all_backends_cooling"));
@@ -721,5 +778,8 @@ async fn the_gateway_scenario_holds_over_real_sockets() {
         "Retry-After {retry_after}"
     );
     assert_eq!((glm.hits().count(), fallback.hits().count()), hits);
-    assert_eq!((handle.totals().all_cooling, handle.totals().waited), (1, 0));
+    assert_eq!(
+        (handle.totals().all_cooling, handle.totals().waited),
+        (1, 0)
+    );
 }

@@ -96,19 +96,34 @@ async fn completions(State(pool): State<GatewayPool>, req: Request<Body>) -> Res
         Ok(req) => req,
         Err(err) => {
             let message = format!("could not read the request body: {err}");
-            return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", None, message);
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                message,
+            );
         }
     };
     let Some(bytes) = req.body().buffered_bytes() else {
         let message = format!("the request body is over {MAX_REQUEST_BODY} bytes");
-        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", None, message);
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            None,
+            message,
+        );
     };
     let model = serde_json::from_slice::<Value>(bytes)
         .ok()
         .and_then(|body| body.get("model")?.as_str().map(str::to_owned));
     let Some(model) = model else {
         let message = "the body must be a JSON object with a string `model`".to_owned();
-        return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", None, message);
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            None,
+            message,
+        );
     };
     // The caller's credentials and connection headers stay here: each backend gets its
     // own key, and its client its own connection.
@@ -290,7 +305,11 @@ impl Streamed {
         self.events
             .iter()
             .filter_map(|(_, e)| serde_json::from_str::<Value>(e.strip_prefix("data: ")?).ok())
-            .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .filter_map(|chunk| {
+                chunk["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect()
     }
 }
