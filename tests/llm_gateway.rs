@@ -271,14 +271,12 @@ async fn glm_1302_burst_is_cooled_and_retried_and_every_answer_reaches_one_calle
 
 /// The account stays limited (every call 1302): every caller degrades on a typed
 /// error, no later than the deadline plus one cooldown hold, and GLM gets only the
-/// first calls and one probe per cooldown (250 ms, then 500 ms, 1 s, doubling).
+/// first call and one probe per cooldown (250 ms, then 500 ms, 1 s, doubling).
 #[tokio::test(start_paused = true)]
 async fn when_glm_stays_limited_every_caller_degrades_on_a_typed_error_by_the_deadline() {
     let glm = GlmApi::new().always_rate_limited(true);
     let (stack, cooldowns) = glm_stack();
-    let client = ServiceBuilder::new()
-        .layer(stack.clone())
-        .service(glm.router());
+    let client = ServiceBuilder::new().layer(stack).service(glm.router());
 
     let got = ask_all(&client, 3).await;
 
@@ -564,6 +562,7 @@ async fn with_every_backend_cooling_the_caller_gets_the_real_429_else_the_gatewa
         Some("fallback")
     );
     assert_eq!(gw.hits(), (1, 2));
+    assert_eq!(gw.fallback.hits().rate_limited(), 1);
     assert_eq!(gw.handle.totals().all_cooling, 0);
 
     // No backend called: the gateway's own 503, at once.
@@ -711,11 +710,8 @@ async fn the_gateway_scenario_holds_over_real_sockets() {
     let ask = |body: Value| {
         let req = json_request(Method::POST, &url, &body).unwrap();
         let res = client.request(req);
-        async move {
-            bounded("a gateway call", Answer::read(res.await.unwrap()))
-                .await
-                .unwrap()
-        }
+        let call = async move { Answer::read(res.await?).await };
+        async move { bounded("a gateway call", call).await.unwrap() }
     };
 
     let first = ask(chat_body(MODEL, false)).await;
@@ -765,7 +761,7 @@ async fn the_gateway_scenario_holds_over_real_sockets() {
     let asked = Instant::now();
     let refused = ask(chat_body(MODEL, false)).await;
     assert!(
-        asked.elapsed() < POOL_MAX_WAIT,
+        asked.elapsed() < secs(1),
         "the gateway waited {:?}",
         asked.elapsed()
     );
