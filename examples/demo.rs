@@ -8,9 +8,9 @@
 //! 3. Telegram: one message per second per chat, keyed by the body's `chat_id` (no 429),
 //!    and a 4310 s ban.
 //! 4. GLM: a burst over the account's limit (429 code 1302).
-//! 5. LLM pool: an OpenAI-compatible gateway failing over from a GLM primary (1302) to
-//!    an OpenAI-compatible fallback, streaming SSE through, and answering at once when
-//!    every backend cools.
+//! 5. LLM pool: a primary/fallback `Pool` failing over from a GLM primary (1302) to an
+//!    OpenAI-compatible fallback, and answering at once when every backend cools (the
+//!    gateway over HTTP, with SSE, is `ratewise-proxy`'s and `tests/llm_gateway.rs`').
 //!
 //! Every number printed is read from the mocks' recorders or the layers' counters. The
 //! process exits non-zero if an expectation fails, so the demo is also a smoke test.
