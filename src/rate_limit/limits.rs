@@ -457,9 +457,13 @@ impl Rule {
         match (self, state) {
             (Rule::Rate { interval, .. }, State::Rate { tat }) => {
                 let t = nanos(*interval);
-                *tat = tat
-                    .saturating_sub(t.saturating_mul(u64::from(refund)))
-                    .saturating_add(t.saturating_mul(u64::from(charge)));
+                *tat = tat.saturating_sub(t.saturating_mul(u64::from(refund)));
+                if charge > 0 {
+                    // Taken at the reservation's instant, as an admission then would be.
+                    *tat = (*tat)
+                        .max(at)
+                        .saturating_add(t.saturating_mul(u64::from(charge)));
+                }
             }
             (Rule::Sliding { window, .. }, State::Sliding { stamps, used }) => {
                 let w = nanos(*window);
@@ -493,9 +497,15 @@ impl Rule {
             }
             (Rule::Fixed { window, .. }, State::Fixed { window: idx, count }) => {
                 let w = nanos(*window).max(1);
-                if *idx == at / w && *idx == now / w {
-                    *count = count.saturating_sub(refund).saturating_add(charge);
+                let current = now / w;
+                if at / w != current {
+                    return; // the reservation's window is over
                 }
+                if *idx != current {
+                    *idx = current;
+                    *count = 0;
+                }
+                *count = count.saturating_sub(refund).saturating_add(charge);
             }
             _ => {}
         }
