@@ -72,6 +72,7 @@ pub mod retry_after;
 pub mod stack;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tokens;
 mod util;
 pub mod vocabulary;
 
@@ -83,6 +84,7 @@ pub use pool::Pool;
 pub use rate_limit::RateLimitLayer;
 pub use retry::RetryLayer;
 pub use stack::{ClientStackLayer, Platform};
+pub use tokens::TokenLimitLayer;
 pub use vocabulary::{outcome, verdict_of, verdict_of_error, ConfigError, Refusal, Verdict};
 
 /// The boxed error type the layers return; every error ratewise creates can be
