@@ -16,7 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use ratewise::{
     stack::{ClientStack, ClientStackLayer, Platform},
-    testing::{json_request, openai, OpenAiApi, Outcome},
+    testing::{self, json_request, openai, GlmApi, OpenAiApi, Outcome},
     tokens::{TokenLimit, TokenLimitLayer},
     vocabulary::RefusalKind,
     BoxError, Refusal,
@@ -103,14 +103,21 @@ async fn a_run_of_three_times_the_budget_is_paced_without_a_429() {
     let answers = run(client(&tpm, &api), 20, false).await;
 
     assert!(answers.iter().all(|(s, _)| *s == StatusCode::OK));
-    assert_eq!(api.hits().count_of(Outcome::RateLimited), 0, "no upstream 429");
+    assert_eq!(
+        api.hits().count_of(Outcome::RateLimited),
+        0,
+        "no upstream 429"
+    );
     assert_eq!(api.hits().served(), 20);
     assert_eq!(api.tokens_served(), 3_000, "three times the budget");
     let stats = tpm.stats();
     assert_eq!(stats.used, api.tokens_served(), "the reconciled count");
     assert_eq!((stats.reconciled, stats.unreported), (20, 0));
     // Each call reserved 200 and used 150: 50 went back.
-    assert_eq!((stats.reserved, stats.refunded, stats.charged), (4_000, 1_000, 0));
+    assert_eq!(
+        (stats.reserved, stats.refunded, stats.charged),
+        (4_000, 1_000, 0)
+    );
 
     // Paced by the window. Each answer gives its 50 back as soon as it is read, so six
     // calls fit in a minute (900 used; a seventh's 200 would pass 1,000) and the next
@@ -153,7 +160,11 @@ async fn a_stream_is_reconciled_from_its_last_chunk_as_it_passes() {
     // 20 words, stop, the usage chunk, [DONE]: each its own frame, 100 ms apart.
     assert_eq!(events.len(), 23);
     assert_eq!(events[0].0, Duration::ZERO, "the first chunk came at once");
-    assert_eq!(events[22].0, Duration::from_millis(2_200), "the last 2.2 s later");
+    assert_eq!(
+        events[22].0,
+        Duration::from_millis(2_200),
+        "the last 2.2 s later"
+    );
     let usage: Value = serde_json::from_str(
         events[21]
             .1
@@ -187,7 +198,11 @@ async fn a_streamed_run_of_three_times_the_budget_is_paced_without_a_429() {
     assert!(answers
         .iter()
         .all(|(_, body)| body.ends_with(b"data: [DONE]\n\n")));
-    assert_eq!(api.hits().count_of(Outcome::RateLimited), 0, "no upstream 429");
+    assert_eq!(
+        api.hits().count_of(Outcome::RateLimited),
+        0,
+        "no upstream 429"
+    );
     assert_eq!(api.tokens_served(), 3_000);
     let stats = tpm.stats();
     assert_eq!(stats.used, api.tokens_served(), "the reconciled count");
@@ -210,6 +225,39 @@ async fn a_stream_without_usage_keeps_its_reservation() {
     let stats = tpm.stats();
     assert_eq!((stats.reconciled, stats.unreported), (0, 1));
     assert_eq!((stats.reserved, stats.refunded, stats.used), (200, 0, 0));
+}
+
+/// GLM reports usage in its last chunk unasked: a GLM stream is reconciled without
+/// `include_usage`, through the GLM preset, and the body reaches GLM as it was sent.
+#[tokio::test(start_paused = true)]
+async fn a_glm_stream_is_reconciled_unasked() {
+    let glm = GlmApi::new().tpm(1_000);
+    let tpm = TokenLimitLayer::builder()
+        .per_minute(1_000)
+        .build()
+        .expect("valid");
+    let stack = ClientStackLayer::preset(Platform::Glm).build().unwrap();
+    let client = ServiceBuilder::new()
+        .layer(tpm.clone())
+        .layer(stack)
+        .service(glm.router());
+    for _ in 0..3 {
+        let call = json_request(
+            Method::POST,
+            testing::glm::PATH,
+            &json!({"model": "glm-4", "messages": [{"role": "user", "content": "y".repeat(40)}], "stream": true}),
+        )
+        .unwrap();
+        let answer = client.clone().oneshot(call).await.expect("answered");
+        let body = answer.into_body().collect().await.expect("read").to_bytes();
+        assert!(body.ends_with(b"data: [DONE]\n\n"));
+    }
+    let stats = tpm.stats();
+    assert_eq!((stats.reconciled, stats.unreported), (3, 0));
+    assert_eq!(stats.used, glm.tokens_served());
+    // 10 prompt tokens and 5 for "glm mock reply #n": 15 each, reserved 10 (no
+    // `max_tokens`), so 5 more are charged each time.
+    assert_eq!((stats.reserved, stats.used, stats.charged), (30, 45, 15));
 }
 
 /// What reached the client below the stack: every request body, as bytes.
@@ -354,7 +402,11 @@ async fn a_refused_call_gives_its_reservation_back() {
     answer.into_body().collect().await.expect("read");
     // 5 more × 200 reserved would not fit in 1,000 beside the first without refunds.
     for _ in 0..5 {
-        let err = client.clone().oneshot(chat(false)).await.expect_err("cooling");
+        let err = client
+            .clone()
+            .oneshot(chat(false))
+            .await
+            .expect_err("cooling");
         let refusal = Refusal::find(&*err).expect("a refusal");
         assert_eq!(refusal.kind(), &RefusalKind::CoolingDown, "{refusal}");
     }
@@ -451,7 +503,7 @@ async fn two_processes_share_one_budget_through_redis() {
     let res = via(&a).oneshot(call(799)).await.unwrap();
     assert!(refused(via(&b).oneshot(call(299)).await));
     res.into_body().collect().await.unwrap(); // A used 100: 700 go back
-    // B reserves 900 beside A's 100: the budget is full for A.
+                                              // B reserves 900 beside A's 100: the budget is full for A.
     let held = until_admitted(&b, 899).await;
     assert!(refused(via(&a).oneshot(call(0)).await));
     // B used 100: 800 go back, so A takes 800 (A 100 + B 100 + 800).

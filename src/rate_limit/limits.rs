@@ -453,7 +453,10 @@ impl Rule {
     /// Corrects a reservation of `reserved` cells taken at `at` (ns, `<= now`) to
     /// `actual` (see [`RateLimitStore::settle`]). Never waits, never refuses.
     fn settle(&self, state: &mut State, now: u64, at: u64, reserved: u32, actual: u32) {
-        let (refund, charge) = (reserved.saturating_sub(actual), actual.saturating_sub(reserved));
+        let (refund, charge) = (
+            reserved.saturating_sub(actual),
+            actual.saturating_sub(reserved),
+        );
         match (self, state) {
             (Rule::Rate { interval, .. }, State::Rate { tat }) => {
                 let t = nanos(*interval);
@@ -936,7 +939,10 @@ mod tests {
             Decision::Admitted { remaining: 0 }
         );
         // Full: the first cell to leave is one of A's 30, at 60 s.
-        assert_eq!(store.decide_ok(&k, n(1)), Decision::Denied { wait: 40 * SEC });
+        assert_eq!(
+            store.decide_ok(&k, n(1)),
+            Decision::Denied { wait: 40 * SEC }
+        );
         tokio::time::advance(40 * SEC).await;
         assert_eq!(
             store.decide_ok(&k, n(30)),
@@ -953,7 +959,7 @@ mod tests {
         assert!(admitted(store.decide_ok(&k, n(150)))); // A at 10 s
         tokio::time::advance(10 * SEC).await;
         assert!(admitted(store.decide_ok(&k, n(100)))); // B at 20 s
-        // A reserved 150 and cost 10: its instant gives back 140.
+                                                        // A reserved 150 and cost 10: its instant gives back 140.
         settle(&store, &k, 150, 10, 10 * SEC);
         // A refund larger than what A's instant holds goes on to earlier admissions
         // (A's last 10, then X's 50), never to B's, which leaves the window later.
@@ -964,7 +970,10 @@ mod tests {
             Decision::Admitted { remaining: 0 }
         );
         // The next cell to leave is B's, at 80 s (not X's at 60 s: X was refunded).
-        assert_eq!(store.decide_ok(&k, n(1)), Decision::Denied { wait: 60 * SEC });
+        assert_eq!(
+            store.decide_ok(&k, n(1)),
+            Decision::Denied { wait: 60 * SEC }
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -975,7 +984,10 @@ mod tests {
         tokio::time::advance(30 * SEC).await;
         // It cost 350: over the limit, counted from 0 s.
         settle(&store, &k, 100, 350, 30 * SEC);
-        assert_eq!(store.decide_ok(&k, n(1)), Decision::Denied { wait: 30 * SEC });
+        assert_eq!(
+            store.decide_ok(&k, n(1)),
+            Decision::Denied { wait: 30 * SEC }
+        );
         tokio::time::advance(30 * SEC).await;
         assert_eq!(
             store.decide_ok(&k, n(300)),

@@ -199,7 +199,10 @@ impl RedisStore {
                     call.key(self.redis_key(i, keys.get(i).as_str()));
                 }
                 let age = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
-                call.arg(at).arg(reserved).arg(actual).arg(age.min(LUA_EXACT));
+                call.arg(at)
+                    .arg(reserved)
+                    .arg(actual)
+                    .arg(age.min(LUA_EXACT));
                 for a in &inner.args {
                     call.arg(*a);
                 }

@@ -223,7 +223,9 @@ pub(crate) fn usage(body: &serde_json::Map<String, Value>, reply: &str) -> Value
     let chars: usize = body
         .get("messages")
         .and_then(Value::as_array)
-        .map_or(0, |m| m.iter().filter_map(|m| m.get("content")).map(text).sum());
+        .map_or(0, |m| {
+            m.iter().filter_map(|m| m.get("content")).map(text).sum()
+        });
     let prompt = tokens_of(chars);
     let cap = ["max_completion_tokens", "max_tokens"]
         .iter()

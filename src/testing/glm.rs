@@ -192,18 +192,16 @@ impl GlmApi {
                 .and_then(|u| u["total_tokens"].as_u64())
                 .unwrap_or(0);
             let over_tokens = usage.is_some() && state.tokens.check(inc.now, tokens).is_err();
-            let admitted = if state.always_limited
-                || over_tokens
-                || state.rate.admit(inc.now).is_err()
-            {
-                None
-            } else if let Some(usage) = usage {
-                state.served += 1;
-                state.tokens.take(inc.now, tokens);
-                Some((state.served, usage))
-            } else {
-                Some((0, Value::Null))
-            };
+            let admitted =
+                if state.always_limited || over_tokens || state.rate.admit(inc.now).is_err() {
+                    None
+                } else if let Some(usage) = usage {
+                    state.served += 1;
+                    state.tokens.take(inc.now, tokens);
+                    Some((state.served, usage))
+                } else {
+                    Some((0, Value::Null))
+                };
             (admitted, state.gap)
         };
         match (admitted, body) {

@@ -397,9 +397,7 @@ fn chunk(id: &str, model: &Value, choices: Value, usage: Option<&Value>) -> Byte
 /// `"usage": null`; then `[DONE]`.
 fn stream(id: &str, model: &Value, reply: &str, usage: Option<Value>, gap: Duration) -> Response {
     let null = usage.as_ref().map(|_| Value::Null);
-    let choice = |delta: Value, finish: Value| {
-        json!([{ "index": 0, "delta": delta, "finish_reason": finish }])
-    };
+    let choice = |delta: Value, finish: Value| json!([{ "index": 0, "delta": delta, "finish_reason": finish }]);
     let mut events: VecDeque<Bytes> = reply
         .split_whitespace()
         .enumerate()

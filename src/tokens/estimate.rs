@@ -81,7 +81,9 @@ pub(crate) fn ask_usage(bytes: &Bytes, body: &Value) -> Option<Bytes> {
             out.extend_from_slice(&bytes[open + 1..]);
             Some(out.freeze())
         }
-        Some(Value::Object(options)) if options.get("include_usage") != Some(&Value::Bool(true)) => {
+        Some(Value::Object(options))
+            if options.get("include_usage") != Some(&Value::Bool(true)) =>
+        {
             let mut body = body.clone();
             body["stream_options"]["include_usage"] = Value::Bool(true);
             serde_json::to_vec(&body).ok().map(Bytes::from)
@@ -249,7 +251,10 @@ mod tests {
         assert_eq!(scan(&[glm]), Some(7));
         let anthropic = r#"{"usage":{"input_tokens":10,"output_tokens":5}}"#;
         assert_eq!(scan(&[anthropic]), Some(15));
-        assert_eq!(scan(&[r#"{"type":"usage","x":1}"#, r#"{"usage":null}"#]), None);
+        assert_eq!(
+            scan(&[r#"{"type":"usage","x":1}"#, r#"{"usage":null}"#]),
+            None
+        );
         assert_eq!(scan(&["not json at all"]), None);
     }
 
@@ -257,7 +262,9 @@ mod tests {
     fn estimates_prompts_of_every_shape() {
         assert_eq!(estimate(&json!({})), 1);
         assert_eq!(
-            estimate(&json!({"messages": [{"content": [{"type": "text", "text": "12345678"}]}], "max_completion_tokens": 10, "max_tokens": 99})),
+            estimate(
+                &json!({"messages": [{"content": [{"type": "text", "text": "12345678"}]}], "max_completion_tokens": 10, "max_tokens": 99})
+            ),
             12
         );
         assert_eq!(estimate(&json!({"input": ["abcd", "efgh"]})), 2);

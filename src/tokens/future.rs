@@ -72,7 +72,11 @@ where
     S: Service<Request<B>>,
     Settle<S>: Service<Request<B>>,
 {
-    pub(super) fn new(request: Request<B>, inner: RateLimit<Settle<S>>, shared: Arc<Shared>) -> Self {
+    pub(super) fn new(
+        request: Request<B>,
+        inner: RateLimit<Settle<S>>,
+        shared: Arc<Shared>,
+    ) -> Self {
         let (parts, body) = request.into_parts();
         ResponseFuture {
             state: State::Reading {
