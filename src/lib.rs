@@ -4,7 +4,8 @@
 //! ratewise waits when it should, backs off when told to, never hammers an upstream that
 //! is penalising it, and never loses a response. One module per layer ([`rate_limit`],
 //! [`cooldown`], [`retry`], [`cache`], [`fresh`], [`classify`], [`pool`]); [`stack`]
-//! puts the standard ones together, and [`vocabulary`] holds the words they share.
+//! puts the standard ones together, [`tokens`] adds a tokens-per-minute budget for LLM
+//! APIs over them, and [`vocabulary`] holds the words they share.
 //! [The guide](guide) explains every layer, one chapter each. The `testing` feature
 //! adds mock upstreams; the `serde` feature reads the stack from a config file
 //! (`ratewise::config`).
