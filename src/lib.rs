@@ -4,7 +4,8 @@
 //! ratewise waits when it should, backs off when told to, never hammers an upstream that
 //! is penalising it, and never loses a response. One module per layer ([`rate_limit`],
 //! [`cooldown`], [`retry`], [`cache`], [`fresh`], [`classify`], [`pool`]); [`stack`]
-//! puts the standard ones together, and [`vocabulary`] holds the words they share.
+//! puts the standard ones together, [`tokens`] adds a tokens-per-minute budget for LLM
+//! APIs over them, and [`vocabulary`] holds the words they share.
 //! [The guide](guide) explains every layer, one chapter each. The `testing` feature
 //! adds mock upstreams; the `serde` feature reads the stack from a config file
 //! (`ratewise::config`).
@@ -75,6 +76,7 @@ pub mod retry_after;
 pub mod stack;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tokens;
 mod util;
 pub mod vocabulary;
 
@@ -86,6 +88,7 @@ pub use pool::Pool;
 pub use rate_limit::RateLimitLayer;
 pub use retry::RetryLayer;
 pub use stack::{ClientStackLayer, Platform};
+pub use tokens::TokenLimitLayer;
 pub use vocabulary::{outcome, verdict_of, verdict_of_error, ConfigError, Refusal, Verdict};
 
 /// The boxed error type the layers return; every error ratewise creates can be

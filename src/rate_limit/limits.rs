@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::{
     quota::{config_error, Quota},
-    store::{Decision, GovernorStore, Keys, RateLimitStore, StoreError},
+    store::{Decision, GovernorStore, Keys, RateLimitStore, SettleFuture, StoreError},
 };
 use crate::{
     key::{Key, KeyExtractor, SharedKey},
@@ -300,8 +300,12 @@ impl Rule {
 enum State {
     /// GCRA's theoretical arrival time, in ns since the store's origin.
     Rate { tat: u64 },
-    /// The admissions within the last window, oldest first (at most `n`).
-    Sliding { stamps: VecDeque<u64> },
+    /// The admissions within the last window, oldest first: each instant once, with
+    /// the cells taken at it (at most `n` entries), and their sum.
+    Sliding {
+        stamps: VecDeque<(u64, u32)>,
+        used: u64,
+    },
     /// The current window's index and count.
     Fixed { window: u64, count: u32 },
 }
@@ -332,6 +336,7 @@ impl Rule {
             Rule::Rate { .. } => State::Rate { tat: 0 },
             Rule::Sliding { .. } => State::Sliding {
                 stamps: VecDeque::new(),
+                used: 0,
             },
             Rule::Fixed { .. } => State::Fixed {
                 window: 0,
@@ -362,29 +367,29 @@ impl Rule {
                     }
                 }
             }
-            (Rule::Sliding { n, window }, State::Sliding { stamps }) => {
+            (Rule::Sliding { n, window }, State::Sliding { stamps, used }) => {
                 let w = nanos(*window);
-                // A stamp at `s` counts within [s, s + w).
-                while stamps.front().is_some_and(|s| s.saturating_add(w) <= now) {
-                    stamps.pop_front();
-                }
-                let used = u32::try_from(stamps.len()).unwrap_or(u32::MAX);
-                match used.checked_add(cost).filter(|total| total <= n) {
-                    Some(total) => Check {
+                expire(stamps, used, w, now);
+                let total = *used + u64::from(cost);
+                if total <= u64::from(*n) {
+                    return Check {
                         wait: 0,
-                        remaining: n - total,
-                    },
-                    None => {
-                        // The oldest stamps must leave the window first.
-                        let must_leave = (used + cost - n) as usize;
-                        let wait = stamps
-                            .get(must_leave - 1)
-                            .map_or(w, |s| s.saturating_add(w).saturating_sub(now));
-                        Check {
-                            wait: wait.max(1),
-                            remaining: 0,
-                        }
-                    }
+                        remaining: u32::try_from(u64::from(*n) - total).unwrap_or(u32::MAX),
+                    };
+                }
+                // The oldest cells must leave the window first.
+                let must_leave = total - u64::from(*n);
+                let mut left = 0u64;
+                let wait = stamps
+                    .iter()
+                    .find(|(_, count)| {
+                        left += u64::from(*count);
+                        left >= must_leave
+                    })
+                    .map_or(w, |(s, _)| s.saturating_add(w).saturating_sub(now));
+                Check {
+                    wait: wait.max(1),
+                    remaining: 0,
                 }
             }
             (Rule::Fixed { n, window }, State::Fixed { window: idx, count }) => {
@@ -420,8 +425,12 @@ impl Rule {
                     .max(now)
                     .saturating_add(nanos(*interval).saturating_mul(u64::from(cost)));
             }
-            (Rule::Sliding { .. }, State::Sliding { stamps }) => {
-                stamps.extend(std::iter::repeat_n(now, cost as usize));
+            (Rule::Sliding { .. }, State::Sliding { stamps, used }) => {
+                match stamps.back_mut() {
+                    Some((s, count)) if *s == now => *count = count.saturating_add(cost),
+                    _ => stamps.push_back((now, cost)),
+                }
+                *used += u64::from(cost);
             }
             (Rule::Fixed { .. }, State::Fixed { count, .. }) => *count += cost,
             _ => {}
@@ -432,14 +441,90 @@ impl Rule {
     fn idle(&self, state: &State, now: u64) -> bool {
         match (self, state) {
             (Rule::Rate { .. }, State::Rate { tat }) => *tat <= now,
-            (Rule::Sliding { window, .. }, State::Sliding { stamps }) => stamps
+            (Rule::Sliding { window, .. }, State::Sliding { stamps, .. }) => stamps
                 .back()
-                .is_none_or(|s| s.saturating_add(nanos(*window)) <= now),
+                .is_none_or(|(s, _)| s.saturating_add(nanos(*window)) <= now),
             (Rule::Fixed { window, .. }, State::Fixed { window: idx, .. }) => {
                 *idx < now / nanos(*window).max(1)
             }
             _ => true,
         }
+    }
+
+    /// Corrects a reservation of `reserved` cells taken at `at` (ns, `<= now`) to
+    /// `actual` (see [`RateLimitStore::settle`]). Never waits, never refuses.
+    fn settle(&self, state: &mut State, now: u64, at: u64, reserved: u32, actual: u32) {
+        let (refund, charge) = (
+            reserved.saturating_sub(actual),
+            actual.saturating_sub(reserved),
+        );
+        match (self, state) {
+            (Rule::Rate { interval, .. }, State::Rate { tat }) => {
+                let t = nanos(*interval);
+                *tat = tat.saturating_sub(t.saturating_mul(u64::from(refund)));
+                if charge > 0 {
+                    // Taken at the reservation's instant, as an admission then would be.
+                    *tat = (*tat)
+                        .max(at)
+                        .saturating_add(t.saturating_mul(u64::from(charge)));
+                }
+            }
+            (Rule::Sliding { window, .. }, State::Sliding { stamps, used }) => {
+                let w = nanos(*window);
+                expire(stamps, used, w, now);
+                if at.saturating_add(w) <= now {
+                    return; // the reservation has left the window
+                }
+                // Refund out of the admissions made at or before the reservation, the
+                // latest first: never out of a later one, which leaves the window later.
+                let mut refund = refund;
+                let mut i = stamps.partition_point(|(s, _)| *s <= at);
+                while refund > 0 && i > 0 {
+                    i -= 1;
+                    let (_, count) = &mut stamps[i];
+                    let back = refund.min(*count);
+                    *count -= back;
+                    refund -= back;
+                    *used = used.saturating_sub(u64::from(back));
+                    if *count == 0 {
+                        stamps.remove(i);
+                    }
+                }
+                if charge > 0 {
+                    let i = stamps.partition_point(|(s, _)| *s <= at);
+                    match i.checked_sub(1).and_then(|j| stamps.get_mut(j)) {
+                        Some((s, count)) if *s == at => *count = count.saturating_add(charge),
+                        _ => stamps.insert(i, (at, charge)),
+                    }
+                    *used += u64::from(charge);
+                }
+            }
+            (Rule::Fixed { window, .. }, State::Fixed { window: idx, count }) => {
+                let w = nanos(*window).max(1);
+                let current = now / w;
+                if at / w != current {
+                    return; // the reservation's window is over
+                }
+                if *idx != current {
+                    *idx = current;
+                    *count = 0;
+                }
+                *count = count.saturating_sub(refund).saturating_add(charge);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Drops the admissions that have left a sliding window of `w` ns at `now`: a stamp at
+/// `s` counts within `[s, s + w)`.
+fn expire(stamps: &mut VecDeque<(u64, u32)>, used: &mut u64, w: u64, now: u64) {
+    while let Some(&(s, count)) = stamps.front() {
+        if s.saturating_add(w) > now {
+            break;
+        }
+        stamps.pop_front();
+        *used = used.saturating_sub(u64::from(count));
     }
 }
 
@@ -574,6 +659,42 @@ impl MemoryStore {
         }
         Ok(Decision::Admitted { remaining })
     }
+
+    /// [`RateLimitStore::settle`], in one step under the lock.
+    fn correct(
+        &self,
+        keys: &Keys,
+        reserved: u32,
+        actual: u32,
+        age: Duration,
+    ) -> Result<(), StoreError> {
+        let inner = match &self.engine {
+            Engine::Governor(_) => {
+                return Err(StoreError::new(
+                    "a single GCRA rate in memory is kept by governor, which cannot settle \
+                     a reservation (use a window, or several limits)",
+                ))
+            }
+            Engine::Own(inner) => &**inner,
+        };
+        if reserved == actual {
+            return Ok(());
+        }
+        let mut table = lock(&inner.table);
+        let now = nanos(Instant::now().saturating_duration_since(inner.origin));
+        let at = now.saturating_sub(nanos(age));
+        for (i, kind) in inner.kinds.iter().enumerate() {
+            let entry = table.states.entry((i, keys.get(i).clone()));
+            let state = match entry {
+                std::collections::hash_map::Entry::Occupied(state) => state.into_mut(),
+                // Nothing to refund from a fresh key; a charge starts its state.
+                std::collections::hash_map::Entry::Vacant(_) if actual < reserved => continue,
+                std::collections::hash_map::Entry::Vacant(slot) => slot.insert(kind.fresh()),
+            };
+            kind.settle(state, now, at, reserved, actual);
+        }
+        Ok(())
+    }
 }
 
 impl RateLimitStore for MemoryStore {
@@ -614,6 +735,10 @@ impl RateLimitStore for MemoryStore {
             Engine::Governor(store) => store.quota().burst(),
             Engine::Own(inner) => inner.kinds.iter().map(Rule::capacity).min().unwrap_or(1),
         }
+    }
+
+    fn settle(&self, keys: &Keys, reserved: u32, actual: u32, age: Duration) -> SettleFuture {
+        Box::pin(ready(self.correct(keys, reserved, actual, age)))
     }
 }
 
@@ -758,6 +883,161 @@ mod tests {
             );
             tokio::time::advance(Duration::from_millis(50)).await;
         }
+    }
+
+    fn n(cost: u32) -> NonZeroU32 {
+        NonZeroU32::new(cost).unwrap()
+    }
+
+    fn settle(store: &MemoryStore, k: &Keys, reserved: u32, actual: u32, age: Duration) {
+        store.correct(k, reserved, actual, age).unwrap();
+    }
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sliding_window_counts_cells_per_instant_not_per_cell() {
+        let store = MemoryStore::new(&[Spec::new(Rate::Sliding(300, 60 * SEC))]).unwrap();
+        let k = Keys::one(Key::from("tokens"));
+        assert_eq!(
+            store.decide_ok(&k, n(200)),
+            Decision::Admitted { remaining: 100 }
+        );
+        tokio::time::advance(10 * SEC).await;
+        assert_eq!(
+            store.decide_ok(&k, n(100)),
+            Decision::Admitted { remaining: 0 }
+        );
+        // 150 more: the 200 of t = 0 must leave first, at 60 s.
+        assert_eq!(
+            store.decide_ok(&k, n(150)),
+            Decision::Denied { wait: 50 * SEC }
+        );
+        let Engine::Own(inner) = &store.engine else {
+            panic!("a window is the crate's own core")
+        };
+        let table = lock(&inner.table);
+        match table.states.values().next() {
+            Some(State::Sliding { stamps, used }) => {
+                assert_eq!((stamps.len(), *used), (2, 300));
+            }
+            _ => panic!("one sliding state"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settling_a_sliding_window_corrects_the_reservations_own_instant() {
+        let store = MemoryStore::new(&[Spec::new(Rate::Sliding(300, 60 * SEC))]).unwrap();
+        let k = Keys::one(Key::from("tokens"));
+        assert!(admitted(store.decide_ok(&k, n(100)))); // A at 0 s
+        tokio::time::advance(10 * SEC).await;
+        assert!(admitted(store.decide_ok(&k, n(100)))); // B at 10 s
+        tokio::time::advance(10 * SEC).await;
+        // A used 30 of its 100: 70 come back, out of A's own instant.
+        settle(&store, &k, 100, 30, 20 * SEC);
+        assert_eq!(
+            store.decide_ok(&k, n(170)),
+            Decision::Admitted { remaining: 0 }
+        );
+        // Full: the first cell to leave is one of A's 30, at 60 s.
+        assert_eq!(
+            store.decide_ok(&k, n(1)),
+            Decision::Denied { wait: 40 * SEC }
+        );
+        tokio::time::advance(40 * SEC).await;
+        assert_eq!(
+            store.decide_ok(&k, n(30)),
+            Decision::Admitted { remaining: 0 }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refund_never_comes_out_of_a_later_admission() {
+        let store = MemoryStore::new(&[Spec::new(Rate::Sliding(400, 60 * SEC))]).unwrap();
+        let k = Keys::one(Key::from("tokens"));
+        assert!(admitted(store.decide_ok(&k, n(50)))); // X at 0 s
+        tokio::time::advance(10 * SEC).await;
+        assert!(admitted(store.decide_ok(&k, n(150)))); // A at 10 s
+        tokio::time::advance(10 * SEC).await;
+        assert!(admitted(store.decide_ok(&k, n(100)))); // B at 20 s
+                                                        // A reserved 150 and cost 10: its instant gives back 140.
+        settle(&store, &k, 150, 10, 10 * SEC);
+        // A refund larger than what A's instant holds goes on to earlier admissions
+        // (A's last 10, then X's 50), never to B's, which leaves the window later.
+        settle(&store, &k, 60, 0, 10 * SEC);
+        // Left: B's 100 at 20 s only. 300 more fit.
+        assert_eq!(
+            store.decide_ok(&k, n(300)),
+            Decision::Admitted { remaining: 0 }
+        );
+        // The next cell to leave is B's, at 80 s (not X's at 60 s: X was refunded).
+        assert_eq!(
+            store.decide_ok(&k, n(1)),
+            Decision::Denied { wait: 60 * SEC }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_charge_counts_at_the_reservation_and_may_pass_the_limit() {
+        let store = MemoryStore::new(&[Spec::new(Rate::Sliding(300, 60 * SEC))]).unwrap();
+        let k = Keys::one(Key::from("tokens"));
+        assert!(admitted(store.decide_ok(&k, n(100))));
+        tokio::time::advance(30 * SEC).await;
+        // It cost 350: over the limit, counted from 0 s.
+        settle(&store, &k, 100, 350, 30 * SEC);
+        assert_eq!(
+            store.decide_ok(&k, n(1)),
+            Decision::Denied { wait: 30 * SEC }
+        );
+        tokio::time::advance(30 * SEC).await;
+        assert_eq!(
+            store.decide_ok(&k, n(300)),
+            Decision::Admitted { remaining: 0 }
+        );
+        // A reservation that already left the window is not corrected.
+        tokio::time::advance(61 * SEC).await;
+        settle(&store, &k, 300, 1000, 61 * SEC);
+        assert_eq!(
+            store.decide_ok(&k, n(300)),
+            Decision::Admitted { remaining: 0 }
+        );
+        // A bypass (nothing reserved) is charged its cost.
+        tokio::time::advance(60 * SEC).await;
+        settle(&store, &k, 0, 250, Duration::ZERO);
+        assert_eq!(
+            store.decide_ok(&k, n(50)),
+            Decision::Admitted { remaining: 0 }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settling_a_rate_moves_its_arrival_time_and_a_fixed_window_its_count() {
+        // Two limits, so the crate's own core keeps the rate.
+        let store = MemoryStore::new(&[
+            Spec::new(Rate::Second(10)).with_burst(10),
+            Spec::new(Rate::Fixed(10, 10 * SEC)),
+        ])
+        .unwrap();
+        let k = keys("t", "t");
+        assert!(admitted(store.decide_ok(&k, n(10))));
+        assert!(!admitted(store.decide_ok(&k, n(1))));
+        settle(&store, &k, 10, 4, Duration::ZERO);
+        assert_eq!(
+            store.decide_ok(&k, n(6)),
+            Decision::Admitted { remaining: 0 }
+        );
+        // A charge of 2: the rate owes 200 ms, and the window is over by 2.
+        settle(&store, &k, 6, 8, Duration::ZERO);
+        assert_eq!(
+            store.decide_ok(&k, n(1)),
+            Decision::Denied { wait: 10 * SEC }
+        );
+        // A single plain rate is governor's: it cannot settle, and says so.
+        let governor = MemoryStore::new(&[Spec::new(Rate::Second(10))]).unwrap();
+        let err = governor
+            .correct(&Keys::one(Key::from("k")), 2, 1, Duration::ZERO)
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot settle"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

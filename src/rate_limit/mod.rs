@@ -64,4 +64,4 @@ pub use self::quota::Quota;
 pub use self::service::RateLimit;
 pub use self::shared::{MakeStore, Store, StoreFuture};
 pub use self::stats::RateLimitStats;
-pub use self::store::{Decision, GovernorStore, Keys, RateLimitStore, StoreError};
+pub use self::store::{Decision, GovernorStore, Keys, RateLimitStore, SettleFuture, StoreError};

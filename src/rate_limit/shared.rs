@@ -15,7 +15,7 @@ use std::{
 use super::{
     limits::{MemoryStore, Rule},
     quota::Quota,
-    store::{Decision, Keys, RateLimitStore, StoreError},
+    store::{Decision, Keys, RateLimitStore, SettleFuture, StoreError},
 };
 use crate::vocabulary::ConfigError;
 
@@ -77,6 +77,7 @@ trait DynStore: Send + Sync {
     fn key_count(&self) -> Option<usize>;
     fn max_cost(&self) -> u32;
     fn cell_interval(&self) -> Duration;
+    fn settle(&self, keys: &Keys, reserved: u32, actual: u32, age: Duration) -> SettleFuture;
 }
 
 type BoxedDecision = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
@@ -96,6 +97,9 @@ impl<St: RateLimitStore> DynStore for St {
     }
     fn cell_interval(&self) -> Duration {
         RateLimitStore::cell_interval(self)
+    }
+    fn settle(&self, keys: &Keys, reserved: u32, actual: u32, age: Duration) -> SettleFuture {
+        RateLimitStore::settle(self, keys, reserved, actual, age)
     }
 }
 
@@ -169,6 +173,13 @@ impl RateLimitStore for Store {
         match &self.engine {
             Engine::Memory(store) => RateLimitStore::cell_interval(store),
             Engine::Shared(store) => store.cell_interval(),
+        }
+    }
+
+    fn settle(&self, keys: &Keys, reserved: u32, actual: u32, age: Duration) -> SettleFuture {
+        match &self.engine {
+            Engine::Memory(store) => RateLimitStore::settle(store, keys, reserved, actual, age),
+            Engine::Shared(store) => store.settle(keys, reserved, actual, age),
         }
     }
 }

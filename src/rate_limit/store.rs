@@ -11,6 +11,7 @@ use std::{
     fmt,
     future::{ready, Future, Ready},
     num::NonZeroU32,
+    pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -114,6 +115,10 @@ pub enum Decision {
     },
 }
 
+/// The future of one [`settle`](RateLimitStore::settle): boxed, since a store that keeps
+/// its state elsewhere needs a round trip.
+pub type SettleFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
 /// The contract between the rate limit layer and the place its state lives.
 ///
 /// # Contract
@@ -140,6 +145,10 @@ pub enum Decision {
 /// - Clones share one state: cloning the store clones a handle, not the buckets.
 /// - Anything time-dependent that is measured in this process must use `tokio::time`,
 ///   so that paused-clock tests work.
+/// - [`settle`](RateLimitStore::settle) corrects a reservation once its real cost is
+///   known (tokens per minute: [`TokenLimitLayer`](crate::tokens::TokenLimitLayer)). It
+///   never waits and never refuses. Stores that cannot settle keep the default, which
+///   fails with a [`StoreError`] and changes nothing.
 pub trait RateLimitStore: Clone + Send + Sync + 'static {
     /// The future of one [`acquire`](RateLimitStore::acquire).
     type Future: Future<Output = Result<Decision, StoreError>> + Send + 'static;
@@ -170,6 +179,31 @@ pub trait RateLimitStore: Clone + Send + Sync + 'static {
     /// [`quota`](Self::quota)'s replenish interval.
     fn cell_interval(&self) -> Duration {
         self.quota().replenish_interval()
+    }
+
+    /// Corrects a reservation: `reserved` cells were taken for `keys` by an
+    /// [`acquire`](Self::acquire) that admitted them `age` ago, and the request turned
+    /// out to cost `actual`. Gives back `reserved - actual` cells, or takes
+    /// `actual - reserved` more, at once, even past the burst (the cells were spent
+    /// upstream whether they fitted or not: the next requests wait for them).
+    ///
+    /// Each kind of limit counts the correction where the reservation was counted:
+    ///
+    /// - a GCRA rate moves its theoretical arrival time back or forward;
+    /// - a sliding window changes the count of the reservation's own instant (`age`
+    ///   ago). A refund comes out of admissions made at or before it, never later ones,
+    ///   so the window never frees a cell sooner than the upstream does; nothing is
+    ///   corrected once the reservation has left the window;
+    /// - a fixed window changes the count of the window the reservation fell in, if it
+    ///   is still the current one.
+    ///
+    /// `reserved` may be 0: a request that took nothing (a bypass) is charged its
+    /// `actual` cost. The default fails with a [`StoreError`] and changes nothing.
+    fn settle(&self, keys: &Keys, reserved: u32, actual: u32, age: Duration) -> SettleFuture {
+        let _ = (keys, reserved, actual, age);
+        Box::pin(ready(Err(StoreError::new(
+            "this store cannot settle a reservation",
+        ))))
     }
 }
 

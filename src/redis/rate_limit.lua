@@ -3,6 +3,8 @@
 -- ARGV[1]: the time in microseconds (0: the server's TIME), ARGV[2]: the cost,
 -- then per limit three numbers: kind (0 GCRA, 1 sliding window, 2 fixed window), a, b.
 --   GCRA: a = interval µs, b = burst. Windows: a = n, b = window µs.
+-- A sliding window is a sorted set with one member per instant, `<µs>:<cells>`,
+-- scored by the instant.
 -- Returns {admitted (1/0), remaining, wait µs}. All numbers are integers below 2^53,
 -- and are written back with %.0f (Lua's default formatting keeps 14 digits).
 local now = tonumber(ARGV[1])
@@ -13,6 +15,7 @@ end
 local cost = tonumber(ARGV[2])
 local function int(x) return string.format('%.0f', x) end
 local function ms(us) return int(math.floor(us / 1000) + 1) end
+local function cells(member) return tonumber(string.match(member, ':(%d+)$')) end
 
 local wait, remaining = 0, -1
 local seen = {}
@@ -30,14 +33,22 @@ for i = 1, #KEYS do
   elseif kind == 1 then
     -- A stamp at s counts within [s, s + window).
     redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now - b))
-    local used = redis.call('ZCARD', key)
+    local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    local used = 0
+    for j = 1, #entries, 2 do used = used + cells(entries[j]) end
     if used + cost <= a then
       rem = a - used - cost
     else
-      local must = used + cost - a
-      local e = redis.call('ZRANGE', key, must - 1, must - 1, 'WITHSCORES')
+      -- The oldest cells must leave the window first.
+      local must, left = used + cost - a, 0
       w = b
-      if e[2] then w = tonumber(e[2]) + b - now end
+      for j = 1, #entries, 2 do
+        left = left + cells(entries[j])
+        if left >= must then
+          w = tonumber(entries[j + 1]) + b - now
+          break
+        end
+      end
       if w < 1 then w = 1 end
     end
     seen[i] = used
@@ -65,9 +76,14 @@ for i = 1, #KEYS do
   if kind == 0 then
     redis.call('SET', key, int(seen[i]), 'PX', ms(seen[i] - now))
   elseif kind == 1 then
-    for j = 1, cost do
-      redis.call('ZADD', key, int(now), int(now) .. ':' .. int(seen[i] + j))
+    local s = int(now)
+    local e = redis.call('ZRANGEBYSCORE', key, s, s)
+    local have = 0
+    if e[1] then
+      have = cells(e[1])
+      redis.call('ZREM', key, e[1])
     end
+    redis.call('ZADD', key, s, s .. ':' .. int(have + cost))
     redis.call('PEXPIRE', key, ms(b))
   else
     local idx = math.floor(now / b)

@@ -7,12 +7,17 @@ use redis::Script;
 
 use super::{FailMode, Redis};
 use crate::{
-    rate_limit::{Decision, Keys, MakeStore, MemoryStore, Quota, RateLimitStore, Rule, StoreError},
+    rate_limit::{
+        Decision, Keys, MakeStore, MemoryStore, Quota, RateLimitStore, Rule, SettleFuture,
+        StoreError,
+    },
     vocabulary::{ConfigError, LayerKind},
 };
 
 /// The script: every limit of one request, checked and taken in one atomic step.
 const SCRIPT: &str = include_str!("rate_limit.lua");
+/// The settle script: a reservation corrected to its real cost, every limit at once.
+const SETTLE: &str = include_str!("rate_limit_settle.lua");
 
 /// The Redis store of a rate limit named `name`, from
 /// [`Redis::rate_limit`](super::Redis::rate_limit): give it to
@@ -55,6 +60,7 @@ struct Inner {
     redis: Redis,
     namespace: String,
     script: Script,
+    settle: Script,
     /// Three numbers per limit: kind, a, b (see the script).
     args: Vec<u64>,
     quota: Quota,
@@ -116,6 +122,7 @@ impl RedisStore {
                 redis: redis.clone(),
                 namespace,
                 script: Script::new(SCRIPT),
+                settle: Script::new(SETTLE),
                 args,
                 quota,
                 max_cost,
@@ -174,6 +181,50 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// One settle at `at` microseconds (`0`: the server's clock).
+    pub(crate) async fn settle_at(
+        &self,
+        keys: &Keys,
+        (reserved, actual): (u32, u32),
+        age: Duration,
+        at: u64,
+    ) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let conn = &inner.redis.conn;
+        let result = match conn.get().await {
+            Ok(mut c) => {
+                let mut call = inner.settle.prepare_invoke();
+                for i in 0..inner.args.len() / 3 {
+                    call.key(self.redis_key(i, keys.get(i).as_str()));
+                }
+                let age = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
+                call.arg(at)
+                    .arg(reserved)
+                    .arg(actual)
+                    .arg(age.min(LUA_EXACT));
+                for a in &inner.args {
+                    call.arg(*a);
+                }
+                match call.invoke_async::<i64>(&mut c).await {
+                    Ok(_) => Ok(()),
+                    Err(err) => {
+                        conn.failed(&err);
+                        Err(StoreError::new(err))
+                    }
+                }
+            }
+            Err(err) => Err(err),
+        };
+        match (result, &inner.fallback) {
+            (Err(_), Some(local)) if conn.is_down() => {
+                local.settle(keys, reserved, actual, age).await
+            }
+            (result, _) => result,
+        }
+    }
+}
+
 impl RateLimitStore for RedisStore {
     type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
 
@@ -192,6 +243,14 @@ impl RateLimitStore for RedisStore {
 
     fn cell_interval(&self) -> Duration {
         self.inner.cell_interval
+    }
+
+    /// One round trip (a second small script), on the server's clock: the reservation's
+    /// instant is the server's now minus `age`. A settle whose future is dropped after
+    /// the script ran is applied; one that fails changes nothing.
+    fn settle(&self, keys: &Keys, reserved: u32, actual: u32, age: Duration) -> SettleFuture {
+        let (store, keys) = (self.clone(), keys.clone());
+        Box::pin(async move { store.settle_at(&keys, (reserved, actual), age, 0).await })
     }
 }
 
@@ -335,6 +394,165 @@ mod tests {
         }
         let err = RedisStore::new(&redis, "a{b}", &rules, quota()).unwrap_err();
         assert_eq!(err.field(), "redis.name");
+    }
+
+    /// One step of a run with settles: an acquisition, or the settle of the admission
+    /// made at `admitted_at` ms.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Acquire(u64, String, String, u32),
+        Settle {
+            t: u64,
+            key: String,
+            card: String,
+            admitted_at: u64,
+            reserved: u32,
+            actual: u32,
+        },
+    }
+
+    /// Runs `seq` in memory, settling an earlier admission every third step (its real
+    /// cost anywhere from 0 to four times the reservation): the decisions and the steps.
+    fn in_memory_settling(
+        rules: &[Rule],
+        seq: &[(u64, String, String, u32)],
+    ) -> (Vec<Decision>, Vec<Step>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = MemoryStore::with_rules(rules.to_vec(), quota()).unwrap();
+            let start = tokio::time::Instant::now();
+            let (mut out, mut steps, mut pending) = (Vec::new(), Vec::new(), Vec::new());
+            for (n, (t, key, card, cost)) in seq.iter().enumerate() {
+                tokio::time::advance(
+                    (start + Duration::from_millis(*t)) - tokio::time::Instant::now(),
+                )
+                .await;
+                let keys = keys_of(key, card, rules.len());
+                if n % 3 == 2 && !pending.is_empty() {
+                    let (admitted_at, key, card, reserved): (u64, String, String, u32) =
+                        pending.remove(0);
+                    let actual = (n as u32 * 7) % (4 * reserved + 1);
+                    let age = Duration::from_millis(t - admitted_at);
+                    let keys = keys_of(&key, &card, rules.len());
+                    store.settle(&keys, reserved, actual, age).await.unwrap();
+                    steps.push(Step::Settle {
+                        t: *t,
+                        key,
+                        card,
+                        admitted_at,
+                        reserved,
+                        actual,
+                    });
+                }
+                let d = store
+                    .acquire(&keys, NonZeroU32::new(*cost).unwrap())
+                    .await
+                    .unwrap();
+                if matches!(d, Decision::Admitted { .. }) {
+                    pending.push((*t, key.clone(), card.clone(), *cost));
+                }
+                steps.push(Step::Acquire(*t, key.clone(), card.clone(), *cost));
+                out.push(d);
+            }
+            (out, steps)
+        })
+    }
+
+    /// The same steps in Redis, at the same instants.
+    fn in_redis_settling(url: &str, name: &str, rules: &[Rule], steps: &[Step]) -> Vec<Decision> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let redis = Redis::new(url).unwrap().fail_closed();
+            let store = RedisStore::new(&redis, name, rules, quota()).unwrap();
+            let base: u64 = 1_700_000_000_000_000;
+            let mut out = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Acquire(t, key, card, cost) => {
+                        let keys = keys_of(key, card, rules.len());
+                        let cost = NonZeroU32::new(*cost).unwrap();
+                        out.push(store.decide_at(&keys, cost, base + t * 1000).await.unwrap());
+                    }
+                    Step::Settle {
+                        t,
+                        key,
+                        card,
+                        admitted_at,
+                        reserved,
+                        actual,
+                    } => {
+                        let keys = keys_of(key, card, rules.len());
+                        let age = Duration::from_millis(t - admitted_at);
+                        store
+                            .settle_at(&keys, (*reserved, *actual), age, base + t * 1000)
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn the_memory_and_redis_stores_settle_alike() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let cases: [(&str, Vec<Rule>); 3] = [
+            (
+                "sliding",
+                vec![Rule::Sliding {
+                    n: 6,
+                    window: 1000 * MS,
+                }],
+            ),
+            (
+                "fixed",
+                vec![Rule::Fixed {
+                    n: 5,
+                    window: 1000 * MS,
+                }],
+            ),
+            (
+                "two_rates",
+                vec![
+                    Rule::Rate {
+                        interval: 50 * MS,
+                        burst: 4,
+                    },
+                    Rule::Rate {
+                        interval: 200 * MS,
+                        burst: 3,
+                    },
+                ],
+            ),
+        ];
+        let unique = std::process::id();
+        for (i, (label, rules)) in cases.iter().enumerate() {
+            let seq = sequence(0x2545_f491_4f6c_dd1d + i as u64, 400);
+            let (memory, steps) = in_memory_settling(rules, &seq);
+            let name = format!("settle-{label}-{unique}");
+            let redis = in_redis_settling(server.url(), &name, rules, &steps);
+            let admitted = memory
+                .iter()
+                .filter(|d| matches!(d, Decision::Admitted { .. }))
+                .count();
+            assert!(
+                (40..=360).contains(&admitted),
+                "{label}: {admitted} of 400 admitted"
+            );
+            for (n, (m, r)) in memory.iter().zip(&redis).enumerate() {
+                assert_eq!(m, r, "{label}: decision {n} at {} ms differs", seq[n].0);
+            }
+        }
     }
 
     #[test]

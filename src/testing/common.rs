@@ -1,6 +1,7 @@
 //! Plumbing shared by the mocks: their core (state, hits, router, handler outline),
-//! fixed windows, request reading, JSON answers.
+//! fixed windows, token windows and usage, request reading, JSON answers.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -128,6 +129,115 @@ impl QuotaWindow {
     pub(crate) fn reset(&mut self) {
         self.window.reset();
     }
+}
+
+/// A per-minute token budget counted over a sliding window of 60 s: each served
+/// answer's `usage.total_tokens` counts from its arrival for 60 s. No limit: every
+/// answer fits (and is still counted in [`served`](Self::served)).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TokenWindow {
+    pub(crate) limit: Option<u64>,
+    /// The answers within the last window, oldest first, and their sum.
+    entries: VecDeque<(Instant, u64)>,
+    used: u64,
+    /// Every token served since the mock was made.
+    pub(crate) served: u64,
+}
+
+/// The token window's length: one minute.
+pub(crate) const TOKEN_WINDOW: Duration = Duration::from_secs(60);
+
+impl TokenWindow {
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, tokens)) = self.entries.front() {
+            if now.saturating_duration_since(at) < TOKEN_WINDOW {
+                break;
+            }
+            self.entries.pop_front();
+            self.used -= tokens;
+        }
+    }
+
+    /// Whether `tokens` more fit at `now`: `Ok(remaining after them)`, or
+    /// `Err((used, wait))`, the tokens in the window and the time until enough leave it
+    /// (a whole window when `tokens` alone is over the limit). Takes nothing.
+    pub(crate) fn check(&mut self, now: Instant, tokens: u64) -> Result<u64, (u64, Duration)> {
+        self.expire(now);
+        let Some(limit) = self.limit else {
+            return Ok(u64::MAX);
+        };
+        let total = self.used + tokens;
+        if total <= limit {
+            return Ok(limit - total);
+        }
+        let must_leave = total - limit;
+        let mut left = 0;
+        let wait = self
+            .entries
+            .iter()
+            .find(|(_, t)| {
+                left += t;
+                left >= must_leave
+            })
+            .filter(|_| tokens <= limit)
+            .map_or(TOKEN_WINDOW, |(at, _)| {
+                (*at + TOKEN_WINDOW).saturating_duration_since(now)
+            });
+        Err((self.used, wait))
+    }
+
+    /// Counts an answer of `tokens` at `now`.
+    pub(crate) fn take(&mut self, now: Instant, tokens: u64) {
+        self.expire(now);
+        self.entries.push_back((now, tokens));
+        self.used += tokens;
+        self.served += tokens;
+    }
+
+    /// Time until the window is empty.
+    pub(crate) fn reset_in(&self, now: Instant) -> Duration {
+        self.entries.back().map_or(Duration::ZERO, |(at, _)| {
+            (*at + TOKEN_WINDOW).saturating_duration_since(now)
+        })
+    }
+}
+
+/// `chars / 4`, rounded up, at least 1: the mocks' token count of a text.
+pub(crate) fn tokens_of(chars: usize) -> u64 {
+    (chars as u64).div_ceil(4).max(1)
+}
+
+/// The usage a mock reports for a chat completion, deterministic: prompt tokens from
+/// the characters of the messages' text ([`tokens_of`]), completion tokens from the
+/// reply's characters, at most `max_tokens` (or `max_completion_tokens`) when given.
+pub(crate) fn usage(body: &serde_json::Map<String, Value>, reply: &str) -> Value {
+    let text = |content: &Value| match content {
+        Value::String(s) => s.chars().count(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .map(|s| s.chars().count())
+            .sum(),
+        _ => 0,
+    };
+    let chars: usize = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, |m| {
+            m.iter().filter_map(|m| m.get("content")).map(text).sum()
+        });
+    let prompt = tokens_of(chars);
+    let cap = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|f| body.get(*f).and_then(Value::as_u64))
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let completion = tokens_of(reply.chars().count()).min(cap);
+    serde_json::json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
 }
 
 /// What every mock is made of: its state behind one lock (shared by every clone and
@@ -384,6 +494,46 @@ mod tests {
             w.admit(now + Duration::from_secs(1 << 40), big),
             Err(Duration::MAX)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_window_slides_over_sixty_seconds() {
+        let mut w = TokenWindow {
+            limit: Some(100),
+            ..TokenWindow::default()
+        };
+        let t0 = Instant::now();
+        assert_eq!(w.check(t0, 60), Ok(40));
+        w.take(t0, 60);
+        let t1 = t0 + Duration::from_secs(20);
+        w.take(t1, 30);
+        // 20 more need the 60 of t0 to leave: at 60 s.
+        assert_eq!(w.check(t1, 20), Err((90, Duration::from_secs(40))));
+        // More than the whole budget never fits.
+        assert_eq!(w.check(t1, 101), Err((90, TOKEN_WINDOW)));
+        let t2 = t0 + Duration::from_secs(60);
+        assert_eq!(w.check(t2, 70), Ok(0));
+        assert_eq!(w.reset_in(t2), Duration::from_secs(20));
+        assert_eq!(w.served, 90);
+    }
+
+    #[test]
+    fn usage_counts_characters_by_four_and_caps_at_max_tokens() {
+        let body = serde_json::json!({
+            "messages": [
+                {"role": "system", "content": "abcd"},
+                {"role": "user", "content": [{"type": "text", "text": "efghi"}]},
+            ],
+            "max_tokens": 2,
+        });
+        let body = body.as_object().unwrap();
+        // 9 characters: 3 prompt tokens; a 20-character reply is 5, capped at 2.
+        let u = usage(body, "twenty characters!!!");
+        assert_eq!(u["prompt_tokens"], 3);
+        assert_eq!(u["completion_tokens"], 2);
+        assert_eq!(u["total_tokens"], 5);
+        let empty = serde_json::Map::new();
+        assert_eq!(usage(&empty, "")["total_tokens"], 2);
     }
 
     #[test]

@@ -6,18 +6,23 @@
 //! `POST /api/paas/v4/chat/completions`:
 //!
 //! - within quota: 200 with a chat-completion body whose reply is
-//!   `"glm mock reply #<n>"` (n counts served calls from 1);
+//!   `"glm mock reply #<n>"` (n counts served calls from 1) and whose `usage` is
+//!   deterministic: prompt tokens are the characters of the messages' text divided by
+//!   4, rounded up (at least 1), completion tokens the reply's, at most `max_tokens`;
 //! - within quota with `"stream": true`: 200 `text/event-stream`, GLM's SSE: one
 //!   `data: {chunk}` event per word of that reply, one with `finish_reason: "stop"`
 //!   and the usage, then `data: [DONE]`, each event its own body frame, sent
 //!   [`GlmApi::stream_gap`] apart (default 50 ms, on tokio's clock);
-//! - over quota, or always when [`GlmApi::always_rate_limited`] is on: the 429 above,
-//!   with no `Retry-After` (GLM sends none);
+//! - over quota, over its [tokens per minute](GlmApi::tpm) when set (an answer whose
+//!   `usage.total_tokens` would bring the last 60 s over the budget), or always when
+//!   [`GlmApi::always_rate_limited`] is on: the 429 above, with no `Retry-After` (GLM
+//!   sends none);
 //! - a body that is not a JSON object: `400 {"error":{"code":"1214",…}}` (the code is
 //!   illustrative).
 //!
 //! The quota is a fixed window anchored at the first admitted call (default 50 per
-//! 60 s); refused calls do not count.
+//! 60 s); refused calls do not count. [`GlmApi::tokens_served`] sums the usage of every
+//! answer served.
 //!
 //! # Example
 //!
@@ -54,7 +59,7 @@ use http_body::Frame;
 use serde_json::{json, Value};
 use tokio::time::Sleep;
 
-use super::common::{handler, json, Core, Incoming, QuotaWindow};
+use super::common::{handler, json, usage, Core, Incoming, QuotaWindow, TokenWindow};
 use super::recorder::{Hits, Outcome};
 
 /// Default calls per window: 50 (the self-imposed limit above).
@@ -79,6 +84,7 @@ pub struct GlmApi {
 #[derive(Debug)]
 struct State {
     rate: QuotaWindow,
+    tokens: TokenWindow,
     always_limited: bool,
     served: u64,
     gap: Duration,
@@ -106,6 +112,7 @@ impl GlmApi {
         GlmApi {
             core: Core::new(State {
                 rate: QuotaWindow::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
+                tokens: TokenWindow::default(),
                 always_limited: false,
                 served: 0,
                 gap: DEFAULT_STREAM_GAP,
@@ -130,6 +137,20 @@ impl GlmApi {
     pub fn stream_gap(self, gap: Duration) -> Self {
         self.core.state().gap = gap;
         self
+    }
+
+    /// A budget of `tokens` per minute (none by default): an answer whose
+    /// `usage.total_tokens` would bring the tokens served in the last 60 s (a sliding
+    /// window, on tokio's clock) over it gets the 1302 429 instead, and takes nothing
+    /// from the call quota.
+    pub fn tpm(self, tokens: u32) -> Self {
+        self.core.state().tokens.limit = Some(u64::from(tokens));
+        self
+    }
+
+    /// The sum of `usage.total_tokens` over every answer served.
+    pub fn tokens_served(&self) -> u64 {
+        self.core.state().tokens.served
     }
 
     /// Answer every call with the 1302 429, whatever the quota says.
@@ -163,14 +184,24 @@ impl GlmApi {
         let body = inc.json_object();
         let (admitted, gap) = {
             let mut state = self.core.state();
-            let admitted = if state.always_limited || state.rate.admit(inc.now).is_err() {
-                None
-            } else if body.is_ok() {
-                state.served += 1;
-                Some(state.served)
-            } else {
-                Some(0)
-            };
+            // The reply and usage this call would get (the next served number).
+            let reply = format!("glm mock reply #{}", state.served + 1);
+            let usage = body.as_ref().ok().map(|body| usage(body, &reply));
+            let tokens = usage
+                .as_ref()
+                .and_then(|u| u["total_tokens"].as_u64())
+                .unwrap_or(0);
+            let over_tokens = usage.is_some() && state.tokens.check(inc.now, tokens).is_err();
+            let admitted =
+                if state.always_limited || over_tokens || state.rate.admit(inc.now).is_err() {
+                    None
+                } else if let Some(usage) = usage {
+                    state.served += 1;
+                    state.tokens.take(inc.now, tokens);
+                    Some((state.served, usage))
+                } else {
+                    Some((0, Value::Null))
+                };
             (admitted, state.gap)
         };
         match (admitted, body) {
@@ -188,12 +219,12 @@ impl GlmApi {
                     &json!({ "error": { "code": "1214", "message": why } }),
                 ),
             ),
-            (Some(n), Ok(body)) => {
+            (Some((n, usage)), Ok(body)) => {
                 let model = body.get("model").cloned().unwrap_or_else(|| json!("glm-4"));
                 let resp = if body.get("stream").and_then(Value::as_bool) == Some(true) {
-                    stream(n, &model, gap)
+                    stream(n, &model, usage, gap)
                 } else {
-                    json(StatusCode::OK, &completion(n, &model))
+                    json(StatusCode::OK, &completion(n, &model, usage))
                 };
                 (Outcome::Served, resp)
             }
@@ -201,7 +232,7 @@ impl GlmApi {
     }
 }
 
-fn completion(n: u64, model: &Value) -> Value {
+fn completion(n: u64, model: &Value, usage: Value) -> Value {
     json!({
         "id": format!("glm-mock-{n}"),
         "request_id": format!("glm-mock-{n}"),
@@ -212,12 +243,12 @@ fn completion(n: u64, model: &Value) -> Value {
             "finish_reason": "stop",
             "message": { "role": "assistant", "content": format!("glm mock reply #{n}") },
         }],
-        "usage": { "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0 },
+        "usage": usage,
     })
 }
 
 /// GLM's SSE for reply `n`: a chunk per word, the `stop` chunk with the usage, `[DONE]`.
-fn stream(n: u64, model: &Value, gap: Duration) -> Response {
+fn stream(n: u64, model: &Value, usage: Value, gap: Duration) -> Response {
     let event = |choice: Value, usage: Option<Value>| {
         let mut chunk = json!({ "id": format!("glm-mock-{n}"), "created": 0, "model": model, "choices": [choice] });
         if let Some(usage) = usage {
@@ -234,7 +265,6 @@ fn stream(n: u64, model: &Value, gap: Duration) -> Response {
         })
         .collect();
     let delta = json!({ "role": "assistant", "content": "" });
-    let usage = json!({ "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0 });
     events.push_back(event(
         json!({ "index": 0, "finish_reason": "stop", "delta": delta }),
         Some(usage),
@@ -295,6 +325,43 @@ mod tests {
     use http_body_util::BodyExt;
     use tokio::time::Instant;
     use tower::ServiceExt;
+
+    /// A token budget answers 1302 to the call whose usage would pass it; the usage is
+    /// in the body, and in the last chunk of a stream.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_budget_answers_1302_and_usage_is_always_reported() {
+        // 20 characters: 5 prompt tokens; "glm mock reply #1" is 17 characters: 5.
+        let glm = GlmApi::new().tpm(25).stream_gap(Duration::ZERO);
+        let call = |stream: bool| {
+            let body = json!({"messages": [{"role": "user", "content": "y".repeat(20)}], "stream": stream});
+            json_request(Method::POST, PATH, &body).unwrap()
+        };
+        let resp = glm.router().oneshot(call(false)).await.unwrap();
+        let body = crate::testing::body_json(resp.into_body()).await.unwrap();
+        assert_eq!(body["usage"]["total_tokens"], 10);
+        let resp = glm.router().oneshot(call(true)).await.unwrap();
+        let text = crate::testing::body_bytes(resp.into_body()).await.unwrap();
+        let text = String::from_utf8(text.to_vec()).unwrap();
+        let last = text
+            .split("\n\n")
+            .filter(|e| e.starts_with("data: {"))
+            .last()
+            .unwrap();
+        let chunk: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(chunk["usage"]["total_tokens"], 10);
+        // 20 used: 10 more would make 30.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let resp = glm.router().oneshot(call(false)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let body = crate::testing::body_json(resp.into_body()).await.unwrap();
+        assert_eq!(body["error"]["code"], RATE_LIMIT_CODE);
+        assert_eq!(glm.tokens_served(), 20);
+        // The window slides: at 60 s the first answer's 10 leave it.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let resp = glm.router().oneshot(call(false)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(glm.tokens_served(), 30);
+    }
 
     /// `"stream": true` gets GLM's SSE, one event per frame, `stream_gap` apart.
     #[tokio::test(start_paused = true)]

@@ -4,8 +4,8 @@
 //! One backend of an LLM gateway that spreads chat completions over OpenAI-compatible
 //! backends, cools down the ones answering 429 and streams SSE through (such as a
 //! [`Pool`](crate::Pool)): it answers a chat completion, streams it as SSE when asked,
-//! and over its quota answers 429 with `retry-after-ms`. What it answers, exactly, is
-//! on [`OpenAiApi`].
+//! and over its quota (requests, or [tokens per minute](OpenAiApi::tpm)) answers 429
+//! with `retry-after-ms`. What it answers, exactly, is on [`OpenAiApi`].
 //!
 //! # Example
 //!
@@ -52,7 +52,9 @@ use http_body::Frame;
 use serde_json::{json, Value};
 use tokio::time::Sleep;
 
-use super::common::{ceil_millis, handler, json, set_header, Core, Incoming, QuotaWindow};
+use super::common::{
+    ceil_millis, handler, json, set_header, usage, Core, Incoming, QuotaWindow, TokenWindow,
+};
 use super::recorder::{Hits, Outcome};
 
 /// Default calls per window: 60.
@@ -71,22 +73,34 @@ pub const BACKEND_HEADER: &str = "x-mock-backend";
 /// The OpenAI-compatible mock. Clones share state.
 ///
 /// - within quota, `"stream": true` absent: 200 with a `chat.completion` body whose
-///   reply is [`OpenAiApi::reply`] (default `"mock reply from <name>"`);
+///   reply is [`OpenAiApi::reply`] (default `"mock reply from <name>"`) and whose
+///   `usage` is deterministic: prompt tokens are the characters of the messages' text
+///   divided by 4, rounded up (at least 1); completion tokens the reply's, at most
+///   `max_tokens` (or `max_completion_tokens`) when given;
 /// - within quota, `"stream": true`: 200 `text/event-stream`, one
 ///   `data: {chat.completion.chunk}\n\n` event per word of the reply, then one with
-///   `finish_reason: "stop"`, then `data: [DONE]\n\n`. Events after the first are sent
-///   [`OpenAiApi::stream_gap`] apart (default 50 ms, `tokio::time::sleep`), so a test
-///   sees them arrive one by one;
+///   `finish_reason: "stop"`, then `data: [DONE]\n\n`. With
+///   `"stream_options": {"include_usage": true}`, as OpenAI does, every chunk carries
+///   `"usage": null` and one more chunk, with `"choices": []` and the usage, comes
+///   before `[DONE]`. Events after the first are sent [`OpenAiApi::stream_gap`] apart
+///   (default 50 ms, `tokio::time::sleep`), so a test sees them arrive one by one;
 /// - over quota: `429 {"error":{"message":"Rate limit reached for requests","type":"requests","param":null,"code":"rate_limit_exceeded"}}`
 ///   with `retry-after-ms` (milliseconds until the window closes, rounded up) and
 ///   `x-ratelimit-reset-requests` (the same wait written OpenAI's way, e.g. `1s`,
 ///   `250ms`, `6m0s`);
+/// - over its [tokens per minute](OpenAiApi::tpm), when set (an answer whose
+///   `usage.total_tokens` would bring the last 60 s over the budget): `429` with
+///   `"type":"tokens"`, OpenAI's message (`… on tokens per min (TPM): Limit 1000,
+///   Used 900, Requested 200. Please try again in 6s.`), `retry-after-ms` and
+///   `x-ratelimit-*-tokens`; the call takes nothing from the request quota;
 /// - a body that is not a JSON object: 400 `invalid_request_error`.
 ///
 /// Every answer carries `x-mock-backend: <name>` (default `"openai"`), and 200/429 carry
 /// `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests` and
-/// `x-ratelimit-reset-requests`. The quota is a fixed window anchored at the first
-/// admitted call (default 60 per 60 s); refused calls do not count.
+/// `x-ratelimit-reset-requests` (and, with a token budget, the `-tokens` three). The
+/// quota is a fixed window anchored at the first admitted call (default 60 per 60 s);
+/// refused calls do not count. [`tokens_served`](OpenAiApi::tokens_served) sums the
+/// usage of every answer served.
 #[derive(Clone)]
 pub struct OpenAiApi {
     core: Core<State>,
@@ -95,6 +109,7 @@ pub struct OpenAiApi {
 #[derive(Debug)]
 struct State {
     rate: QuotaWindow,
+    tokens: TokenWindow,
     name: String,
     reply: Option<String>,
     gap: Duration,
@@ -124,6 +139,7 @@ impl OpenAiApi {
         OpenAiApi {
             core: Core::new(State {
                 rate: QuotaWindow::new(DEFAULT_LIMIT, DEFAULT_WINDOW),
+                tokens: TokenWindow::default(),
                 name: DEFAULT_NAME.to_owned(),
                 reply: None,
                 gap: DEFAULT_STREAM_GAP,
@@ -163,6 +179,19 @@ impl OpenAiApi {
         self
     }
 
+    /// A budget of `tokens` per minute (none by default): an answer whose
+    /// `usage.total_tokens` would bring the tokens served in the last 60 s (a sliding
+    /// window, on tokio's clock) over it gets OpenAI's token 429 instead.
+    pub fn tpm(self, tokens: u32) -> Self {
+        self.core.state().tokens.limit = Some(u64::from(tokens));
+        self
+    }
+
+    /// The sum of `usage.total_tokens` over every answer served.
+    pub fn tokens_served(&self) -> u64 {
+        self.core.state().tokens.served
+    }
+
     /// Every request that reached the mock.
     pub fn hits(&self) -> Hits {
         self.core.hits().clone()
@@ -187,6 +216,48 @@ impl OpenAiApi {
         let body = inc.json_object();
         let mut state = self.core.state();
         let quota = state.rate.quota;
+        let name = state.name.clone();
+        let reply = state
+            .reply
+            .clone()
+            .unwrap_or_else(|| format!("mock reply from {name}"));
+        let usage = body.as_ref().ok().map(|body| usage(body, &reply));
+        let tokens = usage
+            .as_ref()
+            .and_then(|u| u["total_tokens"].as_u64())
+            .unwrap_or(0);
+        // The token budget first: a call refused for tokens takes no request.
+        let token_check = match &usage {
+            Some(_) => state.tokens.check(inc.now, tokens),
+            None => Ok(u64::MAX),
+        };
+        if let (Err((used, wait)), Some(limit)) = (token_check, state.tokens.limit) {
+            let model = body
+                .as_ref()
+                .ok()
+                .and_then(|b| b.get("model"))
+                .and_then(Value::as_str)
+                .unwrap_or("gpt-mock");
+            let message = format!(
+                "Rate limit reached for {model} in organization org-mock on tokens per min (TPM): \
+                 Limit {limit}, Used {used}, Requested {tokens}. Please try again in {}.",
+                reset_text(wait)
+            );
+            let mut resp = json(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({
+                    "error": {
+                        "message": message,
+                        "type": "tokens",
+                        "param": null,
+                        "code": "rate_limit_exceeded",
+                    }
+                }),
+            );
+            token_headers(&mut resp, limit, limit.saturating_sub(used), wait);
+            set_header(&mut resp, "retry-after-ms", ceil_millis(wait).to_string());
+            return (Outcome::RateLimited, resp);
+        }
         match (state.rate.admit(inc.now), body) {
             (Err(reset_in), _) => {
                 let mut resp = json(
@@ -224,23 +295,30 @@ impl OpenAiApi {
             ),
             (Ok((remaining, reset_in)), Ok(body)) => {
                 state.served += 1;
+                state.tokens.take(inc.now, tokens);
                 let n = state.served;
-                let name = &state.name;
-                let reply = state
-                    .reply
-                    .clone()
-                    .unwrap_or_else(|| format!("mock reply from {name}"));
+                let usage = usage.unwrap_or(Value::Null);
                 let model = body
                     .get("model")
                     .cloned()
                     .unwrap_or_else(|| json!("gpt-mock"));
                 let id = format!("chatcmpl-{name}-{n}");
                 let mut resp = if body.get("stream").and_then(Value::as_bool) == Some(true) {
-                    stream(&id, &model, &reply, state.gap)
+                    let include_usage = body
+                        .get("stream_options")
+                        .and_then(|o| o.get("include_usage"))
+                        .and_then(Value::as_bool)
+                        == Some(true);
+                    let usage = include_usage.then_some(usage);
+                    stream(&id, &model, &reply, usage, state.gap)
                 } else {
-                    json(StatusCode::OK, &completion(&id, &model, &reply))
+                    json(StatusCode::OK, &completion(&id, &model, &reply, usage))
                 };
                 rate_headers(&mut resp, quota.limit, remaining, reset_in);
+                if let Some(limit) = state.tokens.limit {
+                    let left = state.tokens.check(inc.now, 0).unwrap_or(0);
+                    token_headers(&mut resp, limit, left, state.tokens.reset_in(inc.now));
+                }
                 (Outcome::Served, resp)
             }
         }
@@ -255,6 +333,12 @@ fn rate_headers(resp: &mut Response, limit: u32, remaining: u32, reset_in: Durat
         remaining.to_string(),
     );
     set_header(resp, "x-ratelimit-reset-requests", reset_text(reset_in));
+}
+
+fn token_headers(resp: &mut Response, limit: u64, remaining: u64, reset_in: Duration) {
+    set_header(resp, "x-ratelimit-limit-tokens", limit.to_string());
+    set_header(resp, "x-ratelimit-remaining-tokens", remaining.to_string());
+    set_header(resp, "x-ratelimit-reset-tokens", reset_text(reset_in));
 }
 
 /// A wait written the way OpenAI's `x-ratelimit-reset-*` headers do: `250ms`, `1s`,
@@ -278,7 +362,7 @@ pub fn reset_text(wait: Duration) -> String {
     }
 }
 
-fn completion(id: &str, model: &Value, reply: &str) -> Value {
+fn completion(id: &str, model: &Value, reply: &str, usage: Value) -> Value {
     json!({
         "id": id,
         "object": "chat.completion",
@@ -289,22 +373,31 @@ fn completion(id: &str, model: &Value, reply: &str) -> Value {
             "message": { "role": "assistant", "content": reply },
             "finish_reason": "stop",
         }],
-        "usage": { "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0 },
+        "usage": usage,
     })
 }
 
-fn chunk(id: &str, model: &Value, delta: Value, finish: Value) -> Bytes {
-    let event = json!({
+/// One chunk event; with `usage` set (`include_usage`), its `usage` field too.
+fn chunk(id: &str, model: &Value, choices: Value, usage: Option<&Value>) -> Bytes {
+    let mut event = json!({
         "id": id,
         "object": "chat.completion.chunk",
         "created": 0,
         "model": model,
-        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+        "choices": choices,
     });
+    if let Some(usage) = usage {
+        event["usage"] = usage.clone();
+    }
     Bytes::from(format!("data: {event}\n\n"))
 }
 
-fn stream(id: &str, model: &Value, reply: &str, gap: Duration) -> Response {
+/// The SSE answer: a chunk per word, the `stop` chunk, then (when `usage` is given,
+/// `include_usage`) a chunk with no choices and the usage, while the others carry
+/// `"usage": null`; then `[DONE]`.
+fn stream(id: &str, model: &Value, reply: &str, usage: Option<Value>, gap: Duration) -> Response {
+    let null = usage.as_ref().map(|_| Value::Null);
+    let choice = |delta: Value, finish: Value| json!([{ "index": 0, "delta": delta, "finish_reason": finish }]);
     let mut events: VecDeque<Bytes> = reply
         .split_whitespace()
         .enumerate()
@@ -314,10 +407,19 @@ fn stream(id: &str, model: &Value, reply: &str, gap: Duration) -> Response {
             } else {
                 format!(" {word}")
             };
-            chunk(id, model, json!({ "content": piece }), Value::Null)
+            let choices = choice(json!({ "content": piece }), Value::Null);
+            chunk(id, model, choices, null.as_ref())
         })
         .collect();
-    events.push_back(chunk(id, model, json!({}), json!("stop")));
+    events.push_back(chunk(
+        id,
+        model,
+        choice(json!({}), json!("stop")),
+        null.as_ref(),
+    ));
+    if let Some(usage) = &usage {
+        events.push_back(chunk(id, model, json!([]), Some(usage)));
+    }
     events.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
     let mut resp = Response::new(Body::new(SseBody {
         events,
@@ -369,8 +471,93 @@ impl http_body::Body for SseBody {
 
 #[cfg(test)]
 mod tests {
-    use super::reset_text;
-    use std::time::Duration;
+    use super::*;
+    use crate::testing::{body_json, json_request};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// 40 characters of prompt (10 tokens) and a 16-character reply (4 tokens): 14.
+    fn call(stream: bool, include_usage: bool) -> http::Request<http_body_util::Full<Bytes>> {
+        let mut body = json!({
+            "model": "gpt-mock",
+            "messages": [{"role": "user", "content": "x".repeat(40)}],
+            "stream": stream,
+        });
+        if include_usage {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        json_request(Method::POST, PATH, &body).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_budget_refuses_the_answer_that_would_pass_it() {
+        let api = OpenAiApi::new().reply("sixteen chars!!!").tpm(30);
+        for _ in 0..2 {
+            let resp = api.router().oneshot(call(false, false)).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(resp.headers()["x-ratelimit-limit-tokens"], "30");
+            let body = body_json(resp.into_body()).await.unwrap();
+            assert_eq!(body["usage"]["prompt_tokens"], 10);
+            assert_eq!(body["usage"]["total_tokens"], 14);
+        }
+        tokio::time::advance(Duration::from_secs(15)).await;
+        // 28 used in the last minute: 14 more would make 42.
+        let resp = api.router().oneshot(call(false, false)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after-ms"], "45000");
+        assert_eq!(resp.headers()["x-ratelimit-remaining-tokens"], "2");
+        let body = body_json(resp.into_body()).await.unwrap();
+        assert_eq!(body["error"]["type"], "tokens");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("(TPM): Limit 30, Used 28, Requested 14. Please try again in 45s."),
+            "{message}"
+        );
+        // The refusal took no request from the request quota, and no token.
+        assert_eq!(api.tokens_served(), 28);
+        tokio::time::advance(Duration::from_secs(45)).await;
+        let resp = api.router().oneshot(call(false, false)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(api.tokens_served(), 42);
+        assert_eq!(api.hits().count_of(Outcome::RateLimited), 1);
+    }
+
+    async fn events(resp: Response) -> Vec<String> {
+        let mut body = resp.into_body();
+        let mut events = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                events.push(String::from_utf8(data.to_vec()).unwrap());
+            }
+        }
+        events
+    }
+
+    fn parse(event: &str) -> Value {
+        serde_json::from_str(event.strip_prefix("data: ").unwrap().trim_end()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_carries_usage_in_one_last_chunk_when_asked() {
+        let api = OpenAiApi::new().reply("sixteen chars!!!");
+        let asked = events(api.router().oneshot(call(true, true)).await.unwrap()).await;
+        // "sixteen", " chars!!!", stop, usage, [DONE].
+        assert_eq!(asked.len(), 5, "{asked:?}");
+        for e in &asked[..3] {
+            assert_eq!(parse(e)["usage"], Value::Null, "{e}");
+        }
+        let last = parse(&asked[3]);
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(last["usage"]["total_tokens"], 14);
+        assert_eq!(asked[4], "data: [DONE]\n\n");
+
+        // Not asked: no usage anywhere, as OpenAI does.
+        let plain = events(api.router().oneshot(call(true, false)).await.unwrap()).await;
+        assert_eq!(plain.len(), 4, "{plain:?}");
+        assert!(plain.iter().all(|e| !e.contains("usage")), "{plain:?}");
+        // Both answers counted their usage.
+        assert_eq!(api.tokens_served(), 28);
+    }
 
     #[test]
     fn reset_text_reads_like_openai() {
