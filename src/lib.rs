@@ -59,6 +59,9 @@ pub mod guide;
 pub mod key;
 pub mod metrics;
 pub mod pool;
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod proxy;
 pub mod rate_limit;
 mod redact;
 #[cfg(feature = "redis")]

@@ -61,6 +61,8 @@ pub enum LayerKind {
     Pool,
     /// [`ClientStackLayer`](crate::ClientStackLayer).
     Stack,
+    /// The LLM gateway of the `proxy` feature (`ratewise::proxy`).
+    Proxy,
 }
 
 impl LayerKind {
@@ -75,6 +77,7 @@ impl LayerKind {
             LayerKind::Classify => "classify",
             LayerKind::Pool => "pool",
             LayerKind::Stack => "stack",
+            LayerKind::Proxy => "proxy",
         }
     }
 }
