@@ -688,3 +688,150 @@ async fn graceful_shutdown_closes_streams_left_after_the_grace_period() {
     .await;
     within("the upstream seeing its stream dropped", dropped).await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------
+// API keys; start-up errors; /metrics
+
+/// An upstream that records the `Authorization` header it got, then fails (503).
+fn recording_upstream(seen: Arc<Mutex<Vec<String>>>, status: StatusCode) -> Router {
+    Router::new().route(
+        "/v1/chat/completions",
+        post(move |headers: HeaderMap| {
+            let seen = seen.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                seen.lock().unwrap().push(auth);
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from("{\"ok\":true}"))
+                    .unwrap()
+            }
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_goes_to_its_backend_only_and_nowhere_else() {
+    const SECRET: &str = "sk-proxy-test-Zq81x";
+    std::env::set_var("RATEWISE_TEST_KEY_FOR_KEYED", SECRET);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let keyed = MockServer::start(recording_upstream(seen.clone(), StatusCode::OK))
+        .await
+        .unwrap();
+    let toml = format!(
+        r#"
+        [backends.keyed]
+        kind = "openai"
+        base_url = "{}"
+        api_key_env = "RATEWISE_TEST_KEY_FOR_KEYED"
+        [backends.down]
+        kind = "openai"
+        base_url = "http://127.0.0.1:1/v1"
+        api_key_env = "RATEWISE_TEST_KEY_FOR_KEYED"
+        [models.m]
+        primary = ["keyed"]
+        [models.down]
+        primary = ["down"]
+        "#,
+        keyed.url("/v1"),
+    );
+    let proxy = Proxy::from_config(ProxyConfig::from_toml(&toml).unwrap()).unwrap();
+    assert!(!format!("{proxy:?}").contains(SECRET));
+    let running = Running::start(&toml).await;
+
+    // The client's own credentials stay at the proxy; the backend gets its key.
+    let mut req = json_request(Method::POST, &running.url("/v1/chat/completions"), &chat_body("m", false)).unwrap();
+    req.headers_mut()
+        .insert("authorization", "Bearer client-token".parse().unwrap());
+    let answer = send(req).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(*seen.lock().unwrap(), [format!("Bearer {SECRET}")]);
+
+    // An error about that backend, the stats and the metrics never show the key.
+    let unreachable = post_json(&running.url("/v1/chat/completions"), &chat_body("down", false)).await;
+    assert_eq!(unreachable.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(unreachable.json()["error"]["code"], "upstream_unreachable");
+    for page in [
+        unreachable.body.clone(),
+        get(&running.url("/stats?window=1m")).await.body,
+        get(&running.url("/metrics")).await.body,
+        get(&running.url("/")).await.body,
+    ] {
+        assert!(!String::from_utf8_lossy(&page).contains(SECRET));
+    }
+}
+
+#[test]
+fn a_missing_key_variable_fails_at_start_up_naming_it() {
+    let toml = "[backends.glm]\nkind = \"glm\"\nbase_url = \"http://127.0.0.1:9/v4\"\napi_key_env = \"RATEWISE_TEST_NEVER_SET_4417\"\n[models.glm-4]\nprimary = [\"glm\"]\n";
+    let err = Proxy::from_config(ProxyConfig::from_toml(toml).unwrap()).unwrap_err();
+    assert_eq!(err.field(), "api_key_env");
+    let text = err.to_string();
+    assert!(text.contains("RATEWISE_TEST_NEVER_SET_4417"), "{text}");
+    assert!(text.contains("backends.glm.api_key_env"), "{text}");
+}
+
+#[test]
+fn bad_values_fail_at_start_up_with_their_place_in_the_file() {
+    let backend = "[backends.glm]\nkind = \"glm\"\nbase_url = \"http://127.0.0.1:9/v4\"\n";
+    let cases = [
+        (format!("{backend}rpm = 0\n[models.m]\nprimary = [\"glm\"]\n"), "backends.glm.rpm"),
+        (format!("{backend}max_concurrency = 0\n[models.m]\nprimary = [\"glm\"]\n"), "backends.glm.max_concurrency"),
+        (format!("{backend}[models.m]\nprimary = [\"gml\"]\n"), "models.m.primary"),
+        (format!("{backend}[models.m]\nprimary = []\n"), "models.m.primary"),
+        (format!("{backend}[models.m]\nprimary = [\"glm\"]\nfallback = [\"glm\"]\n"), "models.m.fallback"),
+        (format!("{backend}[models.m]\nprimary = [\"glm\"]\n[cooldown]\nbase = \"10s\"\ncap = \"1s\"\n"), "cooldown.cap"),
+        (format!("{backend}[models.m]\nprimary = [\"glm\"]\n[redis]\nurl = \"nonsense\"\n"), "redis.url"),
+        (
+            "[backends.glm]\nkind = \"glm\"\nbase_url = \"ftp://x/v4\"\n[models.m]\nprimary = [\"glm\"]\n".to_owned(),
+            "backends.glm.base_url",
+        ),
+    ];
+    for (toml, place) in cases {
+        let err = Proxy::from_config(ProxyConfig::from_toml(&toml).unwrap()).unwrap_err();
+        assert!(err.to_string().contains(&format!("(at `{place}`)")), "{place}: {err}");
+    }
+    // Wrong keys and types are refused while reading, with the key's path.
+    let err = ProxyConfig::from_toml(&format!("{backend}rmp = 5\n[models.m]\nprimary = [\"glm\"]\n")).unwrap_err();
+    assert_eq!(err.path(), "backends.glm.rmp");
+}
+
+/// The value of a Prometheus sample line `name{labels} value`, 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_after_traffic() {
+    let glm = GlmApi::new().limit(2);
+    let server = MockServer::start(glm.router()).await.unwrap();
+    let proxy = Running::start(&format!(
+        "[backends.metered]\nkind = \"glm\"\nbase_url = \"{}\"\nrpm = 600\n[models.m]\nprimary = [\"metered\"]\n[routing]\nmax_wait = \"0s\"\n",
+        base(&server, glm::PATH),
+    ))
+    .await;
+    let ok = r#"ratewise_proxy_upstream_requests_total{backend="metered",outcome="ok"}"#;
+    let limited = r#"ratewise_proxy_upstream_requests_total{backend="metered",outcome="rate_limited"}"#;
+    let admitted = r#"ratewise_admitted_total{layer="rate_limit",name="metered"}"#;
+    let before = get(&proxy.url("/metrics")).await;
+    assert_eq!(before.status, StatusCode::OK);
+    assert!(before.header("content-type").unwrap().starts_with("text/plain"));
+    let before = String::from_utf8_lossy(&before.body).into_owned();
+
+    for _ in 0..3 {
+        post_json(&proxy.url("/v1/chat/completions"), &chat_body("m", false)).await;
+    }
+    assert_eq!((glm.hits().served(), glm.hits().rate_limited()), (2, 1));
+    let after = get(&proxy.url("/metrics")).await;
+    let after = String::from_utf8_lossy(&after.body).into_owned();
+    assert_eq!(sample(&after, ok) - sample(&before, ok), 2.0, "{after}");
+    assert_eq!(sample(&after, limited) - sample(&before, limited), 1.0);
+    assert_eq!(sample(&after, admitted) - sample(&before, admitted), 3.0);
+}
