@@ -385,7 +385,11 @@ async fn a_real_429_outranks_the_next_backends_own_refusal() -> Result<(), BoxEr
     assert_eq!(served_by(&res), "glm");
     assert_eq!(body_json(res.into_body()).await?["error"]["code"], "1302");
     assert_eq!(glm.hits().rate_limited(), 1);
-    assert_eq!(fallback_api.hits().count(), 1, "the refusal reached no upstream");
+    assert_eq!(
+        fallback_api.hits().count(),
+        1,
+        "the refusal reached no upstream"
+    );
     let f = pool.handle().backend("fallback").unwrap();
     assert_eq!((f.requests, f.rate_limited), (2, 1));
     Ok(())

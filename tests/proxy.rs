@@ -20,13 +20,12 @@ use std::{
 
 use axum::{body::Body, routing::post, Router};
 use bytes::Bytes;
-use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use ratewise::{
     proxy::{Proxy, ProxyConfig},
     testing::{self, body_bytes, client, glm, json_request, GlmApi, MockServer, OpenAiApi},
-    BoxError,
 };
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, time::Instant};
@@ -145,7 +144,9 @@ async fn stream_events(url: &str, model: &str, stop_after: Option<usize>) -> (An
     within("the stream", async {
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else { break };
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             pending.extend_from_slice(&data);
             while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
                 let event: Vec<u8> = pending.drain(..end + 2).collect();
@@ -174,7 +175,11 @@ fn content(events: &[Event]) -> String {
         .iter()
         .filter_map(|e| e.text.strip_prefix("data: "))
         .filter_map(|data| serde_json::from_str::<Value>(data).ok())
-        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -215,8 +220,15 @@ async fn failover_and_streaming() {
     let first = post_json(&url, &chat_body("glm-4", false)).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.header("x-ratewise-backend"), Some("fallback"));
-    assert_eq!(first.json()["choices"][0]["message"]["content"], "mock reply from fallback");
-    assert_eq!(first.json()["model"], "glm-4", "the fallback got the whole body");
+    assert_eq!(
+        first.json()["choices"][0]["message"]["content"],
+        "mock reply from fallback"
+    );
+    assert_eq!(
+        first.json()["model"],
+        "glm-4",
+        "the fallback got the whole body"
+    );
     assert_eq!((glm.hits().count(), glm.hits().rate_limited()), (1, 1));
 
     // Eight more at once: all answered by the fallback; the cooling GLM gets none.
@@ -313,7 +325,9 @@ async fn a_real_429_passes_through_unchanged() {
     let glm = GlmApi::new().always_rate_limited(true);
     let glm_server = MockServer::start(glm.router()).await.unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
-    let limited = MockServer::start(limited_upstream(calls.clone())).await.unwrap();
+    let limited = MockServer::start(limited_upstream(calls.clone()))
+        .await
+        .unwrap();
     let proxy = Running::start(&format!(
         r#"
         [backends.glm]
@@ -354,7 +368,10 @@ async fn a_real_429_passes_through_unchanged() {
     ] {
         assert_eq!(answer.header(name), Some(value), "{name}");
     }
-    assert_eq!((glm.hits().rate_limited(), calls.load(Ordering::SeqCst)), (1, 1));
+    assert_eq!(
+        (glm.hits().rate_limited(), calls.load(Ordering::SeqCst)),
+        (1, 1)
+    );
 
     // Now both cool: no backend is called, and only now the proxy answers by itself.
     let refused = post_json(&url, &chat_body("glm-4", false)).await;
@@ -363,7 +380,10 @@ async fn a_real_429_passes_through_unchanged() {
     assert_eq!(refused.json()["error"]["type"], "rate_limit_error");
     assert!(refused.json()["error"]["message"].is_string());
     let retry_after: u64 = refused.header("retry-after").unwrap().parse().unwrap();
-    assert!((1..=2).contains(&retry_after), "the fallback recovers first, in 1.5 s: {retry_after}");
+    assert!(
+        (1..=2).contains(&retry_after),
+        "the fallback recovers first, in 1.5 s: {retry_after}"
+    );
     assert!(refused.header("x-ratewise-backend").is_none());
     assert_eq!((glm.hits().count(), calls.load(Ordering::SeqCst)), (1, 1));
 
@@ -383,7 +403,11 @@ async fn glm_1302_passes_through_unchanged() {
         base(&glm_server, glm::PATH),
     ))
     .await;
-    let answer = post_json(&proxy.url("/v1/chat/completions"), &chat_body("glm-4", false)).await;
+    let answer = post_json(
+        &proxy.url("/v1/chat/completions"),
+        &chat_body("glm-4", false),
+    )
+    .await;
     assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
     let expected = serde_json::to_vec(&json!({
         "error": { "code": glm::RATE_LIMIT_CODE, "message": glm::RATE_LIMIT_MESSAGE }
@@ -424,12 +448,19 @@ async fn a_real_429_is_kept_when_the_next_backend_refuses_locally() {
     ))
     .await;
     let url = proxy.url("/v1/chat/completions");
-    assert_eq!(post_json(&url, &chat_body("small", false)).await.status, StatusCode::OK);
+    assert_eq!(
+        post_json(&url, &chat_body("small", false)).await.status,
+        StatusCode::OK
+    );
     let answer = post_json(&url, &chat_body("glm-4", false)).await;
     assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(answer.header("x-ratewise-backend"), Some("glm"));
     assert_eq!(answer.json()["error"]["code"], "1302");
-    assert_eq!(fallback.hits().count(), 1, "the refusal reached no upstream");
+    assert_eq!(
+        fallback.hits().count(),
+        1,
+        "the refusal reached no upstream"
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -460,19 +491,41 @@ async fn bad_input_gets_openai_shaped_errors_and_reaches_no_backend() {
         assert!(e["type"].is_string());
     };
 
-    check(&send(raw("{\"model\": \"gpt-4o\",")).await, StatusCode::BAD_REQUEST, "invalid_json");
-    check(&send(raw("[1, 2]")).await, StatusCode::BAD_REQUEST, "missing_model");
-    check(&send(raw("{\"model\": 4}")).await, StatusCode::BAD_REQUEST, "missing_model");
+    check(
+        &send(raw("{\"model\": \"gpt-4o\",")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    );
+    check(
+        &send(raw("[1, 2]")).await,
+        StatusCode::BAD_REQUEST,
+        "missing_model",
+    );
+    check(
+        &send(raw("{\"model\": 4}")).await,
+        StatusCode::BAD_REQUEST,
+        "missing_model",
+    );
     let unknown = post_json(&url, &chat_body("gpt-9", false)).await;
     check(&unknown, StatusCode::NOT_FOUND, "model_not_found");
-    assert!(unknown.json()["error"]["message"].as_str().unwrap().contains("gpt-9"));
+    assert!(unknown.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("gpt-9"));
 
     // Over max_body_bytes: with a content-length, and streamed without one.
-    let big = json!({ "model": "gpt-4o", "messages": [{ "role": "user", "content": "x".repeat(2000) }] });
-    check(&post_json(&url, &big).await, StatusCode::PAYLOAD_TOO_LARGE, "request_too_large");
+    let big =
+        json!({ "model": "gpt-4o", "messages": [{ "role": "user", "content": "x".repeat(2000) }] });
+    check(
+        &post_json(&url, &big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+    );
     let chunked = Request::post(&url)
         .header("content-type", "application/json")
-        .body(Chunks((0..8).map(|_| Bytes::from(vec![b' '; 256])).collect()))
+        .body(Chunks(
+            (0..8).map(|_| Bytes::from(vec![b' '; 256])).collect(),
+        ))
         .unwrap();
     let res = within(
         "a chunked call",
@@ -485,11 +538,22 @@ async fn bad_input_gets_openai_shaped_errors_and_reaches_no_backend() {
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
     // Unknown paths, in the same shape.
-    check(&get(&proxy.url("/v1/nothing")).await, StatusCode::NOT_FOUND, "not_found");
-    assert_eq!(openai.hits().count(), 0, "no bad request reached the backend");
+    check(
+        &get(&proxy.url("/v1/nothing")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_eq!(
+        openai.hits().count(),
+        0,
+        "no bad request reached the backend"
+    );
 
     // And the good one still works.
-    assert_eq!(post_json(&url, &chat_body("gpt-4o", false)).await.status, StatusCode::OK);
+    assert_eq!(
+        post_json(&url, &chat_body("gpt-4o", false)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(openai.hits().count(), 1);
 }
 
@@ -557,10 +621,7 @@ impl Endless {
                 async move {
                     Response::builder()
                         .header("content-type", "text/event-stream")
-                        .body(Body::new(EndlessBody {
-                            sleep: None,
-                            this,
-                        }))
+                        .body(Body::new(EndlessBody { sleep: None, this }))
                         .unwrap()
                 }
             }),
@@ -619,7 +680,11 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_upstream_request() {
     within("the upstream seeing its stream dropped", dropped)
         .await
         .expect("the upstream's stream was dropped");
-    assert!(hung_up.elapsed() < Duration::from_secs(2), "{:?}", hung_up.elapsed());
+    assert!(
+        hung_up.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        hung_up.elapsed()
+    );
     let sent = endless.sent.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -627,7 +692,10 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_upstream_request() {
         sent,
         "the upstream sends nothing more"
     );
-    assert!(sent < 10, "it stopped soon after the client left: {sent} events");
+    assert!(
+        sent < 10,
+        "it stopped soon after the client left: {sent} events"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -642,22 +710,36 @@ async fn graceful_shutdown_lets_a_stream_finish_and_refuses_new_connections() {
     .await;
     let url = proxy.url("/v1/chat/completions");
     let req = json_request(Method::POST, &url, &chat_body("m", true)).unwrap();
-    let res = within("a streaming call", client().request(req)).await.unwrap();
+    let res = within("a streaming call", client().request(req))
+        .await
+        .unwrap();
     let mut body = res.into_body();
-    let first = within("the first event", body.frame()).await.unwrap().unwrap();
+    let first = within("the first event", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(first.is_data());
 
     // Shut down with the stream in flight: it still ends with [DONE].
     proxy.stop();
-    let rest = within("the rest of the stream", body.collect()).await.unwrap().to_bytes();
+    let rest = within("the rest of the stream", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
     let rest = String::from_utf8_lossy(&rest);
     assert!(rest.trim_end().ends_with("data: [DONE]"), "{rest}");
-    within("serve() returning", &mut proxy.task).await.unwrap().unwrap();
+    within("serve() returning", &mut proxy.task)
+        .await
+        .unwrap()
+        .unwrap();
     // No longer listening.
     let refused = client()
         .request(json_request(Method::POST, &url, &chat_body("m", false)).unwrap())
         .await;
-    assert!(refused.is_err(), "a new connection after shutdown is refused");
+    assert!(
+        refused.is_err(),
+        "a new connection after shutdown is refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -669,13 +751,26 @@ async fn graceful_shutdown_closes_streams_left_after_the_grace_period() {
         upstream.url("/v1"),
     ))
     .await;
-    let req = json_request(Method::POST, &proxy.url("/v1/chat/completions"), &chat_body("m", true)).unwrap();
-    let res = within("a streaming call", client().request(req)).await.unwrap();
+    let req = json_request(
+        Method::POST,
+        &proxy.url("/v1/chat/completions"),
+        &chat_body("m", true),
+    )
+    .unwrap();
+    let res = within("a streaming call", client().request(req))
+        .await
+        .unwrap();
     let mut body = res.into_body();
-    within("the first event", body.frame()).await.unwrap().unwrap();
+    within("the first event", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
     let stopped = Instant::now();
     proxy.stop();
-    within("serve() returning", &mut proxy.task).await.unwrap().unwrap();
+    within("serve() returning", &mut proxy.task)
+        .await
+        .unwrap()
+        .unwrap();
     let took = stopped.elapsed();
     assert!(
         took >= Duration::from_millis(300) && took < Duration::from_secs(3),
@@ -686,7 +781,9 @@ async fn graceful_shutdown_closes_streams_left_after_the_grace_period() {
         while let Some(Ok(_)) = body.frame().await {}
     })
     .await;
-    within("the upstream seeing its stream dropped", dropped).await.unwrap();
+    within("the upstream seeing its stream dropped", dropped)
+        .await
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------
@@ -745,7 +842,12 @@ async fn the_api_key_goes_to_its_backend_only_and_nowhere_else() {
     let running = Running::start(&toml).await;
 
     // The client's own credentials stay at the proxy; the backend gets its key.
-    let mut req = json_request(Method::POST, &running.url("/v1/chat/completions"), &chat_body("m", false)).unwrap();
+    let mut req = json_request(
+        Method::POST,
+        &running.url("/v1/chat/completions"),
+        &chat_body("m", false),
+    )
+    .unwrap();
     req.headers_mut()
         .insert("authorization", "Bearer client-token".parse().unwrap());
     let answer = send(req).await;
@@ -753,7 +855,11 @@ async fn the_api_key_goes_to_its_backend_only_and_nowhere_else() {
     assert_eq!(*seen.lock().unwrap(), [format!("Bearer {SECRET}")]);
 
     // An error about that backend, the stats and the metrics never show the key.
-    let unreachable = post_json(&running.url("/v1/chat/completions"), &chat_body("down", false)).await;
+    let unreachable = post_json(
+        &running.url("/v1/chat/completions"),
+        &chat_body("down", false),
+    )
+    .await;
     assert_eq!(unreachable.status, StatusCode::BAD_GATEWAY);
     assert_eq!(unreachable.json()["error"]["code"], "upstream_unreachable");
     for page in [
@@ -794,10 +900,16 @@ fn bad_values_fail_at_start_up_with_their_place_in_the_file() {
     ];
     for (toml, place) in cases {
         let err = Proxy::from_config(ProxyConfig::from_toml(&toml).unwrap()).unwrap_err();
-        assert!(err.to_string().contains(&format!("(at `{place}`)")), "{place}: {err}");
+        assert!(
+            err.to_string().contains(&format!("(at `{place}`)")),
+            "{place}: {err}"
+        );
     }
     // Wrong keys and types are refused while reading, with the key's path.
-    let err = ProxyConfig::from_toml(&format!("{backend}rmp = 5\n[models.m]\nprimary = [\"glm\"]\n")).unwrap_err();
+    let err = ProxyConfig::from_toml(&format!(
+        "{backend}rmp = 5\n[models.m]\nprimary = [\"glm\"]\n"
+    ))
+    .unwrap_err();
     assert_eq!(err.path(), "backends.glm.rmp");
 }
 
@@ -818,11 +930,15 @@ async fn metrics_move_after_traffic() {
     ))
     .await;
     let ok = r#"ratewise_proxy_upstream_requests_total{backend="metered",outcome="ok"}"#;
-    let limited = r#"ratewise_proxy_upstream_requests_total{backend="metered",outcome="rate_limited"}"#;
+    let limited =
+        r#"ratewise_proxy_upstream_requests_total{backend="metered",outcome="rate_limited"}"#;
     let admitted = r#"ratewise_admitted_total{layer="rate_limit",name="metered"}"#;
     let before = get(&proxy.url("/metrics")).await;
     assert_eq!(before.status, StatusCode::OK);
-    assert!(before.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(before
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
     let before = String::from_utf8_lossy(&before.body).into_owned();
 
     for _ in 0..3 {
@@ -834,4 +950,21 @@ async fn metrics_move_after_traffic() {
     assert_eq!(sample(&after, ok) - sample(&before, ok), 2.0, "{after}");
     assert_eq!(sample(&after, limited) - sample(&before, limited), 1.0);
     assert_eq!(sample(&after, admitted) - sample(&before, admitted), 3.0);
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    std::env::set_var("GLM_API_KEY", "example-glm-key");
+    std::env::set_var("OPENAI_API_KEY", "example-openai-key");
+    let text = include_str!("../examples/proxy.toml");
+    let config = ProxyConfig::from_toml(text).expect("examples/proxy.toml parses");
+    assert_eq!(config.backends["glm"].tpm, Some(100_000));
+    let proxy = Proxy::from_config(config).expect("examples/proxy.toml builds");
+    let names: Vec<String> = proxy
+        .pool()
+        .backends()
+        .into_iter()
+        .map(|b| b.name.to_string())
+        .collect();
+    assert_eq!(names, ["glm", "openai"]);
 }

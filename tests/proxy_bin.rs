@@ -112,7 +112,8 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(name: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!("ratewise-proxy-{}-{name}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("ratewise-proxy-{}-{name}", std::process::id()));
         std::fs::write(&path, text).expect("write the config");
         TempFile(path)
     }
@@ -134,7 +135,10 @@ fn chat(model: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_the_simulators_and_stops_by_itself() {
-    let mut proc = Proc::start(&["--demo", "--listen", "127.0.0.1:0", "--exit-after", "3"], &[]);
+    let mut proc = Proc::start(
+        &["--demo", "--listen", "127.0.0.1:0", "--exit-after", "3"],
+        &[],
+    );
     let url = format!("{}/v1/chat/completions", proc.url);
     let res = tokio::time::timeout(
         Duration::from_secs(10),
@@ -146,7 +150,10 @@ async fn demo_serves_the_simulators_and_stops_by_itself() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["x-ratewise-backend"], "glm");
     let body = body_json(res.into_body()).await.unwrap();
-    assert_eq!(body["choices"][0]["message"]["content"], "glm mock reply #1");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "glm mock reply #1"
+    );
     let models = client()
         .get(format!("{}/v1/models", proc.url).parse().unwrap())
         .await
@@ -163,14 +170,20 @@ async fn demo_serves_the_simulators_and_stops_by_itself() {
 fn start_up_errors_name_the_key_or_the_variable() {
     let good = "[backends.glm]\nkind = \"glm\"\nbase_url = \"http://127.0.0.1:9/api/paas/v4\"\n[models.glm-4]\nprimary = [\"glm\"]\n";
 
-    let typo = TempFile::new("typo.toml", &good.replace("kind = \"glm\"", "kind = \"glm\"\nrmp = 5"));
+    let typo = TempFile::new(
+        "typo.toml",
+        &good.replace("kind = \"glm\"", "kind = \"glm\"\nrmp = 5"),
+    );
     let (code, stderr) = run_failing(&["--config", typo.path()], &[]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("backends.glm.rmp"), "{stderr}");
 
     let keyed = TempFile::new(
         "keyed.toml",
-        &good.replace("kind = \"glm\"", "kind = \"glm\"\napi_key_env = \"RATEWISE_TEST_UNSET_KEY_90\""),
+        &good.replace(
+            "kind = \"glm\"",
+            "kind = \"glm\"\napi_key_env = \"RATEWISE_TEST_UNSET_KEY_90\"",
+        ),
     );
     let (code, stderr) = run_failing(&["--config", keyed.path()], &[]);
     assert_eq!(code, Some(2));
@@ -183,13 +196,17 @@ fn start_up_errors_name_the_key_or_the_variable() {
     );
     assert_eq!(code, Some(2));
     assert!(
-        stderr.contains("backends.glm.rpm") && stderr.contains("RATEWISE_PROXY__BACKENDS__GLM__RPM"),
+        stderr.contains("backends.glm.rpm")
+            && stderr.contains("RATEWISE_PROXY__BACKENDS__GLM__RPM"),
         "{stderr}"
     );
 
     let (code, stderr) = run_failing(&["--config", "/nonexistent/ratewise-proxy.toml"], &[]);
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("/nonexistent/ratewise-proxy.toml"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/ratewise-proxy.toml"),
+        "{stderr}"
+    );
 
     let (code, stderr) = run_failing(&["--listen", "127.0.0.1:0"], &[]);
     assert_eq!(code, Some(2));
@@ -274,7 +291,10 @@ async fn two_replicas_share_one_limit() {
     }
     let took = started.elapsed();
     let hits = glm_api.hits();
-    let (a_served, b_served) = (served[0].load(Ordering::SeqCst), served[1].load(Ordering::SeqCst));
+    let (a_served, b_served) = (
+        served[0].load(Ordering::SeqCst),
+        served[1].load(Ordering::SeqCst),
+    );
     println!(
         "200 requests in {took:?}: replica a served {a_served}, b {b_served}, {} refused; GLM saw {} served, {} × 1302",
         refused.load(Ordering::SeqCst),
@@ -306,7 +326,10 @@ async fn two_replicas_without_redis_overrun_the_limit() {
     let b = Proc::start(&["--config", config.path(), "--listen", "127.0.0.1:0"], &[]);
     let mut limited = 0;
     for i in 0..20 {
-        let url = format!("{}/v1/chat/completions", if i % 2 == 0 { &a.url } else { &b.url });
+        let url = format!(
+            "{}/v1/chat/completions",
+            if i % 2 == 0 { &a.url } else { &b.url }
+        );
         let res = tokio::time::timeout(
             Duration::from_secs(10),
             client().request(json_request(Method::POST, &url, &chat("glm-4")).unwrap()),

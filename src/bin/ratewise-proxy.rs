@@ -47,6 +47,7 @@ struct Args {
     exit_after: Option<Duration>,
 }
 
+#[derive(Debug)]
 enum Parsed {
     Run(Args),
     Print(String),
@@ -178,7 +179,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
     if args.demo {
         println!("  demo backends: `glm` (GLM simulator, 5 calls per 10 s, then 429 code 1302) and `openai` (OpenAI-like simulator, 60 per minute)");
         println!("  model `glm-4`: glm first, then openai; model `gpt-4o-mini`: openai only");
-        println!("  try:  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\");
+        println!(
+            "  try:  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\"
+        );
         println!("          -d '{{\"model\":\"glm-4\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'");
         println!("  dashboard {url}/   stats {url}/stats   metrics {url}/metrics");
     }

@@ -151,9 +151,7 @@ pub(crate) fn parse<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
         let message = err.inner().to_string();
         // Some formats (YAML) start their message with the path, or a part of it.
         let message = match message.split_once(": ") {
-            Some((head, rest)) if !head.contains(' ') && path.starts_with(head) => {
-                rest.to_owned()
-            }
+            Some((head, rest)) if !head.contains(' ') && path.starts_with(head) => rest.to_owned(),
             _ => message,
         };
         ParseError { path, message }

@@ -111,12 +111,13 @@ pub(crate) fn build(
                     format!("names the environment variable {var}, which is not set"),
                 )
             })?;
-            let mut value = HeaderValue::try_from(format!("Bearer {}", key.trim())).map_err(|_| {
-                at(
-                    "api_key_env",
-                    format!("names {var}, whose value cannot be sent in a header"),
-                )
-            })?;
+            let mut value =
+                HeaderValue::try_from(format!("Bearer {}", key.trim())).map_err(|_| {
+                    at(
+                        "api_key_env",
+                        format!("names {var}, whose value cannot be sent in a header"),
+                    )
+                })?;
             value.set_sensitive(true);
             Some(value)
         }
@@ -307,7 +308,9 @@ impl Service<Request<ReqBody>> for Upstream {
                     self.permit = Some(permit);
                 } else {
                     let semaphore = semaphore.clone();
-                    *acquiring = Some(Box::pin(async move { semaphore.acquire_owned().await.ok() }));
+                    *acquiring = Some(Box::pin(
+                        async move { semaphore.acquire_owned().await.ok() },
+                    ));
                 }
             }
             if let Some(fut) = acquiring.as_mut() {
@@ -317,7 +320,9 @@ impl Service<Request<ReqBody>> for Upstream {
                         *acquiring = None;
                         match permit {
                             Some(permit) => self.permit = Some(permit),
-                            None => return Poll::Ready(Err("the concurrency cap was closed".into())),
+                            None => {
+                                return Poll::Ready(Err("the concurrency cap was closed".into()))
+                            }
                         }
                     }
                 }
@@ -343,7 +348,8 @@ impl Service<Request<ReqBody>> for Upstream {
             Err(e) => return Box::pin(async move { Err(e.into()) }),
         }
         if let Some(auth) = &shared.auth {
-            req.headers_mut().insert(header::AUTHORIZATION, auth.clone());
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
         }
         let sent = SentAt::default();
         req.extensions_mut().insert(sent.clone());
@@ -485,10 +491,13 @@ pub(crate) fn usage_tokens(tail: &[u8]) -> Option<u64> {
         if rest[colon] != b':' {
             continue;
         }
-        let mut values =
-            serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<serde_json::Value>();
+        let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..])
+            .into_iter::<serde_json::Value>();
         if let Some(Ok(usage)) = values.next() {
-            if let Some(total) = usage.get("total_tokens").and_then(serde_json::Value::as_u64) {
+            if let Some(total) = usage
+                .get("total_tokens")
+                .and_then(serde_json::Value::as_u64)
+            {
                 return Some(total);
             }
         }

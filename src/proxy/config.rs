@@ -398,7 +398,10 @@ fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> Result<String,
             _ => {
                 return Err(ParseError::new(
                     path.join("."),
-                    format!("environment variable {name}: `{}` is not a table", path.join(".")),
+                    format!(
+                        "environment variable {name}: `{}` is not a table",
+                        path.join(".")
+                    ),
                 ))
             }
         };
@@ -463,7 +466,10 @@ mod tests {
                 ("RATEWISE_PROXY__BACKENDS__GLM_BACKUP__TPM", "1000"),
                 ("RATEWISE_PROXY__COOLDOWN__BACKOFF", "linear"),
                 ("RATEWISE_PROXY__COOLDOWN__BASE", "2s"),
-                ("RATEWISE_PROXY__MODELS__GLM-4__PRIMARY", r#"["glm-backup"]"#),
+                (
+                    "RATEWISE_PROXY__MODELS__GLM-4__PRIMARY",
+                    r#"["glm-backup"]"#,
+                ),
                 ("RATEWISE_PROXY__REDIS__URL", "redis://127.0.0.1:6379/"),
                 ("GLM_API_KEY", "ignored: not under the prefix"),
             ]),

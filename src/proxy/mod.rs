@@ -1,4 +1,4 @@
-//! An OpenAI-compatible LLM gateway over a [`Pool`](crate::Pool) (feature `proxy`): the
+//! An OpenAI-compatible LLM gateway over a [`Pool`] (feature `proxy`): the
 //! library behind the `ratewise-proxy` binary.
 //!
 //! [`ProxyConfig`] reads a TOML file (every key in `examples/proxy.toml`), with
@@ -51,8 +51,8 @@ use axum::body::Body;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 pub use self::config::{
-    Backend, BackendKind, BackoffKind, CooldownSettings, ModelRoute, ProxyConfig,
-    RedisSettings, RoutingSettings, Timeouts, Window,
+    Backend, BackendKind, BackoffKind, CooldownSettings, ModelRoute, ProxyConfig, RedisSettings,
+    RoutingSettings, Timeouts, Window,
 };
 use self::{
     backend::{BuildContext, ReqBody},
@@ -251,7 +251,11 @@ impl Proxy {
     /// Serves [`router`](Self::router) on `listener` until `shutdown` completes, then
     /// stops accepting, lets in-flight requests and streams finish for up to
     /// `timeouts.shutdown`, and closes whatever is left.
-    pub async fn serve<F>(self, listener: tokio::net::TcpListener, shutdown: F) -> std::io::Result<()>
+    pub async fn serve<F>(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: F,
+    ) -> std::io::Result<()>
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {

@@ -12,11 +12,7 @@ use axum::{
 };
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::{Full, LengthLimitError};
-use hyper_util::{
-    rt::TokioIo,
-    server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
-};
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, task::JoinSet};
@@ -208,7 +204,10 @@ fn pool_error(err: &(dyn std::error::Error + 'static), model: &str) -> Response 
             StatusCode::BAD_GATEWAY,
             "api_error",
             "upstream_unreachable",
-            format!("no backend of `{model}` could be reached: {}", Redacted(err)),
+            format!(
+                "no backend of `{model}` could be reached: {}",
+                Redacted(err)
+            ),
         );
     };
     let (code, message) = match refusal.kind() {
@@ -282,7 +281,9 @@ async fn models(State(proxy): State<Proxy>) -> Response {
         .inner
         .models
         .iter()
-        .map(|id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "ratewise-proxy" }))
+        .map(
+            |id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "ratewise-proxy" }),
+        )
         .collect();
     let mut res = Response::new(Body::from(
         json!({ "object": "list", "data": data }).to_string(),
@@ -334,7 +335,11 @@ pub(super) fn prometheus() -> Option<PrometheusHandle> {
 
 /// Accepts connections until `shutdown`, then lets the open ones finish for up to the
 /// grace period and closes the rest.
-pub(super) async fn serve<F>(proxy: Proxy, listener: TcpListener, shutdown: F) -> std::io::Result<()>
+pub(super) async fn serve<F>(
+    proxy: Proxy,
+    listener: TcpListener,
+    shutdown: F,
+) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
