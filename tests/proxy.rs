@@ -968,3 +968,114 @@ fn the_shipped_example_config_is_valid() {
         .collect();
     assert_eq!(names, ["glm", "openai"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_go_to_the_backends_embeddings_path() {
+    let seen = Arc::new(Mutex::new(Vec::<(String, Value)>::new()));
+    let upstream = Router::new().route(
+        "/v1/embeddings",
+        post({
+            let seen = seen.clone();
+            move |uri: http::Uri, body: Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    seen.lock().unwrap().push((uri.path().to_owned(), json));
+                    axum::Json(json!({
+                        "object": "list",
+                        "data": [{ "object": "embedding", "index": 0, "embedding": [0.1, 0.2] }],
+                        "model": "text-embedding-3-small",
+                        "usage": { "prompt_tokens": 2, "total_tokens": 2 }
+                    }))
+                }
+            }
+        }),
+    );
+    let server = MockServer::start(upstream).await.unwrap();
+    let proxy = Running::start(&format!(
+        "[backends.emb]\nkind = \"openai\"\nbase_url = \"{}\"\n[models.text-embedding-3-small]\nprimary = [\"emb\"]\n",
+        server.url("/v1"),
+    ))
+    .await;
+    let request = json!({ "model": "text-embedding-3-small", "input": "hello" });
+    let answer = post_json(&proxy.url("/v1/embeddings"), &request).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["data"][0]["embedding"], json!([0.1, 0.2]));
+    assert_eq!(answer.header("x-ratewise-backend"), Some("emb"));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("/v1/embeddings".to_owned(), request)]
+    );
+    let unknown = post_json(
+        &proxy.url("/v1/embeddings"),
+        &json!({ "model": "nope", "input": "x" }),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+/// `max_concurrency = 1`: a stream holds the backend's one slot until it ends, so a
+/// second call goes to the fallback at once; with no fallback it waits for the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_holds_its_concurrency_slot_until_it_ends() {
+    let gap = Duration::from_millis(100);
+    let one = OpenAiApi::new().name("one").stream_gap(gap);
+    let other = OpenAiApi::new().name("other");
+    let one_server = MockServer::start(one.router()).await.unwrap();
+    let other_server = MockServer::start(other.router()).await.unwrap();
+    let proxy = Running::start(&format!(
+        r#"
+        [backends.one]
+        kind = "openai"
+        base_url = "{}"
+        max_concurrency = 1
+        [backends.other]
+        kind = "openai"
+        base_url = "{}"
+        [models.pair]
+        primary = ["one"]
+        fallback = ["other"]
+        [models.solo]
+        primary = ["one"]
+        [routing]
+        max_wait = "5s"
+        "#,
+        base(&one_server, testing::openai::PATH),
+        base(&other_server, testing::openai::PATH),
+    ))
+    .await;
+    let url = proxy.url("/v1/chat/completions");
+    let req = json_request(Method::POST, &url, &chat_body("solo", true)).unwrap();
+    let res = within("a streaming call", client().request(req))
+        .await
+        .unwrap();
+    let mut stream = res.into_body();
+    within("the first event", stream.frame())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // While it streams: the pair's call is served by the other backend...
+    let answer = post_json(&url, &chat_body("pair", false)).await;
+    assert_eq!(answer.header("x-ratewise-backend"), Some("other"));
+    // ...and the solo call waits for the slot.
+    let waiting = tokio::spawn({
+        let url = url.clone();
+        async move { post_json(&url, &chat_body("solo", false)).await }
+    });
+    let rest = within("the rest of the stream", stream.collect())
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&rest.to_bytes()).contains("[DONE]"));
+    let answer = within("the waiting call", waiting).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.header("x-ratewise-backend"), Some("one"));
+    let hits = one.hits().all();
+    assert_eq!(hits.len(), 2);
+    assert!(
+        hits[1].at >= hits[0].at + gap * 5,
+        "the second call reached `one` only once the stream had ended: {:?} after it began",
+        hits[1].at - hits[0].at
+    );
+}
