@@ -1079,3 +1079,28 @@ async fn a_stream_holds_its_concurrency_slot_until_it_ends() {
         hits[1].at - hits[0].at
     );
 }
+
+/// With `proxy-tls`, an `https://` backend is reached over TLS: a plain-HTTP server
+/// behind an `https://` URL fails the handshake (a transient error, 502), where the
+/// same server behind `http://` answers.
+#[cfg(feature = "proxy-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_backend_is_reached_over_tls() {
+    let openai = OpenAiApi::new();
+    let server = MockServer::start(openai.router()).await.unwrap();
+    let plain = base(&server, testing::openai::PATH);
+    let tls = plain.replacen("http://", "https://", 1);
+    let proxy = Running::start(&format!(
+        "[backends.tls]\nkind = \"openai\"\nbase_url = \"{tls}\"\n[backends.plain]\nkind = \"openai\"\nbase_url = \"{plain}\"\n[models.tls]\nprimary = [\"tls\"]\n[models.plain]\nprimary = [\"plain\"]\n",
+    ))
+    .await;
+    let url = proxy.url("/v1/chat/completions");
+    let answer = post_json(&url, &chat_body("tls", false)).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.json()["error"]["code"], "upstream_unreachable");
+    assert_eq!(
+        post_json(&url, &chat_body("plain", false)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(openai.hits().served(), 1);
+}

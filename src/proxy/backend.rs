@@ -36,8 +36,32 @@ use crate::{
 
 /// The request body the pool carries: buffered, so a copy can go to the next backend.
 pub(crate) type ReqBody = Full<Bytes>;
-/// The HTTP client every backend shares (one connection pool).
-pub(crate) type HttpClient = Client<HttpConnector, ReqBody>;
+/// The HTTP client every backend shares (one connection pool): `http://` and, with the
+/// `proxy-tls` feature, `https://` (rustls, webpki roots).
+pub(crate) type HttpClient = Client<Connector, ReqBody>;
+#[cfg(feature = "proxy-tls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+#[cfg(not(feature = "proxy-tls"))]
+type Connector = HttpConnector;
+
+/// The shared client, connecting within `connect`.
+pub(crate) fn client(connect: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect));
+    http.set_nodelay(true);
+    #[cfg(feature = "proxy-tls")]
+    let connector = {
+        http.enforce_http(false);
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http)
+    };
+    #[cfg(not(feature = "proxy-tls"))]
+    let connector = http;
+    Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+}
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Which API a request is for: the path the backend's base URL is followed by.
@@ -227,13 +251,17 @@ fn parse_base(text: &str) -> Result<(Uri, String), String> {
         .map_err(|e| format!("is not a URL ({e}): {text:?}"))?;
     match uri.scheme_str() {
         Some("http") => {}
+        Some("https") if cfg!(feature = "proxy-tls") => {}
         Some("https") => {
             return Err(format!(
-                "is https ({text:?}): this build talks plain http only; put a TLS-terminating \
-                 proxy (or a local tunnel) in front of the backend"
+                "is https ({text:?}): build with the `proxy-tls` feature to reach https backends"
             ))
         }
-        _ => return Err(format!("must start with http:// (got {text:?})")),
+        _ => {
+            return Err(format!(
+                "must start with http:// or https:// (got {text:?})"
+            ))
+        }
     }
     if uri.authority().is_none() {
         return Err(format!("has no host: {text:?}"));
@@ -593,9 +621,10 @@ mod tests {
             parse_base("http://127.0.0.1:8/api/paas/v4/").unwrap().1,
             "/api/paas/v4"
         );
-        assert!(parse_base("https://api.openai.com/v1")
-            .unwrap_err()
-            .contains("https"));
+        assert_eq!(
+            parse_base("https://api.openai.com/v1").is_ok(),
+            cfg!(feature = "proxy-tls")
+        );
         assert!(parse_base("ftp://x/v1").is_err());
         assert!(parse_base("not a url").is_err());
     }

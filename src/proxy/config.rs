@@ -56,8 +56,8 @@ pub struct Backend {
     /// `"openai"` (429 with `retry-after-ms`).
     pub kind: BackendKind,
     /// The API's base URL, up to the version: `https://open.bigmodel.cn/api/paas/v4`,
-    /// `https://api.openai.com/v1`. The proxy appends `/chat/completions` or
-    /// `/embeddings`.
+    /// `https://api.openai.com/v1` (`https://` needs the `proxy-tls` feature). The
+    /// proxy appends `/chat/completions` or `/embeddings`.
     pub base_url: String,
     /// The environment variable holding the API key, sent as `Authorization: Bearer`.
     /// Start-up fails, naming the variable, when it is not set. No key: no header.

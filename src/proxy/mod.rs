@@ -48,7 +48,6 @@ pub mod stats;
 use std::{collections::BTreeSet, fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::body::Body;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 pub use self::config::{
     Backend, BackendKind, BackoffKind, CooldownSettings, ModelRoute, ProxyConfig, RedisSettings,
@@ -107,7 +106,7 @@ impl Proxy {
     ///
     /// Refused: no backend or no model; a backend name other than letters, digits,
     /// `-`, `_` and `.`; a model with no primary backend or naming an unknown one (or
-    /// one twice); a `base_url` that is not `http://host[:port][/path]`; an
+    /// one twice); a `base_url` that is not `http://host[:port][/path]` (or `https://` with `proxy-tls`); an
     /// `api_key_env` variable that is not set (named in the error; its value never
     /// is); a zero `rpm`, `burst`, `window` or `max_concurrency`; a cooldown whose
     /// `cap` or `max` is below its `base`; a Redis URL that does not parse; a zero
@@ -201,10 +200,7 @@ impl Proxy {
         };
 
         let stats = ProxyStats::new(config.backends.keys().cloned());
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeouts.connect));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = backend::client(config.timeouts.connect);
         let cx = BuildContext {
             client: &client,
             stats: &stats,
