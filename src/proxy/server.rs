@@ -140,11 +140,10 @@ async fn forward(proxy: Proxy, endpoint: Endpoint, req: Request) -> Response {
     let mut upstream = http::Request::new(Full::new(bytes));
     *upstream.method_mut() = Method::POST;
     let headers = upstream.headers_mut();
-    for (name, value) in &parts.headers {
-        let n = name.as_str();
-        if !HOP_BY_HOP.contains(&n) && !NOT_FORWARDED.contains(&n) {
-            headers.append(name.clone(), value.clone());
-        }
+    *headers = parts.headers;
+    strip_hop_by_hop(headers);
+    for name in NOT_FORWARDED {
+        headers.remove(name);
     }
     if !headers.contains_key(header::CONTENT_TYPE) {
         headers.insert(
