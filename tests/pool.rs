@@ -353,6 +353,48 @@ async fn the_last_candidates_real_429_reaches_the_caller_unchanged() -> Result<(
     Ok(())
 }
 
+/// A bug: the primary answered a real 429, the fallback's own bucket (max wait zero)
+/// refused the call without reaching its upstream, and the caller got that local
+/// refusal (a 503 from a gateway) instead of the 429 a backend had sent.
+#[tokio::test(start_paused = true)]
+async fn a_real_429_outranks_the_next_backends_own_refusal() -> Result<(), BoxError> {
+    let glm = GlmApi::new().always_rate_limited(true);
+    let fallback_api = GlmApi::new();
+    let fallback = ServiceBuilder::new()
+        .layer(
+            ratewise::RateLimitLayer::builder()
+                .per_minute(1)
+                .burst(1)
+                .max_wait(Duration::ZERO)
+                .build()?,
+        )
+        .service(glm_backend(&fallback_api));
+    // The fallback's bucket is spent by a call of its own model.
+    let pool = Pool::builder()
+        .primary("glm", glm_backend(&glm))
+        .fallback("fallback", fallback)
+        .route("glm-4", ["glm", "fallback"])
+        .route("small", ["fallback"])
+        .max_wait(Duration::ZERO)
+        .build()?;
+    let res = pool.clone().oneshot(chat_for("small")).await?;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let res = pool.clone().oneshot(chat_for("glm-4")).await?;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(served_by(&res), "glm");
+    assert_eq!(body_json(res.into_body()).await?["error"]["code"], "1302");
+    assert_eq!(glm.hits().rate_limited(), 1);
+    assert_eq!(
+        fallback_api.hits().count(),
+        1,
+        "the refusal reached no upstream"
+    );
+    let f = pool.handle().backend("fallback").unwrap();
+    assert_eq!((f.requests, f.rate_limited), (2, 1));
+    Ok(())
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_429_is_returned_when_the_remaining_candidate_recovers_too_late() -> Result<(), BoxError>
 {

@@ -31,17 +31,17 @@ impl de::Visitor<'_> for HumanVisitor {
 }
 
 /// A required duration.
-pub(super) fn required<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn required<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     Human::deserialize(d).map(|h| h.0)
 }
 
 /// An optional duration (use with `#[serde(default)]`).
-pub(super) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     Option::<Human>::deserialize(d).map(|h| h.map(|h| h.0))
 }
 
 /// An optional list of durations (use with `#[serde(default)]`).
-pub(super) fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
+pub(crate) fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
     Option::<Vec<Human>>::deserialize(d).map(|l| l.map(|l| l.into_iter().map(|h| h.0).collect()))
 }
 

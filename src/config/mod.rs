@@ -41,7 +41,7 @@
 //! # Ok::<(), ratewise::BoxError>(())
 //! ```
 
-mod duration;
+pub(crate) mod duration;
 mod key;
 mod sections;
 
@@ -107,18 +107,7 @@ impl StackConfig {
     pub fn from_deserializer<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Self, ParseError> {
-        serde_path_to_error::deserialize(deserializer).map_err(|err| {
-            let path = err.path().to_string();
-            let message = err.inner().to_string();
-            // Some formats (YAML) start their message with the path, or a part of it.
-            let message = match message.split_once(": ") {
-                Some((head, rest)) if !head.contains(' ') && path.starts_with(head) => {
-                    rest.to_owned()
-                }
-                _ => message,
-            };
-            ParseError { path, message }
-        })
+        parse(deserializer)
     }
 
     /// The layer. An invalid value is a [`ConfigError`] naming the layer and the
@@ -150,6 +139,23 @@ impl StackConfig {
         let builder = self.cooldown.apply(builder)?;
         self.retry.apply(builder)
     }
+}
+
+/// Reads any `Deserialize` type, an error naming the key's path in the file (also the
+/// proxy's configuration).
+pub(crate) fn parse<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<T, ParseError> {
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let message = err.inner().to_string();
+        // Some formats (YAML) start their message with the path, or a part of it.
+        let message = match message.split_once(": ") {
+            Some((head, rest)) if !head.contains(' ') && path.starts_with(head) => rest.to_owned(),
+            _ => message,
+        };
+        ParseError { path, message }
+    })
 }
 
 /// Where a builder's error sits in the file: the section of its layer, and the key
@@ -209,6 +215,15 @@ pub struct ParseError {
 }
 
 impl ParseError {
+    /// An error at `path` (`.` for the whole file).
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ParseError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
     /// The path of the key at fault, `rate_limit.limits[0].per_period` (`.` for the
     /// file as a whole).
     pub fn path(&self) -> &str {

@@ -481,6 +481,26 @@ fn on_answer<ReqB, ResB>(
     let eligible = verdict.is_rate_limited()
         || (shared.failover_on_transient && verdict == Verdict::Transient);
     let can_move_on = req.is_some() && slots.iter().any(|s| !s.tried);
+    // A backend's own answer outranks an error from a later candidate (a refusal by its
+    // limiter, a connection error): whenever a backend answered, the caller gets a
+    // backend's answer.
+    let keep_last = answer.is_err() && matches!(last, Some((_, Ok(_))));
+    if keep_last {
+        if let (Some(info), Err(err)) = (info, &answer) {
+            tracing::debug!(
+                target: "ratewise::pool",
+                backend = %info.name,
+                error = %Redacted(err),
+                "backend failed without answering; an earlier backend's answer is kept"
+            );
+        }
+        if eligible && can_move_on {
+            return None;
+        }
+        if let Some((prev, kept)) = last.take() {
+            return Some(finish(shared, candidates, prev, kept));
+        }
+    }
     if eligible && can_move_on {
         if let Some(info) = info {
             tracing::info!(

@@ -63,6 +63,8 @@ pub enum LayerKind {
     Stack,
     /// [`TokenLimitLayer`](crate::tokens::TokenLimitLayer).
     Tokens,
+    /// The LLM gateway of the `proxy` feature (`ratewise::proxy`).
+    Proxy,
 }
 
 impl LayerKind {
@@ -78,6 +80,7 @@ impl LayerKind {
             LayerKind::Pool => "pool",
             LayerKind::Stack => "stack",
             LayerKind::Tokens => "tokens",
+            LayerKind::Proxy => "proxy",
         }
     }
 }

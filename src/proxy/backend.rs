@@ -1,0 +1,631 @@
+//! One backend of the proxy's pool: a shared HTTP client under the backend's classifier,
+//! its rate limit and its concurrency cap, sending to its base URL with its API key,
+//! and reporting every upstream attempt to the stats.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex, OnceLock},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{header, uri::PathAndQuery, HeaderValue, Request, Response, Uri};
+use http_body::Frame;
+use http_body_util::Full;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use pin_project_lite::pin_project;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
+use tower::{Service, ServiceBuilder};
+
+use super::{
+    config::{Backend, BackendKind},
+    stats::{Call, CallOutcome, ProxyStats},
+};
+use crate::{
+    classify::{presets, ClassifyLayer},
+    vocabulary::{verdict_of, verdict_of_error, ConfigError, LayerKind, Verdict},
+    BoxError, RateLimitLayer,
+};
+
+/// The request body the pool carries: buffered, so a copy can go to the next backend.
+pub(crate) type ReqBody = Full<Bytes>;
+/// The HTTP client every backend shares (one connection pool): `http://` and, with the
+/// `proxy-tls` feature, `https://` (rustls, webpki roots).
+pub(crate) type HttpClient = Client<Connector, ReqBody>;
+#[cfg(feature = "proxy-tls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+#[cfg(not(feature = "proxy-tls"))]
+type Connector = HttpConnector;
+
+/// The shared client, connecting within `connect`.
+pub(crate) fn client(connect: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect));
+    http.set_nodelay(true);
+    #[cfg(feature = "proxy-tls")]
+    let connector = {
+        http.enforce_http(false);
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http)
+    };
+    #[cfg(not(feature = "proxy-tls"))]
+    let connector = http;
+    Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+}
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Which API a request is for: the path the backend's base URL is followed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Chat,
+    Embeddings,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/chat/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+}
+
+/// When the request left for the backend (set just below the rate limiter).
+#[derive(Debug, Clone, Default)]
+struct SentAt(Arc<OnceLock<Instant>>);
+
+/// A backend the proxy failed to reach within its `upstream` timeout.
+#[derive(Debug)]
+pub(crate) struct UpstreamTimeout {
+    backend: Arc<str>,
+    after: Duration,
+}
+
+impl fmt::Display for UpstreamTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "backend `{}` sent no response headers within {:?}",
+            self.backend, self.after
+        )
+    }
+}
+
+impl std::error::Error for UpstreamTimeout {}
+
+/// What [`build`] needs besides the backend's own settings.
+pub(crate) struct BuildContext<'a> {
+    pub(crate) client: &'a HttpClient,
+    pub(crate) stats: &'a ProxyStats,
+    pub(crate) upstream_timeout: Duration,
+    pub(crate) redis: Option<&'a crate::redis::Redis>,
+}
+
+/// The backend `name`'s service, or the first setting that is wrong (the reason ends
+/// with the setting's place in the file).
+pub(crate) fn build(
+    name: &str,
+    backend: &Backend,
+    cx: &BuildContext<'_>,
+) -> Result<Upstream, ConfigError> {
+    let at = |field: &'static str, reason: String| {
+        ConfigError::new(
+            LayerKind::Proxy,
+            field,
+            format!("{reason} (at `backends.{name}.{field}`)"),
+        )
+    };
+    let base = parse_base(&backend.base_url).map_err(|why| at("base_url", why))?;
+    let auth = match &backend.api_key_env {
+        None => None,
+        Some(var) => {
+            let key = std::env::var(var).map_err(|_| {
+                at(
+                    "api_key_env",
+                    format!("names the environment variable {var}, which is not set"),
+                )
+            })?;
+            let mut value =
+                HeaderValue::try_from(format!("Bearer {}", key.trim())).map_err(|_| {
+                    at(
+                        "api_key_env",
+                        format!("names {var}, whose value cannot be sent in a header"),
+                    )
+                })?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+    };
+    let limit = rate_limit(name, backend, cx).map_err(|e| {
+        let field = match e.field() {
+            "burst" => "burst",
+            "sliding_window" => "window",
+            _ => "rpm",
+        };
+        at(field, e.reason().to_owned())
+    })?;
+    let semaphore = match backend.max_concurrency {
+        Some(0) => return Err(at("max_concurrency", "must be at least 1".to_owned())),
+        Some(n) => Some(Arc::new(Semaphore::new(n))),
+        None => None,
+    };
+    let preset = match backend.kind {
+        BackendKind::Glm => presets::glm(),
+        BackendKind::OpenAi => presets::openai(),
+    };
+    let inner = ServiceBuilder::new()
+        .option_layer(limit)
+        .map_request(|req: Request<ReqBody>| {
+            if let Some(sent) = req.extensions().get::<SentAt>() {
+                let _ = sent.0.set(Instant::now());
+            }
+            req
+        })
+        .map_err(Into::<BoxError>::into)
+        .map_response(|res: Response<_>| res.map(Body::new))
+        .layer(ClassifyLayer::new(preset))
+        .service(cx.client.clone());
+    Ok(Upstream {
+        inner: tower::util::BoxCloneSyncService::new(inner),
+        shared: Arc::new(Shared {
+            name: Arc::from(name),
+            base,
+            auth,
+            stats: cx.stats.clone(),
+            timeout: cx.upstream_timeout,
+            semaphore,
+        }),
+        acquiring: Mutex::new(None),
+        permit: None,
+    })
+}
+
+/// The backend's limiter: `rpm` (with `burst`) and/or `window`, refusing at once when
+/// the backend has no room (the pool then cools it for the wait and moves on).
+fn rate_limit(
+    name: &str,
+    backend: &Backend,
+    cx: &BuildContext<'_>,
+) -> Result<Option<RateLimitLayer>, ConfigError> {
+    let mut builder = RateLimitLayer::builder()
+        .max_wait(Duration::ZERO)
+        .name(name);
+    match (backend.rpm, backend.window) {
+        (None, None) => {
+            if backend.burst.is_some() {
+                return Err(ConfigError::new(
+                    LayerKind::RateLimit,
+                    "burst",
+                    "is set without `rpm`",
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(rpm), window) => {
+            builder = builder.per_minute(rpm);
+            if let Some(burst) = backend.burst {
+                builder = builder.burst(burst);
+            }
+            if let Some(w) = window {
+                if w.n == 0 || w.per.is_zero() {
+                    return Err(ConfigError::new(
+                        LayerKind::RateLimit,
+                        "sliding_window",
+                        "needs `n` and `per` above zero",
+                    ));
+                }
+                builder = builder.limit(crate::rate_limit::Limit::sliding_window(w.n, w.per));
+            }
+        }
+        (None, Some(w)) => {
+            if backend.burst.is_some() {
+                return Err(ConfigError::new(
+                    LayerKind::RateLimit,
+                    "burst",
+                    "is set without `rpm` (a window has no burst)",
+                ));
+            }
+            builder = builder.sliding_window(w.n, w.per);
+        }
+    }
+    if let Some(redis) = cx.redis {
+        builder = builder.store(redis.rate_limit(name));
+    }
+    builder.build().map(Some)
+}
+
+/// `http://host:port/path` without a trailing `/`, or why not.
+fn parse_base(text: &str) -> Result<(Uri, String), String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("is not a URL ({e}): {text:?}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") if cfg!(feature = "proxy-tls") => {}
+        Some("https") => {
+            return Err(format!(
+                "is https ({text:?}): build with the `proxy-tls` feature to reach https backends"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "must start with http:// or https:// (got {text:?})"
+            ))
+        }
+    }
+    if uri.authority().is_none() {
+        return Err(format!("has no host: {text:?}"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("must not have a query: {text:?}"));
+    }
+    let path = uri.path().trim_end_matches('/').to_owned();
+    Ok((uri, path))
+}
+
+struct Shared {
+    name: Arc<str>,
+    /// The base URL, and its path without a trailing `/`.
+    base: (Uri, String),
+    /// `Bearer <key>`, marked sensitive; never logged, never in `Debug`.
+    auth: Option<HeaderValue>,
+    stats: ProxyStats,
+    timeout: Duration,
+    semaphore: Option<Arc<Semaphore>>,
+}
+
+type Inner = tower::util::BoxCloneSyncService<Request<ReqBody>, Response<Body>, BoxError>;
+
+/// The outermost layer of a backend: its concurrency cap (a permit taken in
+/// `poll_ready`, held until the answer's body ends), its URL and key, the upstream
+/// timeout, and the report of every attempt to the stats.
+pub(crate) struct Upstream {
+    inner: Inner,
+    shared: Arc<Shared>,
+    /// A permit being waited for (a `Mutex` only to make the service `Sync`; it is
+    /// only touched through `&mut self`).
+    acquiring: Mutex<Option<BoxFuture<Option<OwnedSemaphorePermit>>>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Clone for Upstream {
+    fn clone(&self) -> Self {
+        // A clone starts with no permit of its own.
+        Upstream {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            acquiring: Mutex::new(None),
+            permit: None,
+        }
+    }
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.shared.name)
+            .field("base_url", &self.shared.base.0)
+            .field("api_key", &self.shared.auth.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service<Request<ReqBody>> for Upstream {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if let (Some(semaphore), None) = (&self.shared.semaphore, &self.permit) {
+            let acquiring = self
+                .acquiring
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if acquiring.is_none() {
+                if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+                    self.permit = Some(permit);
+                } else {
+                    let semaphore = semaphore.clone();
+                    *acquiring = Some(Box::pin(
+                        async move { semaphore.acquire_owned().await.ok() },
+                    ));
+                }
+            }
+            if let Some(fut) = acquiring.as_mut() {
+                match fut.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(permit) => {
+                        *acquiring = None;
+                        match permit {
+                            Some(permit) => self.permit = Some(permit),
+                            None => {
+                                return Poll::Ready(Err("the concurrency cap was closed".into()))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let start = Instant::now();
+        let permit = self.permit.take();
+        let shared = self.shared.clone();
+        let endpoint = req
+            .extensions()
+            .get::<Endpoint>()
+            .copied()
+            .unwrap_or(Endpoint::Chat);
+        let (base, path) = &shared.base;
+        let mut parts = base.clone().into_parts();
+        parts.path_and_query = PathAndQuery::try_from(format!("{path}{}", endpoint.path())).ok();
+        match Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(e) => return Box::pin(async move { Err(e.into()) }),
+        }
+        if let Some(auth) = &shared.auth {
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+        }
+        let sent = SentAt::default();
+        req.extensions_mut().insert(sent.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = match tokio::time::timeout(shared.timeout, fut).await {
+                Ok(result) => result,
+                Err(_) => Err(Box::new(UpstreamTimeout {
+                    backend: shared.name.clone(),
+                    after: shared.timeout,
+                }) as BoxError),
+            };
+            let now = Instant::now();
+            // Not sent: refused by the limiter; no upstream attempt to report.
+            let Some(&sent_at) = sent.0.get() else {
+                return result;
+            };
+            let wait = sent_at.saturating_duration_since(start);
+            let latency = now.saturating_duration_since(sent_at);
+            let report = Report {
+                shared: shared.clone(),
+                wait,
+                latency,
+            };
+            match result {
+                Ok(res) => {
+                    let outcome = outcome(verdict_of(&res));
+                    let tap = if outcome == CallOutcome::Ok {
+                        Some(Tap::new(report))
+                    } else {
+                        report.record(outcome, 0);
+                        None
+                    };
+                    Ok(res.map(|body| {
+                        Body::new(Tapped {
+                            inner: body,
+                            permit,
+                            tap,
+                        })
+                    }))
+                }
+                Err(err) => {
+                    report.record(outcome(verdict_of_error(&*err)), 0);
+                    Err(err)
+                }
+            }
+        })
+    }
+}
+
+fn outcome(verdict: Verdict) -> CallOutcome {
+    match verdict {
+        Verdict::Success => CallOutcome::Ok,
+        Verdict::RateLimited { .. } => CallOutcome::RateLimited,
+        Verdict::Transient => CallOutcome::Transient,
+        _ => CallOutcome::Failed,
+    }
+}
+
+/// One upstream attempt, reported once.
+struct Report {
+    shared: Arc<Shared>,
+    wait: Duration,
+    latency: Duration,
+}
+
+impl Report {
+    fn record(&self, outcome: CallOutcome, tokens: u64) {
+        self.shared.stats.record(Call {
+            backend: &self.shared.name,
+            outcome,
+            latency: self.latency,
+            wait: self.wait,
+            tokens,
+        });
+        ::metrics::counter!(
+            "ratewise_proxy_upstream_requests_total",
+            "backend" => self.shared.name.to_string(),
+            "outcome" => match outcome {
+                CallOutcome::Ok => "ok",
+                CallOutcome::RateLimited => "rate_limited",
+                CallOutcome::Transient => "transient",
+                CallOutcome::Failed => "failed",
+            }
+        )
+        .increment(1);
+    }
+}
+
+/// The most bytes of an answer's end kept to find its `usage`.
+const TAIL: usize = 16 * 1024;
+
+/// A successful answer's report, sent when its body ends or is dropped, with the
+/// tokens its `usage` reported (the JSON body's, or the last SSE chunk's).
+struct Tap {
+    report: Report,
+    tail: Vec<u8>,
+}
+
+impl Tap {
+    fn new(report: Report) -> Self {
+        Tap {
+            report,
+            tail: Vec::new(),
+        }
+    }
+
+    fn see(&mut self, data: &[u8]) {
+        if data.len() >= TAIL {
+            self.tail.clear();
+            self.tail.extend_from_slice(&data[data.len() - TAIL..]);
+            return;
+        }
+        self.tail.extend_from_slice(data);
+        if self.tail.len() > TAIL {
+            let cut = self.tail.len() - TAIL;
+            self.tail.drain(..cut);
+        }
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.report
+            .record(CallOutcome::Ok, usage_tokens(&self.tail).unwrap_or(0));
+    }
+}
+
+/// The `total_tokens` of the last `"usage": {…}` object in `tail` that has one.
+pub(crate) fn usage_tokens(tail: &[u8]) -> Option<u64> {
+    const NEEDLE: &[u8] = b"\"usage\"";
+    let mut end = tail.len();
+    while let Some(at) = tail[..end].windows(NEEDLE.len()).rposition(|w| w == NEEDLE) {
+        end = at;
+        let rest = &tail[at + NEEDLE.len()..];
+        let Some(colon) = rest.iter().position(|b| !b.is_ascii_whitespace()) else {
+            continue;
+        };
+        if rest[colon] != b':' {
+            continue;
+        }
+        let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..])
+            .into_iter::<serde_json::Value>();
+        if let Some(Ok(usage)) = values.next() {
+            if let Some(total) = usage
+                .get("total_tokens")
+                .and_then(serde_json::Value::as_u64)
+            {
+                return Some(total);
+            }
+        }
+    }
+    None
+}
+
+pin_project! {
+    /// A backend's answer body: holds the concurrency permit until it ends, and reads
+    /// its tail for `usage`.
+    struct Tapped {
+        #[pin]
+        inner: Body,
+        permit: Option<OwnedSemaphorePermit>,
+        tap: Option<Tap>,
+    }
+}
+
+impl http_body::Body for Tapped {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let (Some(tap), Some(data)) = (this.tap.as_mut(), frame.data_ref()) {
+                    tap.see(data);
+                }
+            }
+            // The end, or an error: report now and let the permit go.
+            _ => {
+                this.tap.take();
+                this.permit.take();
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_read_from_a_json_body_and_from_the_last_sse_chunk() {
+        let json = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        assert_eq!(usage_tokens(json), Some(7));
+        let sse = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n\
+                    data: {\"choices\":[],\"usage\": {\"total_tokens\": 12}}\n\n\
+                    data: [DONE]\n\n";
+        assert_eq!(usage_tokens(sse), Some(12));
+        assert_eq!(usage_tokens(b"data: [DONE]\n\n"), None);
+        assert_eq!(usage_tokens(b"{\"usage\":{\"total_tokens\":"), None);
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_bytes() {
+        let report = Report {
+            shared: Arc::new(Shared {
+                name: Arc::from("x"),
+                base: ("http://127.0.0.1:1".parse().unwrap(), String::new()),
+                auth: None,
+                stats: ProxyStats::new(["x".to_owned()]),
+                timeout: Duration::from_secs(1),
+                semaphore: None,
+            }),
+            wait: Duration::ZERO,
+            latency: Duration::ZERO,
+        };
+        let mut tap = Tap::new(report);
+        tap.see(&vec![b'a'; TAIL + 10]);
+        tap.see(b"{\"usage\":{\"total_tokens\":5}}");
+        assert_eq!(tap.tail.len(), TAIL);
+        assert_eq!(usage_tokens(&tap.tail), Some(5));
+    }
+
+    #[test]
+    fn base_urls_are_checked() {
+        assert_eq!(
+            parse_base("http://127.0.0.1:8/api/paas/v4/").unwrap().1,
+            "/api/paas/v4"
+        );
+        assert_eq!(
+            parse_base("https://api.openai.com/v1").is_ok(),
+            cfg!(feature = "proxy-tls")
+        );
+        assert!(parse_base("ftp://x/v1").is_err());
+        assert!(parse_base("not a url").is_err());
+    }
+}
