@@ -1153,8 +1153,11 @@ impl ratewise::retry::TryCloneBody for CountingBody {
     }
 }
 
+/// The pool keeps the request and sends a copy, so that the call can go on: to another
+/// candidate, or to the same one again once its own limiter has room. One copy per
+/// backend called, none more.
 #[tokio::test(start_paused = true)]
-async fn a_request_is_copied_only_while_another_candidate_remains() -> Result<(), BoxError> {
+async fn a_request_is_copied_once_per_backend_called() -> Result<(), BoxError> {
     let ok = || {
         service_fn(|_req: Request<CountingBody>| {
             std::future::ready(Ok::<_, Infallible>(Response::new(())))
@@ -1165,7 +1168,11 @@ async fn a_request_is_copied_only_while_another_candidate_remains() -> Result<()
     single
         .oneshot(Request::new(CountingBody(copies.clone())))
         .await?;
-    assert_eq!(copies.load(Ordering::SeqCst), 0, "one candidate: no copy");
+    assert_eq!(
+        copies.load(Ordering::SeqCst),
+        1,
+        "one backend called: one copy"
+    );
 
     let double = Pool::builder()
         .primary("a", ok())
@@ -1177,8 +1184,50 @@ async fn a_request_is_copied_only_while_another_candidate_remains() -> Result<()
     assert_eq!(served_by(&res), "a");
     assert_eq!(
         copies.load(Ordering::SeqCst),
-        1,
-        "one copy kept for the fallback"
+        2,
+        "the fallback was not called"
+    );
+    Ok(())
+}
+
+/// Bug: a call that the last candidate's own limiter held back (nothing sent, the wait
+/// well within the pool's `max_wait`) reached the caller as a refusal, because the
+/// request had gone with that candidate. The proxy's replicas refused half their
+/// requests so. Now the call waits for the backend's room and is sent again.
+#[tokio::test(start_paused = true)]
+async fn a_call_its_last_backends_limiter_held_back_waited_and_was_sent_again(
+) -> Result<(), BoxError> {
+    let hits = Arc::new(Mutex::new(Vec::new()));
+    let h = hits.clone();
+    let start = Instant::now();
+    let upstream = service_fn(move |_req: Request<Full<Bytes>>| {
+        h.lock().unwrap().push(start.elapsed());
+        std::future::ready(Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())))
+    });
+    let limited = ServiceBuilder::new()
+        .layer(
+            ratewise::RateLimitLayer::builder()
+                .per_second(1)
+                .burst(1)
+                .max_wait(Duration::ZERO)
+                .build()?,
+        )
+        .service(upstream);
+    let pool = Pool::builder()
+        .primary("only", limited)
+        .max_wait(secs(5))
+        .build()?;
+    let first = pool.clone().oneshot(Request::new(Full::from("a")));
+    let second = pool.clone().oneshot(Request::new(Full::from("b")));
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(served_by(&first?), "only");
+    assert_eq!(served_by(&second?), "only", "the held-back call was served");
+    let hits = hits.lock().unwrap().clone();
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    assert_eq!(hits[0], Duration::ZERO);
+    assert!(
+        hits[1] >= secs(1) && hits[1] <= secs(1) + ms(100),
+        "sent again when the limiter had room: {hits:?}"
     );
     Ok(())
 }

@@ -427,22 +427,20 @@ where
     let slot = slots.get_mut(pos)?;
     let mut service = slot.service.take()?;
     slot.tried = true;
-    let copy = if others_left {
-        req.as_ref().and_then(try_clone_request)
-    } else {
-        None
-    };
-    let mut request = match (others_left, copy) {
-        (true, Some(copy)) => copy,
-        (true, None) => {
-            tracing::debug!(
-                target: "ratewise::pool",
-                backend = %backend.name,
-                "the request body cannot be cloned: it goes to this backend only"
-            );
+    // A copy goes out and the original stays, so that another candidate (or this one
+    // again, after its own limiter held the call back) can be tried.
+    let mut request = match req.as_ref().and_then(try_clone_request) {
+        Some(copy) => copy,
+        None => {
+            if others_left {
+                tracing::debug!(
+                    target: "ratewise::pool",
+                    backend = %backend.name,
+                    "the request body cannot be cloned: it goes to this backend only"
+                );
+            }
             req.take()?
         }
-        (false, _) => req.take()?,
     };
     request
         .extensions_mut()
@@ -458,7 +456,7 @@ where
 fn on_answer<ReqB, ResB>(
     shared: &Shared<ReqB, ResB>,
     candidates: &[usize],
-    slots: &[Slot<ReqB, ResB>],
+    slots: &mut [Slot<ReqB, ResB>],
     req: &Option<Request<ReqB>>,
     last: &mut Option<(usize, Answer<ResB>)>,
     pos: usize,
@@ -513,6 +511,20 @@ fn on_answer<ReqB, ResB>(
         }
         *last = Some((pos, answer));
         return None;
+    }
+    // The backend's own layers held the request back (its limiter had no room): nothing
+    // was sent, and the pool's cooldown now knows when it will have room. With no other
+    // candidate left, the call waits for it (within the pool's `max_wait`, in `scan`)
+    // and tries it again, rather than refusing what a wait would serve.
+    let unsent = matches!(&answer, Err(err) if Refusal::find(&**err).is_some());
+    if eligible && unsent && req.is_some() {
+        if let Some(slot) = slots.get_mut(pos) {
+            slot.tried = false;
+            if !matches!(last, Some((_, Ok(_)))) {
+                *last = Some((pos, answer));
+            }
+            return None;
+        }
     }
     if eligible {
         if let Some(info) = info {
