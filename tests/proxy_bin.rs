@@ -314,7 +314,7 @@ async fn two_replicas_share_one_limit() {
 /// the replicas pass on as it came).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_without_redis_overrun_the_limit() {
-    let glm_api = GlmApi::new().limit(50).window(Duration::from_secs(2));
+    let glm_api = GlmApi::new().limit(10).window(Duration::from_secs(2));
     let server = MockServer::start(glm_api.router()).await.unwrap();
     let config = TempFile::new(
         "alone.toml",
