@@ -49,7 +49,12 @@ async fn fetch_json(url: &str) -> (StatusCode, Value) {
         .await
         .unwrap();
     let status = resp.status();
-    (status, within("its body", body_json(resp.into_body())).await.unwrap())
+    (
+        status,
+        within("its body", body_json(resp.into_body()))
+            .await
+            .unwrap(),
+    )
 }
 
 fn requests(doc: &Value, backend: usize) -> u64 {
@@ -246,7 +251,6 @@ fn counter(dom: &str, backend: &str, field: &str) -> u64 {
     attr(tag, "data-value").unwrap().parse().unwrap()
 }
 
-
 // ---------------------------------------------------------------------------------
 // The real proxy
 
@@ -421,7 +425,11 @@ async fn stats_of_the_real_proxy_match_what_the_simulators_saw() {
             .iter()
             .map(|b| &b["name"])
             .collect();
-        assert_eq!(names, ["glm", "openai"], "the configured backends, in order");
+        assert_eq!(
+            names,
+            ["glm", "openai"],
+            "the configured backends, in order"
+        );
         for name in ["glm", "openai"] {
             let b = backend(&doc, name);
             assert_eq!(b["requests"], 0, "{window} {name}");
@@ -458,12 +466,26 @@ async fn stats_of_the_real_proxy_match_what_the_simulators_saw() {
         assert_eq!(status, StatusCode::OK);
         let b = backend(&doc, "glm");
         let counts = |b: &Value| {
-            ["requests", "ok", "rate_limited", "transient", "failed", "cooldowns"]
-                .map(|field| b[field].as_u64().unwrap())
+            [
+                "requests",
+                "ok",
+                "rate_limited",
+                "transient",
+                "failed",
+                "cooldowns",
+            ]
+            .map(|field| b[field].as_u64().unwrap())
         };
         assert_eq!(
             counts(b),
-            [glm.count() as u64, glm.served() as u64, glm.rate_limited() as u64, 0, 0, 1],
+            [
+                glm.count() as u64,
+                glm.served() as u64,
+                glm.rate_limited() as u64,
+                0,
+                0,
+                1
+            ],
             "{window}: glm {b}"
         );
         assert_eq!(b["tokens"], gw.glm.tokens_served(), "{window}");
@@ -480,14 +502,24 @@ async fn stats_of_the_real_proxy_match_what_the_simulators_saw() {
         );
         assert!(gw.openai.tokens_served() > 0);
         assert_eq!(b["tokens"], gw.openai.tokens_served(), "{window}");
-        assert_eq!((b["state"].as_str(), b["remaining_ms"].as_u64()), (Some("ok"), Some(0)));
+        assert_eq!(
+            (b["state"].as_str(), b["remaining_ms"].as_u64()),
+            (Some("ok"), Some(0))
+        );
 
         assert_eq!(sum(&doc["series"]["requests"]), 9, "{window}: the chart");
-        assert_eq!(sum(&doc["series"]["rate_limited"]), 1, "{window}: the chart");
+        assert_eq!(
+            sum(&doc["series"]["rate_limited"]),
+            1,
+            "{window}: the chart"
+        );
     }
     let (_, doc) = fetch_json(&gw.url("/stats")).await;
     assert_eq!(
-        (doc["window"].as_str(), backend(&doc, "glm")["requests"].as_u64()),
+        (
+            doc["window"].as_str(),
+            backend(&doc, "glm")["requests"].as_u64()
+        ),
         (Some("1m"), Some(3))
     );
 
@@ -499,8 +531,7 @@ async fn stats_of_the_real_proxy_match_what_the_simulators_saw() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_real_proxys_dashboard_in_headless_chromium_shows_every_backend_and_live_counters()
-{
+async fn the_real_proxys_dashboard_in_headless_chromium_shows_every_backend_and_live_counters() {
     let Some(bin) = chromium() else { return };
     // GLM admits 3 calls per 2 s: under the traffic below it answers 1302 every
     // second or so, and `glm` cools for 1 s.
@@ -554,10 +585,13 @@ async fn the_real_proxys_dashboard_in_headless_chromium_shows_every_backend_and_
     }
 
     let total = |dom: &str| -> u64 {
-        attr(tag_with(dom, "id=\"total-requests\"").unwrap(), "data-value")
-            .unwrap()
-            .parse()
-            .unwrap()
+        attr(
+            tag_with(dom, "id=\"total-requests\"").unwrap(),
+            "data-value",
+        )
+        .unwrap()
+        .parse()
+        .unwrap()
     };
     let (before, after) = (total(&first), total(&second));
     assert!(
