@@ -1,6 +1,6 @@
 //! One backend of the proxy's pool: a shared HTTP client under the backend's classifier,
-//! its rate limit and its concurrency cap, sending to its base URL with its API key,
-//! and reporting every upstream attempt to the stats.
+//! its rate limit, its token limit and its concurrency cap, sending to its base URL with
+//! its API key, and reporting every upstream attempt to the stats.
 
 use std::{
     fmt,
@@ -30,6 +30,7 @@ use super::{
 };
 use crate::{
     classify::{presets, ClassifyLayer},
+    tokens::{TokenBody, TokenLimitLayer, UsageScanner},
     vocabulary::{verdict_of, verdict_of_error, ConfigError, LayerKind, Verdict},
     BoxError, RateLimitLayer,
 };
@@ -154,6 +155,8 @@ pub(crate) fn build(
         };
         at(field, e.reason().to_owned())
     })?;
+    let tokens =
+        token_limit(name, backend, cx).map_err(|e| at(e.field(), e.reason().to_owned()))?;
     let semaphore = match backend.max_concurrency {
         Some(0) => return Err(at("max_concurrency", "must be at least 1".to_owned())),
         Some(n) => Some(Arc::new(Semaphore::new(n))),
@@ -175,8 +178,19 @@ pub(crate) fn build(
         .map_response(|res: Response<_>| res.map(Body::new))
         .layer(ClassifyLayer::new(preset))
         .service(cx.client.clone());
+    // The tokens above the request limit: a call takes its request slot once its
+    // tokens are there (and gives them back when the request limit holds it back).
+    let inner = match tokens {
+        Some(tokens) => Inner::new(
+            ServiceBuilder::new()
+                .map_response(|res: Response<TokenBody<Body>>| res.map(Body::new))
+                .layer(tokens)
+                .service(inner),
+        ),
+        None => Inner::new(inner),
+    };
     Ok(Upstream {
-        inner: tower::util::BoxCloneSyncService::new(inner),
+        inner,
         shared: Arc::new(Shared {
             name: Arc::from(name),
             base,
@@ -240,6 +254,41 @@ fn rate_limit(
     }
     if let Some(redis) = cx.redis {
         builder = builder.store(redis.rate_limit(name));
+    }
+    builder.build().map(Some)
+}
+
+/// The backend's token budget: `tpm` in any `tpm_window` (default 60 s), refusing at
+/// once when the backend has no room for a call's estimate (the pool then cools it for
+/// the wait and moves on, or waits for it). OpenAI-kind streams are asked for their
+/// usage. With Redis, every replica shares the budget (store `tpm-<backend>`). Errors
+/// name the backend's field: `tpm` or `tpm_window`.
+fn token_limit(
+    name: &str,
+    backend: &Backend,
+    cx: &BuildContext<'_>,
+) -> Result<Option<TokenLimitLayer>, ConfigError> {
+    let error = |field: &'static str, reason: &'static str| {
+        ConfigError::new(LayerKind::Tokens, field, reason)
+    };
+    let tpm = match (backend.tpm, backend.tpm_window) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => return Err(error("tpm_window", "is set without `tpm`")),
+        (Some(0), _) => return Err(error("tpm", "must be at least 1 (got 0)")),
+        (Some(tpm), _) => tpm,
+    };
+    let window = backend.tpm_window.unwrap_or(Duration::from_secs(60));
+    if window.is_zero() {
+        return Err(error("tpm_window", "must be above zero"));
+    }
+    let store = format!("tpm-{name}");
+    let mut builder = TokenLimitLayer::builder()
+        .per_period(tpm, window)
+        .max_wait(Duration::ZERO)
+        .include_usage(backend.kind == BackendKind::OpenAi)
+        .name(store.clone());
+    if let Some(redis) = cx.redis {
+        builder = builder.store(redis.rate_limit(&store));
     }
     builder.build().map(Some)
 }
@@ -467,70 +516,32 @@ impl Report {
     }
 }
 
-/// The most bytes of an answer's end kept to find its `usage`.
-const TAIL: usize = 16 * 1024;
-
 /// A successful answer's report, sent when its body ends or is dropped, with the
-/// tokens its `usage` reported (the JSON body's, or the last SSE chunk's).
+/// tokens its last `usage` reported (the JSON body's, or the last SSE chunk's), read as
+/// it passes by the token limiter's own scanner: `/stats` counts what it reconciles.
 struct Tap {
     report: Report,
-    tail: Vec<u8>,
+    usage: UsageScanner,
 }
 
 impl Tap {
     fn new(report: Report) -> Self {
         Tap {
             report,
-            tail: Vec::new(),
+            usage: UsageScanner::default(),
         }
     }
 
     fn see(&mut self, data: &[u8]) {
-        if data.len() >= TAIL {
-            self.tail.clear();
-            self.tail.extend_from_slice(&data[data.len() - TAIL..]);
-            return;
-        }
-        self.tail.extend_from_slice(data);
-        if self.tail.len() > TAIL {
-            let cut = self.tail.len() - TAIL;
-            self.tail.drain(..cut);
-        }
+        self.usage.feed(data);
     }
 }
 
 impl Drop for Tap {
     fn drop(&mut self) {
         self.report
-            .record(CallOutcome::Ok, usage_tokens(&self.tail).unwrap_or(0));
+            .record(CallOutcome::Ok, self.usage.found().unwrap_or(0));
     }
-}
-
-/// The `total_tokens` of the last `"usage": {…}` object in `tail` that has one.
-pub(crate) fn usage_tokens(tail: &[u8]) -> Option<u64> {
-    const NEEDLE: &[u8] = b"\"usage\"";
-    let mut end = tail.len();
-    while let Some(at) = tail[..end].windows(NEEDLE.len()).rposition(|w| w == NEEDLE) {
-        end = at;
-        let rest = &tail[at + NEEDLE.len()..];
-        let Some(colon) = rest.iter().position(|b| !b.is_ascii_whitespace()) else {
-            continue;
-        };
-        if rest[colon] != b':' {
-            continue;
-        }
-        let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..])
-            .into_iter::<serde_json::Value>();
-        if let Some(Ok(usage)) = values.next() {
-            if let Some(total) = usage
-                .get("total_tokens")
-                .and_then(serde_json::Value::as_u64)
-            {
-                return Some(total);
-            }
-        }
-    }
-    None
 }
 
 pin_project! {
@@ -582,37 +593,48 @@ impl http_body::Body for Tapped {
 mod tests {
     use super::*;
 
-    #[test]
-    fn usage_is_read_from_a_json_body_and_from_the_last_sse_chunk() {
-        let json = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
-        assert_eq!(usage_tokens(json), Some(7));
-        let sse = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n\
-                    data: {\"choices\":[],\"usage\": {\"total_tokens\": 12}}\n\n\
-                    data: [DONE]\n\n";
-        assert_eq!(usage_tokens(sse), Some(12));
-        assert_eq!(usage_tokens(b"data: [DONE]\n\n"), None);
-        assert_eq!(usage_tokens(b"{\"usage\":{\"total_tokens\":"), None);
-    }
-
-    #[test]
-    fn the_tail_keeps_the_last_bytes() {
-        let report = Report {
+    /// The tokens a tap reports for an answer fed in `chunks`.
+    fn tapped(chunks: &[&[u8]]) -> u64 {
+        let stats = ProxyStats::new(["x".to_owned()]);
+        let mut tap = Tap::new(Report {
             shared: Arc::new(Shared {
                 name: Arc::from("x"),
                 base: ("http://127.0.0.1:1".parse().unwrap(), String::new()),
                 auth: None,
-                stats: ProxyStats::new(["x".to_owned()]),
+                stats: stats.clone(),
                 timeout: Duration::from_secs(1),
                 semaphore: None,
             }),
             wait: Duration::ZERO,
             latency: Duration::ZERO,
-        };
-        let mut tap = Tap::new(report);
-        tap.see(&vec![b'a'; TAIL + 10]);
-        tap.see(b"{\"usage\":{\"total_tokens\":5}}");
-        assert_eq!(tap.tail.len(), TAIL);
-        assert_eq!(usage_tokens(&tap.tail), Some(5));
+        });
+        for chunk in chunks {
+            tap.see(chunk);
+        }
+        drop(tap);
+        let snap = stats.snapshot(super::super::stats::Window::OneMinute);
+        assert_eq!(snap[0].ok, 1, "one answer reported");
+        snap[0].tokens
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn usage_is_read_from_a_json_body_and_from_the_last_sse_chunk() {
+        let json = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        assert_eq!(tapped(&[json]), 7);
+        // Split anywhere, and after a long answer.
+        let (a, b) = json.split_at(40);
+        assert_eq!(tapped(&[&vec![b' '; 64 * 1024], a, b]), 7);
+        let sse: &[&[u8]] = &[
+            b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n",
+            b"data: {\"choices\":[],\"usage\": {\"total_tokens\"",
+            b": 12}}\n\ndata: [DONE]\n\n",
+        ];
+        assert_eq!(tapped(sse), 12);
+        // GLM's last chunk without a total.
+        let glm = b"data: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n";
+        assert_eq!(tapped(&[glm]), 7);
+        assert_eq!(tapped(&[b"data: [DONE]\n\n"]), 0);
+        assert_eq!(tapped(&[b"{\"usage\":{\"total_tokens\":"]), 0);
     }
 
     #[test]

@@ -73,10 +73,17 @@ pub struct Backend {
     /// alone or beside `rpm`.
     #[serde(default)]
     pub window: Option<Window>,
-    /// Tokens per minute. Parsed and kept: the proxy passes it on, the token limiter
-    /// enforces it.
+    /// Tokens per minute: each call reserves its estimate (the prompt's characters / 4
+    /// plus `max_tokens`) before it is sent, and is settled with the `usage` of its
+    /// answer (the JSON body's, or the last SSE chunk's; OpenAI-kind streams are asked
+    /// for it with `stream_options.include_usage`). A backend without room is skipped
+    /// like one over its `rpm`.
     #[serde(default)]
     pub tpm: Option<u32>,
+    /// The window `tpm` is counted over (default 60 s): a testing and advanced knob,
+    /// for an API that counts tokens over another period.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub tpm_window: Option<Duration>,
     /// The most requests in flight at once, a streamed answer counting until its end.
     #[serde(default)]
     pub max_concurrency: Option<usize>,
@@ -477,6 +484,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.backends["glm"].rpm, Some(30));
         assert_eq!(c.backends["glm-backup"].tpm, Some(1000));
+        assert_eq!(c.backends["glm-backup"].tpm_window, None);
         assert_eq!(c.cooldown.backoff, BackoffKind::Linear);
         assert_eq!(c.cooldown.base, Duration::from_secs(2));
         assert_eq!(c.models["glm-4"].primary, ["glm-backup"]);
@@ -519,6 +527,13 @@ mod tests {
         let err = ProxyConfig::from_toml(&BASE.replace("kind = \"glm\"", "kind = \"claude\""))
             .unwrap_err();
         assert_eq!(err.path(), "backends.glm.kind");
+
+        let c = ProxyConfig::from_toml(&BASE.replace("rpm = 45", "tpm = 300\ntpm_window = \"2s\""))
+            .unwrap();
+        assert_eq!(c.backends["glm"].tpm_window, Some(Duration::from_secs(2)));
+        let err =
+            ProxyConfig::from_toml(&BASE.replace("rpm = 45", "tpm_window = \"soon\"")).unwrap_err();
+        assert_eq!(err.path(), "backends.glm.tpm_window");
 
         let err = ProxyConfig::from_toml(&format!("{BASE}\n[timeouts]\nupstream = \"10\"\n"))
             .unwrap_err();

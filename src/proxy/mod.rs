@@ -4,8 +4,8 @@
 //! [`ProxyConfig`] reads a TOML file (every key in `examples/proxy.toml`), with
 //! environment variables over it; [`Proxy::from_config`] checks it, reads the API keys
 //! from the environment and builds one pool: each model's backends tried in order
-//! (primary, then fallback), each backend under its own RPM limit, concurrency cap and
-//! cooldown, shared through Redis when configured. [`Proxy::router`] serves
+//! (primary, then fallback), each backend under its own RPM limit, token budget (`tpm`),
+//! concurrency cap and cooldown, shared through Redis when configured. [`Proxy::router`] serves
 //! `POST /v1/chat/completions` (JSON or SSE, passed through event by event),
 //! `POST /v1/embeddings`, `GET /v1/models`, `GET /metrics`, `GET /stats` and `GET /`;
 //! [`Proxy::serve`] runs it until a shutdown signal, letting in-flight streams finish.
@@ -108,7 +108,8 @@ impl Proxy {
     /// `-`, `_` and `.`; a model with no primary backend or naming an unknown one (or
     /// one twice); a `base_url` that is not `http://host[:port][/path]` (or `https://` with `proxy-tls`); an
     /// `api_key_env` variable that is not set (named in the error; its value never
-    /// is); a zero `rpm`, `burst`, `window` or `max_concurrency`; a cooldown whose
+    /// is); a zero `rpm`, `burst`, `window`, `tpm`, `tpm_window` or `max_concurrency`
+    /// (or `tpm_window` without `tpm`); a cooldown whose
     /// `cap` or `max` is below its `base`; a Redis URL that does not parse; a zero
     /// `max_body_bytes`.
     ///

@@ -131,12 +131,14 @@ impl QuotaWindow {
     }
 }
 
-/// A per-minute token budget counted over a sliding window of 60 s: each served
-/// answer's `usage.total_tokens` counts from its arrival for 60 s. No limit: every
-/// answer fits (and is still counted in [`served`](Self::served)).
-#[derive(Debug, Clone, Default)]
+/// A token budget counted over a sliding window (60 s unless set): each served
+/// answer's `usage.total_tokens` counts from its arrival for one window. No limit:
+/// every answer fits (and is still counted in [`served`](Self::served)).
+#[derive(Debug, Clone)]
 pub(crate) struct TokenWindow {
     pub(crate) limit: Option<u64>,
+    /// The window's length.
+    pub(crate) window: Duration,
     /// The answers within the last window, oldest first, and their sum.
     entries: VecDeque<(Instant, u64)>,
     used: u64,
@@ -144,13 +146,25 @@ pub(crate) struct TokenWindow {
     pub(crate) served: u64,
 }
 
-/// The token window's length: one minute.
+/// The token window's default length: one minute.
 pub(crate) const TOKEN_WINDOW: Duration = Duration::from_secs(60);
+
+impl Default for TokenWindow {
+    fn default() -> Self {
+        TokenWindow {
+            limit: None,
+            window: TOKEN_WINDOW,
+            entries: VecDeque::new(),
+            used: 0,
+            served: 0,
+        }
+    }
+}
 
 impl TokenWindow {
     fn expire(&mut self, now: Instant) {
         while let Some(&(at, tokens)) = self.entries.front() {
-            if now.saturating_duration_since(at) < TOKEN_WINDOW {
+            if now.saturating_duration_since(at) < self.window {
                 break;
             }
             self.entries.pop_front();
@@ -180,8 +194,8 @@ impl TokenWindow {
                 left >= must_leave
             })
             .filter(|_| tokens <= limit)
-            .map_or(TOKEN_WINDOW, |(at, _)| {
-                (*at + TOKEN_WINDOW).saturating_duration_since(now)
+            .map_or(self.window, |(at, _)| {
+                (*at + self.window).saturating_duration_since(now)
             });
         Err((self.used, wait))
     }
@@ -197,7 +211,7 @@ impl TokenWindow {
     /// Time until the window is empty.
     pub(crate) fn reset_in(&self, now: Instant) -> Duration {
         self.entries.back().map_or(Duration::ZERO, |(at, _)| {
-            (*at + TOKEN_WINDOW).saturating_duration_since(now)
+            (*at + self.window).saturating_duration_since(now)
         })
     }
 }
@@ -515,6 +529,21 @@ mod tests {
         assert_eq!(w.check(t2, 70), Ok(0));
         assert_eq!(w.reset_in(t2), Duration::from_secs(20));
         assert_eq!(w.served, 90);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_window_can_be_shorter() {
+        let mut w = TokenWindow {
+            limit: Some(100),
+            window: Duration::from_secs(2),
+            ..TokenWindow::default()
+        };
+        let t0 = Instant::now();
+        w.take(t0, 80);
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(w.check(t1, 30), Err((80, Duration::from_millis(1_500))));
+        assert_eq!(w.check(t1, 101), Err((80, Duration::from_secs(2))));
+        assert_eq!(w.check(t0 + Duration::from_secs(2), 100), Ok(0));
     }
 
     #[test]

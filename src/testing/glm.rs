@@ -141,10 +141,17 @@ impl GlmApi {
 
     /// A budget of `tokens` per minute (none by default): an answer whose
     /// `usage.total_tokens` would bring the tokens served in the last 60 s (a sliding
-    /// window, on tokio's clock) over it gets the 1302 429 instead, and takes nothing
-    /// from the call quota.
+    /// window, on tokio's clock; see [`tpm_window`](Self::tpm_window)) over it gets the
+    /// 1302 429 instead, and takes nothing from the call quota.
     pub fn tpm(self, tokens: u32) -> Self {
         self.core.state().tokens.limit = Some(u64::from(tokens));
+        self
+    }
+
+    /// The window of the [`tpm`](Self::tpm) budget (default 60 s): a test can pace a
+    /// run of several windows in seconds, e.g. 300 tokens per 2 s.
+    pub fn tpm_window(self, window: Duration) -> Self {
+        self.core.state().tokens.window = window;
         self
     }
 

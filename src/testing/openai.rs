@@ -181,9 +181,17 @@ impl OpenAiApi {
 
     /// A budget of `tokens` per minute (none by default): an answer whose
     /// `usage.total_tokens` would bring the tokens served in the last 60 s (a sliding
-    /// window, on tokio's clock) over it gets OpenAI's token 429 instead.
+    /// window, on tokio's clock; see [`tpm_window`](Self::tpm_window)) over it gets
+    /// OpenAI's token 429 instead.
     pub fn tpm(self, tokens: u32) -> Self {
         self.core.state().tokens.limit = Some(u64::from(tokens));
+        self
+    }
+
+    /// The window of the [`tpm`](Self::tpm) budget (default 60 s): a test can pace a
+    /// run of several windows in seconds, e.g. 300 tokens per 2 s.
+    pub fn tpm_window(self, window: Duration) -> Self {
+        self.core.state().tokens.window = window;
         self
     }
 

@@ -56,11 +56,12 @@ impl Shared {
 }
 
 impl TokenLimitLayer {
-    /// A builder: set [`per_minute`](TokenLimitBuilder::per_minute), then optionally
-    /// the key, `max_wait`, the estimator, `include_usage` and a shared store.
+    /// A builder: set [`per_minute`](TokenLimitBuilder::per_minute) (or
+    /// [`per_period`](TokenLimitBuilder::per_period)), then optionally the key,
+    /// `max_wait`, the estimator, `include_usage` and a shared store.
     pub fn builder() -> TokenLimitBuilder {
         TokenLimitBuilder {
-            per_minute: None,
+            budget: None,
             key: Arc::new(Global),
             estimator: None,
             fallback: 0,
@@ -117,7 +118,8 @@ impl fmt::Debug for TokenLimitLayer {
 /// # Ok::<(), ratewise::ConfigError>(())
 /// ```
 pub struct TokenLimitBuilder {
-    per_minute: Option<u32>,
+    /// Tokens per window.
+    budget: Option<(u32, Duration)>,
     key: SharedKey,
     estimator: Option<EstimateFn>,
     fallback: u32,
@@ -128,8 +130,31 @@ pub struct TokenLimitBuilder {
 impl TokenLimitBuilder {
     /// The budget: `tokens` in any 60 s (a sliding window, so that no minute, however it
     /// is cut, holds more). Required.
-    pub fn per_minute(mut self, tokens: u32) -> Self {
-        self.per_minute = Some(tokens);
+    pub fn per_minute(self, tokens: u32) -> Self {
+        self.per_period(tokens, MINUTE)
+    }
+
+    /// The budget over another window: `tokens` in any `window` (sliding). For an API
+    /// that counts tokens over another period, and for tests that pace several windows
+    /// in seconds. `per_minute(n)` is `per_period(n, 60 s)`; the last one set wins.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ratewise::tokens::TokenLimitLayer;
+    ///
+    /// let tpm = TokenLimitLayer::builder()
+    ///     .per_period(300, Duration::from_secs(2))
+    ///     .build()?;
+    /// # let _ = tpm;
+    /// let err = TokenLimitLayer::builder()
+    ///     .per_period(300, Duration::ZERO)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.field(), "per_period");
+    /// # Ok::<(), ratewise::ConfigError>(())
+    /// ```
+    pub fn per_period(mut self, tokens: u32, window: Duration) -> Self {
+        self.budget = Some((tokens, window));
         self
     }
 
@@ -193,16 +218,20 @@ impl TokenLimitBuilder {
         self
     }
 
-    /// The layer. Errors name the field: `per_minute` when it is not set or is zero.
+    /// The layer. Errors name the field: `per_minute` when no budget is set or its
+    /// tokens are zero, `per_period` when its window is zero.
     pub fn build(self) -> Result<TokenLimitLayer, ConfigError> {
-        let tokens = match self.per_minute {
+        let (tokens, window) = match self.budget {
             None => return Err(config_error("per_minute", "is not set")),
-            Some(0) => return Err(config_error("per_minute", "must be at least 1 (got 0)")),
-            Some(n) => n,
+            Some((0, _)) => return Err(config_error("per_minute", "must be at least 1 (got 0)")),
+            Some((_, window)) if window.is_zero() => {
+                return Err(config_error("per_period", "needs a window above zero"))
+            }
+            Some(budget) => budget,
         };
         let rate_limit = self
             .rate_limit
-            .sliding_window(tokens, MINUTE)
+            .sliding_window(tokens, window)
             .key(SameKey(self.key.clone()))
             .cost(|req: &RequestRef<'_>| {
                 req.extensions()
@@ -228,7 +257,7 @@ impl TokenLimitBuilder {
 impl fmt::Debug for TokenLimitBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenLimitBuilder")
-            .field("per_minute", &self.per_minute)
+            .field("budget", &self.budget)
             .field("fallback_estimate", &self.fallback)
             .field("include_usage", &self.include_usage)
             .finish_non_exhaustive()

@@ -3,9 +3,9 @@
 //!
 //! A call reserves its [`estimate`] (the prompt's characters / 4 plus `max_tokens`, or
 //! your [`estimator`](TokenLimitBuilder::estimator)) from a budget of `n` tokens in any
-//! 60 s, waiting in line when the budget is spent (a [`RateLimitLayer`](crate::RateLimitLayer)
-//! whose cost is the estimate: its FIFO lines, `max_wait`, call deadlines, stores and
-//! stats). The answer passes through in a [`TokenBody`] that reads its last `usage`
+//! 60 s (or any window: [`per_period`](TokenLimitBuilder::per_period)), waiting in line
+//! when the budget is spent (a [`RateLimitLayer`](crate::RateLimitLayer) whose cost is
+//! the estimate: its FIFO lines, `max_wait`, call deadlines, stores and stats). The answer passes through in a [`TokenBody`] that reads its last `usage`
 //! object as it goes by, never buffering: a JSON answer's, or the last SSE chunk's
 //! ([`include_usage`](TokenLimitBuilder::include_usage) asks OpenAI-style streams for
 //! it). When the body ends the reservation is settled through
@@ -61,6 +61,7 @@ mod stats;
 
 pub use self::body::TokenBody;
 pub use self::estimate::estimate;
+pub(crate) use self::estimate::UsageScanner;
 pub use self::future::ResponseFuture;
 pub use self::layer::{TokenLimitBuilder, TokenLimitLayer};
 pub use self::service::TokenLimit;
