@@ -176,7 +176,7 @@ impl Settlement {
                 }
                 Err(_) => settled(
                     &shared,
-                    Err(crate::rate_limit::StoreError::new(
+                    Err(crate::vocabulary::StoreError::new(
                         "no tokio runtime to finish the settlement on",
                     )),
                 ),
@@ -185,7 +185,7 @@ impl Settlement {
     }
 }
 
-fn settled(shared: &Shared, result: Result<(), crate::rate_limit::StoreError>) {
+fn settled(shared: &Shared, result: Result<(), crate::vocabulary::StoreError>) {
     if let Err(err) = result {
         Counters::add(&shared.counters.settle_errors, 1);
         tracing::debug!(error = %Redacted(&err), "tokens: could not settle a reservation");
