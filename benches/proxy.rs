@@ -9,9 +9,14 @@
 //! forwarding: one more loopback hop, the body read and parsed for `model`, the pool's
 //! routing, the classifier, the stats.
 //!
+//! A third path, `bare_forwarder`, is the floor any HTTP proxy pays here: an axum
+//! handler that passes the request to the simulator through a hyper-util client and
+//! streams the answer back, with no parsing, routing or stats. `via_proxy` minus
+//! `bare_forwarder` is ratewise's own share of the overhead.
+//!
 //! Criterion times 1 client (sequential calls) and 64 concurrent calls (throughput);
-//! then an interleaved loop prints p50 and p99 of each and what the proxy adds at each
-//! percentile, since criterion reports no p99.
+//! then an interleaved loop prints p50, p99 and max of each path and what the proxy
+//! adds at each percentile, since criterion reports no p99.
 
 use std::{
     net::Ipv4Addr,
@@ -19,6 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use axum::{body::Body, extract::Request as AxumRequest, response::Response, Router};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use http::{header, Request, StatusCode};
@@ -46,12 +52,38 @@ const ROUNDS: usize = 100;
 
 const BODY: &str = r#"{"model":"gpt-bench","messages":[{"role":"user","content":"Say hello in one word."}],"max_tokens":16}"#;
 
-/// The two URLs a call can go to, and the client that calls them.
+/// The three URLs a call can go to, and the client that calls them.
 #[derive(Clone)]
 struct Target {
     client: HttpClient,
     direct: Arc<str>,
+    bare: Arc<str>,
     via_proxy: Arc<str>,
+}
+
+/// The bare forwarder: every request goes on to `upstream` (same path), its answer
+/// comes back as it is.
+fn bare_forwarder(upstream: std::net::SocketAddr) -> Router {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build(http);
+    Router::new().fallback(move |req: AxumRequest| {
+        let client = client.clone();
+        async move {
+            let (mut parts, body) = req.into_parts();
+            let path = parts.uri.path().to_owned();
+            parts.uri = format!("http://{upstream}{path}")
+                .parse()
+                .expect("a valid URI");
+            parts.headers.remove(header::HOST);
+            let res = client
+                .request(Request::from_parts(parts, body))
+                .await
+                .expect("the simulator answers");
+            let res: Response = res.map(Body::new);
+            res
+        }
+    })
 }
 
 impl Target {
@@ -93,7 +125,7 @@ fn runtime() -> Runtime {
 pub(crate) fn bench(c: &mut Criterion) {
     let rt = runtime();
     // The simulator, with a quota no run reaches, and the proxy in front of it.
-    let (simulator, proxy_addr, stop, served) = rt.block_on(async {
+    let (simulator, bare, proxy_addr, stop, served) = rt.block_on(async {
         let api = OpenAiApi::new().limit(u32::MAX).reply("hello");
         let simulator = MockServer::start(api.router())
             .await
@@ -122,7 +154,10 @@ pub(crate) fn bench(c: &mut Criterion) {
         let served = tokio::spawn(proxy.serve(listener, async {
             let _ = stopped.await;
         }));
-        (simulator, addr, stop, served)
+        let bare = MockServer::start(bare_forwarder(simulator.addr()))
+            .await
+            .expect("the bare forwarder starts");
+        (simulator, bare, addr, stop, served)
     });
 
     let mut http = HttpConnector::new();
@@ -130,17 +165,23 @@ pub(crate) fn bench(c: &mut Criterion) {
     let target = Target {
         client: Client::builder(TokioExecutor::new()).build(http),
         direct: Arc::from(simulator.url("/v1/chat/completions")),
+        bare: Arc::from(bare.url("/v1/chat/completions")),
         via_proxy: Arc::from(format!("http://{proxy_addr}/v1/chat/completions")),
     };
     // Both paths answer before anything is timed.
     rt.block_on(async {
         target.call(&target.direct).await;
+        target.call(&target.bare).await;
         target.call(&target.via_proxy).await;
     });
 
     let mut group = c.benchmark_group("proxy");
     configure(&mut group);
-    for (name, url) in [("direct", &target.direct), ("via_proxy", &target.via_proxy)] {
+    for (name, url) in [
+        ("direct", &target.direct),
+        ("bare_forwarder", &target.bare),
+        ("via_proxy", &target.via_proxy),
+    ] {
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| target.call(url));
         });
@@ -148,6 +189,7 @@ pub(crate) fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(CLIENTS as u64));
     for (name, url) in [
         ("direct_x64_concurrent", &target.direct),
+        ("bare_forwarder_x64_concurrent", &target.bare),
         ("via_proxy_x64_concurrent", &target.via_proxy),
     ] {
         group.bench_function(name, |b| {
@@ -158,58 +200,68 @@ pub(crate) fn bench(c: &mut Criterion) {
     group.finish();
 
     // p50 / p99, interleaved so both paths see the same machine.
-    let (mut direct, mut via) = (Vec::new(), Vec::new());
+    let urls = [&target.direct, &target.bare, &target.via_proxy];
+    let mut times: [Vec<Duration>; 3] = Default::default();
     rt.block_on(async {
         for _ in 0..SEQUENTIAL {
-            let t = Instant::now();
-            target.call(&target.direct).await;
-            direct.push(t.elapsed());
-            let t = Instant::now();
-            target.call(&target.via_proxy).await;
-            via.push(t.elapsed());
+            for (url, times) in urls.iter().zip(&mut times) {
+                let t = Instant::now();
+                target.call(url).await;
+                times.push(t.elapsed());
+            }
         }
     });
-    report("1 client", SEQUENTIAL, &mut direct, &mut via);
+    report("1 client", SEQUENTIAL, &mut times);
 
-    let (mut direct, mut via) = (Vec::new(), Vec::new());
+    let mut times: [Vec<Duration>; 3] = Default::default();
     rt.block_on(async {
         for _ in 0..ROUNDS {
-            direct.extend(target.concurrent(&target.direct, CLIENTS).await);
-            via.extend(target.concurrent(&target.via_proxy, CLIENTS).await);
+            for (url, times) in urls.iter().zip(&mut times) {
+                times.extend(target.concurrent(url, CLIENTS).await);
+            }
         }
     });
-    report(
-        "64 concurrent clients",
-        ROUNDS * CLIENTS,
-        &mut direct,
-        &mut via,
-    );
+    report("64 concurrent clients", ROUNDS * CLIENTS, &mut times);
 
     rt.block_on(async move {
         drop(target);
         let _ = stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), served).await;
+        bare.shutdown().await;
         simulator.shutdown().await;
     });
 }
 
-/// Prints p50 and p99 of both paths and the difference at each percentile.
-fn report(what: &str, n: usize, direct: &mut [Duration], via: &mut [Duration]) {
-    let pct = |v: &mut [Duration], p: f64| {
+/// Prints p50, p99 and max of the three paths (direct, bare forwarder, proxy) and what
+/// the proxy adds at each percentile, over the direct call and over the bare forwarder.
+fn report(what: &str, n: usize, times: &mut [Vec<Duration>; 3]) {
+    let pct = |v: &[Duration], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    let mut row = [[Duration::ZERO; 3]; 3];
+    for (v, row) in times.iter_mut().zip(&mut row) {
         v.sort();
-        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
-    };
-    let (d50, d99) = (pct(direct, 0.50), pct(direct, 0.99));
-    let (v50, v99) = (pct(via, 0.50), pct(via, 0.99));
-    let added = |v: Duration, d: Duration| {
-        let us = (v.as_secs_f64() - d.as_secs_f64()) * 1e6;
-        format!("{us:+.1}µs")
-    };
+        *row = [pct(v, 0.50), pct(v, 0.99), v[v.len() - 1]];
+    }
+    let [d, b, p] = row;
+    let us = |x: Duration| x.as_secs_f64() * 1e6;
+    let added = |i: usize, base: [Duration; 3]| format!("{:+.1}µs", us(p[i]) - us(base[i]));
     println!(
         "proxy/percentiles, {what} ({n} calls each, interleaved): \
-         direct p50 {d50:?} p99 {d99:?}; via_proxy p50 {v50:?} p99 {v99:?}; \
-         added p50 {} p99 {}",
-        added(v50, d50),
-        added(v99, d99),
+         direct p50 {:.1}µs p99 {:.1}µs max {:.1}µs; \
+         bare_forwarder p50 {:.1}µs p99 {:.1}µs max {:.1}µs; \
+         via_proxy p50 {:.1}µs p99 {:.1}µs max {:.1}µs; \
+         added over direct p50 {} p99 {}; over bare_forwarder p50 {} p99 {}",
+        us(d[0]),
+        us(d[1]),
+        us(d[2]),
+        us(b[0]),
+        us(b[1]),
+        us(b[2]),
+        us(p[0]),
+        us(p[1]),
+        us(p[2]),
+        added(0, d),
+        added(1, d),
+        added(0, b),
+        added(1, b),
     );
 }
