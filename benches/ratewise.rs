@@ -6,6 +6,7 @@
 //! cargo bench --bench ratewise -- rate_limit   # one group: rate_limit, classify, retry,
 //!                                              # retry_decision, stack, memory
 //! cargo bench --bench ratewise --features redis,testing -- redis   # the Redis store
+//! cargo bench --bench ratewise --features proxy,testing -- proxy   # ratewise-proxy's overhead
 //! ```
 //!
 //! Layout (governor's): this file holds the shared helpers and `main`; one module per
@@ -30,6 +31,8 @@ use tower::{Service, ServiceExt};
 
 mod classify;
 mod memory;
+#[cfg(all(feature = "proxy", feature = "testing"))]
+mod proxy;
 mod rate_limit;
 #[cfg(all(feature = "redis", feature = "testing"))]
 mod redis_store;
@@ -213,6 +216,13 @@ fn redis(c: &mut criterion::Criterion) {
     let _ = c;
 }
 
+/// The proxy group, with the features that make it (`proxy`, `testing`).
+fn proxy(c: &mut criterion::Criterion) {
+    #[cfg(all(feature = "proxy", feature = "testing"))]
+    proxy::bench(c);
+    let _ = c;
+}
+
 criterion_group!(
     benches,
     rate_limit::bench,
@@ -221,6 +231,7 @@ criterion_group!(
     retry::bench_decision,
     stack::bench,
     redis,
+    proxy,
     // Last: its simulated-time report pauses tokio's clock, which makes every later
     // `tokio::time::Instant::now` in the process take the (slower) paused-clock path.
     memory::bench,
