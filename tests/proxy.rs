@@ -1104,3 +1104,34 @@ async fn an_https_backend_is_reached_over_tls() {
     );
     assert_eq!(openai.hits().served(), 1);
 }
+
+/// Bug: `/stats` showed a wait of 0 for every call, because a backend measured it from
+/// its own start, after the pool had done the waiting (for a cooling backend, or for
+/// room after its limiter held the call back). The wait now counts from when the proxy
+/// took the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_wait_was_zero_though_the_pool_waited() {
+    let glm = GlmApi::new().limit(100);
+    let server = MockServer::start(glm.router()).await.unwrap();
+    let proxy = Running::start(&format!(
+        "[backends.slow]\nkind = \"glm\"\nbase_url = \"{}\"\nwindow = {{ n = 1, per = \"1s\" }}\n[models.m]\nprimary = [\"slow\"]\n[routing]\nmax_wait = \"5s\"\n",
+        base(&server, glm::PATH),
+    ))
+    .await;
+    let url = proxy.url("/v1/chat/completions");
+    let body = chat_body("m", false);
+    let (a, b) = tokio::join!(post_json(&url, &body), post_json(&url, &body));
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    let stats = get(&proxy.url("/stats?window=15m")).await;
+    let stats: Value = serde_json::from_slice(&stats.body).unwrap();
+    let slow = stats["backends"]
+        .as_array()
+        .and_then(|all| all.iter().find(|b| b["name"] == "slow"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no backend `slow` in {stats}"));
+    let p95 = slow["p95_wait_ms"].as_f64().unwrap_or(0.0);
+    assert!(
+        (800.0..3000.0).contains(&p95),
+        "the second call waited about 1 s for room: p95 wait {p95} ms in {slow}"
+    );
+}

@@ -85,6 +85,11 @@ impl Endpoint {
 #[derive(Debug, Clone, Default)]
 struct SentAt(Arc<OnceLock<Instant>>);
 
+/// When the proxy took the call (its body read): a backend's `wait` is counted from
+/// here, so the pool's waits (for a cooling backend, for room, after a failover) count.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrived(pub(crate) Instant);
+
 /// A backend the proxy failed to reach within its `upstream` timeout.
 #[derive(Debug)]
 pub(crate) struct UpstreamTimeout {
@@ -409,7 +414,10 @@ impl Service<Request<ReqBody>> for Upstream {
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let start = Instant::now();
+        let start = req
+            .extensions()
+            .get::<Arrived>()
+            .map_or_else(Instant::now, |arrived| arrived.0);
         let permit = self.permit.take();
         let shared = self.shared.clone();
         let endpoint = req

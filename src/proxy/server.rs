@@ -18,7 +18,10 @@ use serde_json::{json, Value};
 use tokio::{net::TcpListener, task::JoinSet};
 use tower::ServiceExt;
 
-use super::{backend::Endpoint, stats, Proxy};
+use super::{
+    backend::{Arrived, Endpoint},
+    stats, Proxy,
+};
 use crate::{
     pool::{Model, ServedBy},
     redact::Redacted,
@@ -153,6 +156,9 @@ async fn forward(proxy: Proxy, endpoint: Endpoint, req: Request) -> Response {
     }
     upstream.extensions_mut().insert(Model::new(model.as_str()));
     upstream.extensions_mut().insert(endpoint);
+    upstream
+        .extensions_mut()
+        .insert(Arrived(tokio::time::Instant::now()));
     match proxy.inner.pool.clone().oneshot(upstream).await {
         Ok(res) => relay(res),
         Err(err) => {
