@@ -1135,3 +1135,82 @@ async fn stats_wait_was_zero_though_the_pool_waited() {
         "the second call waited about 1 s for room: p95 wait {p95} ms in {slow}"
     );
 }
+
+/// An answer body that sends one chunk, then fails 100 ms later (after the proxy has
+/// relayed the head and the chunk).
+struct CutOff(u8, Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl http_body::Body for CutOff {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.0 == 0 {
+            self.0 = 1;
+            self.1 = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+            let chunk = Bytes::from_static(b"data: {\"id\":1}\n\n");
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
+        }
+        if let Some(sleep) = self.1.as_mut() {
+            std::task::ready!(sleep.as_mut().poll(cx));
+        }
+        std::task::Poll::Ready(Some(Err(std::io::Error::other("the upstream went away"))))
+    }
+}
+
+/// Bug: an answer whose body failed mid-stream was counted `ok` in `/stats`; it is a
+/// transient failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_off_mid_stream_was_counted_ok() {
+    let router = Router::new().route(
+        "/v1/chat/completions",
+        post(|| async {
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::new(CutOff(0, None)))
+                .unwrap()
+        }),
+    );
+    let server = MockServer::start(router).await.unwrap();
+    let proxy = Running::start(&format!(
+        "[backends.cut]\nkind = \"openai\"\nbase_url = \"{}\"\n[models.m]\nprimary = [\"cut\"]\n",
+        base(&server, "/v1/chat/completions"),
+    ))
+    .await;
+    let req = json_request(
+        Method::POST,
+        &proxy.url("/v1/chat/completions"),
+        &chat_body("m", true),
+    )
+    .unwrap();
+    // The client sees the stream break (or end early); either way the proxy's count is
+    // what this test is about.
+    let _ = within("the cut-off answer", async {
+        let res = client().request(req).await?;
+        ratewise::testing::body_bytes(res.into_body()).await
+    })
+    .await;
+    let mut cut = Value::Null;
+    for _ in 0..100 {
+        let stats = get(&proxy.url("/stats?window=15m")).await;
+        let stats: Value = serde_json::from_slice(&stats.body).unwrap();
+        cut = stats["backends"]
+            .as_array()
+            .and_then(|all| all.iter().find(|b| b["name"] == "cut"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        if cut["requests"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cut["requests"], 1, "{cut}");
+    assert_eq!(
+        (cut["ok"].clone(), cut["transient"].clone()),
+        (json!(0), json!(1)),
+        "{cut}"
+    );
+}

@@ -530,6 +530,8 @@ impl Report {
 struct Tap {
     report: Report,
     usage: UsageScanner,
+    /// `Ok` until the body fails: an answer cut off mid-stream is a transient failure.
+    outcome: CallOutcome,
 }
 
 impl Tap {
@@ -537,6 +539,7 @@ impl Tap {
         Tap {
             report,
             usage: UsageScanner::default(),
+            outcome: CallOutcome::Ok,
         }
     }
 
@@ -548,7 +551,7 @@ impl Tap {
 impl Drop for Tap {
     fn drop(&mut self) {
         self.report
-            .record(CallOutcome::Ok, self.usage.found().unwrap_or(0));
+            .record(self.outcome, self.usage.found().unwrap_or(0));
     }
 }
 
@@ -580,7 +583,10 @@ impl http_body::Body for Tapped {
                 }
             }
             // The end, or an error: report now and let the permit go.
-            _ => {
+            end => {
+                if let (Some(Err(_)), Some(tap)) = (end, this.tap.as_mut()) {
+                    tap.outcome = CallOutcome::Transient;
+                }
                 this.tap.take();
                 this.permit.take();
             }
