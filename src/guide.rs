@@ -278,15 +278,28 @@
 //! margin go to a small core of the crate's own, one lock over every limit's state,
 //! because governor cannot take from several keys only if all have room, and has no
 //! windows. Both evict idle keys, so memory stays bounded with millions of distinct keys
-//! (see their docs). Another store (Redis) plugs in through
-//! `build_with_limiter(RateLimiter::new(store))` without changing the layer.
+//! (see their docs).
+//!
+//! A store shared between processes is chosen on the builder with
+//! [`store`](crate::rate_limit::RateLimitBuilder::store), which takes a
+//! [`MakeStore`](crate::rate_limit::MakeStore): it builds the store from the layer's own
+//! [`Rule`](crate::rate_limit::Rule)s, so it follows every limit, key and margin set on
+//! the builder, and the layer keeps its type ([`Store`](crate::rate_limit::Store), memory
+//! or shared). With the `redis` feature, `ratewise::redis::Redis::rate_limit(name)` is
+//! one: one Lua script per decision, on the server's clock, deciding exactly as the
+//! in-memory store does; while Redis is unreachable it decides locally at `1/n` of each
+//! quota (`fail_open(n)`) or refuses with
+//! [`StoreUnavailable`](crate::vocabulary::RefusalKind::StoreUnavailable)
+//! (`fail_closed()`). A custom store can also be given whole with
+//! `build_with_limiter(RateLimiter::new(store))`.
 //!
 //! ## Observing a rate limiter
 //!
 //! `tracing` events: every wait (`debug`, key and expected wait; again on admission with
 //! the actual wait), every wait-mode refusal (`info`, key and wait), every reject-mode
 //! `429` (`debug`, key and retry-after, plus at most two summary lines per 10 s at
-//! `warn`/`info` that never name a key), store failures (`warn`). Counters: [`RateLimitLayer::stats`](crate::RateLimitLayer::stats) /
+//! `warn`/`info` that never name a key), store failures (`debug`: a shared store logs its
+//! outage itself, once). Counters: [`RateLimitLayer::stats`](crate::RateLimitLayer::stats) /
 //! [`RateLimit::stats`](crate::rate_limit::RateLimit::stats), a
 //! [`RateLimitStats`](crate::rate_limit::RateLimitStats) snapshot.
 //!
@@ -414,6 +427,17 @@
 //! Keys that are neither cooling nor half-open and have `n == 0` are dropped from the
 //! table. A key whose cooldown ended but was never probed (no request came) keeps its
 //! entry until its next request.
+//!
+//! ## Cooldowns shared between processes
+//!
+//! [`CooldownBuilder::store`](crate::cooldown::CooldownBuilder::store) takes a
+//! [`CooldownStore`](crate::cooldown::CooldownStore) (with the `redis` feature,
+//! `ratewise::redis::Redis::cooldown(name)`). The table stays in memory (waiters,
+//! fairness, the local probe) and mirrors the store: each admission asks the store where
+//! the key stands, so a cooldown another process started holds here before this process
+//! sends again; rate limits, probe answers and count resets are recorded there before
+//! the caller gets them. The store extends (never shortens) the deadline, counts, and
+//! hands the half-open probe to one request across every process.
 //!
 //! # Retry
 //!
