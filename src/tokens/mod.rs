@@ -61,6 +61,7 @@ mod stats;
 
 pub use self::body::TokenBody;
 pub use self::estimate::estimate;
+#[cfg(feature = "proxy")]
 pub(crate) use self::estimate::UsageScanner;
 pub use self::future::ResponseFuture;
 pub use self::layer::{TokenLimitBuilder, TokenLimitLayer};
