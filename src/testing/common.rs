@@ -467,6 +467,57 @@ fn wrong_method(allowed: &str) -> Response {
     resp
 }
 
+/// A `200` `text/event-stream` answer that sends `events` one frame at a time, `gap`
+/// apart (the GLM and OpenAI-like mocks' streams).
+pub(crate) fn sse_response(events: VecDeque<Bytes>, gap: Duration) -> Response {
+    let mut resp = Response::new(Body::new(SseBody {
+        events,
+        gap,
+        sleep: None,
+    }));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Hands out its events one frame at a time, sleeping `gap` between them.
+struct SseBody {
+    events: VecDeque<Bytes>,
+    gap: Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(sleep) = this.sleep.as_mut() {
+            std::task::ready!(sleep.as_mut().poll(cx));
+            this.sleep = None;
+        }
+        let Some(event) = this.events.pop_front() else {
+            return std::task::Poll::Ready(None);
+        };
+        if !this.events.is_empty() && !this.gap.is_zero() {
+            this.sleep = Some(Box::pin(tokio::time::sleep(this.gap)));
+        }
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(event))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

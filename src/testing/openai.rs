@@ -37,23 +37,18 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::Router;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, StatusCode};
-use http_body::Frame;
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::time::Sleep;
 
 use super::common::{
-    ceil_millis, handler, json, set_header, usage, Core, Incoming, QuotaWindow, TokenWindow,
+    ceil_millis, handler, json, set_header, sse_response, usage, Core, Incoming, QuotaWindow,
+    TokenWindow,
 };
 use super::recorder::{Hits, Outcome};
 
@@ -429,52 +424,7 @@ fn stream(id: &str, model: &Value, reply: &str, usage: Option<Value>, gap: Durat
         events.push_back(chunk(id, model, json!([]), Some(usage)));
     }
     events.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
-    let mut resp = Response::new(Body::new(SseBody {
-        events,
-        gap,
-        sleep: None,
-    }));
-    let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    resp
-}
-
-/// Hands out its events one frame at a time, sleeping `gap` between them.
-struct SseBody {
-    events: VecDeque<Bytes>,
-    gap: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl http_body::Body for SseBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        if let Some(sleep) = this.sleep.as_mut() {
-            ready!(sleep.as_mut().poll(cx));
-            this.sleep = None;
-        }
-        let Some(event) = this.events.pop_front() else {
-            return Poll::Ready(None);
-        };
-        if !this.events.is_empty() && !this.gap.is_zero() {
-            this.sleep = Some(Box::pin(tokio::time::sleep(this.gap)));
-        }
-        Poll::Ready(Some(Ok(Frame::data(event))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.events.is_empty()
-    }
+    sse_response(events, gap)
 }
 
 #[cfg(test)]
