@@ -101,22 +101,10 @@ async fn child_limit() -> String {
         set.spawn(async move {
             let _permit = sem.acquire_owned().await.unwrap();
             let req = json_request(Method::POST, &url, &json!({"messages": [], "n": i})).unwrap();
-            match tokio::time::timeout(Duration::from_secs(60), svc.oneshot(req)).await {
-                Ok(Ok(res)) if res.status() == 200 => None,
-                Ok(Ok(res)) => Some(format!("status {}", res.status())),
-                Ok(Err(err)) => Some(err.to_string()),
-                Err(_) => Some("no answer within 60 s".to_owned()),
-            }
+            usize::from(delivered(svc, req, Duration::from_secs(60)).await)
         });
     }
-    let mut ok = 0;
-    while let Some(failure) = set.join_next().await {
-        match failure.unwrap() {
-            None => ok += 1,
-            Some(why) => eprintln!("failed: {why}"),
-        }
-    }
-    format!("ok={ok}")
+    format!("ok={}", total(set).await)
 }
 
 /// The Telegram preset with the Redis stores: `COUNT` messages, 6 senders.
@@ -145,23 +133,12 @@ async fn child_telegram() -> String {
                     &json!({"chat_id": 1000 + m % 20, "text": text}),
                 )
                 .unwrap();
-                let result =
-                    tokio::time::timeout(Duration::from_secs(90), svc.clone().oneshot(req)).await;
-                match result {
-                    Ok(Ok(res)) if res.status() == 200 => ok += 1,
-                    Ok(Ok(res)) => eprintln!("failed: status {}", res.status()),
-                    Ok(Err(err)) => eprintln!("failed: {err}"),
-                    Err(_) => eprintln!("failed: no answer within 90 s"),
-                }
+                ok += usize::from(delivered(svc.clone(), req, Duration::from_secs(90)).await);
             }
             ok
         });
     }
-    let mut ok = 0;
-    while let Some(n) = set.join_next().await {
-        ok += n.unwrap();
-    }
-    format!("ok={ok}")
+    format!("ok={}", total(set).await)
 }
 
 /// The Telegram preset with the Redis stores and no retry: `COUNT` messages at once,
@@ -188,19 +165,42 @@ async fn child_cooldown() -> String {
                 .header("content-type", "application/json")
                 .body(Full::from(who))
                 .unwrap();
-            tokio::time::timeout(Duration::from_secs(20), svc.oneshot(req)).await
+            usize::from(delivered(svc, req, Duration::from_secs(20)).await)
         });
     }
-    let mut ok = 0;
-    while let Some(done) = set.join_next().await {
-        match done.unwrap() {
-            Ok(Ok(res)) if res.status() == 200 => ok += 1,
-            Ok(Ok(res)) => eprintln!("failed: status {}", res.status()),
-            Ok(Err(err)) => eprintln!("failed: {err}"),
-            Err(_) => eprintln!("failed: no answer within 20 s"),
+    format!("ok={}", total(set).await)
+}
+
+/// Sends `req` through `svc` within `limit`: whether it was answered 200. Anything else
+/// is printed as a `failed:` line, which the parent shows.
+async fn delivered<S, B>(svc: S, req: Request<Full<Bytes>>, limit: Duration) -> bool
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>, Error = ratewise::BoxError>,
+{
+    match tokio::time::timeout(limit, svc.oneshot(req)).await {
+        Ok(Ok(res)) if res.status() == 200 => true,
+        Ok(Ok(res)) => {
+            eprintln!("failed: status {}", res.status());
+            false
+        }
+        Ok(Err(err)) => {
+            eprintln!("failed: {err}");
+            false
+        }
+        Err(_) => {
+            eprintln!("failed: no answer within {limit:?}");
+            false
         }
     }
-    format!("ok={ok}")
+}
+
+/// The sum of the tasks' counts.
+async fn total(mut set: JoinSet<usize>) -> usize {
+    let mut ok = 0;
+    while let Some(n) = set.join_next().await {
+        ok += n.expect("a sender panicked");
+    }
+    ok
 }
 
 /// Runs `n` children in `mode` and returns the number each one reports.
