@@ -1278,6 +1278,6 @@ fn pools_are_clone_send_sync_and_their_futures_send() {
     fn clone_send_sync<T: Clone + Send + Sync + 'static>() {}
     fn send<T: Send + 'static>() {}
     clone_send_sync::<Pool<Req, Res>>();
-    send::<ratewise::pool::ResponseFuture<Req, Res>>();
+    send::<<Pool<Req, Res> as tower::Service<Request<Req>>>::Future>();
     clone_send_sync::<ratewise::pool::PoolHandle>();
 }

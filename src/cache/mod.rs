@@ -44,7 +44,7 @@ mod layer;
 mod service;
 mod store;
 
-pub use self::future::ResponseFuture;
+use self::future::ResponseFuture;
 pub use self::layer::{CacheBuilder, CachedEndpointLayer, DEFAULT_BACKOFF};
 pub use self::service::CachedEndpoint;
 pub use self::store::{CacheHandle, CacheStats};

@@ -51,7 +51,7 @@ pub mod transient;
 pub use self::body_contains::StatusBodyContains;
 pub use self::combinators::{classify_fn, ClassifyFn, Or};
 pub use self::dingtalk::DingTalkQpsLimit;
-pub use self::future::ResponseFuture;
+use self::future::ResponseFuture;
 pub use self::json_field::JsonFieldIn;
 pub use self::layer::ClassifyLayer;
 pub use self::service::Classify;

@@ -50,7 +50,6 @@ pub use self::events::{
     CooldownEnded, CooldownEvent, CooldownExtended, CooldownReason, CooldownStarted,
     OnCooldownEvent,
 };
-pub use self::future::ResponseFuture;
 pub use self::layer::{Backoff, CooldownBuilder, CooldownLayer, Mode};
 pub use self::service::Cooldown;
 pub use self::state::{CooldownHandle, KeyState};

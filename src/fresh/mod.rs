@@ -47,7 +47,7 @@ mod shared;
 
 pub(crate) use self::error::NotReady;
 pub use self::error::{ClientError, MakeClientError};
-pub use self::future::ResponseFuture;
+use self::future::ResponseFuture;
 pub use self::layer::{FreshClientBuilder, FreshClientLayer};
 pub use self::service::FreshClient;
 pub use self::shared::FreshStats;

@@ -40,13 +40,12 @@
 //! ```
 
 mod builder;
-pub mod future;
+mod future;
 mod route;
 mod service;
 mod stats;
 
 pub use self::builder::PoolBuilder;
-pub use self::future::ResponseFuture;
 pub use self::route::Model;
 pub use self::service::{Pool, ServedBy};
 pub use self::stats::{BackendStats, PoolHandle, PoolStats};

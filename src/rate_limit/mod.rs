@@ -55,7 +55,7 @@ mod stats;
 
 mod store;
 
-pub use self::future::ResponseFuture;
+pub(crate) use self::future::ResponseFuture;
 pub use self::layer::{RateLimitBuilder, RateLimitLayer};
 pub use self::limiter::RateLimiter;
 pub use self::limits::{Limit, MemoryStore, Rule};

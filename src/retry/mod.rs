@@ -51,7 +51,6 @@ mod stats;
 pub(crate) use self::body::try_clone_request;
 pub use self::body::{buffer_request, RetryBody, TryCloneBody};
 pub use self::error::{BufferError, DeadlineExceeded};
-pub use self::future::ResponseFuture;
 pub use self::layer::{RetryBuilder, RetryLayer};
 pub use self::policy::RetryPolicy;
 pub use self::schedule::Jitter;

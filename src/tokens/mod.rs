@@ -63,7 +63,6 @@ pub use self::body::TokenBody;
 pub use self::estimate::estimate;
 #[cfg(feature = "proxy")]
 pub(crate) use self::estimate::UsageScanner;
-pub use self::future::ResponseFuture;
 pub use self::layer::{TokenLimitBuilder, TokenLimitLayer};
 pub use self::service::TokenLimit;
 pub use self::stats::TokenStats;
