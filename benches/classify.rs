@@ -1,4 +1,4 @@
-//! Group `classify`: what `ClassifyLayer::new(presets::default())` costs.
+//! Group `classify`: what `ClassifyLayer::new(Preset::default())` costs.
 //!
 //! - `200`: a success is judged from its status alone and its body passed through
 //!   unbuffered; the caller reads the body.
@@ -24,7 +24,7 @@ use criterion::Criterion;
 use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
-use ratewise::{classify::presets, verdict_of, ClassifyLayer, Verdict};
+use ratewise::{classify::Preset, verdict_of, ClassifyLayer, Verdict};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::{calls_and_collect, configure, ok_upstream, request, response, runtime, Body};
@@ -112,7 +112,7 @@ where
 
 pub(crate) fn bench(c: &mut Criterion) {
     let rt = runtime();
-    let layer = ClassifyLayer::new(presets::default());
+    let layer = ClassifyLayer::new(Preset::default());
     let mut group = c.benchmark_group("classify");
     configure(&mut group);
 

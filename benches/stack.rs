@@ -5,12 +5,12 @@
 //! The builder's defaults are kept except the rate (10 per second, burst 10), raised
 //! to 10^9 per second so that no call waits: the hot path is what is measured. The
 //! parts are the stack's own layers (`retry_layer()`, `cooldown_layer()`,
-//! `rate_limit_layer()`) and `ClassifyLayer::new(presets::default())`, the stack's
+//! `rate_limit_layer()`) and `ClassifyLayer::new(Preset::default())`, the stack's
 //! classifier, so their configuration is the stack's.
 
 use criterion::Criterion;
 use ratewise::{
-    classify::presets,
+    classify::Preset,
     stack::{ClientStackLayer, Platform},
     ClassifyLayer,
 };
@@ -26,7 +26,7 @@ pub(crate) fn bench(c: &mut Criterion) {
         .rate_limit(|rl| rl.per_second(HUGE).burst(HUGE))
         .build()
         .expect("valid stack");
-    let classify = ClassifyLayer::new(presets::default());
+    let classify = ClassifyLayer::new(Preset::default());
     let retry = stack.retry_layer().clone();
     let cooldown = stack.cooldown_layer().clone();
     let rate_limit = stack.rate_limit_layer().clone();

@@ -11,7 +11,7 @@ mod support;
 use std::{process::ExitCode, time::Duration};
 
 use http::{Method, Request, Uri};
-use ratewise::classify::presets::{self, Preset};
+use ratewise::classify::Preset;
 use ratewise::testing::{body_json, client, glm, json_request, openai, GlmApi, MockServer};
 use ratewise::testing::{OpenAiApi, TestClient};
 use ratewise::{outcome, BoxError, ClassifyLayer, ClientStackLayer, Platform, Pool};
@@ -111,9 +111,9 @@ pub async fn run_pool() -> Result<Report, BoxError> {
             req
         }))
     };
-    let secondary = backend(fallback_server.url(openai::PATH), presets::openai())?;
+    let secondary = backend(fallback_server.url(openai::PATH), Preset::openai())?;
     let pool = Pool::builder() // each backend cools 1 s after a rate limit, then 2 s, 4 s...
-        .primary("glm", backend(glm_server.url(glm::PATH), presets::glm())?)
+        .primary("glm", backend(glm_server.url(glm::PATH), Preset::glm())?)
         .fallback("fallback", secondary)
         .max_wait(Duration::ZERO) // every backend cooling: refuse at once, do not wait
         .build()?;

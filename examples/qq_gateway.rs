@@ -8,7 +8,7 @@
 //! ```text
 //! CachedEndpointLayer          the last good URL, served with no call; one refresh at a time;
 //!                              the stale URL (and a cooldown) when a refresh is refused
-//!   ClassifyLayer(presets::qq) a 400 whose body says 频率限制 is a rate limit
+//!   ClassifyLayer(Preset::qq) a 400 whose body says 频率限制 is a rate limit
 //!     FreshClientLayer         a new HTTP client after 2 connection-level errors in a row
 //!       hyper-util client
 //! ```
@@ -34,7 +34,7 @@ use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
 use ratewise::cache::{CacheStatus, StaleReason};
-use ratewise::classify::presets;
+use ratewise::classify::Preset;
 use ratewise::key::MethodUri;
 use ratewise::testing::{body_json, client, empty_request, qq, MockServer, Outcome, QqGateway};
 use ratewise::{BoxError, CachedEndpointLayer, ClassifyLayer, FreshClientLayer};
@@ -129,7 +129,7 @@ pub async fn run() -> Result<Report, BoxError> {
 
     let gateway = ServiceBuilder::new()
         .layer(cache)
-        .layer(ClassifyLayer::new(presets::qq()))
+        .layer(ClassifyLayer::new(Preset::qq()))
         .layer(fresh.clone())
         .service(make_client);
 

@@ -690,7 +690,7 @@
 //! with [`verdict_of`](crate::verdict_of), so a response stacked under several layers is
 //! classified once. Built-in classifiers, one per file, compose with
 //! [`Classifier::or`](crate::Classifier::or) and closures;
-//! [`presets`](crate::classify::presets) bundles them per platform.
+//! [`Preset`](crate::classify::Preset) bundles them per platform.
 //!
 //! ## Retry hints
 //!
@@ -872,7 +872,7 @@
 //! that order, so that:
 //!
 //! - every response is classified once, innermost ([`ClassifyLayer`](crate::ClassifyLayer)
-//!   with a [`Preset`](crate::classify::presets::Preset)), and every outer layer reads
+//!   with a [`Preset`](crate::classify::Preset)), and every outer layer reads
 //!   that verdict;
 //! - the rate limiter paces what reaches the upstream (wait mode, bounded by its
 //!   `max_wait`);
@@ -894,11 +894,11 @@
 //!
 //! | preset | classifier | rate limit | cooldown | retry |
 //! |---|---|---|---|---|
-//! | [`Platform::Qq`](crate::Platform::Qq) | [`presets::qq`](crate::classify::presets::qq) (400 + "频率限制") | 4/s, burst 1, max wait 10 s | exponential 1 s..60 s | schedule 0.5, 1.5, 3.0 s; max delay 10 s; deadline 30 s |
-//! | [`Platform::DingTalk`](crate::Platform::DingTalk) | [`presets::dingtalk`](crate::classify::presets::dingtalk) (403/429 QpsLimit) | 18/s, burst 2, max wait 2 s (the per-tenant card cap of 20 per second) | exponential 2 s..60 s | exponential 2 s..30 s, 4 attempts, deadline 30 s |
-//! | [`Platform::Telegram`](crate::Platform::Telegram) | [`presets::telegram`](crate::classify::presets::telegram) (429 `retry_after`) | 28/s, burst 2, max wait 10 s (about 30 messages per second) | exponential 1 s..60 s, the server's `retry_after` is the cooldown | exponential 1 s..30 s, 5 attempts, max delay 60 s, deadline 60 s |
-//! | [`Platform::Glm`](crate::Platform::Glm) | [`presets::glm`](crate::classify::presets::glm) (429 code 1302) | 45/min, burst 5, max wait 30 s (50 calls per 60 s) | exponential 1 s..60 s | exponential 1 s..30 s, 4 attempts, max delay 60 s, deadline 120 s |
-//! | [`Platform::OpenAi`](crate::Platform::OpenAi) | [`presets::openai`](crate::classify::presets::openai) (429 `retry-after-ms`) | 50/min, burst 10, max wait 30 s (60 requests per minute) | exponential 1 s..60 s | exponential 0.5 s..20 s, 4 attempts, max delay 60 s, deadline 120 s |
+//! | [`Platform::Qq`](crate::Platform::Qq) | [`Preset::qq`](crate::classify::Preset::qq) (400 + "频率限制") | 4/s, burst 1, max wait 10 s | exponential 1 s..60 s | schedule 0.5, 1.5, 3.0 s; max delay 10 s; deadline 30 s |
+//! | [`Platform::DingTalk`](crate::Platform::DingTalk) | [`Preset::dingtalk`](crate::classify::Preset::dingtalk) (403/429 QpsLimit) | 18/s, burst 2, max wait 2 s (the per-tenant card cap of 20 per second) | exponential 2 s..60 s | exponential 2 s..30 s, 4 attempts, deadline 30 s |
+//! | [`Platform::Telegram`](crate::Platform::Telegram) | [`Preset::telegram`](crate::classify::Preset::telegram) (429 `retry_after`) | 28/s, burst 2, max wait 10 s (about 30 messages per second) | exponential 1 s..60 s, the server's `retry_after` is the cooldown | exponential 1 s..30 s, 5 attempts, max delay 60 s, deadline 60 s |
+//! | [`Platform::Glm`](crate::Platform::Glm) | [`Preset::glm`](crate::classify::Preset::glm) (429 code 1302) | 45/min, burst 5, max wait 30 s (50 calls per 60 s) | exponential 1 s..60 s | exponential 1 s..30 s, 4 attempts, max delay 60 s, deadline 120 s |
+//! | [`Platform::OpenAi`](crate::Platform::OpenAi) | [`Preset::openai`](crate::classify::Preset::openai) (429 `retry-after-ms`) | 50/min, burst 10, max wait 30 s (60 requests per minute) | exponential 1 s..60 s | exponential 0.5 s..20 s, 4 attempts, max delay 60 s, deadline 120 s |
 //!
 //! The deadline is the whole call's budget: every attempt, every wait and the body of
 //! an error answer read for its classification end by then. A request a layer below
@@ -970,7 +970,7 @@
 //! use std::time::Duration;
 //!
 //! use http::{Request, Response, StatusCode};
-//! use ratewise::{classify::presets, ClassifyLayer, CooldownLayer, RateLimitLayer, RetryLayer};
+//! use ratewise::{classify::Preset, ClassifyLayer, CooldownLayer, RateLimitLayer, RetryLayer};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -996,7 +996,7 @@
 //!     .layer(RetryLayer::builder().exponential(Duration::from_secs(1), Duration::from_secs(30)).build()?)
 //!     .layer(CooldownLayer::new())
 //!     .layer(RateLimitLayer::builder().per_minute(50).burst(10).max_wait(Duration::from_secs(30)).build()?)
-//!     .layer(ClassifyLayer::new(presets::glm()))
+//!     .layer(ClassifyLayer::new(Preset::glm()))
 //!     .service(client);
 //!
 //! let req = Request::post("http://open.bigmodel.cn/api/paas/v4/chat/completions").body(String::new())?;

@@ -15,7 +15,10 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use proptest::prelude::*;
 use ratewise::body::PeekBody;
-use ratewise::classify::{ClassifyLayer, ResponseView, DEFAULT_BODY_CAP};
+use ratewise::classify::{ClassifyLayer, ResponseView};
+
+/// The layer's default body cap (64 KiB).
+const DEFAULT_BODY_CAP: usize = 64 * 1024;
 use ratewise::{verdict_of, Classifier, Verdict};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 

@@ -32,7 +32,7 @@ mod qq_gateway {
 
     use http::Method;
     use http_body_util::Full;
-    use ratewise::classify::{presets, ClassifyLayer};
+    use ratewise::classify::{ClassifyLayer, Preset};
     use ratewise::testing::{body_bytes, client, empty_request, qq, MockServer, QqGateway};
     use ratewise::BoxError;
 
@@ -129,7 +129,7 @@ mod qq_gateway {
         let handle = cache.handle();
         let svc = ServiceBuilder::new()
             .layer(cache)
-            .layer(ClassifyLayer::new(presets::qq()))
+            .layer(ClassifyLayer::new(Preset::qq()))
             .service(client());
         let req = || gw.req();
 
@@ -245,7 +245,7 @@ mod qq_gateway {
         let handle = cache.handle();
         let svc = ServiceBuilder::new()
             .layer(cache)
-            .layer(ClassifyLayer::new(presets::qq()))
+            .layer(ClassifyLayer::new(Preset::qq()))
             .service(client);
 
         let got = storm(&svc, 50, req).await;

@@ -17,7 +17,7 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use ratewise::classify::{ClassifyLayer, ResponseView, ServerErrors, TooManyRequests};
+use ratewise::classify::{ClassifyLayer, Preset, ResponseView};
 use ratewise::{verdict_of, Classifier, Verdict};
 use tokio::sync::Notify;
 use tokio::time::timeout;
@@ -542,7 +542,8 @@ async fn verdict_set_by_the_inner_service_is_kept() {
 /// the verdict falls back to the status.
 #[tokio::test]
 async fn header_only_classification_and_status_fallback() {
-    let classifier = TooManyRequests::new().or(ServerErrors::new());
+    // QQ's preset asks for a body on a 400 only: 429 and 5xx, nothing else.
+    let classifier = Preset::qq();
     let layer = ClassifyLayer::new(classifier);
     for (status, expected) in [
         (StatusCode::TOO_MANY_REQUESTS, Verdict::rate_limited(None)),
@@ -667,7 +668,7 @@ async fn future_and_body_are_send() {
     fn assert_send_sync<T: Send + Sync>() {}
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let svc = ServiceBuilder::new()
-        .layer(ClassifyLayer::new(TooManyRequests::new()))
+        .layer(ClassifyLayer::new(Preset::qq()))
         .service(client);
     let fut = svc.oneshot(Request::new(Empty::new()));
     assert_send(&fut);
@@ -726,7 +727,7 @@ fn glm_request() -> Request<()> {
 /// act on the `ClassifyLayer`'s verdict.
 #[tokio::test(start_paused = true)]
 async fn glm_1302_classified_inside_is_rate_limited_for_cooldown_and_retry_outside() {
-    use ratewise::classify::presets;
+    use ratewise::classify::Preset;
     use ratewise::retry::GiveUp;
     use ratewise::{CooldownLayer, RetryLayer};
 
@@ -746,7 +747,7 @@ async fn glm_1302_classified_inside_is_rate_limited_for_cooldown_and_retry_outsi
         let svc = ServiceBuilder::new()
             .layer(retry)
             .layer(cooldown)
-            .layer(ClassifyLayer::new(presets::glm()))
+            .layer(ClassifyLayer::new(Preset::glm()))
             .service(glm_429(body, calls.clone()));
         (svc, calls, retry_layer, cooldown_handle)
     };

@@ -1115,7 +1115,7 @@ async fn success_to_a_request_sent_before_the_cooldown_does_not_reset_n() {
 async fn cooldown_length_comes_from_the_parser_for_a_header_and_a_telegram_body() {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
-    use ratewise::{classify::presets, ClassifyLayer};
+    use ratewise::{classify::Preset, ClassifyLayer};
 
     const TELEGRAM_429: &str = r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 4310","parameters":{"retry_after":4310}}"#;
 
@@ -1173,7 +1173,7 @@ async fn cooldown_length_comes_from_the_parser_for_a_header_and_a_telegram_body(
     };
     let svc = ServiceBuilder::new()
         .layer(cooldown)
-        .layer(ClassifyLayer::new(presets::telegram()))
+        .layer(ClassifyLayer::new(Preset::telegram()))
         .service(counted);
     let start = Instant::now();
     let res = svc.clone().oneshot(req("api.telegram.org")).await.unwrap();

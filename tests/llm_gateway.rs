@@ -28,7 +28,7 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use ratewise::classify::presets;
+use ratewise::classify::Preset;
 use ratewise::cooldown::{CooldownEvent, KeyState};
 use ratewise::pool::PoolHandle;
 use ratewise::retry::DeadlineExceeded;
@@ -368,7 +368,7 @@ fn gateway_in_process(fallback_limit: u32) -> Gateway {
             glm.router(),
             "http://glm.test/api/paas/v4/chat/completions",
             "glm-key",
-            presets::glm(),
+            Preset::glm(),
             glm_bucket.clone(),
         )
         .unwrap(),
@@ -376,7 +376,7 @@ fn gateway_in_process(fallback_limit: u32) -> Gateway {
             fallback.router(),
             "http://fallback.test/v1/chat/completions",
             "fallback-key",
-            presets::openai(),
+            Preset::openai(),
             bucket(50, 10),
         )
         .unwrap(),
@@ -689,7 +689,7 @@ async fn the_gateway_scenario_holds_over_real_sockets() {
             hyper(),
             &glm_server.url(testing::glm::PATH),
             "glm-key",
-            presets::glm(),
+            Preset::glm(),
             bucket(45, 5),
         )
         .unwrap(),
@@ -697,7 +697,7 @@ async fn the_gateway_scenario_holds_over_real_sockets() {
             hyper(),
             &fallback_server.url(testing::openai::PATH),
             "fallback-key",
-            presets::openai(),
+            Preset::openai(),
             bucket(50, 10),
         )
         .unwrap(),

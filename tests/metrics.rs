@@ -17,7 +17,7 @@ use metrics_util::{
 };
 use ratewise::{
     cache::CachedEndpointLayer,
-    classify::{presets, ClassifyLayer},
+    classify::{ClassifyLayer, Preset},
     key::{Key, MethodUri, RequestRef},
     metrics as m,
     pool::Pool,
@@ -288,7 +288,7 @@ async fn cache_hits_and_stale_serves_are_counted_under_the_cache_name() -> Resul
     let handle = cache.handle();
     let svc = ServiceBuilder::new()
         .layer(cache)
-        .layer(ClassifyLayer::new(presets::qq()))
+        .layer(ClassifyLayer::new(Preset::qq()))
         .service(qq.router());
     let url = "http://qq.test/gateway?access_token=SECRET-77";
     let get = || Request::get(url).body(Full::<Bytes>::default()).unwrap();
@@ -335,7 +335,7 @@ async fn pool_failovers_and_refusals_are_counted_under_the_pool_name() -> Result
     let (primary, fallback) = (GlmApi::new().always_rate_limited(true), GlmApi::new());
     let backend = |glm: &GlmApi| {
         ServiceBuilder::new()
-            .layer(ClassifyLayer::new(presets::glm()))
+            .layer(ClassifyLayer::new(Preset::glm()))
             .service(glm.router())
     };
     let pool = Pool::builder()

@@ -25,7 +25,7 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use ratewise::{
     body::PeekBody,
-    classify::{presets, presets::Preset, Classify, ClassifyLayer},
+    classify::{Classify, ClassifyLayer, Preset},
     cooldown::{CooldownLayer, KeyState},
     key::RequestRef,
     pool::{Model, Pool, ServedBy},
@@ -51,11 +51,11 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// A GLM backend in-process: the mock's router under `ClassifyLayer(presets::glm())`,
+/// A GLM backend in-process: the mock's router under `ClassifyLayer(Preset::glm())`,
 /// so its 429 code 1302 is judged rate-limited.
 fn glm_backend(glm: &GlmApi) -> Classify<axum::Router, Preset> {
     ServiceBuilder::new()
-        .layer(ClassifyLayer::new(presets::glm()))
+        .layer(ClassifyLayer::new(Preset::glm()))
         .service(glm.router())
 }
 
@@ -68,7 +68,7 @@ fn openai_backend(api: &OpenAiApi) -> OpenAiBackend {
     }
     ServiceBuilder::new()
         .map_request(to_openai as fn(Request<Req>) -> Request<Req>)
-        .layer(ClassifyLayer::new(presets::openai()))
+        .layer(ClassifyLayer::new(Preset::openai()))
         .service(api.router())
 }
 
@@ -542,13 +542,13 @@ async fn a_request_that_cannot_be_cloned_goes_to_one_backend_only() -> Result<()
         .primary(
             "primary",
             ServiceBuilder::new()
-                .layer(ClassifyLayer::new(presets::glm()))
+                .layer(ClassifyLayer::new(Preset::glm()))
                 .service(primary.router()),
         )
         .fallback(
             "fallback",
             ServiceBuilder::new()
-                .layer(ClassifyLayer::new(presets::glm()))
+                .layer(ClassifyLayer::new(Preset::glm()))
                 .service(fallback.router()),
         )
         .build()?;
@@ -964,7 +964,7 @@ async fn an_sse_stream_from_the_fallback_arrives_chunk_by_chunk() -> Result<(), 
                     *req.uri_mut() = glm_url.clone();
                     req
                 })
-                .layer(ClassifyLayer::new(presets::glm()))
+                .layer(ClassifyLayer::new(Preset::glm()))
                 .service(testing::client()),
         )
         .fallback(
@@ -974,7 +974,7 @@ async fn an_sse_stream_from_the_fallback_arrives_chunk_by_chunk() -> Result<(), 
                     *req.uri_mut() = openai_url.clone();
                     req
                 })
-                .layer(ClassifyLayer::new(presets::openai()))
+                .layer(ClassifyLayer::new(Preset::openai()))
                 .service(testing::client()),
         )
         .build()?;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use ratewise::classify::{presets, ClassifyLayer};
+use ratewise::classify::{ClassifyLayer, Preset};
 use ratewise::retry::{buffer_request, DeadlineExceeded, GiveUp, RetryBody, RetryLayer};
 use ratewise::BoxError;
 use tokio::time::Instant;
@@ -126,7 +126,7 @@ async fn telegram_4310_retry_after_is_returned_at_once_without_sleeping() {
     // The Telegram classifier reads the wait from header and body.
     let svc = ServiceBuilder::new()
         .layer(layer)
-        .layer(ClassifyLayer::new(presets::telegram()))
+        .layer(ClassifyLayer::new(Preset::telegram()))
         .service(inner);
 
     let before = Instant::now();
@@ -182,7 +182,7 @@ async fn qq_schedule_is_followed_exactly_then_the_last_response_returned() {
     });
     let svc = ServiceBuilder::new()
         .layer(layer)
-        .layer(ClassifyLayer::new(presets::qq()))
+        .layer(ClassifyLayer::new(Preset::qq()))
         .service(inner);
 
     let t0 = Instant::now();
@@ -227,7 +227,7 @@ async fn glm_1302_and_dingtalk_403_are_retried_with_backoff_plain_400_is_not() {
         let (inner, calls) = upstream(move |_| Ok::<_, BoxError>(response(status, body)));
         let svc = ServiceBuilder::new()
             .layer(layer)
-            .layer(ClassifyLayer::new(presets::default()))
+            .layer(ClassifyLayer::new(Preset::default()))
             .service(inner);
 
         let t0 = Instant::now();
@@ -705,7 +705,7 @@ async fn each_retry_and_each_give_up_is_a_tracing_event() {
     let (inner, _) = upstream(|_| Ok::<_, BoxError>(response(429, TELEGRAM_429)));
     ServiceBuilder::new()
         .layer(layer)
-        .layer(ClassifyLayer::new(presets::telegram()))
+        .layer(ClassifyLayer::new(Preset::telegram()))
         .service(inner)
         .oneshot(get())
         .await

@@ -10,7 +10,7 @@ use std::{
 
 use http::{Method, Request, Response, StatusCode};
 use ratewise::{
-    classify::presets,
+    classify::Preset,
     cooldown::KeyState,
     stack::{ClientStackLayer, Platform},
     testing::{json_request, TelegramBot},
@@ -135,7 +135,7 @@ async fn telegram_penalty_without_the_cooldown_senders_call_during_the_penalty()
                 .build()
                 .unwrap(),
         )
-        .layer(ClassifyLayer::new(presets::telegram()))
+        .layer(ClassifyLayer::new(Preset::telegram()))
         .service(bot.router());
     let mut senders = Vec::new();
     for s in 0..SENDERS {

@@ -9,10 +9,11 @@
 //!
 //! ```
 //! use http::{HeaderMap, StatusCode};
-//! use ratewise::classify::{Classifier, DingTalkQpsLimit, ResponseView};
+//! use ratewise::classify::{Classifier, Preset, ResponseView};
 //! use ratewise::{Verdict};
 //!
-//! let dt = DingTalkQpsLimit::new();
+//! // This classifier is private; DingTalk's preset is it, plus any 429 and 5xx.
+//! let dt = Preset::dingtalk();
 //! let headers = HeaderMap::new();
 //! assert!(dt.wants_body(StatusCode::FORBIDDEN, &headers));
 //! assert!(!dt.wants_body(StatusCode::OK, &headers));
@@ -43,17 +44,17 @@ const MARKER: &str = "QpsLimit";
 /// (cut off by the layer's cap), the raw bytes are searched for `QpsLimit` instead.
 /// A 403 or 429 without the marker gets no opinion (`None`): in an
 /// [`or`](Classifier::or) chain the next classifier decides (the
-/// [`dingtalk`](super::presets::dingtalk) preset makes any 429 rate-limited), and
+/// [`dingtalk`](super::Preset::dingtalk) preset makes any 429 rate-limited), and
 /// alone the layer falls back to [`Verdict::from_status`], so a plain 403 is a
 /// failure. The retry hint comes from the crate's one parser.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DingTalkQpsLimit {
+pub(crate) struct DingTalkQpsLimit {
     _priv: (),
 }
 
 impl DingTalkQpsLimit {
     /// A new DingTalk QPS-limit classifier.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 

@@ -78,7 +78,7 @@ pub struct ClassifyLayer<C> {
 
 impl<C> ClassifyLayer<C> {
     /// A layer using `classifier`, showing it at most
-    /// [`DEFAULT_BODY_CAP`] (64 KiB) of a body.
+    /// 64 KiB of a body.
     pub fn new(classifier: C) -> Self {
         ClassifyLayer {
             classifier: Arc::new(classifier),

@@ -11,16 +11,16 @@
 //! response stacked under several layers is classified once.
 //!
 //! Built-in classifiers, one per file, compose with [`Classifier::or`] and closures;
-//! [`presets`] bundles them per platform. See also [the guide](crate::guide#classify).
+//! [`Preset`] bundles them per platform. See also [the guide](crate::guide#classify).
 //!
 //! # Example
 //!
 //! ```
-//! use ratewise::classify::{presets, Classifier, ResponseView};
+//! use ratewise::classify::{Preset, Classifier, ResponseView};
 //! use ratewise::Verdict;
 //! use http::{HeaderMap, StatusCode};
 //!
-//! let glm = presets::glm();
+//! let glm = Preset::glm();
 //! let headers = HeaderMap::new();
 //! let body = br#"{"error":{"code":"1302","message":"rate limited"}}"#;
 //! assert!(glm.wants_body(StatusCode::TOO_MANY_REQUESTS, &headers));
@@ -35,33 +35,36 @@ use std::time::Duration;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
+mod body_contains;
+#[cfg(test)]
+mod builtin_tests;
 mod combinators;
+mod dingtalk;
 mod future;
+mod json_field;
 mod layer;
+mod presets;
 mod service;
-
-pub mod body_contains;
-pub mod dingtalk;
-pub mod json_field;
-pub mod presets;
-pub mod status;
-pub mod telegram;
-pub mod transient;
+mod status;
+mod telegram;
+mod transient;
 
 pub use self::body_contains::StatusBodyContains;
-pub use self::combinators::{classify_fn, ClassifyFn, Or};
-pub use self::dingtalk::DingTalkQpsLimit;
+pub use self::combinators::classify_fn;
+use self::combinators::Or;
+use self::dingtalk::DingTalkQpsLimit;
 use self::future::ResponseFuture;
 pub use self::json_field::JsonFieldIn;
 pub use self::layer::ClassifyLayer;
+pub use self::presets::Preset;
 pub use self::service::Classify;
-pub use self::status::TooManyRequests;
-pub use self::telegram::TelegramRetryAfter;
-pub use self::transient::ServerErrors;
+use self::status::TooManyRequests;
+use self::telegram::TelegramRetryAfter;
+use self::transient::ServerErrors;
 use crate::vocabulary::Verdict;
 
 /// The default cap on how much of a body a classifier may see: 64 KiB.
-pub const DEFAULT_BODY_CAP: usize = crate::body::DEFAULT_CAP;
+pub(crate) const DEFAULT_BODY_CAP: usize = crate::body::DEFAULT_CAP;
 
 /// What a classifier sees of a response.
 ///

@@ -1,43 +1,4 @@
-//! Per-platform classifier bundles, one nameable type: [`Preset`].
-//!
-//! | preset | rate-limited | failure (waiting does not help) | transient |
-//! |---|---|---|---|
-//! | [`qq`] | 400 whose body contains `频率限制`; any 429 | | 5xx, 408 |
-//! | [`dingtalk`] | 403 or 429 with a `...QpsLimit...` code; any 429 | | 5xx, 408 |
-//! | [`telegram`] | 429, hint from `parameters.retry_after` in the body | | 5xx, 408 |
-//! | [`glm`] | 4xx/5xx with `error.code` 1302, 1303 or 1305; any 429 | 429 with an account code (1110–1113, 1121: arrears, locked, inactive) | 5xx, 408 |
-//! | [`openai`] | 429 (hint from `retry-after-ms`, `Retry-After`, `x-ratelimit-reset-*`) | 429 `insufficient_quota` | 5xx, 408 |
-//! | [`default`] | all of the above | all of the above | 5xx, 408 |
-//!
-//! Every preset asks for a body only on the error statuses it inspects, never on a
-//! 2xx, so a 200 SSE stream is never buffered. Every rate-limited verdict takes its
-//! hint from the crate's one parser ([`crate::retry_after`]). Responses none of the
-//! rules match get no opinion, and the layer falls back to
-//! [`Verdict::from_status`](super::Verdict::from_status).
-//!
-//! # Example
-//!
-//! ```
-//! use std::time::Duration;
-//! use http::{HeaderMap, HeaderValue, StatusCode};
-//! use ratewise::classify::{presets, Classifier, ResponseView};
-//! use ratewise::{Verdict};
-//!
-//! let openai = presets::openai();
-//! let mut headers = HeaderMap::new();
-//! headers.insert("retry-after-ms", HeaderValue::from_static("1500"));
-//! let body = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
-//! let view = ResponseView::new(StatusCode::TOO_MANY_REQUESTS, &headers).with_body(body);
-//! assert_eq!(
-//!     openai.classify(&view),
-//!     Some(Verdict::rate_limited(Some(Duration::from_millis(1500))))
-//! );
-//!
-//! // A preset is one type, so it fits in a struct field.
-//! struct Client { classifier: presets::Preset }
-//! let client = Client { classifier: presets::default() };
-//! assert_eq!(client.classifier.name(), "default");
-//! ```
+//! The per-platform classifiers: [`Preset`].
 
 use std::borrow::Cow;
 use std::fmt;
@@ -50,9 +11,47 @@ use super::{
     TelegramRetryAfter, TooManyRequests, Verdict,
 };
 
-/// A named classifier, cheap to clone (it shares one `Arc`).
+/// A named classifier, cheap to clone (it shares one `Arc`): a platform's bundle of
+/// rules, or your own ([`Preset::new`]). It is one type, so it fits in a struct field.
 ///
-/// Every function in this module returns one; [`Preset::new`] names your own.
+/// | preset | rate-limited | failure (waiting does not help) | transient |
+/// |---|---|---|---|
+/// | [`qq`](Preset::qq) | 400 whose body contains `频率限制`; any 429 | | 5xx, 408 |
+/// | [`dingtalk`](Preset::dingtalk) | 403 or 429 with a `...QpsLimit...` code; any 429 | | 5xx, 408 |
+/// | [`telegram`](Preset::telegram) | 429, hint from `parameters.retry_after` in the body | | 5xx, 408 |
+/// | [`glm`](Preset::glm) | 4xx/5xx with `error.code` 1302, 1303 or 1305; any 429 | 429 with an account code (1110–1113, 1121: arrears, locked, inactive) | 5xx, 408 |
+/// | [`openai`](Preset::openai) | 429 (hint from `retry-after-ms`, `Retry-After`, `x-ratelimit-reset-*`) | 429 `insufficient_quota` | 5xx, 408 |
+/// | [`default`](Preset::default) | all of the above | all of the above | 5xx, 408 |
+///
+/// Every preset asks for a body only on the error statuses it inspects, never on a
+/// 2xx, so a 200 SSE stream is never buffered. Every rate-limited verdict takes its
+/// hint from the crate's one parser ([`crate::retry_after`]). Responses none of the
+/// rules match get no opinion, and the layer falls back to
+/// [`Verdict::from_status`](crate::Verdict::from_status).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use http::{HeaderMap, HeaderValue, StatusCode};
+/// use ratewise::classify::{Classifier, Preset, ResponseView};
+/// use ratewise::{Verdict};
+///
+/// let openai = Preset::openai();
+/// let mut headers = HeaderMap::new();
+/// headers.insert("retry-after-ms", HeaderValue::from_static("1500"));
+/// let body = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+/// let view = ResponseView::new(StatusCode::TOO_MANY_REQUESTS, &headers).with_body(body);
+/// assert_eq!(
+///     openai.classify(&view),
+///     Some(Verdict::rate_limited(Some(Duration::from_millis(1500))))
+/// );
+///
+/// // A preset is one type, so it fits in a struct field.
+/// struct Client { classifier: Preset }
+/// let client = Client { classifier: Preset::default() };
+/// assert_eq!(client.classifier.name(), "default");
+/// ```
 #[derive(Clone)]
 pub struct Preset {
     name: Cow<'static, str>,
@@ -64,11 +63,11 @@ impl Preset {
     ///
     /// ```
     /// use http::StatusCode;
-    /// use ratewise::classify::{presets::{self, Preset}, Classifier, StatusBodyContains};
+    /// use ratewise::classify::{Preset, Classifier, StatusBodyContains};
     ///
     /// let mine = Preset::new(
     ///     "qq+gateway-503",
-    ///     presets::qq().or(StatusBodyContains::new(StatusCode::SERVICE_UNAVAILABLE, "busy")),
+    ///     Preset::qq().or(StatusBodyContains::new(StatusCode::SERVICE_UNAVAILABLE, "busy")),
     /// );
     /// assert_eq!(mine.name(), "qq+gateway-503");
     /// ```
@@ -86,9 +85,15 @@ impl Preset {
 }
 
 impl Default for Preset {
-    /// The [`default`] preset.
+    /// Every platform rule in one classifier: failures that waiting does not cure
+    /// first (GLM account codes, OpenAI `insufficient_quota`), then QQ's 400,
+    /// DingTalk's QpsLimit, GLM's rate-limit codes, any 429 (with its body read, so
+    /// Telegram's `parameters.retry_after` is found), and 5xx/408 as transient.
+    ///
+    /// It reads the body of every 4xx and 5xx response (GLM's codes may come with any
+    /// error status, e.g. through a proxy); never a 2xx one.
     fn default() -> Self {
-        default()
+        Preset::every_platform()
     }
 }
 
@@ -147,91 +152,93 @@ fn openai_failures() -> impl Classifier + Clone {
     quota("/error/code").or(quota("/error/type"))
 }
 
-/// QQ bots: a **400** whose body contains `频率限制` (as in
-/// `{"code":...,"message":"接口调用超过频率限制"}` from `GET /gateway`) is rate-limited;
-/// any 429 too; 5xx and 408 are transient. Other 400s get no opinion (a failure).
-/// QQ sends no retry hint, so the hint is usually `None`.
-pub fn qq() -> Preset {
-    Preset::new(
-        "qq",
-        qq_rules()
-            .or(TooManyRequests::new())
-            .or(ServerErrors::new()),
-    )
-}
+impl Preset {
+    /// QQ bots: a **400** whose body contains `频率限制` (as in
+    /// `{"code":...,"message":"接口调用超过频率限制"}` from `GET /gateway`) is rate-limited;
+    /// any 429 too; 5xx and 408 are transient. Other 400s get no opinion (a failure).
+    /// QQ sends no retry hint, so the hint is usually `None`.
+    pub fn qq() -> Preset {
+        Preset::new(
+            "qq",
+            qq_rules()
+                .or(TooManyRequests::new())
+                .or(ServerErrors::new()),
+        )
+    }
 
-/// DingTalk: a **403** or **429** whose `code` contains `QpsLimit`
-/// (`Forbidden.AccessDenied.QpsLimitForApi`, ...) is rate-limited, and so is any other
-/// 429; 5xx and 408 are transient. A 403 without `QpsLimit` gets no opinion (a
-/// failure).
-pub fn dingtalk() -> Preset {
-    Preset::new(
-        "dingtalk",
-        DingTalkQpsLimit::new()
-            .or(TooManyRequests::new())
-            .or(ServerErrors::new()),
-    )
-}
+    /// DingTalk: a **403** or **429** whose `code` contains `QpsLimit`
+    /// (`Forbidden.AccessDenied.QpsLimitForApi`, ...) is rate-limited, and so is any other
+    /// 429; 5xx and 408 are transient. A 403 without `QpsLimit` gets no opinion (a
+    /// failure).
+    pub fn dingtalk() -> Preset {
+        Preset::new(
+            "dingtalk",
+            DingTalkQpsLimit::new()
+                .or(TooManyRequests::new())
+                .or(ServerErrors::new()),
+        )
+    }
 
-/// Telegram Bot API: **429** is rate-limited and its body is read, so the wait comes
-/// from `Retry-After` or, failing that, from `parameters.retry_after` (4310 s is a
-/// real value); 5xx and 408 are transient.
-pub fn telegram() -> Preset {
-    Preset::new(
-        "telegram",
-        TelegramRetryAfter::new().or(ServerErrors::new()),
-    )
-}
+    /// Telegram Bot API: **429** is rate-limited and its body is read, so the wait comes
+    /// from `Retry-After` or, failing that, from `parameters.retry_after` (4310 s is a
+    /// real value); 5xx and 408 are transient.
+    pub fn telegram() -> Preset {
+        Preset::new(
+            "telegram",
+            TelegramRetryAfter::new().or(ServerErrors::new()),
+        )
+    }
 
-/// GLM (Zhipu): a 4xx or 5xx response whose `error.code` is one of GLM's rate-limit
-/// codes, 1302, 1303 or 1305 (`{"error":{"code":"1302",...}}`), is rate-limited, and
-/// so is any other 429, except a 429 whose code is one of GLM's account codes, 1110 to
-/// 1113 or 1121 (arrears, locked account): waiting will not cure those, so they are
-/// failures.
-/// 5xx and 408 are transient.
-pub fn glm() -> Preset {
-    Preset::new(
-        "glm",
-        glm_failures()
-            .or(glm_rate_limits())
-            .or(TooManyRequests::new())
-            .or(ServerErrors::new()),
-    )
-}
+    /// GLM (Zhipu): a 4xx or 5xx response whose `error.code` is one of GLM's rate-limit
+    /// codes, 1302, 1303 or 1305 (`{"error":{"code":"1302",...}}`), is rate-limited, and
+    /// so is any other 429, except a 429 whose code is one of GLM's account codes, 1110 to
+    /// 1113 or 1121 (arrears, locked account): waiting will not cure those, so they are
+    /// failures.
+    /// 5xx and 408 are transient.
+    pub fn glm() -> Preset {
+        Preset::new(
+            "glm",
+            glm_failures()
+                .or(glm_rate_limits())
+                .or(TooManyRequests::new())
+                .or(ServerErrors::new()),
+        )
+    }
 
-/// OpenAI and OpenAI-compatible APIs: **429** is rate-limited, with the wait from
-/// `retry-after-ms`, `Retry-After` or `x-ratelimit-reset-requests`/`-tokens` (the
-/// parser's order), or from "try again in 20s" in the message. A 429 with
-/// `insufficient_quota` ("You exceeded your current quota") is a failure: it is a
-/// billing state and will not get better by waiting. 5xx and 408 are transient.
-/// The body is read on 429 only.
-pub fn openai() -> Preset {
-    Preset::new(
-        "openai",
-        openai_failures()
-            .or(TooManyRequests::new())
-            .or(ServerErrors::new()),
-    )
-}
+    /// OpenAI and OpenAI-compatible APIs: **429** is rate-limited, with the wait from
+    /// `retry-after-ms`, `Retry-After` or `x-ratelimit-reset-requests`/`-tokens` (the
+    /// parser's order), or from "try again in 20s" in the message. A 429 with
+    /// `insufficient_quota` ("You exceeded your current quota") is a failure: it is a
+    /// billing state and will not get better by waiting. 5xx and 408 are transient.
+    /// The body is read on 429 only.
+    pub fn openai() -> Preset {
+        Preset::new(
+            "openai",
+            openai_failures()
+                .or(TooManyRequests::new())
+                .or(ServerErrors::new()),
+        )
+    }
 
-/// Every platform rule above in one classifier: failures that waiting does not cure
-/// first (GLM account codes, OpenAI `insufficient_quota`), then QQ's 400, DingTalk's
-/// QpsLimit, GLM's rate-limit codes, any 429 (with its body read, so Telegram's
-/// `parameters.retry_after` is found), and 5xx/408 as transient.
-///
-/// It reads the body of every 4xx and 5xx response (GLM's codes may come with any error
-/// status, e.g. through a proxy); never a 2xx one.
-pub fn default() -> Preset {
-    Preset::new(
-        "default",
-        glm_failures()
-            .or(openai_failures())
-            .or(qq_rules())
-            .or(DingTalkQpsLimit::new())
-            .or(glm_rate_limits())
-            .or(TelegramRetryAfter::new())
-            .or(ServerErrors::new()),
-    )
+    /// Every platform rule above in one classifier: failures that waiting does not cure
+    /// first (GLM account codes, OpenAI `insufficient_quota`), then QQ's 400, DingTalk's
+    /// QpsLimit, GLM's rate-limit codes, any 429 (with its body read, so Telegram's
+    /// `parameters.retry_after` is found), and 5xx/408 as transient.
+    ///
+    /// It reads the body of every 4xx and 5xx response (GLM's codes may come with any error
+    /// status, e.g. through a proxy); never a 2xx one.
+    fn every_platform() -> Preset {
+        Preset::new(
+            "default",
+            glm_failures()
+                .or(openai_failures())
+                .or(qq_rules())
+                .or(DingTalkQpsLimit::new())
+                .or(glm_rate_limits())
+                .or(TelegramRetryAfter::new())
+                .or(ServerErrors::new()),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -271,7 +278,7 @@ mod tests {
         let h = HeaderMap::new();
         // Four JSON rules run before GLM's rate-limit codes match, then the parser
         // looks for a hint in the body: one parse for all of them.
-        let (verdict, parses) = judge_counting(&default(), 429, &h, GLM_429.as_bytes());
+        let (verdict, parses) = judge_counting(&Preset::default(), 429, &h, GLM_429.as_bytes());
         assert_eq!(verdict, Some(Verdict::rate_limited(None)));
         assert_eq!(parses, 1);
     }
@@ -279,7 +286,8 @@ mod tests {
     #[test]
     fn default_preset_reads_telegrams_hint_from_the_one_parse() {
         let h = HeaderMap::new();
-        let (verdict, parses) = judge_counting(&default(), 429, &h, TELEGRAM_429.as_bytes());
+        let (verdict, parses) =
+            judge_counting(&Preset::default(), 429, &h, TELEGRAM_429.as_bytes());
         assert_eq!(
             verdict,
             Some(Verdict::rate_limited(Some(Duration::from_secs(4310))))
@@ -305,7 +313,14 @@ mod tests {
                 b"<html>Too Many Requests. Please retry after 3 seconds</html>",
             ),
         ];
-        let presets = [qq(), dingtalk(), telegram(), glm(), openai(), default()];
+        let presets = [
+            Preset::qq(),
+            Preset::dingtalk(),
+            Preset::telegram(),
+            Preset::glm(),
+            Preset::openai(),
+            Preset::default(),
+        ];
         for preset in &presets {
             for headers in [HeaderMap::new(), with_header.clone()] {
                 for (status, body) in bodies {
@@ -327,7 +342,10 @@ mod tests {
         let view =
             ResponseView::new(StatusCode::TOO_MANY_REQUESTS, &h).with_body(GLM_429.as_bytes());
         assert!(!view.json_parsed());
-        assert_eq!(default().classify(&view), Some(Verdict::rate_limited(None)));
+        assert_eq!(
+            Preset::default().classify(&view),
+            Some(Verdict::rate_limited(None))
+        );
         assert!(view.json_parsed());
         // A later reader gets the stored value, and nothing is parsed again.
         let before = parses::so_far();
@@ -342,11 +360,11 @@ mod tests {
         let h = HeaderMap::new();
         // QQ's 400 rule searches bytes; only the hint parser reads the JSON (QQ
         // sends no hint), once.
-        let (verdict, parses) = judge_counting(&qq(), 400, &h, QQ_400.as_bytes());
+        let (verdict, parses) = judge_counting(&Preset::qq(), 400, &h, QQ_400.as_bytes());
         assert_eq!(verdict, Some(Verdict::rate_limited(None)));
         assert_eq!(parses, 1);
         // No rule of the default preset reads a 2xx body.
-        let (verdict, parses) = judge_counting(&default(), 200, &h, GLM_429.as_bytes());
+        let (verdict, parses) = judge_counting(&Preset::default(), 200, &h, GLM_429.as_bytes());
         assert_eq!(verdict, None);
         assert_eq!(parses, 0);
     }

@@ -5,18 +5,18 @@
 //! ```
 //! use std::time::Duration;
 //! use http::{HeaderMap, HeaderValue, StatusCode};
-//! use ratewise::classify::{Classifier, ResponseView, TooManyRequests};
+//! use ratewise::classify::{Classifier, Preset, ResponseView};
 //! use ratewise::{Verdict};
 //!
 //! let mut headers = HeaderMap::new();
 //! headers.insert("retry-after", HeaderValue::from_static("30"));
 //! let view = ResponseView::new(StatusCode::TOO_MANY_REQUESTS, &headers);
 //! assert_eq!(
-//!     TooManyRequests::new().classify(&view),
+//!     Preset::qq().classify(&view),
 //!     Some(Verdict::rate_limited(Some(Duration::from_secs(30))))
 //! );
-//! // It never asks for a body.
-//! assert!(!TooManyRequests::new().wants_body(StatusCode::TOO_MANY_REQUESTS, &headers));
+//! // This classifier is private; QQ's preset holds it. It never asks for a body.
+//! assert!(!Preset::qq().wants_body(StatusCode::TOO_MANY_REQUESTS, &headers));
 //! ```
 
 use super::{Classifier, ResponseView, Verdict};
@@ -30,13 +30,13 @@ use super::{Classifier, ResponseView, Verdict};
 /// reads the hint in the body. Use `TelegramRetryAfter` instead of this when the
 /// upstream puts its hint only in the body. Other statuses get no opinion.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TooManyRequests {
+pub(crate) struct TooManyRequests {
     _priv: (),
 }
 
 impl TooManyRequests {
     /// A new 429 classifier.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 }

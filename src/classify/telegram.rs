@@ -10,10 +10,11 @@
 //! ```
 //! use std::time::Duration;
 //! use http::{HeaderMap, StatusCode};
-//! use ratewise::classify::{Classifier, ResponseView, TelegramRetryAfter};
+//! use ratewise::classify::{Classifier, Preset, ResponseView};
 //! use ratewise::{Verdict};
 //!
-//! let tg = TelegramRetryAfter::new();
+//! // This classifier is private; Telegram's preset is it, plus 5xx.
+//! let tg = Preset::telegram();
 //! let headers = HeaderMap::new();
 //! assert!(tg.wants_body(StatusCode::TOO_MANY_REQUESTS, &headers));
 //! assert!(!tg.wants_body(StatusCode::OK, &headers));
@@ -37,13 +38,13 @@ use super::{Classifier, ResponseView, Verdict};
 /// Headers still take precedence over the body, in the parser's documented order.
 /// Other statuses get no opinion and their bodies are never read.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TelegramRetryAfter {
+pub(crate) struct TelegramRetryAfter {
     _priv: (),
 }
 
 impl TelegramRetryAfter {
     /// A new Telegram 429 classifier.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 }

@@ -4,11 +4,12 @@
 //!
 //! ```
 //! use http::{HeaderMap, StatusCode};
-//! use ratewise::classify::{Classifier, ResponseView, ServerErrors};
+//! use ratewise::classify::{Classifier, Preset, ResponseView};
 //! use ratewise::{Verdict};
 //!
+//! // This classifier is private; every preset ends with it.
 //! let headers = HeaderMap::new();
-//! let judge = |status| ServerErrors::new().classify(&ResponseView::new(status, &headers));
+//! let judge = |status| Preset::qq().classify(&ResponseView::new(status, &headers));
 //! assert_eq!(judge(StatusCode::BAD_GATEWAY), Some(Verdict::Transient));
 //! assert_eq!(judge(StatusCode::REQUEST_TIMEOUT), Some(Verdict::Transient));
 //! assert_eq!(judge(StatusCode::NOT_FOUND), None);
@@ -19,13 +20,13 @@ use super::{Classifier, ResponseView, Verdict};
 /// Classifies 5xx and `408 Request Timeout` as [`Verdict::Transient`]; other
 /// statuses get no opinion. Never asks for a body.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ServerErrors {
+pub(crate) struct ServerErrors {
     _priv: (),
 }
 
 impl ServerErrors {
     /// A new 5xx/408 classifier.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 }

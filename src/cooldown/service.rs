@@ -26,7 +26,7 @@ use crate::{
 /// [`CooldownLayer`](super::CooldownLayer).
 ///
 /// `poll_ready` delegates to the inner service. `call` hands the ready inner service
-/// to the [`ResponseFuture`], which waits out (or refuses) a cooldown before calling
+/// to the response future, which waits out (or refuses) a cooldown before calling
 /// it, so a request for a cooling key never reaches the inner service.
 pub struct Cooldown<S> {
     inner: S,

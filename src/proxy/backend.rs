@@ -29,7 +29,7 @@ use super::{
     stats::{Call, CallOutcome, ProxyStats},
 };
 use crate::{
-    classify::{presets, ClassifyLayer},
+    classify::{ClassifyLayer, Preset},
     tokens::{TokenBody, TokenLimitLayer, UsageScanner},
     vocabulary::{verdict_of, verdict_of_error, ConfigError, LayerKind, Verdict},
     BoxError, RateLimitLayer,
@@ -168,8 +168,8 @@ pub(crate) fn build(
         None => None,
     };
     let preset = match backend.kind {
-        BackendKind::Glm => presets::glm(),
-        BackendKind::OpenAi => presets::openai(),
+        BackendKind::Glm => Preset::glm(),
+        BackendKind::OpenAi => Preset::openai(),
     };
     let inner = ServiceBuilder::new()
         .option_layer(limit)

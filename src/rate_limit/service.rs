@@ -30,7 +30,7 @@ use crate::{
 /// [`RateLimitLayer`](super::RateLimitLayer); clones share its limiter.
 ///
 /// `poll_ready` is the inner service's. In `call`, a limited request takes the ready
-/// inner service into its [`ResponseFuture`] (leaving a clone here), because the inner
+/// inner service into its response future (leaving a clone here), because the inner
 /// call happens only once the request is admitted. Bypassed requests call the inner
 /// service at once.
 pub struct RateLimit<S, M = Wait, St = Store> {

@@ -41,7 +41,7 @@ use std::{fmt, time::Duration};
 use tower::Layer;
 
 use crate::{
-    classify::{presets, presets::Preset, Classify, ClassifyLayer, DEFAULT_BODY_CAP},
+    classify::{Classify, ClassifyLayer, Preset, DEFAULT_BODY_CAP},
     cooldown::{Cooldown, CooldownBuilder, CooldownLayer, CooldownStats},
     rate_limit::{self, RateLimit, RateLimitBuilder},
     retry::{Retry, RetryBuilder, RetryLayer, RetryStats},
@@ -98,13 +98,13 @@ pub struct ClientStackLayer {
 pub type ClientStack<S> = Retry<Cooldown<RateLimit<Classify<S, Preset>>>>;
 
 impl ClientStackLayer {
-    /// A builder with general defaults: the [`presets::default`] classifier (every
+    /// A builder with general defaults: the [`Preset::default`] classifier (every
     /// platform's rate-limit signals), 10 requests per second with a burst of 10 and a
     /// 10 s max wait, exponential cooldown 1 s..60 s, exponential retry 0.5 s..20 s with
     /// 4 attempts, a 60 s max delay and a 60 s deadline.
     pub fn builder() -> ClientStackBuilder {
         ClientStackBuilder {
-            classifier: presets::default(),
+            classifier: Preset::default(),
             body_cap: DEFAULT_BODY_CAP,
             rate_limit: RateLimitLayer::builder()
                 .per_second(10)
@@ -128,7 +128,7 @@ impl ClientStackLayer {
         let b = Self::builder().name(platform.name());
         match platform {
             Platform::Qq => b
-                .classifier(presets::qq())
+                .classifier(Preset::qq())
                 .rate_limit(|rl| {
                     rl.per_second(4)
                         .burst(1)
@@ -146,7 +146,7 @@ impl ClientStackLayer {
                     .deadline(secs(30))
                 }),
             Platform::DingTalk => b
-                .classifier(presets::dingtalk())
+                .classifier(Preset::dingtalk())
                 .rate_limit(|rl| {
                     rl.per_second(18)
                         .burst(2)
@@ -160,7 +160,7 @@ impl ClientStackLayer {
                         .deadline(secs(30))
                 }),
             Platform::Telegram => b
-                .classifier(presets::telegram())
+                .classifier(Preset::telegram())
                 .rate_limit(|rl| {
                     rl.per_second(28)
                         .burst(2)
@@ -173,7 +173,7 @@ impl ClientStackLayer {
                         .deadline(secs(60))
                 }),
             Platform::Glm => b
-                .classifier(presets::glm())
+                .classifier(Preset::glm())
                 .rate_limit(|rl| {
                     rl.per_minute(45)
                         .burst(5)
@@ -186,7 +186,7 @@ impl ClientStackLayer {
                         .deadline(secs(120))
                 }),
             Platform::OpenAi => b
-                .classifier(presets::openai())
+                .classifier(Preset::openai())
                 .rate_limit(|rl| {
                     rl.per_minute(50)
                         .burst(10)

@@ -16,7 +16,7 @@ use axum::Router;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use ratewise::classify::{presets::Preset, ClassifyLayer};
+use ratewise::classify::{ClassifyLayer, Preset};
 use ratewise::pool::{Model, Pool, ServedBy};
 use ratewise::retry::{buffer_request, RetryBody};
 use ratewise::vocabulary::RefusalKind;

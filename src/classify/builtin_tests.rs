@@ -2,17 +2,20 @@
 //! against responses shaped like the real incidents (QQ, DingTalk, Telegram, GLM,
 //! OpenAI).
 //!
+//! (Moved from `tests/classify.rs` when the platform-specific classifiers became
+//! private; the tests are unchanged.)
+//!
 //! Each test follows what the ClassifyLayer does: ask `wants_body` first, and hand
 //! the classifier the body only if it asked.
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, StatusCode};
-use ratewise::classify::{
-    classify_fn, presets, Classifier, DingTalkQpsLimit, JsonFieldIn, ResponseView, ServerErrors,
+use super::{
+    classify_fn, Classifier, DingTalkQpsLimit, JsonFieldIn, Preset, ResponseView, ServerErrors,
     StatusBodyContains, TelegramRetryAfter, TooManyRequests,
 };
-use ratewise::Verdict;
+use crate::Verdict;
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 const QQ_400: &str =
     r#"{"code":11241,"message":"接口调用超过频率限制","err_code":40034010,"trace_id":"9a7f"}"#;
@@ -71,14 +74,14 @@ fn limited(secs: Option<u64>) -> Verdict {
     Verdict::rate_limited(secs.map(Duration::from_secs))
 }
 
-fn all_presets() -> Vec<presets::Preset> {
+fn all_presets() -> Vec<Preset> {
     vec![
-        presets::qq(),
-        presets::dingtalk(),
-        presets::telegram(),
-        presets::glm(),
-        presets::openai(),
-        presets::default(),
+        Preset::qq(),
+        Preset::dingtalk(),
+        Preset::telegram(),
+        Preset::glm(),
+        Preset::openai(),
+        Preset::default(),
     ]
 }
 
@@ -88,11 +91,8 @@ fn all_presets() -> Vec<presets::Preset> {
 fn qq_400_with_frequency_limit_is_rate_limited() {
     let c = StatusBodyContains::new(StatusCode::BAD_REQUEST, "频率限制");
     assert_eq!(resp(400, QQ_400).judge(&c), Some(limited(None)));
-    assert_eq!(resp(400, QQ_400).verdict(&presets::qq()), limited(None));
-    assert_eq!(
-        resp(400, QQ_400).verdict(&presets::default()),
-        limited(None)
-    );
+    assert_eq!(resp(400, QQ_400).verdict(&Preset::qq()), limited(None));
+    assert_eq!(resp(400, QQ_400).verdict(&Preset::default()), limited(None));
 }
 
 #[test]
@@ -146,11 +146,11 @@ fn dingtalk_403_qps_limit_is_rate_limited() {
     );
     assert_eq!(resp(429, DINGTALK_403).judge(&c), Some(limited(None)));
     assert_eq!(
-        resp(403, DINGTALK_403).verdict(&presets::dingtalk()),
+        resp(403, DINGTALK_403).verdict(&Preset::dingtalk()),
         limited(None)
     );
     assert_eq!(
-        resp(403, DINGTALK_403).verdict(&presets::default()),
+        resp(403, DINGTALK_403).verdict(&Preset::default()),
         limited(None)
     );
 }
@@ -160,11 +160,11 @@ fn dingtalk_403_without_qps_limit_is_a_failure() {
     let c = DingTalkQpsLimit::new();
     assert_eq!(resp(403, DINGTALK_403_OTHER).judge(&c), None);
     assert_eq!(
-        resp(403, DINGTALK_403_OTHER).verdict(&presets::dingtalk()),
+        resp(403, DINGTALK_403_OTHER).verdict(&Preset::dingtalk()),
         Verdict::Failure
     );
     assert_eq!(
-        resp(403, DINGTALK_403_OTHER).verdict(&presets::default()),
+        resp(403, DINGTALK_403_OTHER).verdict(&Preset::default()),
         Verdict::Failure
     );
 }
@@ -173,7 +173,7 @@ fn dingtalk_403_without_qps_limit_is_a_failure() {
 fn dingtalk_plain_429_is_rate_limited_by_the_preset_not_the_classifier() {
     let r = resp(429, r#"{"code":"Throttling","message":"slow"}"#).header("retry-after", "2");
     assert_eq!(r.judge(&DingTalkQpsLimit::new()), None);
-    assert_eq!(r.verdict(&presets::dingtalk()), limited(Some(2)));
+    assert_eq!(r.verdict(&Preset::dingtalk()), limited(Some(2)));
 }
 
 #[test]
@@ -192,9 +192,9 @@ fn dingtalk_truncated_body_is_searched_raw() {
 fn glm_429_1302_is_rate_limited() {
     let c = JsonFieldIn::new("/error/code", ["1302", "1303", "1305"]);
     assert_eq!(resp(429, GLM_429).judge(&c), Some(limited(None)));
-    assert_eq!(resp(429, GLM_429).verdict(&presets::glm()), limited(None));
+    assert_eq!(resp(429, GLM_429).verdict(&Preset::glm()), limited(None));
     assert_eq!(
-        resp(429, GLM_429).verdict(&presets::default()),
+        resp(429, GLM_429).verdict(&Preset::default()),
         limited(None)
     );
 }
@@ -205,7 +205,7 @@ fn glm_code_as_number_matches() {
     let c = JsonFieldIn::new("/error/code", ["1302", "1303", "1305"]);
     assert_eq!(resp(429, body).judge(&c), Some(limited(None)));
     // Through a proxy that turned the 429 into a 500, the code still says "rate limit".
-    assert_eq!(resp(500, body).verdict(&presets::glm()), limited(None));
+    assert_eq!(resp(500, body).verdict(&Preset::glm()), limited(None));
 }
 
 #[test]
@@ -251,11 +251,11 @@ fn json_field_statuses_are_configurable() {
 #[test]
 fn glm_account_in_arrears_is_a_failure_not_a_rate_limit() {
     assert_eq!(
-        resp(429, GLM_429_ARREARS).verdict(&presets::glm()),
+        resp(429, GLM_429_ARREARS).verdict(&Preset::glm()),
         Verdict::Failure
     );
     assert_eq!(
-        resp(429, GLM_429_ARREARS).verdict(&presets::default()),
+        resp(429, GLM_429_ARREARS).verdict(&Preset::default()),
         Verdict::Failure
     );
 }
@@ -263,7 +263,7 @@ fn glm_account_in_arrears_is_a_failure_not_a_rate_limit() {
 #[test]
 fn glm_hint_comes_from_the_parser() {
     let r = resp(429, GLM_429).header("retry-after", "17");
-    assert_eq!(r.verdict(&presets::glm()), limited(Some(17)));
+    assert_eq!(r.verdict(&Preset::glm()), limited(Some(17)));
 }
 
 // ---- Telegram ----
@@ -273,11 +273,11 @@ fn telegram_429_retry_after_4310_from_the_body() {
     let c = TelegramRetryAfter::new();
     assert_eq!(resp(429, TELEGRAM_429).judge(&c), Some(limited(Some(4310))));
     assert_eq!(
-        resp(429, TELEGRAM_429).verdict(&presets::telegram()),
+        resp(429, TELEGRAM_429).verdict(&Preset::telegram()),
         limited(Some(4310))
     );
     assert_eq!(
-        resp(429, TELEGRAM_429).verdict(&presets::default()),
+        resp(429, TELEGRAM_429).verdict(&Preset::default()),
         limited(Some(4310))
     );
 }
@@ -285,10 +285,10 @@ fn telegram_429_retry_after_4310_from_the_body() {
 #[test]
 fn telegram_429_retry_after_4310_from_the_header() {
     let r = resp(429, TELEGRAM_429).header("retry-after", "4310");
-    assert_eq!(r.verdict(&presets::telegram()), limited(Some(4310)));
+    assert_eq!(r.verdict(&Preset::telegram()), limited(Some(4310)));
     // A header that disagrees with the body wins (documented precedence).
     let r = resp(429, TELEGRAM_429).header("retry-after", "60");
-    assert_eq!(r.verdict(&presets::telegram()), limited(Some(60)));
+    assert_eq!(r.verdict(&Preset::telegram()), limited(Some(60)));
 }
 
 #[test]
@@ -317,8 +317,8 @@ fn openai_429_retry_after_ms_1500() {
         .header("x-ratelimit-reset-requests", "120ms")
         .header("x-ratelimit-reset-tokens", "6m0s");
     let want = Verdict::rate_limited(Some(Duration::from_millis(1500)));
-    assert_eq!(r.verdict(&presets::openai()), want);
-    assert_eq!(r.verdict(&presets::default()), want);
+    assert_eq!(r.verdict(&Preset::openai()), want);
+    assert_eq!(r.verdict(&Preset::default()), want);
 }
 
 #[test]
@@ -326,13 +326,13 @@ fn openai_429_reset_headers_without_retry_after() {
     let r = resp(429, OPENAI_429)
         .header("x-ratelimit-reset-requests", "120ms")
         .header("x-ratelimit-reset-tokens", "1s");
-    assert_eq!(r.verdict(&presets::openai()), limited(Some(1)));
+    assert_eq!(r.verdict(&Preset::openai()), limited(Some(1)));
 }
 
 #[test]
 fn openai_429_message_hint_when_no_header() {
     assert_eq!(
-        resp(429, OPENAI_429).verdict(&presets::openai()),
+        resp(429, OPENAI_429).verdict(&Preset::openai()),
         Verdict::rate_limited(Some(Duration::from_millis(120)))
     );
 }
@@ -340,12 +340,12 @@ fn openai_429_message_hint_when_no_header() {
 #[test]
 fn openai_insufficient_quota_is_a_failure() {
     let r = resp(429, OPENAI_429_QUOTA).header("retry-after", "20");
-    assert_eq!(r.verdict(&presets::openai()), Verdict::Failure);
-    assert_eq!(r.verdict(&presets::default()), Verdict::Failure);
+    assert_eq!(r.verdict(&Preset::openai()), Verdict::Failure);
+    assert_eq!(r.verdict(&Preset::default()), Verdict::Failure);
     // Found by `type` too, when a gateway drops the code.
     let typed = r#"{"error":{"message":"quota","type":"insufficient_quota","code":null}}"#;
     assert_eq!(
-        resp(429, typed).verdict(&presets::openai()),
+        resp(429, typed).verdict(&Preset::openai()),
         Verdict::Failure
     );
 }
@@ -407,18 +407,18 @@ fn no_preset_wants_the_body_of_a_2xx() {
 #[test]
 fn presets_ask_for_the_bodies_they_inspect() {
     let h = HeaderMap::new();
-    let asks = |p: &presets::Preset, s: u16| p.wants_body(StatusCode::from_u16(s).unwrap(), &h);
-    assert!(asks(&presets::qq(), 400));
-    assert!(!asks(&presets::qq(), 429));
-    assert!(asks(&presets::dingtalk(), 403) && asks(&presets::dingtalk(), 429));
-    assert!(!asks(&presets::dingtalk(), 400));
-    assert!(asks(&presets::telegram(), 429));
-    assert!(!asks(&presets::telegram(), 400));
-    assert!(asks(&presets::glm(), 429) && asks(&presets::glm(), 500));
-    assert!(asks(&presets::openai(), 429));
-    assert!(!asks(&presets::openai(), 500));
+    let asks = |p: &Preset, s: u16| p.wants_body(StatusCode::from_u16(s).unwrap(), &h);
+    assert!(asks(&Preset::qq(), 400));
+    assert!(!asks(&Preset::qq(), 429));
+    assert!(asks(&Preset::dingtalk(), 403) && asks(&Preset::dingtalk(), 429));
+    assert!(!asks(&Preset::dingtalk(), 400));
+    assert!(asks(&Preset::telegram(), 429));
+    assert!(!asks(&Preset::telegram(), 400));
+    assert!(asks(&Preset::glm(), 429) && asks(&Preset::glm(), 500));
+    assert!(asks(&Preset::openai(), 429));
+    assert!(!asks(&Preset::openai(), 500));
     for s in [400, 403, 429, 500] {
-        assert!(asks(&presets::default(), s), "{s}");
+        assert!(asks(&Preset::default(), s), "{s}");
     }
 }
 
@@ -427,10 +427,10 @@ fn presets_ask_for_the_bodies_they_inspect() {
 #[test]
 fn presets_are_one_nameable_clonable_type() {
     struct Config {
-        classifier: presets::Preset,
+        classifier: Preset,
     }
     let c = Config {
-        classifier: presets::telegram(),
+        classifier: Preset::telegram(),
     };
     let copy = c.classifier.clone();
     assert_eq!(copy.name(), "telegram");
@@ -444,18 +444,18 @@ fn presets_are_one_nameable_clonable_type() {
 
 #[test]
 fn custom_preset_wraps_any_classifier() {
-    let mine = presets::Preset::new(
+    let mine = Preset::new(
         "qq+503",
-        presets::qq().or(StatusBodyContains::new(
+        Preset::qq().or(StatusBodyContains::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
         )),
     );
     // The custom rule comes after qq's own, whose ServerErrors claims the 503 first.
     assert_eq!(resp(503, "busy").verdict(&mine), Verdict::Transient);
-    let first = presets::Preset::new(
+    let first = Preset::new(
         "503-first",
-        StatusBodyContains::new(StatusCode::SERVICE_UNAVAILABLE, "busy").or(presets::qq()),
+        StatusBodyContains::new(StatusCode::SERVICE_UNAVAILABLE, "busy").or(Preset::qq()),
     );
     assert_eq!(resp(503, "busy").verdict(&first), limited(None));
     assert_eq!(resp(400, QQ_400).verdict(&first), limited(None));
@@ -513,6 +513,6 @@ fn boxed_and_shared_classifiers_still_classify() {
         resp(429, TELEGRAM_429).judge(&boxed),
         Some(limited(Some(4310)))
     );
-    let shared = std::sync::Arc::new(presets::glm());
+    let shared = std::sync::Arc::new(Preset::glm());
     assert_eq!(resp(429, GLM_429).judge(&shared), Some(limited(None)));
 }
