@@ -28,7 +28,8 @@ use criterion::{Criterion, SamplingMode};
 use governor::{clock::FakeRelativeClock, state::keyed::DashMapStateStore};
 use ratewise::{
     key::Key,
-    rate_limit::{GovernorStore, Keys, Quota, RateLimitStore},
+    rate_limit::Quota,
+    testing::engine::{GovernorStore, Keys, RateLimitStore},
 };
 
 use crate::{heap_delta, runtime};

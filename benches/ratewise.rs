@@ -4,7 +4,8 @@
 //! ```text
 //! cargo bench --bench ratewise                 # everything (about 3 minutes)
 //! cargo bench --bench ratewise -- rate_limit   # one group: rate_limit, classify, retry,
-//!                                              # retry_decision, stack, memory
+//!                                              # retry_decision, stack
+//! cargo bench --bench ratewise --features testing -- memory   # the in-memory store
 //! cargo bench --bench ratewise --features redis,testing -- redis   # the Redis store
 //! cargo bench --bench ratewise --features proxy,testing -- proxy   # ratewise-proxy's overhead
 //! ```
@@ -30,6 +31,7 @@ use tokio::runtime::Runtime;
 use tower::{Service, ServiceExt};
 
 mod classify;
+#[cfg(feature = "testing")]
 mod memory;
 #[cfg(all(feature = "proxy", feature = "testing"))]
 mod proxy;
@@ -78,6 +80,7 @@ static ALLOC: CountingAlloc = CountingAlloc;
 
 /// Runs `f` with the heap counter on and returns its result and the bytes it left
 /// allocated (allocated minus freed while it ran).
+#[cfg(feature = "testing")]
 pub(crate) fn heap_delta<T>(f: impl FnOnce() -> T) -> (T, isize) {
     let before = LIVE.load(Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
@@ -209,6 +212,13 @@ pub(crate) fn response(status: StatusCode, body: Bytes) -> Response<Body> {
     res
 }
 
+/// The memory group, with the feature that reaches the store engines (`testing`).
+fn memory(c: &mut criterion::Criterion) {
+    #[cfg(feature = "testing")]
+    memory::bench(c);
+    let _ = c;
+}
+
 /// The Redis group, with the features that make it (`redis`, `testing`).
 fn redis(c: &mut criterion::Criterion) {
     #[cfg(all(feature = "redis", feature = "testing"))]
@@ -234,6 +244,6 @@ criterion_group!(
     proxy,
     // Last: its simulated-time report pauses tokio's clock, which makes every later
     // `tokio::time::Instant::now` in the process take the (slower) paused-clock path.
-    memory::bench,
+    memory,
 );
 criterion_main!(benches);

@@ -12,9 +12,12 @@ use std::{
 use criterion::{Criterion, Throughput};
 use ratewise::{
     key::Key,
-    rate_limit::{Keys, RateLimitLayer, RateLimitStore, Store},
+    rate_limit::RateLimitLayer,
     redis::Redis,
-    testing::RedisServer,
+    testing::{
+        engine::{store_of, Keys, RateLimitStore, Store},
+        RedisServer,
+    },
 };
 
 use super::{configure, runtime};
@@ -25,7 +28,7 @@ fn store(redis: &Redis) -> Store {
         .store(redis.rate_limit("bench"))
         .build()
         .expect("a layer");
-    layer.limiter().store().clone()
+    store_of(&layer)
 }
 
 pub(crate) fn bench(c: &mut Criterion) {

@@ -267,31 +267,25 @@
 //!
 //! ## Stores
 //!
-//! The state sits behind [`RateLimitStore`](crate::rate_limit::RateLimitStore), one
-//! async "take n cells for these keys" call (the request's
-//! [`Keys`](crate::rate_limit::Keys), one per limit) whose contract is admitted /
-//! denied-with-wait / error, decided atomically for every limit at once (see the
-//! trait). [`MemoryStore`](crate::rate_limit::MemoryStore), the default, keeps it in
-//! memory, on tokio's clock (so paused-clock tests drive it), with a ready future (no
-//! allocation): one plain GCRA rate goes to governor
-//! ([`GovernorStore`](crate::rate_limit::GovernorStore)); several limits, a window or a
-//! margin go to a small core of the crate's own, one lock over every limit's state,
-//! because governor cannot take from several keys only if all have room, and has no
-//! windows. Both evict idle keys, so memory stays bounded with millions of distinct keys
-//! (see their docs).
+//! The state sits behind one internal call, "take n cells for these keys" (one key per
+//! limit), whose answer is admitted / denied-with-wait / error, decided atomically for
+//! every limit at once. By default it lives in memory, on tokio's clock (so paused-clock
+//! tests drive it), with a ready future (no allocation): one plain GCRA rate goes to
+//! governor; several limits, a window or a margin go to a small core of the crate's own,
+//! one lock over every limit's state, because governor cannot take from several keys
+//! only if all have room, and has no windows. Both evict idle keys, so memory stays
+//! bounded with millions of distinct keys.
 //!
 //! A store shared between processes is chosen on the builder with
-//! [`store`](crate::rate_limit::RateLimitBuilder::store), which takes a
-//! [`MakeStore`](crate::rate_limit::MakeStore): it builds the store from the layer's own
-//! [`Rule`](crate::rate_limit::Rule)s, so it follows every limit, key and margin set on
-//! the builder, and the layer keeps its type ([`Store`](crate::rate_limit::Store), memory
-//! or shared). With the `redis` feature, `ratewise::redis::Redis::rate_limit(name)` is
-//! one: one Lua script per decision, on the server's clock, deciding exactly as the
-//! in-memory store does; while Redis is unreachable it decides locally at `1/n` of each
-//! quota (`fail_open(n)`) or refuses with
-//! [`StoreUnavailable`](crate::vocabulary::RefusalKind::StoreUnavailable)
-//! (`fail_closed()`). A custom store can also be given whole with
-//! `build_with_limiter(RateLimiter::new(store))`.
+//! [`store`](crate::rate_limit::RateLimitBuilder::store): it builds the store from the
+//! layer's own limits, so it follows every limit, key and margin set on the builder,
+//! and the layer keeps its type. With the `redis` feature,
+//! `ratewise::redis::Redis::rate_limit(name)` is that store: one Lua script per
+//! decision, on the server's clock, deciding exactly as the in-memory store does; while
+//! Redis is unreachable it decides locally at `1/n` of each quota (`fail_open(n)`) or
+//! refuses with [`StoreUnavailable`](crate::vocabulary::RefusalKind::StoreUnavailable)
+//! (`fail_closed()`). Redis is the one distributed engine: the store contract is
+//! internal, so there are no custom stores to keep in step with it.
 //!
 //! ## Observing a rate limiter
 //!

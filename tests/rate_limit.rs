@@ -16,12 +16,10 @@ use std::{
 use http::{Request, Response, StatusCode};
 use ratewise::{
     key::{Key, RequestRef},
-    rate_limit::{
-        Decision, GovernorStore, Keys, Quota, RateLimit, RateLimitLayer, RateLimitStore,
-        RateLimiter, StoreError,
-    },
+    rate_limit::{Quota, RateLimit, RateLimitLayer},
+    testing::engine::{limiter as engine_limiter, Decision, GovernorStore, Keys, RateLimitStore},
     verdict_of_error,
-    vocabulary::RefusalKind,
+    vocabulary::{RefusalKind, StoreError},
     BoxError, Refusal, Verdict,
 };
 use tokio::time::{advance, Instant};
@@ -61,9 +59,7 @@ fn upstream(start: Instant) -> (Hits, impl Upstream) {
 }
 
 /// The stack under test: `limit` over a recording [`upstream`] whose clock starts now.
-fn limited<M, St>(
-    limit: &RateLimitLayer<M, St>,
-) -> (Instant, Hits, RateLimit<impl Upstream, M, St>) {
+fn limited<M>(limit: &RateLimitLayer<M>) -> (Instant, Hits, RateLimit<impl Upstream, M>) {
     let start = Instant::now();
     let (hits, up) = upstream(start);
     let svc = ServiceBuilder::new().layer(limit.clone()).service(up);
@@ -620,7 +616,7 @@ async fn config_errors_name_the_field() {
 async fn memory_stays_bounded_with_a_million_distinct_keys() {
     // One cell per 10 ms, burst 1: a key rests 20 ms after its use.
     let store = GovernorStore::new(Quota::per_second(NonZeroU32::new(100).unwrap()));
-    let limiter = RateLimiter::new(store.clone());
+    let limiter = engine_limiter(store.clone());
     let one = NonZeroU32::MIN;
     let mut most = 0;
     for batch in 0..1000u32 {
@@ -804,7 +800,7 @@ async fn waited_counts_only_requests_that_were_held_back_not_a_first_attempt_tha
         .with_burst(NonZeroU32::new(2).unwrap())
         .unwrap();
     let limit = RateLimitLayer::builder()
-        .build_with_limiter(RateLimiter::new(RoundTripStore(GovernorStore::new(quota))))
+        .build_with_limiter(engine_limiter(RoundTripStore(GovernorStore::new(quota))))
         .unwrap();
     let (_, hits, svc) = limited(&limit);
 

@@ -25,6 +25,7 @@ use super::{
     limiter::{Join, RateLimiter, Ticket},
     policy::{Reject, Wait},
     quota::Quota,
+    shared::StoreFuture,
     stats::Rejection,
     store::{Decision, Keys, RateLimitStore, StoreError},
 };
@@ -43,14 +44,13 @@ pin_project! {
     /// It waits for admission (wait mode) or decides at once (reject mode), takes the
     /// cells at the moment of admission and calls the inner service in that same poll.
     /// Dropping it before admission takes no cell and leaves its key's queue.
-    pub struct ResponseFuture<S, B, St, M>
+    pub struct ResponseFuture<S, B, M>
     where
         S: Service<Request<B>>,
-        St: RateLimitStore,
     {
         #[pin]
-        state: State<St::Future, S::Future>,
-        admission: Option<Admission<S, B, St>>,
+        state: State<StoreFuture, S::Future>,
+        admission: Option<Admission<S, B>>,
         // Reject mode: the `RateLimit` fields to add to the admitted response.
         stamp: Option<(Quota, u32)>,
         mode: PhantomData<fn() -> M>,
@@ -79,8 +79,8 @@ pin_project! {
 
 /// Everything a limited request needs until it is admitted. Field order matters: the
 /// ticket must leave the line before the permit wakes the next waiter.
-struct Admission<S, B, St> {
-    limiter: RateLimiter<St>,
+struct Admission<S, B> {
+    limiter: RateLimiter,
     /// The line the request waits in (its keys joined), also its key in logs: made
     /// only when needed, so an admission at the first poll never builds it.
     line: OnceCell<Key>,
@@ -106,7 +106,7 @@ struct Admission<S, B, St> {
     pending: Option<(S, Request<B>)>,
 }
 
-impl<S, B, St> Admission<S, B, St> {
+impl<S, B> Admission<S, B> {
     /// The request's line (and log) key.
     fn line(&self) -> &Key {
         self.line.get_or_init(|| self.keys.line())
@@ -131,10 +131,9 @@ enum Denial {
     Held(Refusal),
 }
 
-impl<S, B, St, M> ResponseFuture<S, B, St, M>
+impl<S, B, M> ResponseFuture<S, B, M>
 where
     S: Service<Request<B>>,
-    St: RateLimitStore,
 {
     pub(super) fn called(fut: S::Future) -> Self {
         ResponseFuture {
@@ -166,7 +165,7 @@ where
     }
 
     pub(super) fn limited(
-        limiter: RateLimiter<St>,
+        limiter: RateLimiter,
         keys: Keys,
         cost: NonZeroU32,
         max_wait: Option<Duration>,
@@ -202,8 +201,8 @@ where
     /// Drives admission until the inner service has been called (`Ok`, state
     /// `Called`) or the request is refused.
     fn poll_admit(
-        mut state: Pin<&mut State<St::Future, S::Future>>,
-        adm: &mut Admission<S, B, St>,
+        mut state: Pin<&mut State<StoreFuture, S::Future>>,
+        adm: &mut Admission<S, B>,
         waits: bool,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Denial>> {
@@ -357,10 +356,9 @@ where
     }
 }
 
-impl<S, B, St> Admission<S, B, St>
+impl<S, B> Admission<S, B>
 where
     S: Service<Request<B>>,
-    St: RateLimitStore,
 {
     /// Starts the request's clock at its first poll (on the fast path, when the store's
     /// answer is not in hand in that same poll, or is a denial): waiting and `max_wait`
@@ -388,7 +386,7 @@ where
     /// Asks the store for the request's cells. A request that was held back first
     /// re-checks the [`Holds`] of the layers above that let it through: if one of them
     /// refuses now (its key began cooling meanwhile), it takes no cell and is not sent.
-    fn acquire(&self) -> Result<St::Future, Denial> {
+    fn acquire(&self) -> Result<StoreFuture, Denial> {
         if self.held {
             if let Some((_, request)) = &self.pending {
                 Holds::check(request.extensions(), Instant::now()).map_err(Denial::Held)?;
@@ -431,7 +429,7 @@ where
     }
 }
 
-impl<S, B, St> Admission<S, B, St>
+impl<S, B> Admission<S, B>
 where
     S: Service<Request<B>>,
 {
@@ -485,11 +483,10 @@ where
     }
 }
 
-impl<S, B, St> Future for ResponseFuture<S, B, St, Wait>
+impl<S, B> Future for ResponseFuture<S, B, Wait>
 where
     S: Service<Request<B>>,
     S::Error: Into<BoxError>,
-    St: RateLimitStore,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -570,11 +567,10 @@ where
     }
 }
 
-impl<S, B, St, ResBody> Future for ResponseFuture<S, B, St, Reject>
+impl<S, B, ResBody> Future for ResponseFuture<S, B, Reject>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
     ResBody: From<String>,
-    St: RateLimitStore,
 {
     type Output = Result<Response<ResBody>, S::Error>;
 
@@ -658,10 +654,9 @@ fn stamped<T, E>(
     })
 }
 
-impl<S, B, St, M> fmt::Debug for ResponseFuture<S, B, St, M>
+impl<S, B, M> fmt::Debug for ResponseFuture<S, B, M>
 where
     S: Service<Request<B>>,
-    St: RateLimitStore,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ResponseFuture");

@@ -19,7 +19,6 @@ use super::{
     service::RateLimit,
     shared::{MakeStore, Store},
     stats::RateLimitStats,
-    store::RateLimitStore,
 };
 use crate::{
     key::{Global, KeyExtractor, RequestRef, SharedKey},
@@ -35,12 +34,12 @@ use crate::{
 /// one limiter, so one layer value cloned into several stacks is one process-wide
 /// bucket per key.
 ///
-/// Type parameters: `M` the mode ([`Wait`] or [`Reject`]) and `St` the
-/// [`RateLimitStore`], both with defaults. The key and the cost are values, so a layer
-/// with a closure key is still a `RateLimitLayer`.
-pub struct RateLimitLayer<M = Wait, St = Store> {
+/// The type parameter `M` is the mode ([`Wait`], the default, or [`Reject`]). The
+/// key, the cost and the store are values, so a layer with a closure key or a Redis
+/// store is still a `RateLimitLayer`.
+pub struct RateLimitLayer<M = Wait> {
     policy: Arc<Policy>,
-    limiter: RateLimiter<St>,
+    limiter: RateLimiter,
     mode: PhantomData<fn() -> M>,
 }
 
@@ -84,11 +83,11 @@ impl RateLimitLayer {
     }
 }
 
-impl<M, St> RateLimitLayer<M, St> {
+impl<M> RateLimitLayer<M> {
     /// The shared limiter handle: pass it to
     /// [`build_with_limiter`](RateLimitBuilder::build_with_limiter) to make another
     /// layer (another key, body type, mode or bypass rule) on the same buckets.
-    pub fn limiter(&self) -> RateLimiter<St> {
+    pub fn limiter(&self) -> RateLimiter {
         self.limiter.clone()
     }
 
@@ -108,7 +107,7 @@ impl<M, St> RateLimitLayer<M, St> {
     }
 }
 
-impl<M, St> Clone for RateLimitLayer<M, St> {
+impl<M> Clone for RateLimitLayer<M> {
     fn clone(&self) -> Self {
         RateLimitLayer {
             policy: self.policy.clone(),
@@ -118,7 +117,7 @@ impl<M, St> Clone for RateLimitLayer<M, St> {
     }
 }
 
-impl<M, St: fmt::Debug> fmt::Debug for RateLimitLayer<M, St> {
+impl<M> fmt::Debug for RateLimitLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("mode", &mode_name::<M>())
@@ -128,8 +127,8 @@ impl<M, St: fmt::Debug> fmt::Debug for RateLimitLayer<M, St> {
     }
 }
 
-impl<S, M, St> Layer<S> for RateLimitLayer<M, St> {
-    type Service = RateLimit<S, M, St>;
+impl<S, M> Layer<S> for RateLimitLayer<M> {
+    type Service = RateLimit<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit::new(inner, self.policy.clone(), self.limiter.clone())
@@ -321,13 +320,13 @@ impl<M> RateLimitBuilder<M> {
         }
     }
 
-    /// The layer, with a new [`MemoryStore`]: governor's GCRA for one plain rate, the
+    /// The layer, with a new in-memory store: governor's GCRA for one plain rate, the
     /// crate's own core for several limits, a window or a margin.
     ///
     /// Errors name the field: `rate` when no rate was set, `per_second` /
     /// `per_minute` / `per_period` / `sliding_window` / `fixed_window` for a zero rate,
     /// period or window, `burst` for a zero burst (or a window over 100 years).
-    pub fn build(mut self) -> Result<RateLimitLayer<M, Store>, ConfigError> {
+    pub fn build(mut self) -> Result<RateLimitLayer<M>, ConfigError> {
         let Some(rate) = self.rate else {
             return Err(config_error(
                 "rate",
@@ -355,14 +354,14 @@ impl<M> RateLimitBuilder<M> {
     }
 
     /// The layer, on an existing limiter: it shares that limiter's buckets, queues and
-    /// stats (a process-wide bucket), or uses another [`RateLimitStore`].
+    /// stats (a process-wide bucket).
     ///
     /// The quota comes from the limiter's store, so setting a rate or a burst on this
     /// builder is an error naming that field.
-    pub fn build_with_limiter<St: RateLimitStore>(
+    pub fn build_with_limiter(
         self,
-        limiter: RateLimiter<St>,
-    ) -> Result<RateLimitLayer<M, St>, ConfigError> {
+        limiter: RateLimiter,
+    ) -> Result<RateLimitLayer<M>, ConfigError> {
         if let Some(rate) = self.rate {
             return Err(config_error(
                 rate.field(),
@@ -384,7 +383,7 @@ impl<M> RateLimitBuilder<M> {
         Ok(self.finish(limiter))
     }
 
-    fn finish<St>(self, limiter: RateLimiter<St>) -> RateLimitLayer<M, St> {
+    fn finish(self, limiter: RateLimiter) -> RateLimitLayer<M> {
         limiter.counters().meter().set_name(self.name);
         RateLimitLayer {
             policy: Arc::new(Policy {

@@ -14,8 +14,9 @@ use tokio::{sync::Semaphore, time::Instant};
 
 use super::{
     quota::Quota,
+    shared::Store,
     stats::{RateLimitStats, Stats},
-    store::{GovernorStore, RateLimitStore},
+    store::RateLimitStore,
 };
 use crate::{
     key::{Key, SharedKey},
@@ -36,24 +37,23 @@ use crate::{
 /// # Example
 ///
 /// ```
-/// use std::num::NonZeroU32;
-/// use ratewise::rate_limit::{GovernorStore, Quota, RateLimitLayer, RateLimiter};
+/// use ratewise::rate_limit::RateLimitLayer;
 ///
 /// # fn main() -> Result<(), ratewise::ConfigError> {
-/// let twenty = NonZeroU32::new(20).unwrap();
-/// let cards = RateLimiter::new(GovernorStore::new(Quota::per_second(twenty)));
+/// let cards = RateLimitLayer::builder().per_second(20).burst(20).build()?.limiter();
 /// let updates = RateLimitLayer::builder().build_with_limiter(cards.clone())?;
 /// let creates = RateLimitLayer::builder().build_with_limiter(cards.clone())?;
 /// assert_eq!(cards.quota().burst(), 20);
+/// assert!(updates.limiter().same_as(&creates.limiter()));
 /// # let _ = (updates, creates);
 /// # Ok(()) }
 /// ```
-pub struct RateLimiter<St = GovernorStore> {
-    inner: Arc<Shared<St>>,
+pub struct RateLimiter {
+    inner: Arc<Shared>,
 }
 
-struct Shared<St> {
-    store: St,
+struct Shared {
+    store: Store,
     /// The keys of the store's limits after the first (each layer has its own main key).
     extra_keys: Box<[SharedKey]>,
     quota: Quota,
@@ -72,15 +72,10 @@ struct Summary {
 /// How often, at most, the limiter logs a summary of its refusals at INFO or louder.
 const SUMMARY_WINDOW: Duration = Duration::from_secs(10);
 
-impl<St: RateLimitStore> RateLimiter<St> {
-    /// A limiter over `store`, with empty queues and zeroed stats.
-    pub fn new(store: St) -> Self {
-        Self::with_keys(store, Vec::new())
-    }
-
+impl RateLimiter {
     /// A limiter whose store has limits after the first, keyed by `extra_keys`: every
     /// layer on this limiter keys those limits the same way.
-    pub(crate) fn with_keys(store: St, extra_keys: Vec<SharedKey>) -> Self {
+    pub(crate) fn with_keys(store: Store, extra_keys: Vec<SharedKey>) -> Self {
         let quota = store.quota();
         RateLimiter {
             inner: Arc::new(Shared {
@@ -98,11 +93,9 @@ impl<St: RateLimitStore> RateLimiter<St> {
     pub fn key_count(&self) -> Option<usize> {
         self.inner.store.key_count()
     }
-}
 
-impl<St> RateLimiter<St> {
     /// The store holding the buckets.
-    pub fn store(&self) -> &St {
+    pub(crate) fn store(&self) -> &Store {
         &self.inner.store
     }
 
@@ -127,7 +120,7 @@ impl<St> RateLimiter<St> {
     }
 
     /// Whether `self` and `other` are the same limiter (clones of one handle).
-    pub fn same_as(&self, other: &RateLimiter<St>) -> bool {
+    pub fn same_as(&self, other: &RateLimiter) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
@@ -170,7 +163,7 @@ impl<St> RateLimiter<St> {
     }
 }
 
-impl<St> Clone for RateLimiter<St> {
+impl Clone for RateLimiter {
     fn clone(&self) -> Self {
         RateLimiter {
             inner: self.inner.clone(),
@@ -178,7 +171,7 @@ impl<St> Clone for RateLimiter<St> {
     }
 }
 
-impl<St: fmt::Debug> fmt::Debug for RateLimiter<St> {
+impl fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimiter")
             .field("store", &self.inner.store)

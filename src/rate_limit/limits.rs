@@ -543,7 +543,7 @@ fn expire(stamps: &mut VecDeque<(u64, u32)>, used: &mut u64, w: u64, now: u64) {
 /// `n` timestamps. Keys whose state is back to fresh are dropped by an amortised sweep,
 /// as [`GovernorStore`](super::GovernorStore) does.
 #[derive(Clone)]
-pub struct MemoryStore {
+pub(crate) struct MemoryStore {
     engine: Engine,
 }
 
@@ -604,16 +604,11 @@ impl MemoryStore {
     }
 
     /// How many `(limit, key)` states the store holds.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match &self.engine {
             Engine::Governor(store) => store.len(),
             Engine::Own(inner) => lock(&inner.table).states.len(),
         }
-    }
-
-    /// Whether the store holds no state.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn decide(&self, keys: &Keys, cost: NonZeroU32) -> Result<Decision, StoreError> {

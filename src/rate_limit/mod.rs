@@ -50,18 +50,22 @@ mod limits;
 mod policy;
 mod quota;
 mod service;
-mod shared;
+pub(crate) mod shared;
 mod stats;
 
-mod store;
+pub(crate) mod store;
 
 pub(crate) use self::future::ResponseFuture;
 pub use self::layer::{RateLimitBuilder, RateLimitLayer};
 pub use self::limiter::RateLimiter;
-pub use self::limits::{Limit, MemoryStore, Rule};
-pub use self::policy::{Mode, Reject, Wait};
+pub use self::limits::Limit;
+#[cfg(feature = "redis")]
+pub(crate) use self::limits::{MemoryStore, Rule};
+pub use self::policy::{Reject, Wait};
 pub use self::quota::Quota;
 pub use self::service::RateLimit;
-pub use self::shared::{MakeStore, Store, StoreFuture};
+pub(crate) use self::shared::{MakeStore, Store};
 pub use self::stats::RateLimitStats;
-pub use self::store::{Decision, GovernorStore, Keys, RateLimitStore, SettleFuture, StoreError};
+#[cfg(feature = "redis")]
+pub(crate) use self::store::{Decision, SettleFuture};
+pub(crate) use self::store::{Keys, RateLimitStore};

@@ -17,15 +17,13 @@ pub struct Wait;
 pub struct Reject;
 
 mod sealed {
-    pub trait Sealed {}
+    pub(crate) trait Sealed {}
     impl Sealed for super::Wait {}
     impl Sealed for super::Reject {}
 }
 
 /// The two modes of [`RateLimitLayer`](super::RateLimitLayer): [`Wait`] and [`Reject`].
-/// Sealed.
-pub trait Mode: sealed::Sealed + Send + Sync + 'static {
-    #[doc(hidden)]
+pub(crate) trait Mode: sealed::Sealed + Send + Sync + 'static {
     const WAITS: bool;
 }
 

@@ -17,9 +17,8 @@ use super::{
     layer::Policy,
     limiter::RateLimiter,
     policy::{Mode, Reject, Wait},
-    shared::Store,
     stats::RateLimitStats,
-    store::{Keys, RateLimitStore},
+    store::Keys,
 };
 use crate::{
     key::{try_key_of, Key, KeyError, RequestRef},
@@ -33,15 +32,15 @@ use crate::{
 /// inner service into its response future (leaving a clone here), because the inner
 /// call happens only once the request is admitted. Bypassed requests call the inner
 /// service at once.
-pub struct RateLimit<S, M = Wait, St = Store> {
+pub struct RateLimit<S, M = Wait> {
     inner: S,
     policy: Arc<Policy>,
-    limiter: RateLimiter<St>,
+    limiter: RateLimiter,
     mode: PhantomData<fn() -> M>,
 }
 
-impl<S, M, St> RateLimit<S, M, St> {
-    pub(crate) fn new(inner: S, policy: Arc<Policy>, limiter: RateLimiter<St>) -> Self {
+impl<S, M> RateLimit<S, M> {
+    pub(crate) fn new(inner: S, policy: Arc<Policy>, limiter: RateLimiter) -> Self {
         RateLimit {
             inner,
             policy,
@@ -66,7 +65,7 @@ impl<S, M, St> RateLimit<S, M, St> {
     }
 
     /// The shared limiter handle.
-    pub fn limiter(&self) -> RateLimiter<St> {
+    pub fn limiter(&self) -> RateLimiter {
         self.limiter.clone()
     }
 
@@ -75,10 +74,9 @@ impl<S, M, St> RateLimit<S, M, St> {
         self.limiter.stats()
     }
 
-    fn start<B>(&mut self, request: Request<B>) -> ResponseFuture<S, B, St, M>
+    fn start<B>(&mut self, request: Request<B>) -> ResponseFuture<S, B, M>
     where
         S: Service<Request<B>> + Clone,
-        St: RateLimitStore,
         M: Mode,
     {
         let cost = match &self.policy.cost {
@@ -124,10 +122,9 @@ impl<S, M, St> RateLimit<S, M, St> {
 
     /// A request that cannot be keyed is refused, never put in a shared bucket: loudly
     /// the first time (a server set up without peer addresses fails every request).
-    fn unkeyed<B>(&self, err: KeyError) -> ResponseFuture<S, B, St, M>
+    fn unkeyed<B>(&self, err: KeyError) -> ResponseFuture<S, B, M>
     where
         S: Service<Request<B>>,
-        St: RateLimitStore,
     {
         if !self.policy.unkeyed_logged.swap(true, Ordering::Relaxed) {
             tracing::error!(error = %err, "rate limit: refusing requests that cannot be keyed");
@@ -138,15 +135,14 @@ impl<S, M, St> RateLimit<S, M, St> {
     }
 }
 
-impl<S, B, St> Service<Request<B>> for RateLimit<S, Wait, St>
+impl<S, B> Service<Request<B>> for RateLimit<S, Wait>
 where
     S: Service<Request<B>> + Clone,
     S::Error: Into<BoxError>,
-    St: RateLimitStore,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S, B, St, Wait>;
+    type Future = ResponseFuture<S, B, Wait>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -157,15 +153,14 @@ where
     }
 }
 
-impl<S, B, ResBody, St> Service<Request<B>> for RateLimit<S, Reject, St>
+impl<S, B, ResBody> Service<Request<B>> for RateLimit<S, Reject>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone,
     ResBody: From<String>,
-    St: RateLimitStore,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, B, St, Reject>;
+    type Future = ResponseFuture<S, B, Reject>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -176,7 +171,7 @@ where
     }
 }
 
-impl<S: Clone, M, St> Clone for RateLimit<S, M, St> {
+impl<S: Clone, M> Clone for RateLimit<S, M> {
     fn clone(&self) -> Self {
         RateLimit {
             inner: self.inner.clone(),
@@ -187,7 +182,7 @@ impl<S: Clone, M, St> Clone for RateLimit<S, M, St> {
     }
 }
 
-impl<S: fmt::Debug, M, St: fmt::Debug> fmt::Debug for RateLimit<S, M, St> {
+impl<S: fmt::Debug, M> fmt::Debug for RateLimit<S, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)

@@ -2,6 +2,10 @@
 //! chosen with [`RateLimitBuilder::store`](super::RateLimitBuilder::store), and
 //! [`MakeStore`], which builds a shared store from the layer's limits.
 
+// The pub items here are reachable from outside only through `testing::engine`
+// (the benchmarks), so they are unreachable without that feature.
+#![cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
+
 use std::{
     fmt,
     future::{Future, Ready},
@@ -34,7 +38,7 @@ pub trait MakeStore: Send + Sync + 'static {
 }
 
 /// The store of a layer made by [`build`](super::RateLimitBuilder::build): the
-/// in-memory [`MemoryStore`], or the shared store a [`MakeStore`] built. The layer's
+/// in-memory `MemoryStore`, or the shared store a `MakeStore` built. The layer's
 /// type is the same either way, so a stack does not change type when its limits move
 /// to Redis.
 #[derive(Clone)]
@@ -58,14 +62,6 @@ impl Store {
     pub(crate) fn shared(store: impl RateLimitStore) -> Self {
         Store {
             engine: Engine::Shared(Arc::new(store)),
-        }
-    }
-
-    /// The in-memory store, when the layer keeps its state in this process.
-    pub fn as_memory(&self) -> Option<&MemoryStore> {
-        match &self.engine {
-            Engine::Memory(store) => Some(store),
-            Engine::Shared(_) => None,
         }
     }
 }

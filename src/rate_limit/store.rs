@@ -7,6 +7,10 @@
 //! [`GovernorStore`] is that governor engine alone; a store shared between processes
 //! (Redis) plugs into the same layer through the same trait.
 
+// The pub items here are reachable from outside only through `testing::engine`
+// (the benchmarks), so they are unreachable without that feature.
+#![cfg_attr(not(feature = "testing"), allow(unreachable_pub, dead_code))]
+
 use std::{
     fmt,
     future::{ready, Future, Ready},
@@ -25,7 +29,7 @@ use governor::{
 
 use super::{clock::TokioClock, quota::Quota};
 use crate::key::Key;
-pub use crate::vocabulary::StoreError;
+pub(crate) use crate::vocabulary::StoreError;
 
 /// The keys of one request: one per limit of its layer, in the limits' order (the main
 /// limit's first).
@@ -117,7 +121,7 @@ pub enum Decision {
 
 /// The future of one [`settle`](RateLimitStore::settle): boxed, since a store that keeps
 /// its state elsewhere needs a round trip.
-pub type SettleFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+pub(crate) type SettleFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 
 /// The contract between the rate limit layer and the place its state lives.
 ///

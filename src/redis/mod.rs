@@ -51,7 +51,7 @@ use self::conn::Conn;
 pub use self::cooldown::RedisCooldown;
 pub use self::rate_limit::{RedisLimits, RedisStore};
 use crate::{
-    rate_limit::StoreError,
+    vocabulary::StoreError,
     vocabulary::{ConfigError, LayerKind},
 };
 

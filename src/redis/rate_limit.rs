@@ -9,9 +9,8 @@ use super::{FailMode, Redis};
 use crate::{
     rate_limit::{
         Decision, Keys, MakeStore, MemoryStore, Quota, RateLimitStore, Rule, SettleFuture,
-        StoreError,
     },
-    vocabulary::{ConfigError, LayerKind},
+    vocabulary::{ConfigError, LayerKind, StoreError},
 };
 
 /// The script: every limit of one request, checked and taken in one atomic step.

@@ -43,6 +43,7 @@
 
 mod common;
 pub mod dingtalk;
+pub mod engine;
 pub mod glm;
 pub mod openai;
 pub mod qq;

@@ -24,7 +24,7 @@ use super::{
     service::Settle,
 };
 use crate::{
-    rate_limit::{self, RateLimit, Store, Wait},
+    rate_limit::{self, RateLimit, Wait},
     BoxError, Refusal,
 };
 
@@ -62,7 +62,7 @@ pin_project! {
         // Waiting for the tokens, then the answer.
         Called {
             #[pin]
-            fut: rate_limit::ResponseFuture<Settle<S>, B, Store, Wait>,
+            fut: rate_limit::ResponseFuture<Settle<S>, B, Wait>,
         },
     }
 }
