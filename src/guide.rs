@@ -424,9 +424,8 @@
 //!
 //! ## Cooldowns shared between processes
 //!
-//! [`CooldownBuilder::store`](crate::cooldown::CooldownBuilder::store) takes a
-//! [`CooldownStore`](crate::cooldown::CooldownStore) (with the `redis` feature,
-//! `ratewise::redis::Redis::cooldown(name)`). The table stays in memory (waiters,
+//! [`CooldownBuilder::store`](crate::cooldown::CooldownBuilder::store) takes a shared
+//! store: with the `redis` feature, `ratewise::redis::Redis::cooldown(name)`. The table stays in memory (waiters,
 //! fairness, the local probe) and mirrors the store: each admission asks the store where
 //! the key stands, so a cooldown another process started holds here before this process
 //! sends again; rate limits, probe answers and count resets are recorded there before

@@ -1,5 +1,5 @@
 //! What the cooldown layer reports: [`CooldownEvent`]s, as `tracing` events and through
-//! a user callback ([`OnCooldownEvent`]).
+//! a user callback.
 
 use std::time::Duration;
 
@@ -103,31 +103,13 @@ pub struct CooldownEnded {
     pub cooled_for: Duration,
 }
 
-/// A callback for [`CooldownEvent`]s, plugged in with
+/// A callback for [`CooldownEvent`]s, set with
 /// [`CooldownBuilder::on_event`](super::CooldownBuilder::on_event).
-///
-/// Implemented for every `Fn(&CooldownEvent) + Send + Sync + 'static`. It runs on the
-/// task that saw the answer, outside the layer's lock; keep it short.
-pub trait OnCooldownEvent: Send + Sync + 'static {
-    /// Called once per event.
-    fn on_event(&self, event: &CooldownEvent);
-}
-
-impl<F> OnCooldownEvent for F
-where
-    F: Fn(&CooldownEvent) + Send + Sync + 'static,
-{
-    fn on_event(&self, event: &CooldownEvent) {
-        self(event)
-    }
-}
+pub(crate) type OnCooldownEvent = std::sync::Arc<dyn Fn(&CooldownEvent) + Send + Sync>;
 
 /// The default callback: does nothing (the `tracing` events are emitted regardless).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct DefaultOnCooldownEvent;
-
-impl OnCooldownEvent for DefaultOnCooldownEvent {
-    fn on_event(&self, _event: &CooldownEvent) {}
+pub(crate) fn no_callback() -> OnCooldownEvent {
+    std::sync::Arc::new(|_: &CooldownEvent| {})
 }
 
 /// Emits `event` as a `tracing` event.

@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use tower::Layer;
 
 use super::{
-    events::{DefaultOnCooldownEvent, OnCooldownEvent},
+    events::{no_callback, CooldownEvent, OnCooldownEvent},
     service::Cooldown,
     state::{CooldownHandle, Shared},
     stats::CooldownStats,
@@ -143,7 +143,7 @@ impl CooldownLayer {
     /// capped at 60 s, no `max_cooldown`, no precheck, waiting up to 10 s.
     pub fn new() -> Self {
         CooldownLayer {
-            shared: Shared::new(Config::default(), Arc::new(DefaultOnCooldownEvent), None),
+            shared: Shared::new(Config::default(), no_callback(), None),
             key: Arc::new(Authority),
         }
     }
@@ -153,7 +153,7 @@ impl CooldownLayer {
         CooldownBuilder {
             key: Arc::new(Authority),
             config: Config::default(),
-            on_event: Arc::new(DefaultOnCooldownEvent),
+            on_event: no_callback(),
             store: None,
             name: None,
         }
@@ -207,7 +207,7 @@ impl<S> Layer<S> for CooldownLayer {
 pub struct CooldownBuilder {
     key: SharedKey,
     config: Config,
-    on_event: Arc<dyn OnCooldownEvent>,
+    on_event: OnCooldownEvent,
     store: Option<Arc<dyn CooldownStore>>,
     name: Option<Arc<str>>,
 }
@@ -283,10 +283,10 @@ impl CooldownBuilder {
         self
     }
 
-    /// A callback for every [`CooldownEvent`](super::CooldownEvent): a closure
-    /// `Fn(&CooldownEvent)` or an [`OnCooldownEvent`] implementation. Replaces the
+    /// A callback for every [`CooldownEvent`](super::CooldownEvent). It runs on the
+    /// task that saw the answer, outside the layer's lock; keep it short. Replaces the
     /// previous one; the default does nothing. `tracing` events are emitted regardless.
-    pub fn on_event<E: OnCooldownEvent>(mut self, on_event: E) -> Self {
+    pub fn on_event(mut self, on_event: impl Fn(&CooldownEvent) + Send + Sync + 'static) -> Self {
         self.on_event = Arc::new(on_event);
         self
     }

@@ -48,10 +48,10 @@ mod store;
 
 pub use self::events::{
     CooldownEnded, CooldownEvent, CooldownExtended, CooldownReason, CooldownStarted,
-    OnCooldownEvent,
 };
 pub use self::layer::{Backoff, CooldownBuilder, CooldownLayer, Mode};
 pub use self::service::Cooldown;
 pub use self::state::{CooldownHandle, KeyState};
 pub use self::stats::CooldownStats;
-pub use self::store::{Answer, CooldownStore, Probe, Remote, Rules, StoreFuture};
+#[cfg(feature = "redis")]
+pub(crate) use self::store::{Answer, CooldownStore, Probe, Remote, Rules, StoreFuture};

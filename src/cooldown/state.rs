@@ -198,7 +198,7 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) stats: Counters,
     table: Mutex<Table>,
-    on_event: Arc<dyn OnCooldownEvent>,
+    on_event: OnCooldownEvent,
     /// The table shared between processes, and what it needs to start a cooldown.
     pub(crate) store: Option<(Arc<dyn CooldownStore>, Rules)>,
 }
@@ -378,7 +378,7 @@ pub(crate) fn refusal(key: &Key, remaining: Duration, probing: bool) -> Refusal 
 impl Shared {
     pub(crate) fn new(
         config: Config,
-        on_event: Arc<dyn OnCooldownEvent>,
+        on_event: OnCooldownEvent,
         store: Option<Arc<dyn CooldownStore>>,
     ) -> Arc<Self> {
         let store = store.map(|store| {
@@ -469,7 +469,7 @@ impl Shared {
     fn emit(&self, events: Vec<CooldownEvent>) {
         for event in &events {
             trace(event);
-            self.on_event.on_event(event);
+            (self.on_event)(event);
         }
     }
 

@@ -11,7 +11,7 @@ use std::{future::Future, pin::Pin, time::Duration};
 use crate::{key::Key, vocabulary::StoreError};
 
 /// The future of a [`CooldownStore`] call.
-pub type StoreFuture = Pin<Box<dyn Future<Output = Result<Remote, StoreError>> + Send>>;
+pub(crate) type StoreFuture = Pin<Box<dyn Future<Output = Result<Remote, StoreError>> + Send>>;
 
 /// Where a key stands across processes, as a [`CooldownStore`] answers.
 #[non_exhaustive]
