@@ -40,7 +40,7 @@
 //! - [`key`](crate::rate_limit::RateLimitBuilder::key): any
 //!   [`KeyExtractor`](crate::key::KeyExtractor) (a closure over a
 //!   [`RequestRef`](crate::key::RequestRef), [`Authority`](crate::key::Authority),
-//!   ...); the default [`Global`](crate::key::Global) is one bucket for everything.
+//!   ...); the default is one bucket for everything.
 //!   Each key has its own bucket.
 //! - [`cost`](crate::rate_limit::RateLimitBuilder::cost): `Fn(&RequestRef<'_>) -> u32`,
 //!   how many cells a request takes (default 1). Cost 0 is the bypass: the request is
@@ -435,7 +435,7 @@
 //! # Retry
 //!
 //! [`RetryLayer`](crate::RetryLayer) wraps a service in tower's own
-//! [`tower::retry::Retry`], driven by a [`RetryPolicy`](crate::retry::RetryPolicy) that
+//! [`tower::retry::Retry`], driven by a policy (`RetryLayer::policy`) that
 //! reads every result's [`Verdict`](crate::Verdict) through
 //! [`verdict_of`](crate::verdict_of) (responses) and
 //! [`verdict_of_error`](crate::verdict_of_error) (errors):
@@ -909,7 +909,7 @@
 //! [`cooldown`](crate::stack::ClientStackBuilder::cooldown) and
 //! [`retry`](crate::stack::ClientStackBuilder::retry), which hand you that layer's own
 //! builder. Keys: the rate limiter has one bucket for the stack
-//! ([`Global`](crate::key::Global): clone the layer into every stack that must share
+//! (the default key: clone the layer into every stack that must share
 //! it), the cooldown is per authority (host and port). For other keys, set them through
 //! those builders, or stack the layers yourself in the same order. Every preset pads its
 //! rate by a 1 % [margin](#safety-margin); a [limit](#several-limits) you add through

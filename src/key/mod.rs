@@ -1,6 +1,6 @@
 //! Request keys: which bucket, cooldown or cache entry a request belongs to.
 //!
-//! Every keyed layer takes a [`KeyExtractor`]: [`Global`] (one key for everything),
+//! Every keyed layer takes a [`KeyExtractor`]: by default one key for everything,
 //! [`Authority`] (the request's host and port), [`MethodUri`] (method, host, path and a
 //! fingerprint of the whole URI, with no secret in it), [`ClientIp`] (a server's client
 //! address, behind trusted proxies), or any closure `Fn(&RequestRef<'_>) -> K` where
@@ -200,7 +200,7 @@ impl<'a, B> From<&'a Request<B>> for RequestRef<'a> {
 
 /// Chooses the key of a request.
 ///
-/// Implemented by [`Global`], [`Authority`], [`MethodUri`], [`ClientIp`] and every
+/// Implemented by [`Authority`], [`MethodUri`], [`ClientIp`] and every
 /// closure `Fn(&RequestRef<'_>) -> K` where `K: Into<Key>`. Layers hold it as a value
 /// (`SharedKey`), so a key never becomes a type parameter of a stack.
 pub trait KeyExtractor: Send + Sync + 'static {
@@ -364,9 +364,9 @@ pub(crate) fn try_key_of<B>(
     extractor.try_key(&RequestRef::from(request))
 }
 
-/// One key for every request: `"*"`.
+/// One key for every request: `"*"` (a layer's default key).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Global;
+pub(crate) struct Global;
 
 impl KeyExtractor for Global {
     fn key(&self, _request: &RequestRef<'_>) -> Key {

@@ -261,7 +261,7 @@ impl<M> RateLimitBuilder<M> {
         self
     }
 
-    /// How requests are keyed (default [`Global`]: one bucket for all): any
+    /// How requests are keyed (default: one bucket for all): any
     /// [`KeyExtractor`], e.g. a closure `|req: &RequestRef<'_>| ...`.
     pub fn key(mut self, key: impl KeyExtractor) -> Self {
         self.key = Arc::new(key);

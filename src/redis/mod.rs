@@ -48,8 +48,8 @@ mod rate_limit;
 use std::{fmt, sync::Arc, time::Duration};
 
 use self::conn::Conn;
-pub use self::cooldown::RedisCooldown;
-pub use self::rate_limit::{RedisLimits, RedisStore};
+use self::cooldown::RedisCooldown;
+use self::rate_limit::RedisLimits;
 use crate::{
     vocabulary::StoreError,
     vocabulary::{ConfigError, LayerKind},
@@ -57,7 +57,7 @@ use crate::{
 
 /// What a store does while Redis is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailMode {
+pub(crate) enum FailMode {
     /// Decide locally, in memory, at `1/instances` of each quota (and cooldowns
     /// locally), so that `instances` processes together stay within the limit.
     Open {
@@ -125,11 +125,6 @@ impl Redis {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.conn = Conn::new(self.conn.client().clone(), timeout);
         self
-    }
-
-    /// What the stores do while Redis is unreachable.
-    pub fn fail_mode(&self) -> FailMode {
-        self.fail
     }
 
     /// The store for a rate limit named `name`: every process whose layer uses this

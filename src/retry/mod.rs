@@ -52,7 +52,6 @@ pub(crate) use self::body::try_clone_request;
 pub use self::body::{buffer_request, RetryBody, TryCloneBody};
 pub use self::error::{BufferError, DeadlineExceeded};
 pub use self::layer::{RetryBuilder, RetryLayer};
-pub use self::policy::RetryPolicy;
 pub use self::schedule::Jitter;
 pub use self::service::Retry;
 pub use self::stats::{GiveUp, RetryStats};

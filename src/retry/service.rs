@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// The service [`RetryLayer`](super::RetryLayer) makes: tower's own
-/// [`Retry`](tower::retry::Retry) driven by a [`RetryPolicy`], over the client with its
+/// [`Retry`](tower::retry::Retry) driven by the layer's policy, over the client with its
 /// errors boxed, and the whole call held to the layer's total
 /// [`deadline`](super::RetryBuilder::deadline).
 ///

@@ -158,7 +158,7 @@ impl TokenLimitBuilder {
         self
     }
 
-    /// Which budget a call counts against (default [`Global`]: one for all), e.g. a
+    /// Which budget a call counts against (default: one for all), e.g. a
     /// backend's name or an API key's [`Key::from_secret`](crate::key::Key::from_secret).
     pub fn key(mut self, key: impl KeyExtractor) -> Self {
         self.key = Arc::new(key);
