@@ -63,7 +63,7 @@
 //! ```
 
 mod backend;
-pub mod config;
+mod config;
 mod server;
 mod stats;
 
@@ -71,12 +71,10 @@ use std::{collections::BTreeSet, fmt, net::SocketAddr, sync::Arc, time::Duration
 
 use axum::body::Body;
 
-pub use self::config::{
-    Backend, BackendKind, BackoffKind, CooldownSettings, ModelRoute, ProxyConfig, RedisSettings,
-    RoutingSettings, Timeouts, Window,
-};
+pub use self::config::ProxyConfig;
 use self::{
     backend::{BuildContext, ReqBody},
+    config::{BackoffKind, CooldownSettings},
     stats::{BackendState, ProxyStats, StateFn},
 };
 use crate::{
