@@ -8,41 +8,45 @@
 //! - `layer`: `rate_limit`, `cooldown`, `retry`, `cache` or `pool`;
 //! - `name`: the name given to the layer's builder with `.name("telegram")` (the
 //!   platform's for a [`ClientStackLayer::preset`](crate::ClientStackLayer::preset),
-//!   else [`DEFAULT_NAME`]);
-//! - `reason`, on [`REJECTED`] and [`GIVE_UPS`] only: one of a fixed set of words.
+//!   else `default`);
+//! - `reason`, on `ratewise_rejected_total` and `ratewise_give_ups_total` only: one of a
+//!   fixed set of words.
 //!
 //! No label ever holds a key, a URL or anything else read from a request, so the number
 //! of series stays bounded whatever the traffic.
 //!
-//! | metric | layers | what |
-//! |---|---|---|
-//! | [`ADMITTED`] | rate_limit | requests admitted |
-//! | [`BYPASSED`] | rate_limit | requests that cost 0 |
-//! | [`WAITED`] | rate_limit, cooldown, pool | requests that waited, then went on |
-//! | [`WAIT_SECONDS`] (histogram) | rate_limit | each admitted request's wait |
-//! | [`REJECTED`] | rate_limit, cooldown, cache, pool | requests refused, by `reason` |
-//! | [`STORE_ERRORS`] | rate_limit | requests failed because the store could not decide |
-//! | [`COOLDOWNS_STARTED`] | cooldown | cooldowns started |
-//! | [`COOLDOWNS_EXTENDED`] | cooldown | cooldowns extended by a late answer |
-//! | [`MET_COOLDOWN`] | cooldown | requests that met a cooling or half-open key |
-//! | [`PROBES`] | cooldown | probe requests sent after a cooldown |
-//! | [`CALLS`] | retry, pool | calls made through the layer |
-//! | [`RETRIES`] | retry | attempts after the first |
-//! | [`HELD`] | retry | resends of a request a layer below held back |
-//! | [`NOT_CLONEABLE`] | retry | calls sent once because their body could not be cloned |
-//! | [`GIVE_UPS`] | retry | calls given up, by `reason` |
-//! | [`CACHE_HITS`] | cache | requests answered from a fresh entry |
-//! | [`STALE_SERVES`] | cache | requests answered from a stale entry |
-//! | [`CACHE_MISSES`] | cache | requests that found no fresh entry |
-//! | [`UPSTREAM_CALLS`] | cache | calls the cache made upstream |
-//! | [`COALESCED`] | cache | requests that waited for another's upstream call |
-//! | [`FAILOVERS`] | pool | times a call went on to another backend |
+//! Every metric the layers report (the histogram is in seconds):
 //!
-//! The `reason` of [`REJECTED`] is `max_wait`, `cost_exceeds_burst` or `over_limit`
-//! (a `429` in reject mode) for the rate limiter, `cooling_down` for the cooldown,
-//! `endpoint_limited` for the cache, and `all_backends_cooling`, `no_backend_ready` or
-//! `no_route` for the pool. The `reason` of [`GIVE_UPS`] is a
-//! [`GiveUp`](crate::retry::GiveUp) as its `as_str` spells it.
+//! | metric | type | labels | layers | what |
+//! |---|---|---|---|---|
+//! | `ratewise_admitted_total` | counter | `layer`, `name` | rate_limit | requests admitted (after waiting or not) |
+//! | `ratewise_bypassed_total` | counter | `layer`, `name` | rate_limit | requests that cost 0 and skipped the limit |
+//! | `ratewise_waited_total` | counter | `layer`, `name` | rate_limit, cooldown, pool | requests held back first that then went on |
+//! | `ratewise_wait_seconds` | histogram | `layer`, `name` | rate_limit | how long each request the rate limiter held back waited |
+//! | `ratewise_rejected_total` | counter | `layer`, `name`, `reason` | rate_limit, cooldown, cache, pool | requests refused, by `reason` |
+//! | `ratewise_store_errors_total` | counter | `layer`, `name` | rate_limit | requests failed because the store could not decide |
+//! | `ratewise_cooldowns_started_total` | counter | `layer`, `name` | cooldown | cooldowns started (first entry, and re-entry after a limited probe) |
+//! | `ratewise_cooldowns_extended_total` | counter | `layer`, `name` | cooldown | cooldowns extended by the hint of a late answer |
+//! | `ratewise_met_cooldown_total` | counter | `layer`, `name` | cooldown | requests that met a cooling or half-open key (each counted once) |
+//! | `ratewise_probes_total` | counter | `layer`, `name` | cooldown | probe requests sent after a cooldown ended |
+//! | `ratewise_calls_total` | counter | `layer`, `name` | retry, pool | calls made through the layer (each once, however many tries) |
+//! | `ratewise_retries_total` | counter | `layer`, `name` | retry | attempts after the first |
+//! | `ratewise_held_total` | counter | `layer`, `name` | retry | resends of a request a layer below held back |
+//! | `ratewise_not_cloneable_total` | counter | `layer`, `name` | retry | calls sent once because their body could not be cloned |
+//! | `ratewise_give_ups_total` | counter | `layer`, `name`, `reason` | retry | calls given up, by `reason` |
+//! | `ratewise_cache_hits_total` | counter | `layer`, `name` | cache | requests answered from a fresh entry |
+//! | `ratewise_stale_serves_total` | counter | `layer`, `name` | cache | requests answered from a stale entry |
+//! | `ratewise_cache_misses_total` | counter | `layer`, `name` | cache | requests that found no fresh entry |
+//! | `ratewise_upstream_calls_total` | counter | `layer`, `name` | cache | calls the cache made upstream |
+//! | `ratewise_coalesced_total` | counter | `layer`, `name` | cache | requests that waited for another's upstream call |
+//! | `ratewise_failovers_total` | counter | `layer`, `name` | pool | times a pool's call went on from one backend to another |
+//!
+//! The `reason` of `ratewise_rejected_total` is `max_wait`, `cost_exceeds_burst` or
+//! `over_limit` (a `429` in reject mode) for the rate limiter, `cooling_down` for the
+//! cooldown, `endpoint_limited` for the cache, and `all_backends_cooling`,
+//! `no_backend_ready` or `no_route` for the pool. The `reason` of
+//! `ratewise_give_ups_total` is a [`GiveUp`](crate::retry::GiveUp) as its `as_str`
+//! spells it.
 //!
 //! The metrics are looked up in the recorder each time they move, so layers built before
 //! the recorder was installed report too.
@@ -73,56 +77,160 @@ use std::{
 use crate::vocabulary::LayerKind;
 
 /// The label naming the layer: `rate_limit`, `cooldown`, `retry`, `cache`, `pool`.
-pub const LAYER_LABEL: &str = "layer";
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) const LAYER_LABEL: &str = "layer";
 /// The label holding the name given to the layer's builder.
-pub const NAME_LABEL: &str = "name";
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) const NAME_LABEL: &str = "name";
 /// The label saying why, on [`REJECTED`] and [`GIVE_UPS`].
-pub const REASON_LABEL: &str = "reason";
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) const REASON_LABEL: &str = "reason";
 /// The `name` of a layer whose builder was given none.
-pub const DEFAULT_NAME: &str = "default";
+pub(crate) const DEFAULT_NAME: &str = "default";
 
 /// Counter: requests the rate limiter admitted (after waiting or not).
-pub const ADMITTED: &str = "ratewise_admitted_total";
+pub(crate) const ADMITTED: &str = "ratewise_admitted_total";
 /// Counter: requests that skipped the rate limiter (they cost 0).
-pub const BYPASSED: &str = "ratewise_bypassed_total";
+pub(crate) const BYPASSED: &str = "ratewise_bypassed_total";
 /// Counter: requests held back first that then went on (rate limiter, cooldown, pool).
-pub const WAITED: &str = "ratewise_waited_total";
+pub(crate) const WAITED: &str = "ratewise_waited_total";
 /// Histogram, in seconds: how long each request the rate limiter held back waited.
-pub const WAIT_SECONDS: &str = "ratewise_wait_seconds";
+pub(crate) const WAIT_SECONDS: &str = "ratewise_wait_seconds";
 /// Counter: requests refused, by `reason`.
-pub const REJECTED: &str = "ratewise_rejected_total";
+pub(crate) const REJECTED: &str = "ratewise_rejected_total";
 /// Counter: requests failed because the rate limiter's store could not decide.
-pub const STORE_ERRORS: &str = "ratewise_store_errors_total";
+pub(crate) const STORE_ERRORS: &str = "ratewise_store_errors_total";
 /// Counter: cooldowns started (first entry, and re-entry after a limited probe).
-pub const COOLDOWNS_STARTED: &str = "ratewise_cooldowns_started_total";
+pub(crate) const COOLDOWNS_STARTED: &str = "ratewise_cooldowns_started_total";
 /// Counter: cooldowns extended by the hint of an answer to an earlier request.
-pub const COOLDOWNS_EXTENDED: &str = "ratewise_cooldowns_extended_total";
+pub(crate) const COOLDOWNS_EXTENDED: &str = "ratewise_cooldowns_extended_total";
 /// Counter: requests that met a cooling or half-open key (each counted once).
-pub const MET_COOLDOWN: &str = "ratewise_met_cooldown_total";
+pub(crate) const MET_COOLDOWN: &str = "ratewise_met_cooldown_total";
 /// Counter: probe requests sent after a cooldown ended.
-pub const PROBES: &str = "ratewise_probes_total";
+pub(crate) const PROBES: &str = "ratewise_probes_total";
 /// Counter: calls made through a retry layer or a pool (each once, however many tries).
-pub const CALLS: &str = "ratewise_calls_total";
+pub(crate) const CALLS: &str = "ratewise_calls_total";
 /// Counter: retries taken (attempts after the first).
-pub const RETRIES: &str = "ratewise_retries_total";
+pub(crate) const RETRIES: &str = "ratewise_retries_total";
 /// Counter: times a call held back by a layer below was sent again.
-pub const HELD: &str = "ratewise_held_total";
+pub(crate) const HELD: &str = "ratewise_held_total";
 /// Counter: calls sent once without retry because their body could not be cloned.
-pub const NOT_CLONEABLE: &str = "ratewise_not_cloneable_total";
+pub(crate) const NOT_CLONEABLE: &str = "ratewise_not_cloneable_total";
 /// Counter: calls the retry layer gave up on, by `reason`.
-pub const GIVE_UPS: &str = "ratewise_give_ups_total";
+pub(crate) const GIVE_UPS: &str = "ratewise_give_ups_total";
 /// Counter: requests answered from a fresh cache entry.
-pub const CACHE_HITS: &str = "ratewise_cache_hits_total";
+pub(crate) const CACHE_HITS: &str = "ratewise_cache_hits_total";
 /// Counter: requests answered from a stale cache entry.
-pub const STALE_SERVES: &str = "ratewise_stale_serves_total";
+pub(crate) const STALE_SERVES: &str = "ratewise_stale_serves_total";
 /// Counter: requests that found no fresh cache entry.
-pub const CACHE_MISSES: &str = "ratewise_cache_misses_total";
+pub(crate) const CACHE_MISSES: &str = "ratewise_cache_misses_total";
 /// Counter: calls the cache made to the upstream.
-pub const UPSTREAM_CALLS: &str = "ratewise_upstream_calls_total";
+pub(crate) const UPSTREAM_CALLS: &str = "ratewise_upstream_calls_total";
 /// Counter: requests that waited for another request's upstream call.
-pub const COALESCED: &str = "ratewise_coalesced_total";
+pub(crate) const COALESCED: &str = "ratewise_coalesced_total";
 /// Counter: times a pool's call went on from one backend to another.
-pub const FAILOVERS: &str = "ratewise_failovers_total";
+pub(crate) const FAILOVERS: &str = "ratewise_failovers_total";
+
+/// Every metric, as the module doc's table lists it: its name, its type, and the
+/// description [`describe`] gives it.
+#[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
+pub(crate) const ALL: [(&str, Kind, &str); 21] = [
+    (
+        ADMITTED,
+        Kind::Counter,
+        "Requests the rate limiter admitted.",
+    ),
+    (
+        BYPASSED,
+        Kind::Counter,
+        "Requests that skipped the rate limiter.",
+    ),
+    (
+        WAITED,
+        Kind::Counter,
+        "Requests held back first that then went on.",
+    ),
+    (
+        WAIT_SECONDS,
+        Kind::Histogram,
+        "How long each request the rate limiter held back waited.",
+    ),
+    (REJECTED, Kind::Counter, "Requests refused, by reason."),
+    (
+        STORE_ERRORS,
+        Kind::Counter,
+        "Requests failed because the store could not decide.",
+    ),
+    (COOLDOWNS_STARTED, Kind::Counter, "Cooldowns started."),
+    (
+        COOLDOWNS_EXTENDED,
+        Kind::Counter,
+        "Cooldowns extended by a late answer.",
+    ),
+    (
+        MET_COOLDOWN,
+        Kind::Counter,
+        "Requests that met a cooling or half-open key.",
+    ),
+    (
+        PROBES,
+        Kind::Counter,
+        "Probe requests sent after a cooldown.",
+    ),
+    (CALLS, Kind::Counter, "Calls made through the layer."),
+    (RETRIES, Kind::Counter, "Retries taken."),
+    (
+        HELD,
+        Kind::Counter,
+        "Resends of a request a layer below held back.",
+    ),
+    (
+        NOT_CLONEABLE,
+        Kind::Counter,
+        "Calls sent once because their body could not be cloned.",
+    ),
+    (GIVE_UPS, Kind::Counter, "Calls given up, by reason."),
+    (
+        CACHE_HITS,
+        Kind::Counter,
+        "Requests answered from a fresh cache entry.",
+    ),
+    (
+        STALE_SERVES,
+        Kind::Counter,
+        "Requests answered from a stale cache entry.",
+    ),
+    (
+        CACHE_MISSES,
+        Kind::Counter,
+        "Requests that found no fresh cache entry.",
+    ),
+    (
+        UPSTREAM_CALLS,
+        Kind::Counter,
+        "Calls the cache made upstream.",
+    ),
+    (
+        COALESCED,
+        Kind::Counter,
+        "Requests that waited for another's upstream call.",
+    ),
+    (
+        FAILOVERS,
+        Kind::Counter,
+        "Times a pool's call went on to another backend.",
+    ),
+];
+
+/// A metric's type.
+#[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A count (unit: count).
+    Counter,
+    /// Samples in seconds.
+    Histogram,
+}
 
 /// Gives every metric its unit and description, for recorders that show them (the
 /// Prometheus exporter's `# HELP` lines). Call it once, after installing the recorder.
@@ -130,48 +238,12 @@ pub const FAILOVERS: &str = "ratewise_failovers_total";
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn describe() {
     use ::metrics::{describe_counter, describe_histogram, Unit};
-    let counters = [
-        (ADMITTED, "Requests the rate limiter admitted."),
-        (BYPASSED, "Requests that skipped the rate limiter."),
-        (WAITED, "Requests held back first that then went on."),
-        (REJECTED, "Requests refused, by reason."),
-        (
-            STORE_ERRORS,
-            "Requests failed because the store could not decide.",
-        ),
-        (COOLDOWNS_STARTED, "Cooldowns started."),
-        (COOLDOWNS_EXTENDED, "Cooldowns extended by a late answer."),
-        (
-            MET_COOLDOWN,
-            "Requests that met a cooling or half-open key.",
-        ),
-        (PROBES, "Probe requests sent after a cooldown."),
-        (CALLS, "Calls made through the layer."),
-        (RETRIES, "Retries taken."),
-        (HELD, "Resends of a request a layer below held back."),
-        (
-            NOT_CLONEABLE,
-            "Calls sent once because their body could not be cloned.",
-        ),
-        (GIVE_UPS, "Calls given up, by reason."),
-        (CACHE_HITS, "Requests answered from a fresh cache entry."),
-        (STALE_SERVES, "Requests answered from a stale cache entry."),
-        (CACHE_MISSES, "Requests that found no fresh cache entry."),
-        (UPSTREAM_CALLS, "Calls the cache made upstream."),
-        (
-            COALESCED,
-            "Requests that waited for another's upstream call.",
-        ),
-        (FAILOVERS, "Times a pool's call went on to another backend."),
-    ];
-    for (name, help) in counters {
-        describe_counter!(name, Unit::Count, help);
+    for (name, kind, help) in ALL {
+        match kind {
+            Kind::Counter => describe_counter!(name, Unit::Count, help),
+            Kind::Histogram => describe_histogram!(name, Unit::Seconds, help),
+        }
     }
-    describe_histogram!(
-        WAIT_SECONDS,
-        Unit::Seconds,
-        "How long each request the rate limiter held back waited."
-    );
 }
 
 /// The labels of one layer value and its clones: its kind, and the name its builder
@@ -329,5 +401,42 @@ mod tests {
         a.bump();
         b.bump();
         assert_eq!((a.get(), b.get()), (2, 1));
+    }
+
+    /// The module doc's table is [`ALL`] (names and types), and [`ALL`] holds every
+    /// metric-name constant of this file, once.
+    #[test]
+    fn the_doc_table_lists_exactly_the_metric_constants() {
+        let source = include_str!("metrics.rs");
+        let mut constants: Vec<&str> = source
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("pub(crate) const ")?
+                    .split_once(": &str = \"")
+            })
+            .filter_map(|(_, value)| value.strip_suffix("\";"))
+            .filter(|value| value.starts_with("ratewise_"))
+            .collect();
+        let mut table: Vec<(&str, &str)> = source
+            .lines()
+            .filter(|l| l.starts_with("//! | `"))
+            .map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                (cells[1].trim_matches('`'), cells[2])
+            })
+            .collect();
+        let mut all: Vec<(&str, &str)> = ALL
+            .iter()
+            .map(|&(name, kind, _)| match kind {
+                Kind::Counter => (name, "counter"),
+                Kind::Histogram => (name, "histogram"),
+            })
+            .collect();
+        constants.sort_unstable();
+        table.sort_unstable();
+        all.sort_unstable();
+        assert_eq!(table, all, "the doc table is ALL");
+        let names: Vec<&str> = all.iter().map(|&(name, _)| name).collect();
+        assert_eq!(names, constants, "ALL holds every constant, once");
     }
 }

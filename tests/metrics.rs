@@ -19,7 +19,6 @@ use ratewise::{
     cache::CachedEndpointLayer,
     classify::{ClassifyLayer, Preset},
     key::{Key, MethodUri, RequestRef},
-    metrics as m,
     pool::Pool,
     stack::{ClientStackLayer, Platform},
     testing::{glm, json_request, GlmApi, QqGateway},
@@ -232,23 +231,29 @@ async fn a_429_storm_through_the_stack_moves_every_counter_and_no_label_carries_
     };
 
     // The rate limiter: 7 calls reached the upstream, 2 waited 100 ms each, 1 refused.
-    assert_eq!(counter(&all, m::ADMITTED, &rate_limit), 7);
-    assert_eq!(counter(&all, m::WAITED, &rate_limit), 2);
-    assert_eq!(histogram(&all, m::WAIT_SECONDS, &rate_limit), [0.1, 0.1]);
+    assert_eq!(counter(&all, "ratewise_admitted_total", &rate_limit), 7);
+    assert_eq!(counter(&all, "ratewise_waited_total", &rate_limit), 2);
+    assert_eq!(
+        histogram(&all, "ratewise_wait_seconds", &rate_limit),
+        [0.1, 0.1]
+    );
     let max_wait = with(rate_limit, "max_wait");
-    assert_eq!(counter(&all, m::REJECTED, &max_wait), 1);
+    assert_eq!(counter(&all, "ratewise_rejected_total", &max_wait), 1);
     assert_eq!(
         (rl.admitted, rl.waited, rl.total_wait_ms, rl.rejected),
         (7, 2, 200, 1)
     );
 
     // The cooldown: 3 started, 3 requests met one (2 waited, 1 refused), 2 probes.
-    assert_eq!(counter(&all, m::COOLDOWNS_STARTED, &cooldown), 3);
-    assert_eq!(counter(&all, m::MET_COOLDOWN, &cooldown), 3);
-    assert_eq!(counter(&all, m::WAITED, &cooldown), 2);
-    assert_eq!(counter(&all, m::PROBES, &cooldown), 2);
+    assert_eq!(
+        counter(&all, "ratewise_cooldowns_started_total", &cooldown),
+        3
+    );
+    assert_eq!(counter(&all, "ratewise_met_cooldown_total", &cooldown), 3);
+    assert_eq!(counter(&all, "ratewise_waited_total", &cooldown), 2);
+    assert_eq!(counter(&all, "ratewise_probes_total", &cooldown), 2);
     let cooling = with(cooldown, "cooling_down");
-    assert_eq!(counter(&all, m::REJECTED, &cooling), 1);
+    assert_eq!(counter(&all, "ratewise_rejected_total", &cooling), 1);
     assert_eq!(
         (
             cd.cooldowns_started,
@@ -261,16 +266,19 @@ async fn a_429_storm_through_the_stack_moves_every_counter_and_no_label_carries_
     );
 
     // The retry: 7 calls, 2 retries, one give-up for each of three reasons.
-    assert_eq!(counter(&all, m::CALLS, &retry), 7);
-    assert_eq!(counter(&all, m::RETRIES, &retry), 2);
+    assert_eq!(counter(&all, "ratewise_calls_total", &retry), 7);
+    assert_eq!(counter(&all, "ratewise_retries_total", &retry), 2);
     for reason in ["max_wait", "attempts", "deadline"] {
         assert_eq!(
-            counter(&all, m::GIVE_UPS, &with(retry, reason)),
+            counter(&all, "ratewise_give_ups_total", &with(retry, reason)),
             1,
             "{reason}"
         );
     }
-    assert_eq!(counter(&all, m::GIVE_UPS, &with(retry, "budget")), 0);
+    assert_eq!(
+        counter(&all, "ratewise_give_ups_total", &with(retry, "budget")),
+        0
+    );
     assert_eq!((rt.calls, rt.retries, rt.give_ups), (7, 2, 3));
     Ok(())
 }
@@ -308,10 +316,10 @@ async fn cache_hits_and_stale_serves_are_counted_under_the_cache_name() -> Resul
     assert_bounded_labels(&all, "gateway");
     let labels = [("layer", "cache"), ("name", "gateway")];
     let stats = handle.stats();
-    assert_eq!(counter(&all, m::CACHE_HITS, &labels), 1);
-    assert_eq!(counter(&all, m::STALE_SERVES, &labels), 2);
-    assert_eq!(counter(&all, m::CACHE_MISSES, &labels), 3);
-    assert_eq!(counter(&all, m::UPSTREAM_CALLS, &labels), 2);
+    assert_eq!(counter(&all, "ratewise_cache_hits_total", &labels), 1);
+    assert_eq!(counter(&all, "ratewise_stale_serves_total", &labels), 2);
+    assert_eq!(counter(&all, "ratewise_cache_misses_total", &labels), 3);
+    assert_eq!(counter(&all, "ratewise_upstream_calls_total", &labels), 2);
     assert_eq!(
         (
             stats.hits,
@@ -363,17 +371,20 @@ async fn pool_failovers_and_refusals_are_counted_under_the_pool_name() -> Result
     assert_bounded_labels(&all, "llm");
     let labels = [("layer", "pool"), ("name", "llm")];
     let totals = pool.handle().totals();
-    assert_eq!(counter(&all, m::CALLS, &labels), 4);
-    assert_eq!(counter(&all, m::FAILOVERS, &labels), 1);
+    assert_eq!(counter(&all, "ratewise_calls_total", &labels), 4);
+    assert_eq!(counter(&all, "ratewise_failovers_total", &labels), 1);
     let cooling = [labels[0], labels[1], ("reason", "all_backends_cooling")];
-    assert_eq!(counter(&all, m::REJECTED, &cooling), 1);
+    assert_eq!(counter(&all, "ratewise_rejected_total", &cooling), 1);
     assert_eq!(
         (totals.calls, totals.failovers, totals.all_cooling),
         (4, 1, 1)
     );
     // The pool's cooldown table reports under the pool's name: both backends cooled.
     let cooldown = [("layer", "cooldown"), ("name", "llm")];
-    assert_eq!(counter(&all, m::COOLDOWNS_STARTED, &cooldown), 2);
+    assert_eq!(
+        counter(&all, "ratewise_cooldowns_started_total", &cooldown),
+        2
+    );
     Ok(())
 }
 
@@ -394,6 +405,6 @@ async fn a_layer_built_before_the_recorder_reports_to_it() -> Result<(), BoxErro
     let all = seen(&snapshotter);
     assert_bounded_labels(&all, "early");
     let labels = [("layer", "rate_limit"), ("name", "early")];
-    assert_eq!(counter(&all, m::ADMITTED, &labels), 1);
+    assert_eq!(counter(&all, "ratewise_admitted_total", &labels), 1);
     Ok(())
 }

@@ -10,7 +10,7 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use ratewise::{
-    proxy::{Proxy, ProxyConfig, RedisSettings},
+    proxy::{Proxy, ProxyConfig},
     testing::{glm, openai, GlmApi, MockServer, OpenAiApi},
     BoxError,
 };
@@ -148,7 +148,7 @@ fn init_logs() {
 async fn run(args: Args) -> Result<(), BoxError> {
     // The demo's simulators live as long as the proxy.
     let mut simulators: Vec<MockServer> = Vec::new();
-    let mut config = match &args.config {
+    let config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read the config file {path}: {e}"))?;
@@ -157,15 +157,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
         None => demo_config(&mut simulators).await?,
     };
-    if let Some(url) = args.redis {
-        config.redis = Some(match config.redis.take() {
-            Some(mut settings) => {
-                settings.url = url;
-                settings
-            }
-            None => RedisSettings::new(url),
-        });
-    }
+    let config = match args.redis {
+        Some(url) => config.with_redis_url(url),
+        None => config,
+    };
     let proxy = Proxy::from_config(config)?;
     let addr = args
         .listen

@@ -8,7 +8,7 @@ use crate::config::{duration, ParseError};
 
 /// The prefix of the environment variables that override the file:
 /// `RATEWISE_PROXY__BACKENDS__GLM__RPM=30` sets `backends.glm.rpm`.
-pub const ENV_PREFIX: &str = "RATEWISE_PROXY__";
+pub(crate) const ENV_PREFIX: &str = "RATEWISE_PROXY__";
 
 /// The proxy's configuration, as `examples/proxy.toml` writes it.
 ///
@@ -17,95 +17,97 @@ pub const ENV_PREFIX: &str = "RATEWISE_PROXY__";
 /// [`Proxy::from_config`](super::Proxy::from_config), which checks the values and
 /// reads the API keys. Unknown keys and wrong types are refused with their path:
 /// `backends.glm.rmp`. Durations are written with their unit: `"800ms"`, `"1.5s"`,
-/// `"2m"`.
+/// `"2m"`. [`with_redis_url`](Self::with_redis_url) is `--redis`. Every key, from
+/// `examples/proxy.toml`:
+///
+/// ```toml
+#[doc = include_str!("../../examples/proxy.toml")]
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// The address to listen on (default `127.0.0.1:8080`; `--listen` wins).
     #[serde(default)]
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// The upstream backends, by name. The name identifies the backend in routes,
     /// stats, metrics, logs and Redis keys: never put a secret in it.
-    pub backends: BTreeMap<String, Backend>,
+    pub(crate) backends: BTreeMap<String, Backend>,
     /// The models the proxy serves, by the name clients send in `model`.
-    pub models: BTreeMap<String, ModelRoute>,
+    pub(crate) models: BTreeMap<String, ModelRoute>,
     /// How long a backend that answered rate-limited is skipped.
     #[serde(default)]
-    pub cooldown: CooldownSettings,
+    pub(crate) cooldown: CooldownSettings,
     /// How long a call may wait for a backend, and whether failures move on.
     #[serde(default)]
-    pub routing: RoutingSettings,
+    pub(crate) routing: RoutingSettings,
     /// Connect, upstream and shutdown timeouts.
     #[serde(default)]
-    pub timeouts: Timeouts,
+    pub(crate) timeouts: Timeouts,
     /// The largest request body accepted (default 4 MiB); a larger one is answered 413.
     #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// Limits and cooldowns shared through Redis (`--redis` sets the URL).
     #[serde(default)]
-    pub redis: Option<RedisSettings>,
+    pub(crate) redis: Option<RedisSettings>,
 }
 
 /// One upstream: `[backends.<name>]`.
-#[non_exhaustive]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Backend {
+pub(crate) struct Backend {
     /// Which API it speaks, for its rate-limit answers: `"glm"` (429 code 1302) or
     /// `"openai"` (429 with `retry-after-ms`).
-    pub kind: BackendKind,
+    pub(crate) kind: BackendKind,
     /// The API's base URL, up to the version: `https://open.bigmodel.cn/api/paas/v4`,
     /// `https://api.openai.com/v1` (`https://` needs the `proxy-tls` feature). The
     /// proxy appends `/chat/completions` or `/embeddings`.
-    pub base_url: String,
+    pub(crate) base_url: String,
     /// The environment variable holding the API key, sent as `Authorization: Bearer`.
     /// Start-up fails, naming the variable, when it is not set. No key: no header.
     #[serde(default)]
-    pub api_key_env: Option<String>,
+    pub(crate) api_key_env: Option<String>,
     /// Requests per minute (GCRA; the burst defaults to the same number).
     #[serde(default)]
-    pub rpm: Option<u32>,
+    pub(crate) rpm: Option<u32>,
     /// The burst of `rpm`: requests that may go at once.
     #[serde(default)]
-    pub burst: Option<u32>,
+    pub(crate) burst: Option<u32>,
     /// A strict window: at most `n` requests in any `per` (`{ n = 10, per = "2s" }`),
     /// alone or beside `rpm`.
     #[serde(default)]
-    pub window: Option<Window>,
+    pub(crate) window: Option<Window>,
     /// Tokens per minute: each call reserves its estimate (the prompt's characters / 4
     /// plus `max_tokens`) before it is sent, and is settled with the `usage` of its
     /// answer (the JSON body's, or the last SSE chunk's; OpenAI-kind streams are asked
     /// for it with `stream_options.include_usage`). A backend without room is skipped
     /// like one over its `rpm`.
     #[serde(default)]
-    pub tpm: Option<u32>,
+    pub(crate) tpm: Option<u32>,
     /// The window `tpm` is counted over (default 60 s): a testing and advanced knob,
     /// for an API that counts tokens over another period.
     #[serde(default, deserialize_with = "duration::optional")]
-    pub tpm_window: Option<Duration>,
+    pub(crate) tpm_window: Option<Duration>,
     /// The most requests in flight at once, a streamed answer counting until its end.
     #[serde(default)]
-    pub max_concurrency: Option<usize>,
+    pub(crate) max_concurrency: Option<usize>,
 }
 
 /// `{ n = 10, per = "2s" }`: at most `n` requests in any window of `per`.
-#[non_exhaustive]
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Window {
+pub(crate) struct Window {
     /// Requests per window.
-    pub n: u32,
+    pub(crate) n: u32,
     /// The window.
     #[serde(deserialize_with = "duration::required")]
-    pub per: Duration,
+    pub(crate) per: Duration,
 }
 
 /// Which API a backend speaks.
-#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum BackendKind {
+pub(crate) enum BackendKind {
     /// Zhipu GLM (BigModel): over its limit, 429 `{"error":{"code":"1302",…}}`.
     Glm,
     /// OpenAI or an OpenAI-compatible API.
@@ -113,15 +115,14 @@ pub enum BackendKind {
 }
 
 /// One model: `[models.<name>]`, its backends in the order they are tried.
-#[non_exhaustive]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelRoute {
+pub(crate) struct ModelRoute {
     /// Tried first, in order.
-    pub primary: Vec<String>,
+    pub(crate) primary: Vec<String>,
     /// Tried when every primary backend is cooling, busy or answered rate-limited.
     #[serde(default)]
-    pub fallback: Vec<String>,
+    pub(crate) fallback: Vec<String>,
 }
 
 /// `[cooldown]`: how long a backend that answered rate-limited is skipped.
@@ -129,26 +130,25 @@ pub struct ModelRoute {
 /// A retry hint from the backend (`Retry-After`, `retry-after-ms`) is the cooldown;
 /// without one, the backoff after the `n`-th answer in a row: `base·2ⁿ⁻¹` or `base·n`,
 /// at most `cap`.
-#[non_exhaustive]
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CooldownSettings {
+pub(crate) struct CooldownSettings {
     /// `"exponential"` (default) or `"linear"`.
     #[serde(default)]
-    pub backoff: BackoffKind,
+    pub(crate) backoff: BackoffKind,
     /// The first cooldown (default 1 s).
     #[serde(default = "one_second", deserialize_with = "duration::required")]
-    pub base: Duration,
+    pub(crate) base: Duration,
     /// The longest backoff (default 60 s).
     #[serde(default = "one_minute", deserialize_with = "duration::required")]
-    pub cap: Duration,
+    pub(crate) cap: Duration,
     /// The longest any cooldown may last, a backend's hint included (default: none).
     #[serde(default, deserialize_with = "duration::optional")]
-    pub max: Option<Duration>,
+    pub(crate) max: Option<Duration>,
     /// A backend whose cooldown ends within this margin still counts as cooling
     /// (default 0).
     #[serde(default, deserialize_with = "duration::optional")]
-    pub precheck: Option<Duration>,
+    pub(crate) precheck: Option<Duration>,
 }
 
 impl Default for CooldownSettings {
@@ -164,10 +164,9 @@ impl Default for CooldownSettings {
 }
 
 /// The shape of the cooldown's backoff.
-#[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum BackoffKind {
+pub(crate) enum BackoffKind {
     /// `base·2ⁿ⁻¹`, at most `cap`.
     #[default]
     Exponential,
@@ -176,18 +175,17 @@ pub enum BackoffKind {
 }
 
 /// `[routing]`: the call's budget.
-#[non_exhaustive]
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RoutingSettings {
+pub(crate) struct RoutingSettings {
     /// The longest a call waits, from its arrival, for a backend to recover or have
     /// capacity (default 10 s). Past it the proxy answers 503 with `Retry-After`.
     #[serde(default = "ten_seconds", deserialize_with = "duration::required")]
-    pub max_wait: Duration,
+    pub(crate) max_wait: Duration,
     /// Whether a transient failure (5xx, timeout, connection error) moves the call on
     /// to the next backend (default true).
     #[serde(default = "yes")]
-    pub failover_on_transient: bool,
+    pub(crate) failover_on_transient: bool,
 }
 
 impl Default for RoutingSettings {
@@ -200,21 +198,20 @@ impl Default for RoutingSettings {
 }
 
 /// `[timeouts]`.
-#[non_exhaustive]
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// Connecting to a backend (default 5 s).
     #[serde(default = "five_seconds", deserialize_with = "duration::required")]
-    pub connect: Duration,
+    pub(crate) connect: Duration,
     /// From sending a request to a backend's response headers (default 60 s); a
     /// stream may then take as long as it takes.
     #[serde(default = "one_minute", deserialize_with = "duration::required")]
-    pub upstream: Duration,
+    pub(crate) upstream: Duration,
     /// On shutdown, how long in-flight requests and streams may take to finish
     /// (default 30 s).
     #[serde(default = "thirty_seconds", deserialize_with = "duration::required")]
-    pub shutdown: Duration,
+    pub(crate) shutdown: Duration,
 }
 
 impl Default for Timeouts {
@@ -229,24 +226,23 @@ impl Default for Timeouts {
 
 /// `[redis]`: every backend's limit and cooldown shared by the processes that use the
 /// same server and prefix.
-#[non_exhaustive]
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RedisSettings {
+pub(crate) struct RedisSettings {
     /// `redis://host:port/db` (it may hold a password: never logged).
-    pub url: String,
+    pub(crate) url: String,
     /// The first part of every key (default `ratewise-proxy`).
     #[serde(default = "default_prefix")]
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// How many replicas share the limits: while Redis is unreachable, each keeps
     /// `1/instances` of every limit locally (default 1).
     #[serde(default = "one")]
-    pub instances: u32,
+    pub(crate) instances: u32,
 }
 
 impl RedisSettings {
     /// Settings for `url` with the defaults.
-    pub fn new(url: impl Into<String>) -> Self {
+    pub(crate) fn new(url: impl Into<String>) -> Self {
         RedisSettings {
             url: url.into(),
             prefix: default_prefix(),
@@ -293,6 +289,31 @@ fn one_minute() -> Duration {
 }
 
 impl ProxyConfig {
+    /// Shares every backend's limit and cooldown through the Redis server at `url`, as
+    /// `ratewise-proxy --redis URL` does: the file's `[redis]` keeps its `prefix` and
+    /// `instances` and takes this URL, or the defaults come with it when the file has no
+    /// `[redis]`. [`Proxy::from_config`](super::Proxy::from_config) checks the URL.
+    ///
+    /// ```
+    /// use ratewise::proxy::{Proxy, ProxyConfig};
+    ///
+    /// let text = "[backends.glm]\nkind = \"glm\"\nbase_url = \"http://127.0.0.1:9/v4\"\n[models.glm-4]\nprimary = [\"glm\"]\n";
+    /// let config = ProxyConfig::from_toml(text)?.with_redis_url("redis://127.0.0.1:6379/");
+    /// # let _ = config;
+    /// let config = ProxyConfig::from_toml(text)?.with_redis_url("not a url");
+    /// let err = Proxy::from_config(config).unwrap_err();
+    /// assert!(err.to_string().contains("(at `redis.url`)"), "{err}");
+    /// # Ok::<(), ratewise::BoxError>(())
+    /// ```
+    pub fn with_redis_url(mut self, url: impl Into<String>) -> Self {
+        let url = url.into();
+        self.redis = Some(match self.redis.take() {
+            Some(settings) => RedisSettings { url, ..settings },
+            None => RedisSettings::new(url),
+        });
+        self
+    }
+
     /// Reads a TOML file's text. A syntax error, an unknown key, a wrong type or a bad
     /// duration is a [`ParseError`] naming its path (`backends.glm.rpm`).
     ///
@@ -329,13 +350,20 @@ impl ProxyConfig {
     /// error caused by a variable names it.
     ///
     /// ```
-    /// use ratewise::proxy::ProxyConfig;
+    /// use ratewise::proxy::{Proxy, ProxyConfig};
     ///
     /// let text = "[backends.glm]\nkind = \"glm\"\nbase_url = \"http://127.0.0.1:9/v4\"\nrpm = 45\n[models.glm-4]\nprimary = [\"glm\"]\n";
+    /// // `backends.glm.rpm` is 30, not 45:
     /// let env = [("RATEWISE_PROXY__BACKENDS__GLM__RPM".to_owned(), "30".to_owned())];
-    /// let config = ProxyConfig::from_toml_and_env(text, env)?;
-    /// assert_eq!(config.backends["glm"].rpm, Some(30));
-    /// # Ok::<(), ratewise::config::ParseError>(())
+    /// let proxy = Proxy::from_config(ProxyConfig::from_toml_and_env(text, env)?)?;
+    /// # let _ = proxy;
+    ///
+    /// // An error caused by a variable names it.
+    /// let env = [("RATEWISE_PROXY__BACKENDS__GLM__RPM", "lots")];
+    /// let err = ProxyConfig::from_toml_and_env(text, env).unwrap_err();
+    /// assert_eq!(err.path(), "backends.glm.rpm");
+    /// assert!(err.to_string().contains("(set by RATEWISE_PROXY__BACKENDS__GLM__RPM)"), "{err}");
+    /// # Ok::<(), ratewise::BoxError>(())
     /// ```
     pub fn from_toml_and_env<I, K, V>(text: &str, env: I) -> Result<ProxyConfig, ParseError>
     where
@@ -464,6 +492,15 @@ mod tests {
         assert_eq!(c.models["glm-4"].fallback, ["glm-backup"]);
     }
 
+    /// (From tests/proxy.rs's `the_shipped_example_config_is_valid`, which builds the
+    /// proxy from the same file.)
+    #[test]
+    fn the_shipped_example_config_sets_a_tpm() {
+        let text = include_str!("../../examples/proxy.toml");
+        let config = ProxyConfig::from_toml(text).expect("examples/proxy.toml parses");
+        assert_eq!(config.backends["glm"].tpm, Some(100_000));
+    }
+
     #[test]
     fn env_overrides_follow_the_rule() {
         let c = ProxyConfig::from_toml_and_env(
@@ -492,6 +529,30 @@ mod tests {
         assert_eq!(
             (redis.url.as_str(), redis.prefix.as_str()),
             ("redis://127.0.0.1:6379/", "ratewise-proxy")
+        );
+    }
+
+    #[test]
+    fn a_redis_url_keeps_the_files_prefix_and_instances_or_takes_the_defaults() {
+        let c = ProxyConfig::from_toml(BASE)
+            .unwrap()
+            .with_redis_url("redis://10.0.0.1/");
+        let redis = c.redis.unwrap();
+        assert_eq!(
+            (redis.url.as_str(), redis.prefix.as_str(), redis.instances),
+            ("redis://10.0.0.1/", "ratewise-proxy", 1)
+        );
+
+        let file = format!(
+            "{BASE}\n[redis]\nurl = \"redis://file/\"\nprefix = \"team-a\"\ninstances = 3\n"
+        );
+        let c = ProxyConfig::from_toml(&file)
+            .unwrap()
+            .with_redis_url("redis://10.0.0.1/");
+        let redis = c.redis.unwrap();
+        assert_eq!(
+            (redis.url.as_str(), redis.prefix.as_str(), redis.instances),
+            ("redis://10.0.0.1/", "team-a", 3)
         );
     }
 

@@ -15,6 +15,28 @@
 //! called: 503 with `Retry-After` when every backend cools, 404 `model_not_found`,
 //! 400 for a body that is not JSON, 413 for one over `max_body_bytes`.
 //!
+//! # `/stats` and the dashboard
+//!
+//! Each backend's upstream attempts and cooldowns are counted in 60 per-minute buckets,
+//! so `GET /stats?window=1m|15m|60m` (default `1m`; another window is a 400
+//! `invalid_window`) sums the current minute and the ones before it (`covered_ms` says
+//! how much time that is). Latency and wait percentiles come from a small log-spaced
+//! histogram (about ±9 %), `null` when the window holds no call; the `series` are the
+//! last 120 seconds, one slot a second. Backends appear by their configured names only,
+//! in configured order. `GET /` is a self-contained page that reads it every second.
+//!
+//! ```json
+//! { "window": "1m", "window_ms": 60000, "covered_ms": 42000, "uptime_ms": 42000,
+//!   "backends": [ { "name": "glm", "state": "cooling", "remaining_ms": 1800,
+//!     "requests": 12, "ok": 9, "rate_limited": 3, "transient": 0, "failed": 0,
+//!     "cooldowns": 1, "tokens": 5400,
+//!     "p50_latency_ms": 212.4, "p95_latency_ms": 480.0, "p50_wait_ms": 0.0, "p95_wait_ms": 35.1,
+//!     "series": { "requests": [..], "rate_limited": [..] } } ],
+//!   "series": { "t": [-119, .., 0], "requests": [..], "rate_limited": [..] } }
+//! ```
+//!
+//! `state` is `ok`, `cooling` (for `remaining_ms`) or `probing`.
+//!
 //! # Example
 //!
 //! ```
@@ -41,20 +63,18 @@
 //! ```
 
 mod backend;
-pub mod config;
+mod config;
 mod server;
-pub mod stats;
+mod stats;
 
 use std::{collections::BTreeSet, fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::body::Body;
 
-pub use self::config::{
-    Backend, BackendKind, BackoffKind, CooldownSettings, ModelRoute, ProxyConfig, RedisSettings,
-    RoutingSettings, Timeouts, Window,
-};
+pub use self::config::ProxyConfig;
 use self::{
     backend::{BuildContext, ReqBody},
+    config::{BackoffKind, CooldownSettings},
     stats::{BackendState, ProxyStats, StateFn},
 };
 use crate::{
@@ -262,11 +282,6 @@ impl Proxy {
     /// The pool's handle: each backend's cooldown state and counters.
     pub fn pool(&self) -> PoolHandle {
         self.inner.pool.handle()
-    }
-
-    /// The per-backend stats `/stats` serves.
-    pub fn stats(&self) -> &ProxyStats {
-        &self.inner.stats
     }
 
     /// The `listen` address of the configuration, if it set one.

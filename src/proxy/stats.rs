@@ -8,45 +8,8 @@
 //! per-second slots feeds the dashboard's chart of requests and 429s. Time is read from
 //! `tokio::time::Instant`, so tests can pause the clock.
 //!
-//! [`routes`] serves both pages. `/stats?window=1m|15m|60m` (default `1m`) answers:
-//!
-//! ```json
-//! { "window": "1m", "window_ms": 60000, "covered_ms": 42000, "uptime_ms": 42000,
-//!   "backends": [ { "name": "glm", "state": "cooling", "remaining_ms": 1800,
-//!     "requests": 12, "ok": 9, "rate_limited": 3, "transient": 0, "failed": 0,
-//!     "cooldowns": 1, "tokens": 5400,
-//!     "p50_latency_ms": 212.4, "p95_latency_ms": 480.0, "p50_wait_ms": 0.0, "p95_wait_ms": 35.1,
-//!     "series": { "requests": [..], "rate_limited": [..] } } ],
-//!   "series": { "t": [-119, .., 0], "requests": [..], "rate_limited": [..] } }
-//! ```
-//!
-//! A window is the current minute bucket and the ones before it (`covered_ms` says how
-//! much time that is). Percentiles are `null` when the window holds no call. Backends
-//! appear by their configured names only, in configured order.
-//!
-//! # Example
-//!
-//! ```
-//! use std::{sync::Arc, time::Duration};
-//! use ratewise::proxy::stats::{routes, BackendState, Call, CallOutcome, ProxyStats, StateFn, Window};
-//!
-//! let stats = ProxyStats::new(["glm".to_owned(), "openai".to_owned()]);
-//! stats.record(Call {
-//!     backend: "glm",
-//!     outcome: CallOutcome::RateLimited,
-//!     latency: Duration::from_millis(120),
-//!     wait: Duration::ZERO,
-//!     tokens: 0,
-//! });
-//! stats.record_cooldown("glm");
-//! let glm = &stats.snapshot(Window::OneMinute)[0];
-//! assert_eq!((glm.requests, glm.rate_limited, glm.cooldowns), (1, 1, 1));
-//!
-//! // The proxy asks its cooldown table for each backend's state.
-//! let states: StateFn = Arc::new(|_name: &str| BackendState::Ok);
-//! let app: axum::Router = routes(stats, states); // serve it, or merge it into the proxy's router
-//! # let _ = app;
-//! ```
+//! [`routes`] serves both pages; the `/stats` document is described in the `proxy`
+//! module's docs.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -80,7 +43,7 @@ const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
 
 /// How one upstream attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallOutcome {
+pub(crate) enum CallOutcome {
     /// The backend answered (any answer the proxy passes on as a success).
     Ok,
     /// The backend said it was rate limited (a 429, GLM's 1302, ...).
@@ -93,7 +56,7 @@ pub enum CallOutcome {
 
 /// A backend's state, as the proxy's cooldown table sees it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendState {
+pub(crate) enum BackendState {
     /// Calls go through.
     Ok,
     /// Cooling down: no call until `remaining` has passed.
@@ -107,26 +70,25 @@ pub enum BackendState {
 
 /// One upstream attempt, as [`ProxyStats::record`] counts it.
 #[derive(Debug, Clone, Copy)]
-pub struct Call<'a> {
+pub(crate) struct Call<'a> {
     /// The backend's configured name.
-    pub backend: &'a str,
+    pub(crate) backend: &'a str,
     /// How the attempt ended.
-    pub outcome: CallOutcome,
+    pub(crate) outcome: CallOutcome,
     /// From sending the request to its answer (or failure).
-    pub latency: Duration,
+    pub(crate) latency: Duration,
     /// Time the call waited for the backend's limits before it was sent.
-    pub wait: Duration,
+    pub(crate) wait: Duration,
     /// Tokens the call used (reconciled `usage`), or 0.
-    pub tokens: u64,
+    pub(crate) tokens: u64,
 }
 
 /// Reads a backend's state by its configured name; [`routes`] calls it on each `/stats`.
-pub type StateFn = Arc<dyn Fn(&str) -> BackendState + Send + Sync>;
+pub(crate) type StateFn = Arc<dyn Fn(&str) -> BackendState + Send + Sync>;
 
 /// A window of `/stats`: `1m`, `15m` or `60m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Window {
+pub(crate) enum Window {
     /// The current minute (`1m`, the default).
     #[default]
     OneMinute,
@@ -138,7 +100,7 @@ pub enum Window {
 
 impl Window {
     /// The number of minute buckets the window sums.
-    pub fn minutes(self) -> u64 {
+    pub(crate) fn minutes(self) -> u64 {
         match self {
             Window::OneMinute => 1,
             Window::FifteenMinutes => 15,
@@ -147,7 +109,7 @@ impl Window {
     }
 
     /// `1m`, `15m` or `60m`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Window::OneMinute => "1m",
             Window::FifteenMinutes => "15m",
@@ -165,7 +127,7 @@ impl fmt::Display for Window {
 /// A window that is not `1m`, `15m` or `60m`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("window must be 1m, 15m or 60m, got {0:?}")]
-pub struct WindowError(String);
+pub(crate) struct WindowError(String);
 
 impl FromStr for Window {
     type Err = WindowError;
@@ -182,37 +144,36 @@ impl FromStr for Window {
 
 /// One backend's numbers over a [`Window`], from [`ProxyStats::snapshot`].
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct BackendSnapshot {
+pub(crate) struct BackendSnapshot {
     /// The configured name.
-    pub name: String,
+    pub(crate) name: String,
     /// Upstream attempts: `ok + rate_limited + transient + failed`.
-    pub requests: u64,
+    pub(crate) requests: u64,
     /// Attempts that succeeded.
-    pub ok: u64,
+    pub(crate) ok: u64,
     /// Attempts the backend rate-limited.
-    pub rate_limited: u64,
+    pub(crate) rate_limited: u64,
     /// Attempts that failed transiently.
-    pub transient: u64,
+    pub(crate) transient: u64,
     /// Attempts that failed otherwise.
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Cooldowns started.
-    pub cooldowns: u64,
+    pub(crate) cooldowns: u64,
     /// Tokens used.
-    pub tokens: u64,
+    pub(crate) tokens: u64,
     /// Median latency (`None` without calls).
-    pub p50_latency: Option<Duration>,
+    pub(crate) p50_latency: Option<Duration>,
     /// 95th percentile latency.
-    pub p95_latency: Option<Duration>,
+    pub(crate) p95_latency: Option<Duration>,
     /// Median wait before sending.
-    pub p50_wait: Option<Duration>,
+    pub(crate) p50_wait: Option<Duration>,
     /// 95th percentile wait.
-    pub p95_wait: Option<Duration>,
+    pub(crate) p95_wait: Option<Duration>,
 }
 
 /// Per-backend statistics of the proxy: a cheap handle, clones share the counters.
 #[derive(Clone)]
-pub struct ProxyStats {
+pub(crate) struct ProxyStats {
     inner: Arc<Inner>,
 }
 
@@ -233,7 +194,7 @@ impl fmt::Debug for ProxyStats {
 
 impl ProxyStats {
     /// Statistics for these backends (configured names; a repeated name counts once).
-    pub fn new(backends: impl IntoIterator<Item = String>) -> Self {
+    pub(crate) fn new(backends: impl IntoIterator<Item = String>) -> Self {
         let mut names = Vec::new();
         let mut index = HashMap::new();
         for name in backends {
@@ -255,7 +216,7 @@ impl ProxyStats {
 
     /// Counts one upstream attempt to `call.backend`. A name that was not configured is
     /// ignored, so `/stats` only ever shows configured backends.
-    pub fn record(&self, call: Call<'_>) {
+    pub(crate) fn record(&self, call: Call<'_>) {
         let now = self.elapsed();
         if let Some(mut ring) = self.ring(call.backend) {
             ring.record(now, &call);
@@ -263,20 +224,17 @@ impl ProxyStats {
     }
 
     /// Counts a cooldown that started for `backend` (ignored for an unknown name).
-    pub fn record_cooldown(&self, backend: &str) {
+    pub(crate) fn record_cooldown(&self, backend: &str) {
         let now = self.elapsed();
         if let Some(mut ring) = self.ring(backend) {
             ring.minute(now).cooldowns += 1;
         }
     }
 
-    /// The configured backend names, in order.
-    pub fn backends(&self) -> &[String] {
-        &self.inner.names
-    }
-
-    /// Every backend's numbers over `window`, in configured order.
-    pub fn snapshot(&self, window: Window) -> Vec<BackendSnapshot> {
+    /// Every backend's numbers over `window`, in configured order (`/stats` reads the
+    /// same sums; the tests read them here).
+    #[cfg(test)]
+    pub(crate) fn snapshot(&self, window: Window) -> Vec<BackendSnapshot> {
         let now = self.elapsed();
         self.inner
             .names
@@ -599,7 +557,7 @@ fn bin_middle_us(bin: usize) -> f64 {
 ///
 /// `states` is asked for each backend's state on every `/stats`. Merge the router into
 /// the proxy's own, or serve it alone.
-pub fn routes(stats: ProxyStats, states: StateFn) -> Router {
+pub(crate) fn routes(stats: ProxyStats, states: StateFn) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/stats", get(stats_json))
@@ -670,6 +628,28 @@ mod tests {
 
     fn ok_states() -> StateFn {
         Arc::new(|_: &str| BackendState::Ok)
+    }
+
+    /// What the module doc showed when the module was public: record a call and a
+    /// cooldown, read them back, and build the routes.
+    #[tokio::test]
+    async fn the_former_module_example() {
+        let stats = ProxyStats::new(["glm".to_owned(), "openai".to_owned()]);
+        stats.record(Call {
+            backend: "glm",
+            outcome: CallOutcome::RateLimited,
+            latency: Duration::from_millis(120),
+            wait: Duration::ZERO,
+            tokens: 0,
+        });
+        stats.record_cooldown("glm");
+        let glm = &stats.snapshot(Window::OneMinute)[0];
+        assert_eq!((glm.requests, glm.rate_limited, glm.cooldowns), (1, 1, 1));
+
+        // The proxy asks its cooldown table for each backend's state.
+        let states: StateFn = Arc::new(|_name: &str| BackendState::Ok);
+        let app: Router = routes(stats, states);
+        let _ = app;
     }
 
     #[tokio::test(start_paused = true)]
@@ -961,5 +941,146 @@ mod tests {
             assert!(!page.contains(needle), "dashboard.html contains {needle:?}");
         }
         assert!(DASHBOARD.contains("stats?window="));
+    }
+
+    // The routes alone on 127.0.0.1, fed recorded calls (moved here from
+    // tests/proxy_dashboard.rs when the module became crate-private; unchanged).
+
+    use crate::testing::{body_bytes, body_json, client, MockServer};
+    use http::StatusCode;
+
+    const BACKENDS: [&str; 3] = ["glm-primary", "openai-fallback", "local-vllm"];
+
+    /// Every network step is bounded by this.
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(LIMIT, fut)
+            .await
+            .unwrap_or_else(|_| panic!("{what} took over {LIMIT:?}"))
+    }
+
+    fn names() -> impl Iterator<Item = String> {
+        BACKENDS.iter().map(|s| s.to_string())
+    }
+
+    async fn get_json(server: &MockServer, path: &str) -> (StatusCode, Value) {
+        let resp = within("a GET", client().get(server.url(path).parse().unwrap()))
+            .await
+            .unwrap();
+        let status = resp.status();
+        (
+            status,
+            within("its body", body_json(resp.into_body()))
+                .await
+                .unwrap(),
+        )
+    }
+
+    fn requests(doc: &Value, backend: usize) -> u64 {
+        doc["backends"][backend]["requests"].as_u64().unwrap()
+    }
+
+    #[tokio::test]
+    async fn stats_windows_move_after_traffic_and_a_bad_window_is_a_400() {
+        let stats = ProxyStats::new(names());
+        let states: StateFn = Arc::new(|_: &str| BackendState::Ok);
+        let server = MockServer::start(routes(stats.clone(), states))
+            .await
+            .unwrap();
+
+        for window in ["1m", "15m", "60m"] {
+            let (status, doc) = get_json(&server, &format!("/stats?window={window}")).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(doc["window"], window);
+            let names: Vec<_> = doc["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["name"].clone())
+                .collect();
+            assert_eq!(names, BACKENDS);
+            assert_eq!(requests(&doc, 0), 0);
+        }
+
+        for i in 0..30u64 {
+            stats.record(Call {
+                backend: "glm-primary",
+                outcome: if i % 3 == 0 {
+                    CallOutcome::RateLimited
+                } else {
+                    CallOutcome::Ok
+                },
+                latency: Duration::from_millis(100),
+                wait: Duration::ZERO,
+                tokens: 10,
+            });
+        }
+        stats.record_cooldown("glm-primary");
+        stats.record(Call {
+            backend: "local-vllm",
+            outcome: CallOutcome::Failed,
+            latency: Duration::from_millis(3),
+            wait: Duration::from_millis(1),
+            tokens: 0,
+        });
+
+        for window in ["1m", "15m", "60m"] {
+            let (_, doc) = get_json(&server, &format!("/stats?window={window}")).await;
+            let glm = &doc["backends"][0];
+            assert_eq!(glm["requests"], 30, "{window}");
+            assert_eq!(
+                (glm["ok"].as_u64(), glm["rate_limited"].as_u64()),
+                (Some(20), Some(10))
+            );
+            assert_eq!(
+                (glm["cooldowns"].as_u64(), glm["tokens"].as_u64()),
+                (Some(1), Some(300))
+            );
+            assert_eq!(glm["p50_latency_ms"], 100.0);
+            assert_eq!(requests(&doc, 1), 0);
+            assert_eq!(doc["backends"][2]["failed"], 1);
+            let chart: u64 = doc["series"]["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .sum();
+            assert_eq!(chart, 31);
+        }
+        // No window: 1m.
+        let (_, doc) = get_json(&server, "/stats").await;
+        assert_eq!(
+            (doc["window"].as_str(), requests(&doc, 0)),
+            (Some("1m"), 30)
+        );
+
+        let (status, doc) = get_json(&server, "/stats?window=5m").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(doc["error"]["type"], "invalid_request_error");
+        assert_eq!(doc["error"]["code"], "invalid_window");
+        assert!(
+            doc["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("1m, 15m or 60m"),
+            "{doc}"
+        );
+
+        let resp = client()
+            .get(server.url("/").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        assert!(resp.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'"));
+        let page = body_bytes(resp.into_body()).await.unwrap();
+        assert!(String::from_utf8_lossy(&page).contains("id=\"total-requests\""));
     }
 }
