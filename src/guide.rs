@@ -314,8 +314,8 @@
 //!
 //! The server's hint is the cooldown; the layer's own backoff applies only when there
 //! is none. `n` counts consecutive rate-limited answers and `backoff(n)` is
-//! [`Backoff::Exponential`](crate::cooldown::Backoff::Exponential) (`base * 2^(n-1)`) or
-//! [`Backoff::Linear`](crate::cooldown::Backoff::Linear) (`base * n`), both capped.
+//! [`exponential`](crate::cooldown::CooldownBuilder::exponential) (`base * 2^(n-1)`) or
+//! [`linear`](crate::cooldown::CooldownBuilder::linear) (`base * n`), both capped.
 //!
 //! | the rate-limited answer | the key cools for |
 //! |---|---|
@@ -344,12 +344,12 @@
 //!
 //! ## While a key cools
 //!
-//! - [`Mode::Wait`](crate::cooldown::Mode::Wait) (default, 10 s): the response future
+//! - [`wait`](crate::cooldown::CooldownBuilder::wait) (default, 10 s): the response future
 //!   waits (with `tokio::time`) if the cooldown ends within `max_wait` of the request's
 //!   arrival, and otherwise fails at once, without sleeping, with a
 //!   [`Refusal`](crate::Refusal) of kind
 //!   [`CoolingDown`](crate::vocabulary::RefusalKind::CoolingDown).
-//! - [`Mode::FailFast`](crate::cooldown::Mode::FailFast): that refusal at once.
+//! - [`fail_fast`](crate::cooldown::CooldownBuilder::fail_fast): that refusal at once.
 //!
 //! The refusal (find it in a [`BoxError`](crate::BoxError) with
 //! [`Refusal::find`](crate::Refusal::find)) names the key and the remaining wait
@@ -393,7 +393,7 @@
 //! its slot. The probe passes its own hold.
 //!
 //! The cooldown no longer holds that request, so it cannot wait on its behalf even in
-//! [`Mode::Wait`](crate::cooldown::Mode::Wait): the caller gets the refusal. A
+//! [`wait`](crate::cooldown::CooldownBuilder::wait): the caller gets the refusal. A
 //! [`RetryLayer`](crate::RetryLayer) above (as in
 //! [`ClientStackLayer`](crate::ClientStackLayer)) reads it as rate-limited with the
 //! remaining wait, waits, and sends the request again through the cooldown, which then
@@ -729,13 +729,13 @@
 //! Every ratewise layer that needs to see a body goes through the one
 //! [`body`](crate::body) module:
 //!
-//! - [`peek`](crate::body::peek) reads data frames until at least `cap` bytes are
-//!   buffered or the body ends, and resolves to a [`Peeked`](crate::body::Peeked): the
-//!   bounded [`prefix`](crate::body::Peeked::prefix) a classifier looks at, whether the
-//!   whole body fitted in the cap ([`is_complete`](crate::body::Peeked::is_complete),
+//! - `peek` reads data frames until at least `cap` bytes are
+//!   buffered or the body ends, and resolves to a `Peeked`: the
+//!   bounded `prefix` a classifier looks at, whether the
+//!   whole body fitted in the cap (`is_complete`,
 //!   what a cache needs before it stores a body, see
-//!   [`into_complete`](crate::body::Peeked::into_complete)), and the body to give back
-//!   ([`into_body`](crate::body::Peeked::into_body)).
+//!   `into_complete`), and the body to give back
+//!   (`into_body`).
 //! - [`PeekBody`](crate::body::PeekBody) is the body the caller gets. It is either a
 //!   zero-cost pass-through of the inner body (nothing buffered, nothing boxed, frames
 //!   forwarded as they arrive), or a replay: the frames already read, then the rest of

@@ -27,7 +27,7 @@ use super::peek_body::{PeekBody, Replay};
 /// Peeking stops as soon as `cap` bytes are buffered, so a stream that pauses before
 /// the cap is reached keeps the future pending until more arrives or the body ends:
 /// only peek bodies you need to see.
-pub fn peek<B: Body>(body: B, cap: usize) -> Peek<B> {
+pub(crate) fn peek<B: Body>(body: B, cap: usize) -> Peek<B> {
     Peek {
         state: Some(Reading {
             body: Box::pin(body),
@@ -40,7 +40,7 @@ pub fn peek<B: Body>(body: B, cap: usize) -> Peek<B> {
 
 pin_project! {
     /// The future returned by [`peek`].
-    pub struct Peek<B>
+    pub(crate) struct Peek<B>
     where
         B: Body,
     {
@@ -135,7 +135,7 @@ impl<B: Body> fmt::Debug for Peek<B> {
 }
 
 /// A body whose first bytes have been read by [`peek`].
-pub struct Peeked<B: Body> {
+pub(crate) struct Peeked<B: Body> {
     /// Every frame read, in order (data and trailers).
     frames: VecDeque<Frame<Bytes>>,
     /// The first `min(cap, buffered)` data bytes.
@@ -154,13 +154,14 @@ pub struct Peeked<B: Body> {
 impl<B: Body> Peeked<B> {
     /// The first data bytes of the body: `cap` bytes, or fewer when the body ended (or
     /// failed) before `cap`.
-    pub fn prefix(&self) -> &[u8] {
+    pub(crate) fn prefix(&self) -> &[u8] {
         &self.prefix
     }
 
     /// How many data bytes were read. At least `cap` unless the body ended or failed
     /// first; it may exceed `cap` by part of the last frame read.
-    pub fn buffered_len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn buffered_len(&self) -> usize {
         self.buffered
     }
 
@@ -170,19 +171,20 @@ impl<B: Body> Peeked<B> {
     /// A body that reaches exactly `cap` bytes counts as complete only when it reports
     /// [`is_end_stream`](Body::is_end_stream) at that point (hyper's bodies with a
     /// `content-length` do); peeking never reads past the cap to find out.
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.ended && self.error.is_none() && self.buffered <= self.cap
     }
 
     /// The body error met while peeking, if any. It is still delivered by
     /// [`into_body`](Self::into_body), after the bytes read before it.
-    pub fn error(&self) -> Option<&B::Error> {
+    #[cfg(test)]
+    pub(crate) fn error(&self) -> Option<&B::Error> {
         self.error.as_ref()
     }
 
     /// The body to hand to the caller: the frames read, then the error met while
     /// peeking (if any), then the rest of the inner body and its trailers.
-    pub fn into_body(self) -> PeekBody<B> {
+    pub(crate) fn into_body(self) -> PeekBody<B> {
         let queued = self
             .frames
             .iter()
@@ -202,7 +204,7 @@ impl<B: Body> Peeked<B> {
     ///
     /// The data is one contiguous [`Bytes`] (zero-copy when the body came in one
     /// frame). Several trailer frames are merged into one map.
-    pub fn into_complete(self) -> Result<(Bytes, Option<HeaderMap>), Self> {
+    pub(crate) fn into_complete(self) -> Result<(Bytes, Option<HeaderMap>), Self> {
         if !self.is_complete() {
             return Err(self);
         }
@@ -256,6 +258,41 @@ impl<B: Body> fmt::Debug for Peeked<B> {
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, Full};
+
+    /// (The body module's example, from when `peek` was public.)
+    #[tokio::test]
+    async fn a_peek_sees_a_prefix_and_the_caller_gets_every_byte() {
+        let upstream = Full::new(Bytes::from_static(
+            b"{\"error\":{\"code\":\"1302\"}} and more",
+        ));
+
+        // Look at the first 8 bytes...
+        let peeked = peek(upstream, 8).await;
+        assert_eq!(peeked.prefix(), b"{\"error\"");
+        assert!(!peeked.is_complete()); // the body is longer than the cap
+
+        // ...and the caller still gets all of it.
+        let body: PeekBody<_> = peeked.into_body();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"{\"error\":{\"code\":\"1302\"}} and more");
+
+        // A small body fits in the cap: a cache can take it whole.
+        let peeked = peek(Full::new(Bytes::from_static(b"ok")), 64).await;
+        assert!(peeked.is_complete());
+        let (data, trailers) = peeked.into_complete().ok().unwrap();
+        assert_eq!(&data[..], b"ok");
+        assert!(trailers.is_none());
+    }
+
+    /// (Moved from `tests/classify_layer.rs::future_and_body_are_send` when `peek`
+    /// became private.)
+    #[test]
+    fn the_peek_future_and_its_result_are_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Peeked<hyper::body::Incoming>>();
+        assert_send(&peek(Full::new(Bytes::new()), 1));
+    }
 
     /// A body that yields the given frames, each after one `Pending`.
     struct Frames {

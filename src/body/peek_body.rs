@@ -17,7 +17,7 @@ pin_project! {
     ///
     /// Either a zero-cost pass-through of the inner body `B` (made by
     /// [`PeekBody::new`]; no buffering, no boxing, frames forwarded as they arrive),
-    /// or a replay made by [`Peeked::into_body`](super::Peeked::into_body): the frames
+    /// or a replay made by `Peeked::into_body`: the frames
     /// already read while peeking, then the error met while peeking (if any), then the
     /// rest of the inner body and its trailers.
     ///

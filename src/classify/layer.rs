@@ -15,7 +15,7 @@ use tower::Layer;
 /// - else, if the classifier does not [want the body](super::Classifier::wants_body)
 ///   for this status and these headers, it is classified from them alone and its body
 ///   is passed through unbuffered (a 200 SSE stream flows chunk by chunk);
-/// - else the first [`body_cap`](Self::body_cap) bytes are [peeked](crate::body::peek)
+/// - else the first [`body_cap`](Self::body_cap) bytes are peeked
 ///   and shown to the classifier, and the caller gets a body that replays them, then
 ///   the rest: byte for byte what the upstream sent, trailers and errors included.
 ///

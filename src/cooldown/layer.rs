@@ -20,9 +20,8 @@ use crate::{
 /// How long the layer's own backoff is after the `n`-th consecutive rate-limited answer.
 ///
 /// The server's retry hint wins when it is longer (see [`CooldownLayer`]).
-#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backoff {
+pub(crate) enum Backoff {
     /// `base * 2^(n-1)`, at most `cap`: 1 s, 2 s, 4 s, 8 s, ... for a 1 s base.
     Exponential {
         /// The first cooldown.
@@ -41,18 +40,18 @@ pub enum Backoff {
 
 impl Backoff {
     /// Exponential backoff: `base * 2^(n-1)`, at most `cap`.
-    pub fn exponential(base: Duration, cap: Duration) -> Self {
+    pub(crate) fn exponential(base: Duration, cap: Duration) -> Self {
         Backoff::Exponential { base, cap }
     }
 
     /// Linear backoff: `base * n`, at most `cap`.
-    pub fn linear(base: Duration, cap: Duration) -> Self {
+    pub(crate) fn linear(base: Duration, cap: Duration) -> Self {
         Backoff::Linear { base, cap }
     }
 
     /// The backoff after the `n`-th consecutive rate-limited answer (`n` from 1; 0 is
     /// treated as 1). Saturates at `cap`, never overflows.
-    pub fn delay(&self, n: u32) -> Duration {
+    pub(crate) fn delay(&self, n: u32) -> Duration {
         match *self {
             Backoff::Exponential { base, cap } => util::exponential(base, cap, n),
             Backoff::Linear { base, cap } => util::linear(base, cap, n),
@@ -80,9 +79,8 @@ impl Default for Backoff {
 }
 
 /// What a request does when its key is cooling down.
-#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Wait (in the response future, with `tokio::time`) when the cooldown ends within
     /// `max_wait` of the request's arrival; otherwise fail at once, without sleeping,
     /// with a [`Refusal`](crate::Refusal) of kind
@@ -227,18 +225,14 @@ impl CooldownBuilder {
 
     /// Exponential backoff, `base * 2^(n-1)` capped at `cap` (the default, with 1 s and
     /// 60 s).
-    pub fn exponential(self, base: Duration, cap: Duration) -> Self {
-        self.backoff(Backoff::exponential(base, cap))
+    pub fn exponential(mut self, base: Duration, cap: Duration) -> Self {
+        self.config.backoff = Backoff::exponential(base, cap);
+        self
     }
 
     /// Linear backoff, `base * n` capped at `cap`.
-    pub fn linear(self, base: Duration, cap: Duration) -> Self {
-        self.backoff(Backoff::linear(base, cap))
-    }
-
-    /// The backoff.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.config.backoff = backoff;
+    pub fn linear(mut self, base: Duration, cap: Duration) -> Self {
+        self.config.backoff = Backoff::linear(base, cap);
         self
     }
 
@@ -267,19 +261,23 @@ impl CooldownBuilder {
         self
     }
 
-    /// Wait mode (the default, with 10 s): see [`Mode::Wait`].
-    pub fn wait(self, max_wait: Duration) -> Self {
-        self.mode(Mode::Wait { max_wait })
+    /// Wait mode (the default, with 10 s): a request whose key cools waits (in the
+    /// response future, with `tokio::time`) when the cooldown ends within `max_wait`
+    /// of its arrival; otherwise it fails at once, without sleeping, with a
+    /// [`Refusal`](crate::Refusal) of kind
+    /// [`CoolingDown`](crate::vocabulary::RefusalKind::CoolingDown). A request that
+    /// meets a half-open key waits for the probe's answer until the same deadline.
+    pub fn wait(mut self, max_wait: Duration) -> Self {
+        self.config.mode = Mode::Wait { max_wait };
+        self
     }
 
-    /// Fail-fast mode: see [`Mode::FailFast`].
-    pub fn fail_fast(self) -> Self {
-        self.mode(Mode::FailFast)
-    }
-
-    /// The mode.
-    pub fn mode(mut self, mode: Mode) -> Self {
-        self.config.mode = mode;
+    /// Fail-fast mode: a request fails at once with a [`Refusal`](crate::Refusal) while
+    /// its key cools ([`CoolingDown`](crate::vocabulary::RefusalKind::CoolingDown)),
+    /// and while a probe is in flight on a half-open key
+    /// ([`Probing`](crate::vocabulary::RefusalKind::Probing)).
+    pub fn fail_fast(mut self) -> Self {
+        self.config.mode = Mode::FailFast;
         self
     }
 

@@ -4,7 +4,7 @@
 //! [`ClassifyLayer`](crate::ClassifyLayer) underneath for bodies such as QQ's 400), its
 //! key cools for the server's hint (else an escalating `backoff(n)`), and no request for the key reaches the
 //! upstream until a single probe after the cooldown has been answered: the others wait
-//! ([`Mode::Wait`]) or get a [`Refusal`](crate::Refusal) ([`Mode::FailFast`]). See
+//! ([`wait`](CooldownBuilder::wait)) or get a [`Refusal`](crate::Refusal) ([`fail_fast`](CooldownBuilder::fail_fast)). See
 //! [the guide](crate::guide#cooldown), requests held back in a rate limiter included.
 //!
 //! # Example
@@ -49,7 +49,7 @@ mod store;
 pub use self::events::{
     CooldownEnded, CooldownEvent, CooldownExtended, CooldownReason, CooldownStarted,
 };
-pub use self::layer::{Backoff, CooldownBuilder, CooldownLayer, Mode};
+pub use self::layer::{CooldownBuilder, CooldownLayer};
 pub use self::service::Cooldown;
 pub use self::state::{CooldownHandle, KeyState};
 pub use self::stats::CooldownStats;
