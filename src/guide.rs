@@ -327,7 +327,7 @@
 //! margin, as it asked: never more. An optional
 //! [`max_cooldown`](crate::cooldown::CooldownBuilder::max_cooldown) caps the total, the
 //! server's hint included, and the
-//! [`CooldownStarted`](crate::cooldown::CooldownStarted) event says so (`capped`,
+//! [`CooldownEvent::Started`](crate::cooldown::CooldownEvent::Started) event says so (`capped`,
 //! `requested`). An optional [`precheck`](crate::cooldown::CooldownBuilder::precheck)
 //! margin keeps a key cooling a little past the end the server asked for.
 //!

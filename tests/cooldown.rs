@@ -209,7 +209,7 @@ fn started(events: &Events) -> Vec<(u32, Duration)> {
         .unwrap()
         .iter()
         .filter_map(|e| match e {
-            CooldownEvent::Started(s) => Some((s.n, s.duration)),
+            CooldownEvent::Started { n, duration, .. } => Some((*n, *duration)),
             _ => None,
         })
         .collect()
@@ -282,11 +282,17 @@ async fn in_flight_answer_with_longer_retry_after_extends() {
     let events = events.lock().unwrap();
     assert_eq!(events.len(), 2);
     match &events[1] {
-        CooldownEvent::Extended(e) => {
-            assert_eq!(e.key.as_str(), "a.test");
-            assert_eq!(e.n, 1);
-            assert_eq!(e.retry_after, s(200.0));
-            assert_eq!(e.until, start + s(202.0));
+        CooldownEvent::Extended {
+            key,
+            n,
+            retry_after,
+            until,
+            ..
+        } => {
+            assert_eq!(key.as_str(), "a.test");
+            assert_eq!(*n, 1);
+            assert_eq!(*retry_after, s(200.0));
+            assert_eq!(*until, start + s(202.0));
         }
         other => panic!("expected Extended, got {other:?}"),
     }
@@ -403,7 +409,13 @@ async fn cooldown_escalated_past_the_servers_hint() {
         .unwrap()
         .iter()
         .filter_map(|e| match e {
-            CooldownEvent::Started(s) => Some((s.duration, s.reason, s.retry_after, s.backoff)),
+            CooldownEvent::Started {
+                duration,
+                reason,
+                retry_after,
+                backoff,
+                ..
+            } => Some((*duration, *reason, *retry_after, *backoff)),
             _ => None,
         })
         .collect();
@@ -497,23 +509,36 @@ async fn max_cooldown_caps_telegram_4310_second_ban_and_says_so() {
     );
 
     let events = events.lock().unwrap();
-    let CooldownEvent::Started(first) = &events[0] else {
+    let CooldownEvent::Started {
+        key,
+        n,
+        duration,
+        requested,
+        capped,
+        reason,
+        until,
+        ..
+    } = &events[0]
+    else {
         panic!("expected Started, got {:?}", events[0]);
     };
-    assert_eq!(first.key.as_str(), "api.telegram.org");
-    assert_eq!(first.n, 1);
-    assert_eq!(first.duration, s(600.0));
-    assert_eq!(first.requested, s(4310.0));
-    assert!(first.capped);
-    assert_eq!(first.reason, CooldownReason::RetryAfter);
-    assert_eq!(first.until, start + s(600.0));
-    let CooldownEvent::Started(second) = &events[1] else {
+    assert_eq!(key.as_str(), "api.telegram.org");
+    assert_eq!(*n, 1);
+    assert_eq!(*duration, s(600.0));
+    assert_eq!(*requested, s(4310.0));
+    assert!(*capped);
+    assert_eq!(*reason, CooldownReason::RetryAfter);
+    assert_eq!(*until, start + s(600.0));
+    let CooldownEvent::Started {
+        n,
+        duration,
+        requested,
+        ..
+    } = &events[1]
+    else {
         panic!("expected Started, got {:?}", events[1]);
     };
-    assert_eq!(
-        (second.n, second.duration, second.requested),
-        (2, s(600.0), s(3710.0))
-    );
+    assert_eq!((*n, *duration, *requested), (2, s(600.0), s(3710.0)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -883,24 +908,39 @@ async fn events_callback_sees_started_and_ended() {
 
     let events = events.lock().unwrap();
     assert_eq!(events.len(), 2, "{events:?}");
-    let CooldownEvent::Started(e) = &events[0] else {
+    let CooldownEvent::Started {
+        key,
+        n,
+        duration,
+        requested,
+        capped,
+        reason,
+        retry_after,
+        backoff,
+        until,
+        ..
+    } = &events[0]
+    else {
         panic!("expected Started, got {:?}", events[0]);
     };
-    assert_eq!(e.key.as_str(), "a.test");
-    assert_eq!(e.n, 1);
-    assert_eq!(e.duration, s(20.0));
-    assert_eq!(e.requested, s(20.0));
-    assert!(!e.capped);
-    assert_eq!(e.reason, CooldownReason::RetryAfter);
-    assert_eq!(e.retry_after, Some(s(20.0)));
-    assert_eq!(e.backoff, s(1.0));
-    assert_eq!(e.until, start + s(20.0));
-    let CooldownEvent::Ended(e) = &events[1] else {
+    assert_eq!(key.as_str(), "a.test");
+    assert_eq!(*n, 1);
+    assert_eq!(*duration, s(20.0));
+    assert_eq!(*requested, s(20.0));
+    assert!(!*capped);
+    assert_eq!(*reason, CooldownReason::RetryAfter);
+    assert_eq!(*retry_after, Some(s(20.0)));
+    assert_eq!(*backoff, s(1.0));
+    assert_eq!(*until, start + s(20.0));
+    let CooldownEvent::Ended {
+        key, n, cooled_for, ..
+    } = &events[1]
+    else {
         panic!("expected Ended, got {:?}", events[1]);
     };
-    assert_eq!(e.key.as_str(), "a.test");
-    assert_eq!(e.n, 1);
-    assert_eq!(e.cooled_for, s(21.0), "from the 429 to the probe's answer");
+    assert_eq!(key.as_str(), "a.test");
+    assert_eq!(*n, 1);
+    assert_eq!(*cooled_for, s(21.0), "from the 429 to the probe's answer");
     assert_eq!(events[1].key().as_str(), "a.test");
 }
 
@@ -1185,11 +1225,16 @@ async fn cooldown_length_comes_from_the_parser_for_a_header_and_a_telegram_body(
         Some(start + s(4310.0))
     );
     let events_now = events.lock().unwrap().clone();
-    let Some(CooldownEvent::Started(e)) = events_now.first() else {
+    let Some(CooldownEvent::Started {
+        reason,
+        retry_after,
+        ..
+    }) = events_now.first()
+    else {
         panic!("expected Started, got {events_now:?}");
     };
-    assert_eq!(e.reason, CooldownReason::RetryAfter);
-    assert_eq!(e.retry_after, Some(s(4310.0)));
+    assert_eq!(*reason, CooldownReason::RetryAfter);
+    assert_eq!(*retry_after, Some(s(4310.0)));
     sleep(s(4309.0)).await;
     let err = svc
         .clone()

@@ -76,8 +76,8 @@ fn glm_stack() -> (ClientStackLayer, Cooldowns) {
             c.exponential(ms(250), ms(2000))
                 .wait(HOLD)
                 .on_event(move |event: &CooldownEvent| {
-                    if let CooldownEvent::Started(started) = event {
-                        log.lock().unwrap().push((Instant::now(), started.until));
+                    if let CooldownEvent::Started { until, .. } = event {
+                        log.lock().unwrap().push((Instant::now(), *until));
                     }
                 })
         })

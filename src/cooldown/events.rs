@@ -16,23 +16,66 @@ use crate::key::Key;
 pub enum CooldownEvent {
     /// A rate-limited answer put the key into cooldown (or back into it, after a probe
     /// that was rate-limited again).
-    Started(CooldownStarted),
+    #[non_exhaustive]
+    Started {
+        /// The key.
+        key: Key,
+        /// Consecutive rate-limited answers, this one included (1 for the first).
+        n: u32,
+        /// How long the key cools: the server's hint, else the backoff, shortened to `max_cooldown`
+        /// when that is set and smaller (then `capped` is true). The precheck margin is not
+        /// included.
+        duration: Duration,
+        /// What the layer would have chosen without `max_cooldown`.
+        requested: Duration,
+        /// Whether `max_cooldown` shortened `requested` to `duration`.
+        capped: bool,
+        /// Whether the server's hint or the backoff set the duration.
+        reason: CooldownReason,
+        /// The server's retry hint, when it sent one.
+        retry_after: Option<Duration>,
+        /// The layer's own backoff for this `n`.
+        backoff: Duration,
+        /// When the key opens for its probe (`duration` plus the precheck margin from now,
+        /// or later when an earlier cooldown already ran longer).
+        until: Instant,
+    },
     /// A rate-limited answer to a request sent before the current cooldown began carried
     /// a `Retry-After` reaching past the cooldown's end; the end moved later. `n` is
     /// unchanged: such answers are not counted as consecutive signals.
-    Extended(CooldownExtended),
+    #[non_exhaustive]
+    Extended {
+        /// The key.
+        key: Key,
+        /// The unchanged consecutive count.
+        n: u32,
+        /// The server's hint that extended the cooldown.
+        retry_after: Duration,
+        /// The new end of the cooldown.
+        until: Instant,
+    },
     /// The key is open again: the probe sent after the cooldown was answered without a
     /// rate limit.
-    Ended(CooldownEnded),
+    #[non_exhaustive]
+    Ended {
+        /// The key.
+        key: Key,
+        /// Consecutive rate-limited answers in the episode that ended (before a success
+        /// reset it to zero).
+        n: u32,
+        /// From the first `Started` of the episode to now (cooldowns, re-entries and the
+        /// final probe's round trip).
+        cooled_for: Duration,
+    },
 }
 
 impl CooldownEvent {
     /// The key the event is about.
     pub fn key(&self) -> &Key {
         match self {
-            CooldownEvent::Started(e) => &e.key,
-            CooldownEvent::Extended(e) => &e.key,
-            CooldownEvent::Ended(e) => &e.key,
+            CooldownEvent::Started { key, .. }
+            | CooldownEvent::Extended { key, .. }
+            | CooldownEvent::Ended { key, .. } => key,
         }
     }
 }
@@ -48,61 +91,6 @@ pub enum CooldownReason {
     Backoff,
 }
 
-/// A key entered cooldown. See [`CooldownEvent::Started`].
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CooldownStarted {
-    /// The key.
-    pub key: Key,
-    /// Consecutive rate-limited answers, this one included (1 for the first).
-    pub n: u32,
-    /// How long the key cools: the server's hint, else the backoff, shortened to `max_cooldown`
-    /// when that is set and smaller (then `capped` is true). The precheck margin is not
-    /// included.
-    pub duration: Duration,
-    /// What the layer would have chosen without `max_cooldown`.
-    pub requested: Duration,
-    /// Whether `max_cooldown` shortened `requested` to `duration`.
-    pub capped: bool,
-    /// Whether the server's hint or the backoff set the duration.
-    pub reason: CooldownReason,
-    /// The server's retry hint, when it sent one.
-    pub retry_after: Option<Duration>,
-    /// The layer's own backoff for this `n`.
-    pub backoff: Duration,
-    /// When the key opens for its probe (`duration` plus the precheck margin from now,
-    /// or later when an earlier cooldown already ran longer).
-    pub until: Instant,
-}
-
-/// A running cooldown was extended. See [`CooldownEvent::Extended`].
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CooldownExtended {
-    /// The key.
-    pub key: Key,
-    /// The unchanged consecutive count.
-    pub n: u32,
-    /// The server's hint that extended the cooldown.
-    pub retry_after: Duration,
-    /// The new end of the cooldown.
-    pub until: Instant,
-}
-
-/// A key is open again. See [`CooldownEvent::Ended`].
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CooldownEnded {
-    /// The key.
-    pub key: Key,
-    /// Consecutive rate-limited answers in the episode that ended (before a success
-    /// reset it to zero).
-    pub n: u32,
-    /// From the first `Started` of the episode to now (cooldowns, re-entries and the
-    /// final probe's round trip).
-    pub cooled_for: Duration,
-}
-
 /// A callback for [`CooldownEvent`]s, set with
 /// [`CooldownBuilder::on_event`](super::CooldownBuilder::on_event).
 pub(crate) type OnCooldownEvent = std::sync::Arc<dyn Fn(&CooldownEvent) + Send + Sync>;
@@ -115,29 +103,43 @@ pub(crate) fn no_callback() -> OnCooldownEvent {
 /// Emits `event` as a `tracing` event.
 pub(crate) fn trace(event: &CooldownEvent) {
     match event {
-        CooldownEvent::Started(e) => tracing::warn!(
+        CooldownEvent::Started {
+            key,
+            n,
+            duration,
+            requested,
+            capped,
+            reason,
+            retry_after,
+            ..
+        } => tracing::warn!(
             target: "ratewise::cooldown",
-            key = %e.key,
-            n = e.n,
-            duration_ms = e.duration.as_millis() as u64,
-            requested_ms = e.requested.as_millis() as u64,
-            capped = e.capped,
-            reason = ?e.reason,
-            retry_after_ms = e.retry_after.map(|d| d.as_millis() as u64),
+            key = %key,
+            n = *n,
+            duration_ms = duration.as_millis() as u64,
+            requested_ms = requested.as_millis() as u64,
+            capped = *capped,
+            reason = ?reason,
+            retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
             "cooldown started"
         ),
-        CooldownEvent::Extended(e) => tracing::warn!(
+        CooldownEvent::Extended {
+            key,
+            n,
+            retry_after,
+            ..
+        } => tracing::warn!(
             target: "ratewise::cooldown",
-            key = %e.key,
-            n = e.n,
-            retry_after_ms = e.retry_after.as_millis() as u64,
+            key = %key,
+            n = *n,
+            retry_after_ms = retry_after.as_millis() as u64,
             "cooldown extended"
         ),
-        CooldownEvent::Ended(e) => tracing::info!(
+        CooldownEvent::Ended { key, n, cooled_for } => tracing::info!(
             target: "ratewise::cooldown",
-            key = %e.key,
-            n = e.n,
-            cooled_for_ms = e.cooled_for.as_millis() as u64,
+            key = %key,
+            n = *n,
+            cooled_for_ms = cooled_for.as_millis() as u64,
             "cooldown ended"
         ),
     }

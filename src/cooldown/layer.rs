@@ -240,7 +240,7 @@ impl CooldownBuilder {
     /// none, the server's hint always wins).
     ///
     /// A Telegram ban of `retry_after: 4310` with `max_cooldown(600 s)` cools 600 s;
-    /// the [`CooldownStarted`](super::CooldownStarted) event then says `capped: true`
+    /// the [`Started`](super::CooldownEvent::Started) event then says `capped: true`
     /// and `requested: 4310 s`. The probe sent after 600 s is answered with the
     /// remaining ban and the key cools again: one request per `max_cooldown` reaches a
     /// server that keeps banning.

@@ -46,9 +46,7 @@ mod state;
 mod stats;
 mod store;
 
-pub use self::events::{
-    CooldownEnded, CooldownEvent, CooldownExtended, CooldownReason, CooldownStarted,
-};
+pub use self::events::{CooldownEvent, CooldownReason};
 pub use self::layer::{CooldownBuilder, CooldownLayer};
 pub use self::service::Cooldown;
 pub use self::state::{CooldownHandle, KeyState};

@@ -26,10 +26,7 @@ use tokio::{
 };
 
 use super::{
-    events::{
-        trace, CooldownEnded, CooldownEvent, CooldownExtended, CooldownReason, CooldownStarted,
-        OnCooldownEvent,
-    },
+    events::{trace, CooldownEvent, CooldownReason, OnCooldownEvent},
     layer::Config,
     stats::{CooldownStats, Counters},
     store::{CooldownStore, Probe, Remote, Rules},
@@ -421,12 +418,12 @@ impl Shared {
                     entry.half_open = true;
                     if news {
                         Counters::bump(&self.stats.extended);
-                        events.push(CooldownEvent::Extended(CooldownExtended {
+                        events.push(CooldownEvent::Extended {
                             key: key.clone(),
                             n: entry.n,
                             retry_after: remaining,
                             until,
-                        }));
+                        });
                     }
                 }
             }
@@ -618,12 +615,12 @@ impl Shared {
                             entry.until = Some(new_until);
                             entry.half_open = true;
                             Counters::bump(&self.stats.extended);
-                            events.push(CooldownEvent::Extended(CooldownExtended {
+                            events.push(CooldownEvent::Extended {
                                 key: key.clone(),
                                 n: entry.n,
                                 retry_after: ra,
                                 until: new_until,
-                            }));
+                            });
                         }
                     }
                     if probe_id.is_some() && entry.probe == probe_id {
@@ -659,11 +656,11 @@ impl Shared {
                                 entry.half_open = false;
                                 entry.opened_at = Some(now);
                                 let start = entry.episode_start.take().unwrap_or(now);
-                                events.push(CooldownEvent::Ended(CooldownEnded {
+                                events.push(CooldownEvent::Ended {
                                     key: key.clone(),
                                     n: n_before,
                                     cooled_for: now - start,
-                                }));
+                                });
                             }
                             entry.notify.notify_waiters();
                         }
@@ -708,7 +705,7 @@ impl Shared {
         }
         entry.half_open = true;
         Counters::bump(&self.stats.started);
-        CooldownEvent::Started(CooldownStarted {
+        CooldownEvent::Started {
             key: key.clone(),
             n: entry.n,
             duration,
@@ -718,7 +715,7 @@ impl Shared {
             retry_after,
             backoff,
             until,
-        })
+        }
     }
 
     /// Frees the probe slot of a probe whose answer will never be reported.

@@ -323,8 +323,8 @@ fn cooldown(
     }
     let stats = stats.clone();
     builder = builder.on_event(move |event: &CooldownEvent| {
-        if let CooldownEvent::Started(started) = event {
-            stats.record_cooldown(started.key.as_str());
+        if let CooldownEvent::Started { key, .. } = event {
+            stats.record_cooldown(key.as_str());
         }
     });
     if let Some(redis) = redis {
