@@ -15,7 +15,10 @@ use bytes::Bytes;
 use http::{HeaderName, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
-use ratewise::cache::{CacheStatus, CachedEndpointLayer, StaleReason, DEFAULT_BACKOFF};
+use ratewise::cache::{CacheStatus, CachedEndpointLayer, StaleReason};
+
+/// The layer's default backoff after a rate-limited answer without a hint (10 s).
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
 use ratewise::key::{Key, KeyExtractor, MethodUri, RequestRef};
 use ratewise::vocabulary::RefusalKind;
 use ratewise::Refusal;

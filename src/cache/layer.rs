@@ -15,7 +15,7 @@ const DEFAULT_BODY_CAP: usize = crate::body::DEFAULT_CAP;
 
 /// The default cooldown after a rate-limited answer that carries no retry hint: 10 s
 /// (the length of QQ's `/gateway` window).
-pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Keeps the last good answer of an endpoint per key and serves it while the endpoint
 /// is rate-limited or failing; see [the guide](crate::guide#cache) for the rules.
@@ -30,7 +30,7 @@ pub struct CachedEndpointLayer {
 
 impl CachedEndpointLayer {
     /// A layer with the defaults: key [`MethodUri`], no TTL (an entry stays fresh until
-    /// invalidated), a 64 KiB body cap, [`DEFAULT_BACKOFF`], no status header.
+    /// invalidated), a 64 KiB body cap, a 10 s default backoff, no status header.
     pub fn new() -> Self {
         CachedEndpointLayer::from_parts(Arc::new(MethodUri), defaults())
     }
@@ -149,7 +149,7 @@ impl CacheBuilder {
     }
 
     /// The cooldown after a rate-limited answer that gave no retry hint (default
-    /// [`DEFAULT_BACKOFF`]). A hint from the server is used as given. Must not be zero.
+    /// 10 s, the length of QQ's `/gateway` window). A hint from the server is used as given. Must not be zero.
     pub fn default_backoff(mut self, backoff: Duration) -> Self {
         self.config.default_backoff = backoff;
         self

@@ -45,7 +45,7 @@ mod service;
 mod store;
 
 use self::future::ResponseFuture;
-pub use self::layer::{CacheBuilder, CachedEndpointLayer, DEFAULT_BACKOFF};
+pub use self::layer::{CacheBuilder, CachedEndpointLayer};
 pub use self::service::CachedEndpoint;
 pub use self::store::{CacheHandle, CacheStats};
 
