@@ -511,7 +511,7 @@ impl Report {
             tokens,
         });
         ::metrics::counter!(
-            "ratewise_proxy_upstream_requests_total",
+            super::UPSTREAM_REQUESTS,
             "backend" => self.shared.name.to_string(),
             "outcome" => match outcome {
                 CallOutcome::Ok => "ok",

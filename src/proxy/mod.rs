@@ -37,6 +37,13 @@
 //!
 //! `state` is `ok`, `cooling` (for `remaining_ms`) or `probing`.
 //!
+//! # `/metrics`
+//!
+//! Prometheus text: the layers' metrics (see [`crate::metrics`]) and the proxy's own
+//! counter `ratewise_proxy_upstream_requests_total`, the requests sent to each backend,
+//! labelled `backend` (its configured name) and `outcome` (`ok`, `rate_limited`,
+//! `transient`, `failed`).
+//!
 //! # Example
 //!
 //! ```
@@ -61,6 +68,9 @@
 //! let app: axum::Router = proxy.router(); // or: proxy.serve(listener, ctrl_c).await
 //! # let _ = app; Ok(()) }
 //! ```
+
+/// The proxy's own counter: requests sent to each backend, by outcome.
+const UPSTREAM_REQUESTS: &str = "ratewise_proxy_upstream_requests_total";
 
 mod backend;
 mod config;

@@ -329,7 +329,7 @@ pub(super) fn prometheus() -> Option<PrometheusHandle> {
             if handle.is_some() {
                 crate::metrics::describe();
                 ::metrics::describe_counter!(
-                    "ratewise_proxy_upstream_requests_total",
+                    super::UPSTREAM_REQUESTS,
                     "Requests the proxy sent to each backend, by outcome."
                 );
             }
