@@ -205,8 +205,8 @@ impl TokenLimitBuilder {
 
     /// Keeps the budget in a store built by `make`, e.g.
     /// [`Redis::rate_limit`](crate::redis::Redis::rate_limit), so that every process
-    /// using the same name shares one budget (the store must
-    /// [settle](crate::rate_limit::RateLimitStore::settle); the Redis store does).
+    /// using the same name shares one budget (the Redis store settles each call's
+    /// reservation to its real cost, as the in-memory one does).
     pub fn store(mut self, make: impl MakeStore) -> Self {
         self.rate_limit = self.rate_limit.store(make);
         self

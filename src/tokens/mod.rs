@@ -8,8 +8,7 @@
 //! the estimate: its FIFO lines, `max_wait`, call deadlines, stores and stats). The answer passes through in a [`TokenBody`] that reads its last `usage`
 //! object as it goes by, never buffering: a JSON answer's, or the last SSE chunk's
 //! ([`include_usage`](TokenLimitBuilder::include_usage) asks OpenAI-style streams for
-//! it). When the body ends the reservation is settled through
-//! [`RateLimitStore::settle`](crate::rate_limit::RateLimitStore::settle): the tokens not
+//! it). When the body ends the reservation is settled in the limiter's store: the tokens not
 //! used go back to the budget, tokens used beyond the estimate are charged, both counted
 //! at the instant the call was sent. An answer without usage keeps its reservation if
 //! it succeeded and gives it back if it was an error (a 429) or was never sent.
