@@ -837,12 +837,7 @@ mod tests {
         let at = |key: &str, ago: usize| series[key][SECONDS - 1 - ago].as_u64().unwrap();
         assert_eq!((at("requests", 110), at("rate_limited", 110)), (1, 0));
         assert_eq!((at("requests", 10), at("rate_limited", 10)), (3, 2));
-        let total: u64 = series["requests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
+        let total: u64 = series_total(&series["requests"]);
         assert_eq!(total, 4);
         assert_eq!(doc["backends"][1]["series"]["requests"][SECONDS - 11], 1);
 
@@ -850,12 +845,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(15)).await;
         stats.record(call("glm", CallOutcome::Ok, 1));
         let doc = stats.to_json(Window::OneMinute, &ok_states());
-        let total: u64 = doc["series"]["requests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
+        let total: u64 = series_total(&doc["series"]["requests"]);
         assert_eq!(total, 4);
         assert_eq!(doc["series"]["requests"][SECONDS - 1], 1);
     }
@@ -977,6 +967,16 @@ mod tests {
         )
     }
 
+    /// The sum of a per-second series.
+    fn series_total(series: &Value) -> u64 {
+        series
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum()
+    }
+
     fn requests(doc: &Value, backend: usize) -> u64 {
         doc["backends"][backend]["requests"].as_u64().unwrap()
     }
@@ -1040,12 +1040,7 @@ mod tests {
             assert_eq!(glm["p50_latency_ms"], 100.0);
             assert_eq!(requests(&doc, 1), 0);
             assert_eq!(doc["backends"][2]["failed"], 1);
-            let chart: u64 = doc["series"]["requests"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap())
-                .sum();
+            let chart: u64 = series_total(&doc["series"]["requests"]);
             assert_eq!(chart, 31);
         }
         // No window: 1m.
