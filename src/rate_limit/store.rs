@@ -9,7 +9,7 @@
 
 // The pub items here are reachable from outside only through `testing::engine`
 // (the benchmarks), so they are unreachable without that feature.
-#![cfg_attr(not(feature = "testing"), allow(unreachable_pub, dead_code))]
+#![cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 
 use std::{
     fmt,
@@ -271,12 +271,14 @@ impl GovernorStore {
     }
 
     /// Whether no key holds state.
+    #[cfg(any(test, feature = "testing"))]
     pub fn is_empty(&self) -> bool {
         self.inner.limiter.is_empty()
     }
 
     /// Drops the state of every key that has fully replenished, now. Never changes a
     /// decision (see [Memory](GovernorStore#memory)).
+    #[cfg(any(test, feature = "testing"))]
     pub fn evict_idle(&self) {
         self.inner.sweep();
     }
