@@ -91,23 +91,12 @@ struct SentAt(Arc<OnceLock<Instant>>);
 pub(crate) struct Arrived(pub(crate) Instant);
 
 /// A backend the proxy failed to reach within its `upstream` timeout.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("backend `{backend}` sent no response headers within {after:?}")]
 pub(crate) struct UpstreamTimeout {
     backend: Arc<str>,
     after: Duration,
 }
-
-impl fmt::Display for UpstreamTimeout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "backend `{}` sent no response headers within {:?}",
-            self.backend, self.after
-        )
-    }
-}
-
-impl std::error::Error for UpstreamTimeout {}
 
 /// What [`build`] needs besides the backend's own settings.
 pub(crate) struct BuildContext<'a> {
